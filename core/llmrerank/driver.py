@@ -1,0 +1,193 @@
+"""The one async driver: runs a strategy's plan against a backend, with bounds and accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .backends.base import Backend, Completion, Prompt
+from .cache import ResponseCache, cache_key, decode, encode
+from .errors import BackendError, DeadlineExceededError, LLMRerankError
+from .strategies.base import Plan, Predict, Ranking, Step
+from .types import Usage
+
+OnError = Literal["degrade", "raise"]
+
+
+@dataclass
+class Meter:
+    """Mutable usage counters for one rerank."""
+
+    calls: int = 0
+    cached_calls: int = 0
+    failed_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    llm_seconds: float = 0.0
+    deadline_hit: bool = False
+
+    def usage(self, wall_seconds: float) -> Usage:
+        """Freeze the counters."""
+        return Usage(
+            calls=self.calls,
+            cached_calls=self.cached_calls,
+            failed_calls=self.failed_calls,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            llm_seconds=self.llm_seconds,
+            wall_seconds=wall_seconds,
+        )
+
+
+def _as_failure(exc: Exception, backend: Backend) -> LLMRerankError:
+    if isinstance(exc, LLMRerankError):
+        return exc
+    error = BackendError(f"{type(exc).__name__}: {exc}", backend=backend.name)
+    error.__cause__ = exc
+    return error
+
+
+class Driver:
+    """Executes plans for one backend.
+
+    ``limiter`` bounds the LLM calls in flight across every rerank sharing it. ``deadline`` (seconds)
+    bounds one rerank: calls still running then are cancelled and count as failed.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        limiter: asyncio.Semaphore,
+        *,
+        on_error: OnError = "degrade",
+        deadline: float | None = None,
+        cache: ResponseCache | None = None,
+    ) -> None:
+        self.backend = backend
+        self.limiter = limiter
+        self.on_error = on_error
+        self.deadline = deadline
+        self.cache = cache
+        self.meter = Meter()
+        self._ends_at: float | None = None
+
+    async def run(self, plan: Plan) -> Ranking:
+        """Drive ``plan`` to its :class:`Ranking`."""
+        loop = asyncio.get_running_loop()
+        self._ends_at = None if self.deadline is None else loop.time() + self.deadline
+        try:
+            step: Step = next(plan)
+            while True:
+                answers = await self._step(step)
+                step = plan.send(answers)
+        except StopIteration as stop:
+            ranking: Ranking = stop.value
+            return ranking
+        finally:
+            plan.close()
+
+    def _remaining(self) -> float | None:
+        if self._ends_at is None:
+            return None
+        return max(0.0, self._ends_at - asyncio.get_running_loop().time())
+
+    async def _step(self, step: Step) -> Any:
+        if isinstance(step, Predict):
+            return await self._predict(step)
+        return await self._prompts(step)
+
+    async def _predict(self, step: Predict) -> Any:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(step.scorer, step.pairs), self._remaining())
+        except asyncio.TimeoutError:
+            self.meter.deadline_hit = True
+            if self.on_error == "raise":
+                raise DeadlineExceededError(f"deadline of {self.deadline}s passed in the prefilter") from None
+            return DeadlineExceededError(f"deadline of {self.deadline}s passed in the prefilter")
+        except Exception as exc:
+            if self.on_error == "raise":
+                raise BackendError(f"prefilter failed: {type(exc).__name__}: {exc}") from exc
+            return exc
+
+    async def _prompts(self, prompts: Sequence[Prompt]) -> list[Completion | BaseException]:
+        answers: list[Completion | BaseException | None] = [None] * len(prompts)
+        todo: list[int] = []
+        for i, prompt in enumerate(prompts):
+            hit = self.cache.get(cache_key(self.backend, prompt)) if self.cache is not None else None
+            if hit is not None:
+                answers[i] = decode(hit)
+                self.meter.cached_calls += 1
+            else:
+                todo.append(i)
+        size = max(1, self.backend.batch_size)
+        chunks = [todo[k : k + size] for k in range(0, len(todo), size)]
+        remaining = self._remaining()
+        if chunks and remaining is not None and remaining <= 0:
+            self.meter.deadline_hit = True
+            if self.on_error == "raise":
+                raise DeadlineExceededError(f"deadline of {self.deadline}s passed")
+            for i in todo:
+                answers[i] = DeadlineExceededError(f"deadline of {self.deadline}s passed before this call")
+            return [a for a in answers if a is not None]
+        tasks = [asyncio.ensure_future(self._call([prompts[i] for i in chunk])) for chunk in chunks]
+        when = asyncio.FIRST_EXCEPTION if self.on_error == "raise" else asyncio.ALL_COMPLETED
+        try:
+            if tasks:
+                done, _ = await asyncio.wait(tasks, timeout=remaining, return_when=when)
+                for task in done:
+                    exc = task.exception()
+                    if exc is not None:
+                        raise exc
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for chunk, task in zip(chunks, tasks, strict=True):
+            if task.cancelled():
+                self.meter.deadline_hit = True
+                self.meter.failed_calls += len(chunk)
+                error = DeadlineExceededError(f"deadline of {self.deadline}s passed during this call")
+                if self.on_error == "raise":
+                    raise error
+                for i in chunk:
+                    answers[i] = error
+                continue
+            for i, answer in zip(chunk, task.result(), strict=True):
+                answers[i] = answer
+        return [a for a in answers if a is not None]
+
+    async def _call(self, prompts: list[Prompt]) -> list[Completion | BaseException]:
+        """One backend call (or batch) under the limiter; failures become answers unless raising."""
+        async with self.limiter:
+            start = time.perf_counter()
+            try:
+                if len(prompts) == 1 and self.backend.batch_size <= 1:
+                    results: list[Completion | BaseException] = [await self.backend.generate(prompts[0])]
+                else:
+                    results = await self.backend.generate_batch(prompts)
+            except Exception as exc:
+                results = [exc] * len(prompts)
+            finally:
+                self.meter.llm_seconds += time.perf_counter() - start
+        out: list[Completion | BaseException] = []
+        for prompt, result in zip(prompts, results, strict=True):
+            if isinstance(result, Exception):
+                failure = _as_failure(result, self.backend)
+                self.meter.calls += 1
+                self.meter.failed_calls += 1
+                if self.on_error == "raise":
+                    raise failure
+                out.append(failure)
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            self.meter.calls += 1
+            self.meter.prompt_tokens += result.prompt_tokens
+            self.meter.completion_tokens += result.completion_tokens
+            if self.cache is not None:
+                self.cache.set(cache_key(self.backend, prompt), encode(result))
+            out.append(result)
+        return out

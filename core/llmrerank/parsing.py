@@ -1,0 +1,135 @@
+"""Tolerant parsing of LLM output. Nothing here raises on what an LLM says; callers decide."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_THINK = re.compile(r"<(think|thinking|reasoning)>.*?</\1>", re.IGNORECASE | re.DOTALL)
+_NUMBER = r"[-+]?\d+(?:[.,]\d+)?"
+
+
+def strip_thinking(text: str) -> str:
+    """Remove ``<think>...</think>`` (and ``<thinking>``, ``<reasoning>``) blocks, and a stray closer."""
+    text = _THINK.sub(" ", text or "")
+    closer = re.search(r"</(think|thinking|reasoning)>", text, re.IGNORECASE)
+    if closer:
+        text = text[closer.end() :]
+    return text.strip()
+
+
+def _to_float(token: str) -> float:
+    return float(token.replace(",", "."))
+
+
+def parse_score(text: str, low: float = 0.0, high: float = 10.0) -> float | None:
+    """Read a relevance score in ``[low, high]`` from free text, or None.
+
+    Understands ``7``, ``7.5``, ``Score: 8``, ``8/10``, ``8 out of 10``, ``80/100`` and
+    ``{"score": 8}``. A number outside the range (and no scale that brings it in) gives None.
+    """
+    text = strip_thinking(text)
+    if not text:
+        return None
+    scaled = re.search(rf"({_NUMBER})\s*(?:/|out of)\s*(\d+(?:\.\d+)?)", text, re.IGNORECASE)
+    if scaled:
+        value, scale = _to_float(scaled.group(1)), float(scaled.group(2))
+        if scale > 0 and 0 <= value <= scale:
+            return low + (high - low) * value / scale
+        return None
+    labelled = re.search(rf"(?:score|rating|relevance)\W{{0,4}}\s*({_NUMBER})", text, re.IGNORECASE)
+    match = labelled or re.search(_NUMBER, text)
+    if not match:
+        return None
+    value = _to_float(match.group(1) if labelled else match.group(0))
+    if not math.isfinite(value) or not low <= value <= high:
+        return None
+    return value
+
+
+def parse_reason(text: str) -> str | None:
+    """Return the one-line reason from ``Reason: ...`` (or the text after the score), or None."""
+    text = strip_thinking(text)
+    labelled = re.search(r"reason\W{0,3}\s*(.+)", text, re.IGNORECASE)
+    if labelled:
+        line = labelled.group(1).strip().splitlines()[0].strip().strip('"')
+        return line or None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    rest = [ln for ln in lines[1:] if not re.fullmatch(rf"\W*{_NUMBER}\W*", ln)]
+    return rest[0] if rest else None
+
+
+@dataclass(frozen=True)
+class Permutation:
+    """A repaired permutation of ``range(n)`` read from LLM output.
+
+    ``order`` always holds every position exactly once: ids the LLM gave, in its order, then
+    the ones it left out, in input order.
+    """
+
+    order: tuple[int, ...]
+    parsed: int
+    """How many valid, distinct ids the LLM gave."""
+    duplicates: int
+    out_of_range: int
+    missing: tuple[int, ...]
+
+    @property
+    def clean(self) -> bool:
+        """True when the LLM gave every id once and nothing else."""
+        return not (self.duplicates or self.out_of_range or self.missing)
+
+
+def parse_permutation(text: str, n: int) -> Permutation:
+    """Read an ordering of ``n`` items labelled ``[1]..[n]`` from text like ``[3] > [1] > [2]`` or ``3,1,2``.
+
+    Bracketed ids win over bare numbers when any are present (so prose numbers are ignored);
+    ids outside ``1..n`` (including 0 and negatives) are dropped, duplicates keep their first
+    place, and missing ids are appended in input order.
+    """
+    text = strip_thinking(text)
+    tokens = re.findall(r"\[\s*(-?\d+)\s*\]", text)
+    if not tokens:
+        tokens = re.findall(r"(?<![\w.])-?\d+(?!\d|\.\d)", text)
+    seen: list[int] = []
+    duplicates = out_of_range = 0
+    for token in tokens:
+        value = int(token) - 1
+        if not 0 <= value < n:
+            out_of_range += 1
+        elif value in seen:
+            duplicates += 1
+        else:
+            seen.append(value)
+    missing = tuple(i for i in range(n) if i not in set(seen))
+    return Permutation(
+        order=tuple(seen) + missing,
+        parsed=len(seen),
+        duplicates=duplicates,
+        out_of_range=out_of_range,
+        missing=missing,
+    )
+
+
+def parse_choice(text: str, choices: tuple[str, ...]) -> str | None:
+    """Return the first of ``choices`` that appears as a whole word in ``text`` (case-insensitive), or None."""
+    text = strip_thinking(text)
+    pattern = "|".join(re.escape(c) for c in sorted(choices, key=len, reverse=True))
+    found = re.search(rf"(?<![A-Za-z0-9])({pattern})(?![A-Za-z0-9])", text, re.IGNORECASE)
+    if not found:
+        return None
+    word = found.group(1).lower()
+    return next(c for c in choices if c.lower() == word)
+
+
+def choice_distribution(logprobs: Mapping[str, float] | None, choices: tuple[str, ...]) -> dict[str, float]:
+    """Normalise the choices' log-probabilities into probabilities over the choices that were seen."""
+    if not logprobs:
+        return {}
+    probs = {c: math.exp(logprobs[c]) for c in choices if c in logprobs and math.isfinite(logprobs[c])}
+    total = sum(probs.values())
+    if total <= 0:
+        return {}
+    return {c: p / total for c, p in probs.items()}

@@ -1,0 +1,213 @@
+"""The entry point: :class:`Reranker`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .backends.base import Backend
+from .cache import ResponseCache
+from .driver import Driver, OnError
+from .errors import ConfigurationError
+from .prompts import domain_instruction
+from .strategies import Strategy, make_strategy
+from .strategies.base import Context, Ranking
+from .types import (
+    Diagnostic,
+    RankedDocument,
+    RerankResult,
+    check_query,
+    check_top_k,
+    normalize_documents,
+)
+
+logger = logging.getLogger("llmrerank")
+
+
+def default_backend() -> Backend:
+    """The backend used when none is given.
+
+    ``OPENAI_API_KEY`` set: OpenAI ``gpt-4o-mini`` (``OPENAI_BASE_URL`` honoured by the SDK);
+    else ``ANTHROPIC_API_KEY``: Anthropic Haiku; else the local demo model, with one log line.
+    """
+    if os.environ.get("OPENAI_API_KEY"):
+        from .backends.openai import OpenAIBackend
+
+        return OpenAIBackend()
+    if os.environ.get("ANTHROPIC_API_KEY"):
+        from .backends.anthropic import AnthropicBackend
+
+        return AnthropicBackend()
+    from .backends.local import LocalBackend
+
+    logger.warning(
+        "llmrerank: no OPENAI_API_KEY or ANTHROPIC_API_KEY; using the small local demo model "
+        "SmolLM2-135M-Instruct (fine for trying things, weak for real ranking)"
+    )
+    return LocalBackend()
+
+
+class Reranker:
+    """Reorder documents by relevance to a query with an LLM.
+
+    >>> r = Reranker(strategy="listwise", backend=OpenAIBackend(model="gpt-4o-mini"))  # doctest: +SKIP
+    >>> result = r.rerank("what is BM25?", docs, top_k=5)                               # doctest: +SKIP
+
+    ``strategy``: ``"pointwise"``, ``"pairwise"``, ``"listwise"``, ``"hybrid"`` or a strategy object
+    (for options); None picks the backend's preferred one (listwise for API models, pointwise with
+    log-probs for the local model). ``backend``: None picks one from the environment
+    (:func:`default_backend`). ``domain``: ``"legal"``, ``"medical"``, ``"ecommerce"`` or your own
+    instruction. ``max_concurrency`` bounds LLM calls in flight across all concurrent reranks of
+    this object. ``on_error="degrade"`` (default) returns a fallback order with ``degraded=True``
+    when calls fail; ``"raise"`` raises the typed error. ``strict=True`` raises
+    :class:`~llmrerank.errors.ParseError` on unreadable output instead of falling back.
+    ``deadline`` bounds one rerank in seconds. ``cache``: a :class:`~llmrerank.cache.MemoryCache`,
+    :class:`~llmrerank.cache.DiskCache` or anything with ``get``/``set``.
+    """
+
+    def __init__(
+        self,
+        strategy: str | Strategy | None = None,
+        backend: Backend | None = None,
+        *,
+        domain: str | None = None,
+        max_concurrency: int = 8,
+        on_error: OnError = "degrade",
+        strict: bool = False,
+        deadline: float | None = None,
+        cache: ResponseCache | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ConfigurationError("max_concurrency must be >= 1")
+        if on_error not in ("degrade", "raise"):
+            raise ConfigurationError("on_error must be 'degrade' or 'raise'")
+        if deadline is not None and deadline <= 0:
+            raise ConfigurationError("deadline must be > 0 seconds")
+        if backend is not None and not isinstance(backend, Backend):
+            raise ConfigurationError(f"backend must be a llmrerank Backend, got {type(backend).__name__}")
+        domain_instruction(domain)
+        self.backend = backend if backend is not None else default_backend()
+        self.strategy = make_strategy(strategy or self.backend.preferred_strategy)
+        self.domain = domain
+        self.max_concurrency = max_concurrency
+        self.on_error = on_error
+        self.strict = strict
+        self.deadline = deadline
+        self.cache = cache
+        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Reranker(strategy={self.strategy!r}, backend={self.backend!r})"
+
+    def _limiter(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            limiter = self._limiters.get(loop)
+            if limiter is None:
+                limiter = self._limiters[loop] = asyncio.Semaphore(self.max_concurrency)
+            return limiter
+
+    async def arerank(self, query: str, documents: Sequence[Any], top_k: int | None = None) -> RerankResult:
+        """Rerank ``documents`` for ``query``; return the best ``top_k`` (all when None).
+
+        ``documents`` may be strings, dicts with ``content`` or ``text`` (plus ``id``/``metadata``),
+        or objects with ``page_content`` or ``text``; results hold the caller's own objects.
+        """
+        started = time.perf_counter()
+        query = check_query(query)
+        top_k = check_top_k(top_k)
+        originals = list(documents) if not isinstance(documents, Sequence) else documents
+        docs = normalize_documents(originals)
+        name = self.strategy.name
+        if not docs:
+            return RerankResult((), query, name, "input_order")
+        driver = Driver(self.backend, self._limiter(), on_error=self.on_error, deadline=self.deadline, cache=self.cache)
+        ctx = Context(
+            top_k=top_k,
+            supports_logprobs=self.backend.supports_logprobs,
+            strict=self.strict,
+            domain=self.domain,
+            pointwise_method=getattr(self.backend, "pointwise_method", "expected"),
+        )
+        ranking = await driver.run(self.strategy.plan(query, docs, ctx))
+        ranking = _complete(ranking, len(docs))
+        meter = driver.meter
+        degraded = (
+            meter.failed_calls > 0
+            or meter.deadline_hit
+            or any(d.code == "prefilter_failed" for d in ranking.diagnostics)
+        )
+        diagnostics = list(ranking.diagnostics)
+        if meter.deadline_hit:
+            diagnostics.append(Diagnostic("deadline_exceeded", f"deadline of {self.deadline}s passed"))
+        if degraded:
+            logger.warning(
+                "llmrerank: %s rerank degraded (%d of %d calls failed); fallback order used",
+                name,
+                meter.failed_calls,
+                meter.calls + meter.failed_calls,
+            )
+        by_index: dict[int, list[Diagnostic]] = {}
+        for d in diagnostics:
+            if d.index is not None:
+                by_index.setdefault(d.index, []).append(d)
+        kept = ranking.order[:top_k] if top_k else ranking.order
+        items = tuple(
+            RankedDocument(
+                index=i,
+                document=originals[i],
+                score=ranking.scores.get(i),
+                rank=r + 1,
+                reason=ranking.reasons.get(i),
+                diagnostics=tuple(by_index.get(i, ())),
+            )
+            for r, i in enumerate(kept)
+        )
+        return RerankResult(
+            items=items,
+            query=query,
+            strategy=name,
+            score_kind=ranking.score_kind,
+            usage=meter.usage(time.perf_counter() - started),
+            diagnostics=tuple(diagnostics),
+            degraded=degraded,
+        )
+
+    def rerank(self, query: str, documents: Sequence[Any], top_k: int | None = None) -> RerankResult:
+        """Blocking :meth:`arerank`. Safe inside a running event loop (runs in a worker thread)."""
+
+        async def run_and_close() -> RerankResult:
+            try:
+                return await self.arerank(query, documents, top_k)
+            finally:
+                await self.backend.aclose()
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(run_and_close())
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrerank") as pool:
+            return pool.submit(asyncio.run, run_and_close()).result()
+
+
+def _complete(ranking: Ranking, n: int) -> Ranking:
+    """Guard the never-lose-a-document promise against a faulty custom strategy."""
+    order = list(dict.fromkeys(i for i in ranking.order if 0 <= i < n))
+    if len(order) < n:
+        seen = set(order)
+        ranking.diagnostics.append(
+            Diagnostic("strategy_repaired", f"strategy returned {len(order)} of {n} documents; rest appended")
+        )
+        order += [i for i in range(n) if i not in seen]
+    ranking.order = order
+    return ranking

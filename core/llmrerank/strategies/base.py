@@ -1,0 +1,69 @@
+"""The strategy contract: pure prompt-building and parsing, driven by one async driver.
+
+A strategy's :meth:`Strategy.plan` is a generator. It yields a *step* (a list of
+:class:`~llmrerank.backends.base.Prompt`, or a :class:`Predict` for a cross-encoder) and receives,
+for each item of the step, either the answer or the exception that call ended in. When it is done
+it returns a :class:`Ranking`. It never performs I/O, so the same plan runs under the async driver,
+in tests step by step, and in any future driver.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+from ..backends.base import Completion, Prompt
+from ..types import Diagnostic, Document, ScoreKind
+
+
+@dataclass(frozen=True)
+class Predict:
+    """A step that asks a cross-encoder-like scorer for ``scorer(pairs)`` (run off the event loop)."""
+
+    scorer: Callable[[list[tuple[str, str]]], Sequence[float]]
+    pairs: list[tuple[str, str]]
+
+
+Step = Union[list[Prompt], Predict]  # noqa: UP007 - a runtime alias, kept valid on 3.10
+Answer = Union[Completion, BaseException]  # noqa: UP007
+Plan = Generator[Step, Any, "Ranking"]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a plan may know about the call besides the query and the documents."""
+
+    top_k: int | None = None
+    supports_logprobs: bool = False
+    strict: bool = False
+    domain: str | None = None
+    pointwise_method: str = "expected"
+    """The backend's preferred log-prob scoring for pointwise (``expected`` or ``yes_no``)."""
+
+
+@dataclass
+class Ranking:
+    """What a plan returns: a full order of the documents it was given (positions 0..n-1)."""
+
+    order: list[int]
+    score_kind: ScoreKind
+    scores: dict[int, float] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
+class Strategy(ABC):
+    """A reranking strategy. Subclasses are frozen dataclasses of options plus :meth:`plan`."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
+        """Yield steps, receive answers, return a :class:`Ranking` over ``range(len(docs))``."""
+
+
+def failure(answer: Any) -> BaseException | None:
+    """Return the exception when a call failed, else None."""
+    return answer if isinstance(answer, BaseException) else None

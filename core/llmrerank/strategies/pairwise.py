@@ -1,0 +1,147 @@
+"""Pairwise: the LLM says which of two documents (A or B) answers the query better.
+
+Each pair is asked in both orders (A/B and B/A) to cancel position bias. Two modes:
+
+- ``all_pairs``: every pair, both orders: ``n * (n - 1)`` calls in one concurrent step; the score
+  is each document's average preference over the others (``win_rate``).
+- ``sort``: a quickselect-then-quicksort over the first-stage order that only sorts what the
+  top-k needs: each round compares a segment's members with one pivot concurrently, about
+  ``2 * (2n + k log2 k)`` calls in expectation and ``O(log n)`` sequential rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from ..backends.base import Completion, Prompt
+from ..errors import ConfigurationError, ParseError
+from ..parsing import choice_distribution, parse_choice
+from ..prompts import clip, document_block, render, system_prompt
+from ..types import Diagnostic, Document
+from .base import Context, Plan, Ranking, Step, Strategy, failure
+
+PAIR_TEMPLATE = (
+    "Query: {query}\n\n{document_a}\n\n{document_b}\n\n"
+    "Which document answers the query better, A or B? Answer with the single letter A or B."
+)
+"""User prompt; placeholders ``{query}``, ``{document_a}``, ``{document_b}``."""
+
+AB = ("A", "B")
+
+
+@dataclass(frozen=True)
+class Pairwise(Strategy):
+    """Compare documents two at a time, in both orders; see the module docstring for the call counts."""
+
+    name: ClassVar[str] = "pairwise"
+    mode: Literal["auto", "all_pairs", "sort"] = "auto"
+    """``auto``: ``all_pairs`` up to ``all_pairs_max`` documents, else ``sort``."""
+    all_pairs_max: int = 8
+    use_logprobs: bool | None = None
+    """Use the A/B log-probability margin when the backend has log-probs (None: when available)."""
+    max_doc_chars: int = 1500
+    system_prompt: str | None = None
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "all_pairs", "sort"):
+            raise ConfigurationError(f"unknown pairwise mode {self.mode!r}")
+        if self.max_doc_chars < 1 or self.all_pairs_max < 2:
+            raise ConfigurationError("max_doc_chars must be >= 1 and all_pairs_max >= 2")
+
+    def prompt(self, query: str, a: str, b: str, ctx: Context) -> Prompt:
+        """The prompt comparing clipped texts ``a`` and ``b``."""
+        user = render(
+            self.template or PAIR_TEMPLATE,
+            query=query,
+            document_a=document_block("A", a),
+            document_b=document_block("B", b),
+        )
+        logprobs = ctx.supports_logprobs if self.use_logprobs is None else self.use_logprobs
+        return Prompt(
+            system_prompt(self.system_prompt, ctx.domain),
+            user,
+            max_tokens=2,
+            choices=AB if logprobs else None,
+        )
+
+    def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
+        """All pairs or sort-based, by ``mode``."""
+        n = len(docs)
+        clipped = [clip(d.text, self.max_doc_chars) for d in docs]
+        texts = [c.text for c in clipped]
+        diagnostics = [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
+        mode = self.mode if self.mode != "auto" else ("all_pairs" if n <= self.all_pairs_max else "sort")
+
+        def compare(pairs: list[tuple[int, int]]) -> Generator[Step, Any, list[float]]:
+            """Preference of i over j in [0, 1] for each pair (0.5 when unknown), asking both orders."""
+            prompts = []
+            for i, j in pairs:
+                prompts += [
+                    self.prompt(query, texts[i], texts[j], ctx),
+                    self.prompt(query, texts[j], texts[i], ctx),
+                ]
+            answers = yield list(prompts)
+            prefs = []
+            for k, (i, j) in enumerate(pairs):
+                first = self.read(answers[2 * k], diagnostics, i, ctx)
+                second = self.read(answers[2 * k + 1], diagnostics, j, ctx)
+                votes = [v for v in (first, None if second is None else 1.0 - second) if v is not None]
+                prefs.append(sum(votes) / len(votes) if votes else 0.5)
+            return prefs
+
+        if n < 2:
+            return Ranking(list(range(n)), "win_rate", dict.fromkeys(range(n), 1.0), diagnostics=diagnostics)
+        if mode == "all_pairs":
+            pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+            prefs = yield from compare(pairs)
+            wins = [0.0] * n
+            for (i, j), p in zip(pairs, prefs, strict=True):
+                wins[i] += p
+                wins[j] += 1.0 - p
+            scores = {i: wins[i] / (n - 1) for i in range(n)}
+            order = sorted(range(n), key=lambda i: (-scores[i], i))
+            return Ranking(order, "win_rate", scores, diagnostics=diagnostics)
+
+        k = ctx.top_k or n
+
+        def select(items: list[int], k: int) -> Generator[Step, Any, list[int]]:
+            """Sort ``items`` well enough that its best ``k`` come first in order."""
+            if len(items) <= 1 or k <= 0:
+                return items
+            pivot = items[len(items) // 2]
+            others = [x for x in items if x != pivot]
+            prefs = yield from compare([(x, pivot) for x in others])
+            better = [x for x, p in zip(others, prefs, strict=True) if p > 0.5 or (p == 0.5 and x < pivot)]
+            worse = [x for x in others if x not in better]
+            head = yield from select(better, k)
+            if len(head) + 1 >= k:
+                return [*head, pivot, *worse]
+            tail = yield from select(worse, k - len(head) - 1)
+            return [*head, pivot, *tail]
+
+        order = yield from select(list(range(n)), k)
+        scores = {i: (n - r) / n for r, i in enumerate(order)}
+        return Ranking(order, "rank", scores, diagnostics=diagnostics)
+
+    def read(
+        self, answer: Completion | BaseException, diagnostics: list[Diagnostic], index: int, ctx: Context
+    ) -> float | None:
+        """P(A is better) from one answer, or None (recorded) when it cannot be read."""
+        error = failure(answer)
+        if error is not None:
+            diagnostics.append(Diagnostic("call_failed", f"{type(error).__name__}: {error}", index))
+            return None
+        assert isinstance(answer, Completion)
+        probs = choice_distribution(answer.choice_logprobs, AB)
+        if probs:
+            return probs.get("A", 0.0)
+        choice = parse_choice(answer.text, AB)
+        if choice is None:
+            if ctx.strict:
+                raise ParseError("no A/B answer", output=answer.text)
+            diagnostics.append(Diagnostic("choice_unparsed", f"{answer.text[:80]!r}", index))
+            return None
+        return 1.0 if choice == "A" else 0.0

@@ -1,0 +1,142 @@
+"""Pointwise: every document gets a 0-10 relevance score, independently and concurrently."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from ..backends.base import Completion, Prompt
+from ..errors import ConfigurationError, ParseError
+from ..parsing import choice_distribution, parse_reason, parse_score
+from ..prompts import clip, document_block, render, system_prompt
+from ..types import Diagnostic, Document, ScoreKind
+from .base import Context, Plan, Ranking, Strategy, failure
+
+SCORE_TEMPLATE = (
+    "Query: {query}\n\n{document}\n\n"
+    "How relevant is the document to the query, from 0 (unrelated) to 10 (answers it fully)?\n"
+    "{answer_format}"
+)
+"""User prompt; placeholders ``{query}``, ``{document}``, ``{answer_format}``."""
+
+YES_NO_TEMPLATE = "Query: {query}\n\n{document}\n\nDoes the document answer the query? Answer Yes or No."
+"""User prompt for the Yes/No log-probability method."""
+
+NUMBER_ONLY = "Answer with the number only."
+WITH_REASON = "Answer in exactly two lines:\nScore: <0-10>\nReason: <one sentence>"
+SCALE = tuple(str(i) for i in range(11))
+
+Method = Literal["auto", "generate", "expected", "yes_no"]
+
+
+@dataclass(frozen=True)
+class Pointwise(Strategy):
+    """Score each document 0-10 on its own; rank by score (ties keep input order).
+
+    ``method``:
+    - ``generate``: the LLM writes the score (and a reason with ``with_reason=True``).
+    - ``expected``: the expected value of the 0..10 rating under the next-token log-probabilities
+      (finer, fewer ties); needs a backend with log-probs.
+    - ``yes_no``: 10 x P(Yes) / (P(Yes) + P(No)); needs log-probs.
+    - ``auto`` (default): the backend's preferred log-prob method when it has log-probs and no
+      reason is asked for, else ``generate``.
+
+    A score that cannot be read is recorded as ``score_unparsed``; such documents (and those whose
+    call failed) follow every scored document, in input order, with ``score=None``.
+    N documents cost N calls.
+    """
+
+    name: ClassVar[str] = "pointwise"
+    method: Method = "auto"
+    with_reason: bool = False
+    max_doc_chars: int = 2000
+    """Documents are cut to this many characters (roughly a quarter as many tokens)."""
+    system_prompt: str | None = None
+    """Replaces the built-in system prompt (the domain instruction is still appended)."""
+    template: str | None = None
+    """Replaces the user prompt; placeholders ``{query}``, ``{document}``, ``{answer_format}``."""
+
+    def __post_init__(self) -> None:
+        if self.method not in ("auto", "generate", "expected", "yes_no"):
+            raise ConfigurationError(f"unknown pointwise method {self.method!r}")
+        if self.max_doc_chars < 1:
+            raise ConfigurationError("max_doc_chars must be >= 1")
+
+    def resolve_method(self, ctx: Context) -> str:
+        """The method this plan will use given the backend's capabilities."""
+        if self.method != "auto":
+            return self.method
+        if ctx.supports_logprobs and not self.with_reason:
+            return ctx.pointwise_method
+        return "generate"
+
+    def prompt(self, query: str, doc: Document, method: str, ctx: Context) -> tuple[Prompt, bool]:
+        """Build the prompt for one document; also says whether the document was truncated."""
+        clipped = clip(doc.text, self.max_doc_chars)
+        block = document_block("1", clipped.text)
+        system = system_prompt(self.system_prompt, ctx.domain)
+        if method == "yes_no":
+            user = render(self.template or YES_NO_TEMPLATE, query=query, document=block, answer_format="")
+            return Prompt(system, user, max_tokens=2, choices=("Yes", "No")), clipped.truncated
+        answer_format = WITH_REASON if self.with_reason else NUMBER_ONLY
+        user = render(self.template or SCORE_TEMPLATE, query=query, document=block, answer_format=answer_format)
+        if method == "expected":
+            return Prompt(system, user, max_tokens=2, choices=SCALE), clipped.truncated
+        return Prompt(system, user, max_tokens=64 if self.with_reason else 8), clipped.truncated
+
+    def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
+        """One step: a prompt per document."""
+        method = self.resolve_method(ctx)
+        built = [self.prompt(query, doc, method, ctx) for doc in docs]
+        diagnostics = [
+            Diagnostic("truncated", f"cut to {self.max_doc_chars} characters", i)
+            for i, (_, truncated) in enumerate(built)
+            if truncated
+        ]
+        answers = yield [p for p, _ in built]
+        scores: dict[int, float] = {}
+        reasons: dict[int, str] = {}
+        for i, answer in enumerate(answers):
+            error = failure(answer)
+            if error is not None:
+                diagnostics.append(Diagnostic("call_failed", f"{type(error).__name__}: {error}", i))
+                continue
+            score, how = read_score(answer, method)
+            if score is None:
+                if ctx.strict:
+                    raise ParseError("no 0-10 score in the answer", output=answer.text)
+                diagnostics.append(Diagnostic("score_unparsed", f"could not read a score from {answer.text[:80]!r}", i))
+                continue
+            scores[i] = score
+            diagnostics.append(Diagnostic(how, f"{score:.3g}", i))
+            if self.with_reason:
+                reason = parse_reason(answer.text)
+                if reason:
+                    reasons[i] = reason
+        scored = sorted(scores, key=lambda i: (-scores[i], i))
+        unscored = [i for i in range(len(docs)) if i not in scores]
+        kind: ScoreKind = "logprob" if method in ("expected", "yes_no") else "relevance"
+        return Ranking(scored + unscored, kind, scores, reasons, diagnostics)
+
+
+def read_score(answer: Completion, method: str) -> tuple[float | None, str]:
+    """Score from log-probs when present, else parsed from the text; with the diagnostic code."""
+    if method == "expected":
+        probs = choice_distribution(answer.choice_logprobs, SCALE)
+        if probs:
+            # P(first token "1") also covers "10"; count "1" only for what "10" leaves.
+            if "1" in probs and "10" in probs:
+                probs["1"] = max(probs["1"] - probs["10"], 0.0)
+            total = sum(probs.values())
+            if total > 0:
+                return sum(int(c) * p for c, p in probs.items()) / total, "score_from_logprobs"
+    elif method == "yes_no":
+        probs = choice_distribution(answer.choice_logprobs, ("Yes", "No"))
+        if probs:
+            return 10.0 * probs.get("Yes", 0.0), "score_from_logprobs"
+        text = answer.text.strip().lower()
+        if text.startswith(("yes", "no")):
+            return (10.0 if text.startswith("yes") else 0.0), "score_parsed"
+        return None, "score_unparsed"
+    return parse_score(answer.text), "score_parsed"
