@@ -7,6 +7,7 @@ The HTTP server that speaks the OpenAI and Anthropic wire formats on loopback li
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -90,4 +91,40 @@ class FakeBackend(Backend):
             self.in_flight -= 1
 
 
-__all__ = ["FakeBackend", "FakeBackendExhausted"]
+_BLOCK = re.compile(r'<document id="([^"]*)">\n(.*?)\n</document>', re.DOTALL)
+
+
+def _terms(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 2}
+
+
+def overlap(query: str, text: str) -> float:
+    """Share of the query's words (longer than two letters) found in ``text``."""
+    q = _terms(query)
+    return len(q & _terms(text)) / len(q) if q else 0.0
+
+
+def overlap_judge(prompt: Prompt) -> str:
+    """A deterministic stand-in for an LLM that judges by word overlap with the query.
+
+    It answers the built-in prompts of every strategy: a 0-10 score for pointwise, ``A``/``B``
+    for pairwise, ``[i] > [j] > ...`` for listwise (``Yes``/``No`` for yes/no prompts).
+    Use it as ``FakeBackend(respond=overlap_judge)``.
+    """
+    query_line = re.search(r"^Query: (.*)$", prompt.user, re.MULTILINE)
+    query = query_line.group(1) if query_line else ""
+    blocks = _BLOCK.findall(prompt.user)
+    scores = [(label, overlap(query, text)) for label, text in blocks]
+    if not scores:
+        return "I cannot help with that."
+    if len(scores) == 1:
+        if "Yes or No" in prompt.user:
+            return "Yes" if scores[0][1] >= 0.5 else "No"
+        return str(round(10 * scores[0][1]))
+    if [label for label, _ in scores] == ["A", "B"]:
+        return "A" if scores[0][1] >= scores[1][1] else "B"
+    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i][1], i))
+    return " > ".join(scores[i][0] for i in ranked)
+
+
+__all__ = ["FakeBackend", "FakeBackendExhausted", "overlap", "overlap_judge"]

@@ -1,0 +1,89 @@
+"""Tolerant parsing of LLM output."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmrerank.parsing import (
+    choice_distribution,
+    parse_choice,
+    parse_permutation,
+    parse_reason,
+    parse_score,
+    strip_thinking,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7", 7.0),
+        ("Score: 7.5", 7.5),
+        ("relevance score: 3", 3.0),
+        ("8/10", 8.0),
+        ("I'd say 8 out of 10.", 8.0),
+        ("80/100", 8.0),
+        ('{"score": 9}', 9.0),
+        ("<think>maybe 2? no</think> 6", 6.0),
+        ("6,5", 6.5),
+        ("11", None),
+        ("-3", None),
+        ("15/10", None),
+        ("no idea", None),
+        ("", None),
+    ],
+)
+def test_parse_score(text: str, expected: float | None) -> None:
+    assert parse_score(text) == expected
+
+
+def test_parse_reason_labelled_and_second_line() -> None:
+    assert parse_reason("Score: 8\nReason: it names the statute.") == "it names the statute."
+    assert parse_reason("8\nIt names the statute.") == "It names the statute."
+    assert parse_reason("8") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "n", "order", "dups", "bad", "missing"),
+    [
+        ("[3] > [1] > [2]", 3, (2, 0, 1), 0, 0, ()),
+        ("3, 1, 2", 3, (2, 0, 1), 0, 0, ()),
+        ('{"ranking": [2, 3, 1]}', 3, (1, 2, 0), 0, 0, ()),
+        ("[2] > [2] > [1]", 3, (1, 0, 2), 1, 0, (2,)),
+        ("[0] > [4] > [-1] > [2]", 3, (1, 0, 2), 0, 3, (0, 2)),
+        ("Doc: 0, Doc: 3", 3, (2, 0, 1), 0, 1, (0, 1)),
+        ("I cannot rank these.", 3, (0, 1, 2), 0, 0, (0, 1, 2)),
+        ("Passage [2] is best; it cites 2019 data. Then [1].", 2, (1, 0), 0, 0, ()),
+        ("<think>[1] > [2]? no</think>[2] > [1]", 2, (1, 0), 0, 0, ()),
+        ("2.5, 1", 2, (0, 1), 0, 0, (1,)),
+    ],
+)
+def test_parse_permutation_repairs(
+    text: str, n: int, order: tuple[int, ...], dups: int, bad: int, missing: tuple[int, ...]
+) -> None:
+    perm = parse_permutation(text, n)
+    assert perm.order == order
+    assert sorted(perm.order) == list(range(n))
+    assert (perm.duplicates, perm.out_of_range, perm.missing) == (dups, bad, missing)
+    assert perm.clean == (not dups and not bad and not missing)
+
+
+def test_parse_choice_whole_words() -> None:
+    assert parse_choice("A", ("A", "B")) == "A"
+    assert parse_choice("Document B is better", ("A", "B")) == "B"
+    assert parse_choice("Answer: b", ("A", "B")) == "B"
+    assert parse_choice("Neither", ("A", "B")) is None
+    assert parse_choice("yes.", ("Yes", "No")) == "Yes"
+
+
+def test_strip_thinking_handles_stray_closer() -> None:
+    assert strip_thinking("<think>x</think>answer") == "answer"
+    assert strip_thinking("reasoning here</think> 5") == "5"
+
+
+def test_choice_distribution_normalises_seen_choices() -> None:
+    probs = choice_distribution({"Yes": -0.1, "No": -2.0, "Maybe": -0.01}, ("Yes", "No"))
+    assert set(probs) == {"Yes", "No"}
+    assert abs(sum(probs.values()) - 1) < 1e-9
+    assert probs["Yes"] > probs["No"]
+    assert choice_distribution(None, ("Yes", "No")) == {}
