@@ -1,0 +1,512 @@
+"""A fake LLM HTTP server on loopback that speaks the OpenAI and Anthropic wire formats.
+
+The real SDKs talk to it unchanged, so tests exercise their retries, timeouts and error types::
+
+    with FakeLLMServer(lambda request: "Yes") as srv:
+        OpenAIBackend(base_url=srv.base_url, api_key="test")             # OpenAI: base URL ends in /v1
+        AnthropicBackend(base_url=srv.anthropic_base_url, api_key="test")  # Anthropic: no /v1
+
+Endpoints: ``POST /v1/chat/completions`` (non-streaming, with ``logprobs``/``top_logprobs``),
+``GET /v1/models`` and ``POST /v1/messages``. A responder decides each answer; it returns a string
+(the answer text) or a :class:`Reply` (status, headers, delay, malformed body, connection reset).
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+Api = Literal["openai", "anthropic"]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """How :class:`FakeLLMServer` answers one request.
+
+    ``text`` is the answer (or the error message when ``status`` >= 400). ``top_logprobs`` maps
+    candidate first tokens to log-probs; an OpenAI request with ``logprobs: true`` gets them in
+    ``choices[0].logprobs.content[0].top_logprobs`` (the highest is the sampled token), and
+    ``"logprobs": null`` when this is None, like a server that ignores the parameter.
+    ``status`` >= 400 sends the API's error JSON; ``headers`` are added to the response
+    (e.g. ``retry-after``); ``delay`` seconds pass before answering; ``raw_body`` is sent verbatim
+    instead of the JSON; ``reset`` closes the connection without answering.
+    """
+
+    text: str = ""
+    top_logprobs: Mapping[str, float] | None = None
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    raw_body: bytes | str | None = None
+    reset: bool = False
+
+
+@dataclass(frozen=True)
+class ServerRequest:
+    """One request as the server saw it.
+
+    ``system`` and ``user`` join the system prompt and the other messages' text with newlines;
+    ``headers`` has lower-case names; ``body`` is the parsed JSON body (empty for GET).
+    """
+
+    api: Api
+    method: str
+    path: str
+    model: str = ""
+    system: str = ""
+    user: str = ""
+    max_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    body: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+Responder = Callable[[ServerRequest], "Reply | str"]
+
+
+class ScriptExhausted(AssertionError):
+    """A :class:`ScriptedResponder` with ``repeat_last=False`` ran out of replies."""
+
+
+class ScriptedResponder:
+    """Answers requests with queued replies, in arrival order.
+
+    When the queue runs out the last reply is repeated (``repeat_last=True``, the default), or
+    :class:`ScriptExhausted` is raised, which the server turns into a 500 and records in
+    :attr:`FakeLLMServer.errors`. Thread-safe.
+    """
+
+    def __init__(self, replies: Iterable[Reply | str], *, repeat_last: bool = True) -> None:
+        self.queue: deque[Reply | str] = deque(replies)
+        self.repeat_last = repeat_last
+        self._last: Reply | str | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, request: ServerRequest) -> Reply | str:
+        with self._lock:
+            if self.queue:
+                self._last = self.queue.popleft()
+                return self._last
+            if self.repeat_last and self._last is not None:
+                return self._last
+        raise ScriptExhausted(f"ScriptedResponder has no reply for {request.method} {request.path}")
+
+
+def estimate_tokens(text: str) -> int:
+    """The server's deterministic token count: about four characters a token."""
+    return len(text) // 4 + 1 if text else 0
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512
+    allow_reuse_address = True
+    owner: FakeLLMServer
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # ThreadingMixIn does not join daemon threads on close; keep them to join in stop().
+        worker = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address), name="FakeLLMServer-conn", daemon=True
+        )
+        with self.owner._lock:
+            self.owner._workers.add(worker)
+        worker.start()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.owner._lock:
+                self.owner._workers.discard(threading.current_thread())
+
+
+class FakeLLMServer:
+    """OpenAI- and Anthropic-compatible HTTP server on ``127.0.0.1`` with an ephemeral port.
+
+    Use it as a context manager or call :meth:`start` / :meth:`stop`. ``responder`` is a function
+    of the :class:`ServerRequest` returning a :class:`Reply` or answer text (a plain string or
+    Reply answers every request alike; None answers ``"OK"``). ``latency`` seconds are added to
+    every request. Every request is recorded in :attr:`requests`; :attr:`max_in_flight` is the
+    highest number answered at once; exceptions raised by the responder become 500s and are kept
+    in :attr:`errors`.
+    """
+
+    def __init__(
+        self,
+        responder: Responder | Reply | str | None = None,
+        *,
+        latency: float = 0.0,
+        models: Iterable[str] = ("fake-model",),
+    ) -> None:
+        self.responder = responder
+        self.latency = latency
+        self.models = list(models)
+        self.errors: list[BaseException] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._requests: list[ServerRequest] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._workers: set[threading.Thread] = set()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (after :meth:`start`)."""
+        if self._httpd is None:
+            raise RuntimeError("FakeLLMServer is not running")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """Base URL for the OpenAI SDK, which expects the ``/v1`` suffix."""
+        return f"{self.url}/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        """Base URL for the Anthropic SDK, which appends ``/v1/messages`` itself."""
+        return self.url
+
+    @property
+    def requests(self) -> list[ServerRequest]:
+        """A copy of every request received so far, in arrival order."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear(self) -> None:
+        """Forget recorded requests, errors and the in-flight maximum."""
+        with self._lock:
+            self._requests.clear()
+            self.errors.clear()
+            self.max_in_flight = self.in_flight
+
+    def start(self) -> FakeLLMServer:
+        """Bind an ephemeral port and serve from a daemon thread."""
+        if self._httpd is not None:
+            return self
+        self._stopping.clear()
+        httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
+        httpd.owner = self
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="FakeLLMServer", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, drop open connections and join every server thread."""
+        httpd, thread = self._httpd, self._thread
+        if httpd is None:
+            return
+        self._stopping.set()
+        httpd.shutdown()
+        with self._lock:
+            connections = list(self._connections)
+        # Idle keep-alive connections would block their handler threads (and server_close) forever.
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        httpd.server_close()
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            worker.join()
+        if thread is not None:
+            thread.join()
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> FakeLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _answer(self, request: ServerRequest) -> Reply:
+        responder = self.responder
+        try:
+            if responder is None:
+                answer: Reply | str = "OK"
+            elif isinstance(responder, (Reply, str)):
+                answer = responder
+            else:
+                answer = responder(request)
+        except Exception as exc:
+            with self._lock:
+                self.errors.append(exc)
+            return Reply(text=f"responder failed: {type(exc).__name__}: {exc}", status=500)
+        return answer if isinstance(answer, Reply) else Reply(text=str(answer))
+
+
+_OPENAI_ERRORS = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+}
+_ANTHROPIC_ERRORS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+def _text(content: Any) -> str:
+    """Text of a message ``content``: a string or a list of text parts/blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def _parse(api: Api, method: str, path: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> ServerRequest:
+    system: list[str] = []
+    user: list[str] = []
+    if api == "anthropic":
+        if body.get("system"):
+            system.append(_text(body["system"]))
+        user = [_text(m.get("content")) for m in body.get("messages", ()) if isinstance(m, dict)]
+        max_tokens = body.get("max_tokens")
+    else:
+        for message in body.get("messages", ()):
+            if isinstance(message, dict):
+                role = message.get("role")
+                (system if role in ("system", "developer") else user).append(_text(message.get("content")))
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    return ServerRequest(
+        api=api,
+        method=method,
+        path=path,
+        model=str(body.get("model", "")),
+        system="\n".join(system),
+        user="\n".join(user),
+        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+        logprobs=bool(body.get("logprobs")) if api == "openai" else False,
+        top_logprobs=body.get("top_logprobs") if isinstance(body.get("top_logprobs"), int) else None,
+        body=body,
+        headers=headers,
+    )
+
+
+def _openai_completion(request: ServerRequest, reply: Reply) -> dict[str, Any]:
+    logprobs: dict[str, Any] | None = None
+    if request.logprobs and reply.top_logprobs is not None:
+        ranked = sorted(reply.top_logprobs.items(), key=lambda kv: -kv[1])
+        token, logprob = ranked[0] if ranked else (reply.text, 0.0)
+        top = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in ranked[: request.top_logprobs or 0]]
+        first = {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": top}
+        logprobs = {"content": [first], "refusal": None}
+    prompt_tokens = estimate_tokens(request.system + request.user)
+    completion_tokens = estimate_tokens(reply.text)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.text, "refusal": None},
+                "logprobs": logprobs,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        "system_fingerprint": "fp_fake",
+    }
+
+
+def _anthropic_message(request: ServerRequest, reply: Reply) -> dict[str, Any]:
+    return {
+        "id": f"msg_{uuid.uuid4().hex[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": request.model,
+        "content": [{"type": "text", "text": reply.text}] if reply.text else [],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": estimate_tokens(request.system + request.user),
+            "output_tokens": estimate_tokens(reply.text),
+        },
+    }
+
+
+def _error_body(api: Api, status: int, message: str) -> dict[str, Any]:
+    if api == "anthropic":
+        kind = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": message}, "request_id": f"req_{uuid.uuid4().hex}"}
+    kind, code = _OPENAI_ERRORS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def _models(api: Api, names: list[str]) -> dict[str, Any]:
+    if api == "anthropic":
+        data = [{"type": "model", "id": n, "display_name": n, "created_at": "2025-01-01T00:00:00Z"} for n in names]
+        return {
+            "data": data,
+            "has_more": False,
+            "first_id": names[0] if names else None,
+            "last_id": names[-1] if names else None,
+        }
+    return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "fake"} for n in names]}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs' connection pools expect
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.owner._lock:
+            self.server.owner._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.owner._lock:
+            self.server.owner._connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep test output quiet."""
+
+    def do_GET(self) -> None:
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        api: Api = "anthropic" if "anthropic-version" in headers else "openai"
+        path = self.path.split("?", 1)[0].rstrip("/")
+        self._record(ServerRequest(api=api, method="GET", path=self.path, headers=headers))
+        if path == "/v1/models":
+            self._send(200, _models(api, self.server.owner.models))
+        else:
+            self._send(404, _error_body(api, 404, f"unknown path {self.path}"))
+
+    def do_POST(self) -> None:
+        owner = self.server.owner
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        raw = self.rfile.read(int(headers.get("content-length") or 0))
+        path = self.path.split("?", 1)[0].rstrip("/")
+        api: Api = "anthropic" if path == "/v1/messages" else "openai"
+        try:
+            body = json.loads(raw or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("the body is not a JSON object")
+        except ValueError as exc:
+            self._record(ServerRequest(api=api, method="POST", path=self.path, headers=headers))
+            self._send(400, _error_body(api, 400, f"invalid JSON body: {exc}"))
+            return
+        request = _parse(api, "POST", self.path, body, headers)
+        self._record(request)
+        if path not in ("/v1/chat/completions", "/v1/messages"):
+            self._send(404, _error_body(api, 404, f"unknown path {self.path}"))
+            return
+        if body.get("stream"):
+            self._send(400, _error_body(api, 400, "FakeLLMServer does not stream"))
+            return
+        if not request.model or (api == "anthropic" and request.max_tokens is None):
+            self._send(400, _error_body(api, 400, "model and max_tokens are required"))
+            return
+
+        with owner._lock:
+            owner.in_flight += 1
+            owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+        try:
+            reply = owner._answer(request)
+            # Event.wait rather than sleep, so that stop() is not held up by slow replies.
+            if owner.latency + reply.delay > 0 and owner._stopping.wait(owner.latency + reply.delay):
+                self._reset()
+                return
+            if reply.reset:
+                self._reset()
+            elif reply.raw_body is not None:
+                raw_body = reply.raw_body.encode() if isinstance(reply.raw_body, str) else reply.raw_body
+                self._send(reply.status, raw_body, reply.headers)
+            elif reply.status >= 400:
+                message = reply.text or _phrase(reply.status)
+                self._send(reply.status, _error_body(api, reply.status, message), reply.headers)
+            elif api == "anthropic":
+                self._send(reply.status, _anthropic_message(request, reply), reply.headers)
+            else:
+                self._send(reply.status, _openai_completion(request, reply), reply.headers)
+        finally:
+            with owner._lock:
+                owner.in_flight -= 1
+
+    def _record(self, request: ServerRequest) -> None:
+        with self.server.owner._lock:
+            self.server.owner._requests.append(request)
+
+    def _send(self, status: int, body: Mapping[str, Any] | bytes, headers: Mapping[str, str] | None = None) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("x-request-id", f"req_{uuid.uuid4().hex[:16]}")
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True  # the client went away (e.g. it timed out)
+
+    def _reset(self) -> None:
+        # Linger 0 makes close() send RST instead of FIN: the client sees a connection reset.
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.rfile.close()  # drop the makefile reference so close() really closes
+            self.connection.close()
+        except OSError:
+            pass
+
+
+def _phrase(status: int) -> str:
+    if status == 529:
+        return "Overloaded"
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+__all__ = [
+    "FakeLLMServer",
+    "Reply",
+    "Responder",
+    "ScriptExhausted",
+    "ScriptedResponder",
+    "ServerRequest",
+    "estimate_tokens",
+]
