@@ -1,0 +1,663 @@
+"""Measure a reranker: quality, LLM calls and tokens, estimated cost and latency, on a BEIR collection.
+
+>>> from llmrerank import Reranker
+>>> from llmrerank.evaluation import evaluate
+>>> baseline = evaluate(depth=20, queries=50)                                   # doctest: +SKIP
+>>> report = evaluate(reranker=Reranker("listwise"), depth=20, queries=50)      # doctest: +SKIP
+>>> report.metrics["nDCG@10"], report.cost, report.latency_p95                  # doctest: +SKIP
+
+The pipeline: BM25 over the collection (``bm25s``: Lucene-style BM25, ``k1=1.5``, ``b=0.75``,
+English stopwords and the Snowball English stemmer from PyStemmer; each document indexed as
+``title + "\\n" + text``) keeps the top ``depth`` documents per judged query; the reranker
+reorders them; ``ir-measures`` scores the new order against the qrels: nDCG@3, nDCG@10, RR@10
+(MRR@10 once averaged), P@1 and R@k. Every query counts in the means, including those with
+nothing retrieved (they score 0).
+
+The data: a folder in BEIR layout (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``),
+given as ``data=``, else ``$LLMRERANK_DATA``, else the first ``shared/data/scifact`` found beside
+the working directory or the llmrerank checkout, or in one of their parents
+(see :func:`default_data_path`).
+
+Needs the ``eval`` extra: ``pip install "llmrerank[eval]"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+from .errors import ConfigurationError, InvalidInputError, require
+from .pricing import PRICES_AS_OF, PriceSource, estimate_cost
+from .reranker import Reranker
+from .types import RerankResult, Usage
+
+ENV_VAR = "LLMRERANK_DATA"
+"""Environment variable naming the default collection folder."""
+
+DEFAULT_COLLECTION = Path("shared", "data", "scifact")
+"""Where the default collection is looked for, relative to the working directory and its parents."""
+
+CUTOFF_METRICS = ("nDCG@3", "nDCG@10", "RR@10", "P@1")
+"""Metrics always reported; ``R@k`` follows with the ``k`` asked for."""
+
+RerankFn = Callable[[str, Any], Union[RerankResult, Sequence[int], Awaitable[Union[RerankResult, Sequence[int]]]]]  # noqa: UP007
+"""A reranker as a function: ``(query, documents) -> RerankResult or input positions, best first``."""
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def default_data_path() -> Path:
+    """``$LLMRERANK_DATA``, else the first ``shared/data/scifact`` beside the cwd or the checkout.
+
+    Searched: the working directory and each of its parents, then the folder holding the
+    llmrerank source tree and each of its parents. Raises :class:`ConfigurationError` when none
+    is found.
+    """
+    explicit = os.environ.get(ENV_VAR)
+    if explicit:
+        return Path(explicit)
+    checkout = Path(__file__).resolve().parent
+    for start in (Path.cwd().resolve(), checkout):
+        for folder in (start, *start.parents):
+            candidate = folder / DEFAULT_COLLECTION
+            if (candidate / "corpus.jsonl").is_file():
+                return candidate
+    raise ConfigurationError(
+        f"no collection found: pass data=PATH (--data PATH), set {ENV_VAR}, or put a BEIR folder at "
+        f"{DEFAULT_COLLECTION} beside the working directory"
+    )
+
+
+@dataclass(frozen=True)
+class Collection:
+    """A BEIR collection in memory: documents, judged queries and their relevance judgments."""
+
+    path: Path
+    documents: Mapping[str, str]
+    """Document id -> ``title + "\\n" + text`` (just the text when there is no title)."""
+    queries: Mapping[str, str]
+    """Query id -> text, for the judged queries only, in ``queries.jsonl`` order."""
+    qrels: Mapping[str, Mapping[str, int]]
+    """Query id -> document id -> relevance grade."""
+    split: str = "test"
+    _indexes: dict[bool, BM25] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"Collection(path={str(self.path)!r}, split={self.split!r}, documents={len(self.documents)}, "
+            f"queries={len(self.queries)})"
+        )
+
+    def bm25(self, *, stem: bool = True) -> BM25:
+        """The BM25 index over the documents, built on first use and kept."""
+        index = self._indexes.get(stem)
+        if index is None:
+            index = self._indexes[stem] = BM25(self.documents, stem=stem)
+        return index
+
+
+def _read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
+    with path.open(encoding="utf-8") as lines:
+        for n, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except ValueError as exc:
+                    raise ConfigurationError(f"{path}:{n}: not JSON: {exc}") from exc
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """Read a BEIR qrels TSV (``query-id  corpus-id  score``, header optional)."""
+    qrels: dict[str, dict[str, int]] = {}
+    with Path(path).open(encoding="utf-8") as lines:
+        for n, line in enumerate(lines, 1):
+            parts = line.rstrip("\r\n").split("\t")
+            if not line.strip():
+                continue
+            if len(parts) < 3:
+                raise ConfigurationError(f"{path}:{n}: expected query-id, corpus-id, score")
+            try:
+                grade = int(float(parts[2]))
+            except ValueError:
+                if n == 1:
+                    continue  # the header line
+                raise ConfigurationError(f"{path}:{n}: score {parts[2]!r} is not a number") from None
+            qrels.setdefault(parts[0], {})[parts[1]] = grade
+    return qrels
+
+
+def load_beir(path: str | Path | None = None, split: str = "test") -> Collection:
+    """Load a BEIR folder (default: :func:`default_data_path`); keeps the queries judged in ``split``."""
+    root = Path(path) if path is not None else default_data_path()
+    qrels_file = root / "qrels" / f"{split}.tsv"
+    for needed in (root / "corpus.jsonl", root / "queries.jsonl", qrels_file):
+        if not needed.is_file():
+            raise ConfigurationError(f"{needed} not found: {root} is not a BEIR folder with a {split!r} split")
+    documents = {}
+    for doc in _read_jsonl(root / "corpus.jsonl"):
+        title, text = str(doc.get("title") or "").strip(), str(doc.get("text") or "").strip()
+        documents[str(doc["_id"])] = f"{title}\n{text}" if title else text
+    qrels = read_qrels(qrels_file)
+    queries = {str(q["_id"]): str(q["text"]) for q in _read_jsonl(root / "queries.jsonl") if str(q["_id"]) in qrels}
+    return Collection(root, documents, queries, {q: qrels[q] for q in queries}, split)
+
+
+class BM25:
+    """First-stage retrieval with ``bm25s`` (see the module docstring for the settings)."""
+
+    def __init__(self, documents: Mapping[str, str], *, stem: bool = True, k1: float = 1.5, b: float = 0.75) -> None:
+        bm25s: Any = require("bm25s", "eval")
+        self._stemmer = None
+        if stem:
+            stemmer: Any = require("Stemmer", "eval", "PyStemmer")
+            self._stemmer = stemmer.Stemmer("english")
+        self._bm25s = bm25s
+        self.ids = list(documents)
+        tokens = bm25s.tokenize(list(documents.values()), stopwords="en", stemmer=self._stemmer, show_progress=False)
+        self.index = bm25s.BM25(method="lucene", k1=k1, b=b)
+        self.index.index(tokens, show_progress=False)
+
+    def search(self, queries: Sequence[str], depth: int) -> list[list[tuple[str, float]]]:
+        """The best ``depth`` (document id, score) pairs per query, best first."""
+        if not queries:
+            return []
+        depth = min(depth, len(self.ids))
+        tokens = self._bm25s.tokenize(list(queries), stopwords="en", stemmer=self._stemmer, show_progress=False)
+        found, scores = self.index.retrieve(tokens, k=depth, show_progress=False, n_threads=1)
+        return [
+            [(self.ids[int(d)], float(s)) for d, s in zip(row_d, row_s, strict=True)]
+            for row_d, row_s in zip(found, scores, strict=True)
+        ]
+
+
+# --------------------------------------------------------------------------- reports
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """One query's outcome."""
+
+    query_id: str
+    metrics: Mapping[str, float]
+    ranking: tuple[str, ...]
+    """Document ids in the reranked order."""
+    seconds: float
+    """Wall time of the rerank call."""
+    usage: Usage = field(default_factory=Usage)
+    degraded: bool = False
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Quality, cost and speed of one reranker over a set of queries.
+
+    ``metrics`` are means over every evaluated query; ``per_query`` keeps each query's values.
+    ``cost`` is an estimate in USD (None when the model has no known price; see
+    :mod:`llmrerank.pricing`). ``latency_p50``/``latency_p95`` are seconds per query.
+    """
+
+    name: str
+    metrics: Mapping[str, float]
+    per_query: tuple[QueryResult, ...]
+    usage: Usage
+    cost: float | None
+    latency_p50: float
+    latency_p95: float
+    wall_seconds: float
+    depth: int
+    k: int
+    data: str | None = None
+    backend: str | None = None
+    model: str | None = None
+    prices_as_of: str = PRICES_AS_OF
+
+    @property
+    def queries(self) -> int:
+        """How many queries were evaluated."""
+        return len(self.per_query)
+
+    @property
+    def degraded(self) -> int:
+        """How many queries got a degraded (fallback) ranking."""
+        return sum(q.degraded for q in self.per_query)
+
+    def per_query_mean(self, value: Callable[[QueryResult], float]) -> float:
+        """Mean of ``value`` over the queries (0 when there are none)."""
+        return sum(map(value, self.per_query)) / len(self.per_query) if self.per_query else 0.0
+
+    @property
+    def calls_per_query(self) -> float:
+        """Mean LLM calls per query (cache hits excluded)."""
+        return self.per_query_mean(lambda q: q.usage.calls)
+
+    def to_dict(self, per_query: bool = True) -> dict[str, Any]:
+        """A JSON-able dict of the report."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "data": self.data,
+            "backend": self.backend,
+            "model": self.model,
+            "queries": self.queries,
+            "depth": self.depth,
+            "k": self.k,
+            "metrics": dict(self.metrics),
+            "usage": asdict(self.usage),
+            "calls_per_query": self.calls_per_query,
+            "cost_usd": self.cost,
+            "cost_note": f"estimated, prices as of {self.prices_as_of}",
+            "latency_p50_s": self.latency_p50,
+            "latency_p95_s": self.latency_p95,
+            "wall_seconds": self.wall_seconds,
+            "degraded_queries": self.degraded,
+        }
+        if per_query:
+            out["per_query"] = [
+                {
+                    "query_id": q.query_id,
+                    "metrics": dict(q.metrics),
+                    "ranking": list(q.ranking),
+                    "seconds": q.seconds,
+                    "usage": asdict(q.usage),
+                    "degraded": q.degraded,
+                }
+                for q in self.per_query
+            ]
+        return out
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def metric_names(k: int) -> tuple[str, ...]:
+    """The metrics reported for recall cutoff ``k``."""
+    return (*CUTOFF_METRICS, f"R@{k}")
+
+
+def score_rankings(
+    rankings: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]], k: int = 10
+) -> dict[str, dict[str, float]]:
+    """Per-query metrics (see :func:`metric_names`) of ranked document ids, computed by ir-measures.
+
+    A query with no ranked document scores 0 on every metric.
+    """
+    ir_measures: Any = require("ir_measures", "eval", "ir-measures")
+    names = metric_names(k)
+    measures = [ir_measures.parse_measure(n) for n in names]
+    by_measure = {m: n for m, n in zip(measures, names, strict=True)}
+    # Strictly decreasing scores: trec_eval breaks score ties by document id, not by our order.
+    run = {
+        qid: {doc: float(len(docs) - r) for r, doc in enumerate(dict.fromkeys(docs))}
+        for qid, docs in rankings.items()
+        if docs
+    }
+    judged = {qid: {d: int(g) for d, g in qrels.get(qid, {}).items()} for qid in rankings}
+    out = {qid: dict.fromkeys(names, 0.0) for qid in rankings}
+    if run and any(judged.values()):
+        for m in ir_measures.iter_calc(measures, {q: j for q, j in judged.items() if j}, run):
+            out[m.query_id][by_measure[m.measure]] = float(m.value)
+    return out
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class _Task:
+    query_id: str
+    query: str
+    documents: Sequence[Any]
+    doc_ids: list[str]
+
+
+def _run_blocking(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion, also from inside a running event loop (in a worker thread)."""
+
+    async def main() -> T:
+        return await make()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrerank-eval") as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
+def _order(answer: Any, n: int) -> list[int]:
+    """Input positions from a reranker's answer; repeats dropped, missing ones appended in input order."""
+    if isinstance(answer, RerankResult):
+        positions: Iterable[Any] = answer.indices
+    elif isinstance(answer, Sequence) and not isinstance(answer, str | bytes):
+        positions = answer
+    else:
+        raise InvalidInputError(
+            f"a rerank function must return a RerankResult or a list of input positions, got {type(answer).__name__}"
+        )
+    order = []
+    for p in positions:
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < n:
+            raise InvalidInputError(f"rerank function returned position {p!r} for {n} documents")
+        order.append(p)
+    order = list(dict.fromkeys(order))
+    seen = set(order)
+    return order + [i for i in range(n) if i not in seen]
+
+
+async def _run_all(
+    tasks: Sequence[_Task],
+    reranker: Reranker | RerankFn | None,
+    concurrency: int,
+    bar: Any,
+) -> list[QueryResult]:
+    limiter = asyncio.Semaphore(concurrency)
+    lock = threading.Lock()
+
+    async def one(task: _Task) -> QueryResult:
+        async with limiter:
+            started = time.perf_counter()
+            usage, degraded = Usage(), False
+            n = len(task.documents)
+            if reranker is None or n == 0:
+                order = list(range(n))
+            elif isinstance(reranker, Reranker):
+                result = await reranker.arerank(task.query, task.documents)
+                order, usage, degraded = _order(result, n), result.usage, result.degraded
+            else:
+                if inspect.iscoroutinefunction(reranker):
+                    answer = await reranker(task.query, task.documents)
+                else:
+                    answer = await asyncio.to_thread(reranker, task.query, task.documents)
+                    if inspect.isawaitable(answer):
+                        answer = await answer
+                order = _order(answer, n)
+                if isinstance(answer, RerankResult):
+                    usage, degraded = answer.usage, answer.degraded
+            seconds = time.perf_counter() - started
+        if bar is not None:
+            with lock:
+                bar.update(1)
+        return QueryResult(
+            task.query_id,
+            {},
+            tuple(task.doc_ids[i] for i in order),
+            seconds,
+            usage if usage.wall_seconds else Usage(**{**asdict(usage), "wall_seconds": seconds}),
+            degraded,
+        )
+
+    try:
+        return list(await asyncio.gather(*(one(t) for t in tasks)))
+    finally:
+        if isinstance(reranker, Reranker):
+            await reranker.backend.aclose()
+
+
+def _label(reranker: Reranker | RerankFn | None) -> str:
+    if reranker is None:
+        return "bm25"
+    if isinstance(reranker, Reranker):
+        return reranker.strategy.name
+    return getattr(reranker, "__name__", type(reranker).__name__)
+
+
+def _measure(
+    tasks: Sequence[_Task],
+    qrels: Mapping[str, Mapping[str, int]],
+    reranker: Reranker | RerankFn | None,
+    *,
+    name: str | None,
+    depth: int,
+    k: int,
+    data: str | None,
+    model: str | None,
+    prices: PriceSource,
+    concurrency: int,
+    progress: bool,
+) -> EvalReport:
+    if concurrency < 1:
+        raise ConfigurationError("concurrency must be >= 1")
+    if k < 1:
+        raise ConfigurationError("k must be >= 1")
+    name = name or _label(reranker)
+    bar = None
+    if progress:
+        tqdm: Any = require("tqdm", "eval")
+        bar = tqdm.tqdm(total=len(tasks), desc=name, unit="q", leave=True)
+    started = time.perf_counter()
+    try:
+        results = _run_blocking(lambda: _run_all(tasks, reranker, concurrency, bar))
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - started
+    per_query_metrics = score_rankings({r.query_id: r.ranking for r in results}, qrels, k)
+    results = [
+        QueryResult(r.query_id, per_query_metrics[r.query_id], r.ranking, r.seconds, r.usage, r.degraded)
+        for r in results
+    ]
+    names = metric_names(k)
+    means = {n: sum(m[n] for m in per_query_metrics.values()) / len(results) if results else 0.0 for n in names}
+    usage = sum((r.usage for r in results), Usage())
+    backend = reranker.backend if isinstance(reranker, Reranker) else None
+    backend_name = backend.name if backend is not None else None
+    model = model or (backend.model if backend is not None else None)
+    if reranker is None:
+        cost: float | None = 0.0
+    else:
+        cost = estimate_cost(model, usage, prices, backend=backend_name)
+    seconds = [r.seconds for r in results]
+    return EvalReport(
+        name=name,
+        metrics=means,
+        per_query=tuple(results),
+        usage=usage,
+        cost=cost,
+        latency_p50=percentile(seconds, 50),
+        latency_p95=percentile(seconds, 95),
+        wall_seconds=wall,
+        depth=depth,
+        k=k,
+        data=data,
+        backend=backend_name,
+        model=model,
+    )
+
+
+def select_queries(collection: Collection, queries: int | Sequence[str] | None) -> list[str]:
+    """Query ids to evaluate: all judged (None), the first N, or the ids given."""
+    if queries is None:
+        return list(collection.queries)
+    if isinstance(queries, bool | str):
+        raise ConfigurationError("queries is a count or a list of query ids")
+    if isinstance(queries, int):
+        if queries < 1:
+            raise ConfigurationError("queries must be >= 1")
+        return list(collection.queries)[:queries]
+    ids = [str(q) for q in queries]
+    unknown = [q for q in ids if q not in collection.queries]
+    if unknown:
+        raise ConfigurationError(f"queries not judged in the {collection.split!r} split: {unknown[:5]}")
+    return ids
+
+
+def evaluate(
+    data: str | Path | Collection | None = None,
+    reranker: Reranker | RerankFn | None = None,
+    *,
+    depth: int = 20,
+    queries: int | Sequence[str] | None = None,
+    k: int = 10,
+    name: str | None = None,
+    split: str = "test",
+    model: str | None = None,
+    prices: PriceSource = None,
+    concurrency: int = 1,
+    progress: bool = False,
+    stem: bool = True,
+) -> EvalReport:
+    """BM25 top ``depth``, reranked by ``reranker``, scored against the collection's qrels.
+
+    ``data``: a BEIR folder or a loaded :class:`Collection` (default: :func:`default_data_path`).
+    ``reranker``: None (the BM25 order itself, the baseline), a :class:`~llmrerank.Reranker`, or a
+    function ``(query, texts) -> RerankResult | list of positions`` (sync or async; ``texts`` are
+    the BM25 hits' texts, best first; positions left out follow in BM25 order).
+    ``queries``: how many judged queries (the first N in file order) or which query ids; None: all.
+    ``k``: the recall cutoff (R@k). ``model``: the model name for the cost estimate when
+    ``reranker`` is a function (a Reranker's backend knows its own). ``prices``: overrides for the
+    price table (a dict or a JSON file; see :mod:`llmrerank.pricing`). ``concurrency``: queries
+    reranked at once (latency is per query either way). ``progress``: show a tqdm bar.
+    ``stem=False`` indexes without stemming.
+    """
+    if depth < 1:
+        raise ConfigurationError("depth must be >= 1")
+    collection = data if isinstance(data, Collection) else load_beir(data, split)
+    ids = select_queries(collection, queries)
+    hits = collection.bm25(stem=stem).search([collection.queries[q] for q in ids], depth)
+    tasks = [
+        _Task(qid, collection.queries[qid], [collection.documents[d] for d, _ in found], [d for d, _ in found])
+        for qid, found in zip(ids, hits, strict=True)
+    ]
+    return _measure(
+        tasks,
+        collection.qrels,
+        reranker,
+        name=name,
+        depth=depth,
+        k=k,
+        data=str(collection.path),
+        model=model,
+        prices=prices,
+        concurrency=concurrency,
+        progress=progress,
+    )
+
+
+def _doc_id(doc: Any, position: int) -> str:
+    if isinstance(doc, Mapping):
+        for key in ("id", "_id", "doc_id"):
+            if doc.get(key) is not None:
+                return str(doc[key])
+    else:
+        for attr in ("id", "id_", "doc_id"):
+            value = getattr(doc, attr, None)
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                return str(value)
+    return str(position)
+
+
+def _judgments(value: Any) -> dict[str, int]:
+    if isinstance(value, Mapping):
+        return {str(d): int(g) for d, g in value.items()}
+    if isinstance(value, str | int):
+        return {str(value): 1}
+    return {str(d): 1 for d in value}
+
+
+def evaluate_reranking(
+    queries: Sequence[Mapping[str, Any]],
+    ground_truth: Mapping[Any, Any] | Sequence[Any],
+    rerank_fn: Reranker | RerankFn | None,
+    *,
+    k: int = 10,
+    name: str | None = None,
+    model: str | None = None,
+    prices: PriceSource = None,
+    concurrency: int = 1,
+    progress: bool = False,
+) -> EvalReport:
+    """Evaluate a reranker on your own queries and candidate lists, without a BEIR folder.
+
+    ``queries``: a list of dicts, each with the query under ``"query"`` (or ``"text"``), its
+    candidates under ``"documents"`` (strings, dicts or objects; passed to ``rerank_fn`` as given)
+    and optionally an ``"id"``. A candidate's id is its ``id``/``_id``/``doc_id`` when it has one,
+    else its position in the list as a string (``"0"``, ``"1"``, ...). A query's id is its
+    ``"id"``, else its position.
+
+    ``ground_truth``: per query, the relevant candidate ids (a list or set: grade 1) or a dict of
+    id -> grade; either a dict keyed by query id or a list aligned with ``queries``.
+
+    ``rerank_fn``: a :class:`~llmrerank.Reranker`, a function ``(query, documents) ->
+    RerankResult | list of positions`` or None (keep the given order). Returns an
+    :class:`EvalReport` with the same metrics as :func:`evaluate`.
+
+    >>> report = evaluate_reranking(
+    ...     [{"query": "capital of France", "documents": ["Berlin is...", "Paris is..."]}],
+    ...     [["1"]],
+    ...     lambda query, docs: [1, 0],
+    ... )
+    >>> report.metrics["P@1"]
+    1.0
+    """
+    tasks: list[_Task] = []
+    for n, q in enumerate(queries):
+        if not isinstance(q, Mapping):
+            raise InvalidInputError(f"queries[{n}] must be a dict with 'query' and 'documents'")
+        text = q.get("query", q.get("text"))
+        if not isinstance(text, str):
+            raise InvalidInputError(f"queries[{n}] has no 'query' (or 'text') string")
+        docs = q.get("documents")
+        if docs is None or isinstance(docs, str | bytes):
+            raise InvalidInputError(f"queries[{n}] has no 'documents' list")
+        docs = list(docs)
+        qid = str(q.get("id", q.get("_id", n)))
+        tasks.append(_Task(qid, text, docs, [_doc_id(d, i) for i, d in enumerate(docs)]))
+    if len({t.query_id for t in tasks}) != len(tasks):
+        raise InvalidInputError("query ids must be unique")
+    if isinstance(ground_truth, Mapping):
+        qrels = {str(q): _judgments(v) for q, v in ground_truth.items()}
+    else:
+        truth = list(ground_truth)
+        if len(truth) != len(tasks):
+            raise InvalidInputError(f"ground_truth has {len(truth)} entries for {len(tasks)} queries")
+        qrels = {t.query_id: _judgments(v) for t, v in zip(tasks, truth, strict=True)}
+    return _measure(
+        tasks,
+        qrels,
+        rerank_fn,
+        name=name or ("input" if rerank_fn is None else None),
+        depth=max((len(t.documents) for t in tasks), default=0),
+        k=k,
+        data=None,
+        model=model,
+        prices=prices,
+        concurrency=concurrency,
+        progress=progress,
+    )
+
+
+__all__ = [
+    "BM25",
+    "ENV_VAR",
+    "Collection",
+    "EvalReport",
+    "QueryResult",
+    "default_data_path",
+    "evaluate",
+    "evaluate_reranking",
+    "load_beir",
+    "percentile",
+    "read_qrels",
+    "score_rankings",
+    "select_queries",
+]
