@@ -289,3 +289,22 @@ def test_models_endpoint(server: FakeLLMServer) -> None:
         assert [m.id for m in client.models.list()] == ["fake-model"]
     finally:
         client.close()
+
+
+def test_pointwise_expected_score_from_openai_logprobs(server: FakeLLMServer) -> None:
+    """A first token "10" also starts with "1": the expected score must not count it twice."""
+    from llmrerank import Pointwise, Reranker
+
+    def responder(request: ServerRequest) -> Reply:
+        if "borealis" in request.user:
+            return Reply(text="10", top_logprobs={"10": math.log(0.5), "1": math.log(0.25), " 7": math.log(0.25)})
+        return Reply(text="2", top_logprobs={"2": math.log(0.9), "3": math.log(0.1)})
+
+    server.responder = responder
+    reranker = Reranker(Pointwise(method="expected"), backend_for("openai", server))
+    result = reranker.rerank("aurora", ["trees and roots", "the aurora borealis"])
+    assert result.indices == [1, 0]
+    assert result.score_kind == "logprob"
+    assert result[0].score == pytest.approx(10 * 0.5 + 1 * 0.25 + 7 * 0.25)
+    assert result[1].score == pytest.approx(2 * 0.9 + 3 * 0.1)
+    assert all(request.logprobs and request.max_tokens == 1 for request in server.requests)
