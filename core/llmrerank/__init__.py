@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .backends.cross_encoder import BiEncoderScorer, CrossEncoderScorer
     from .backends.local import LocalBackend
     from .backends.openai import OpenAIBackend
+    from .evaluation import EvalReport, evaluate, evaluate_reranking, load_beir
 
 _LAZY = {
     "OpenAIBackend": ".backends.openai",
@@ -38,11 +39,15 @@ _LAZY = {
     "LocalBackend": ".backends.local",
     "CrossEncoderScorer": ".backends.cross_encoder",
     "BiEncoderScorer": ".backends.cross_encoder",
+    "evaluate": ".evaluation",
+    "evaluate_reranking": ".evaluation",
+    "load_beir": ".evaluation",
+    "EvalReport": ".evaluation",
 }
 
 
 def __getattr__(name: str) -> Any:
-    # Backends load on first use so `import llmrerank` stays free of optional SDKs.
+    # Backends and evaluation load on first use so `import llmrerank` stays free of optional SDKs.
     if name in _LAZY:
         import importlib
 
@@ -65,6 +70,7 @@ __all__ = [
     "DeadlineExceededError",
     "Diagnostic",
     "DiskCache",
+    "EvalReport",
     "Hybrid",
     "InvalidInputError",
     "LLMRerankError",
@@ -85,5 +91,8 @@ __all__ = [
     "Strategy",
     "Usage",
     "default_backend",
+    "evaluate",
+    "evaluate_reranking",
+    "load_beir",
     "make_strategy",
 ]
