@@ -155,7 +155,7 @@ class Reranker:
                 "llmrerank: %s rerank degraded (%d of %d calls failed); fallback order used",
                 name,
                 meter.failed_calls,
-                meter.calls + meter.failed_calls,
+                max(meter.calls, meter.failed_calls),
             )
         by_index: dict[int, list[Diagnostic]] = {}
         for d in diagnostics:
