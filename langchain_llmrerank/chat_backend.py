@@ -1,0 +1,67 @@
+"""An llmrerank :class:`~llmrerank.Backend` over any LangChain chat model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+
+from llmrerank import Backend, Completion, Prompt
+
+CALL_CONFIG: contextvars.ContextVar[RunnableConfig | None] = contextvars.ContextVar(
+    "langchain_llmrerank_call_config", default=None
+)
+"""The RunnableConfig (callbacks, tags) of the compression call in progress."""
+
+SYNC_CALLS: contextvars.ContextVar[bool] = contextvars.ContextVar("langchain_llmrerank_sync_calls", default=False)
+"""True inside a blocking compression: the model's blocking ``invoke`` is used, each call in a worker thread.
+
+Chat models cache their async HTTP clients per model object, and the blocking API of llmrerank runs each
+rerank in a fresh event loop, so a blocking caller gets the model's blocking path instead.
+"""
+
+
+class ChatModelBackend(Backend):
+    """Answers llmrerank prompts with a LangChain chat model (``ChatOpenAI``, ``ChatAnthropic``, fakes...).
+
+    Each prompt becomes ``[SystemMessage, HumanMessage]``; the answer is the reply's text and token use
+    comes from ``usage_metadata`` when the model reports it. Log-probabilities are not read, so pointwise
+    scoring uses generated scores. The model's own settings (temperature, max tokens, retries) apply;
+    the callbacks of the compression call in progress are passed on in the model's ``RunnableConfig``.
+    """
+
+    name = "langchain"
+
+    def __init__(self, model: BaseChatModel) -> None:
+        self.chat_model = model
+        self.model = str(getattr(model, "model_name", None) or getattr(model, "model", None) or type(model).__name__)
+        self.name = f"langchain:{model._llm_type}"
+
+    def _messages(self, prompt: Prompt) -> list[BaseMessage]:
+        messages: list[BaseMessage] = [HumanMessage(content=prompt.user)]
+        if prompt.system:
+            messages.insert(0, SystemMessage(content=prompt.system))
+        return messages
+
+    async def generate(self, prompt: Prompt) -> Completion:
+        """One chat call; blocking ``invoke`` in a worker thread when the caller is blocking."""
+        config = CALL_CONFIG.get() or RunnableConfig()
+        config = RunnableConfig(**{**config, "tags": [*config.get("tags", []), "llmrerank"]})
+        if SYNC_CALLS.get():
+            # to_thread copies the context, so nested runs still see their parent run.
+            reply = await asyncio.to_thread(self.chat_model.invoke, self._messages(prompt), config)
+        else:
+            reply = await self.chat_model.ainvoke(self._messages(prompt), config)
+        usage: Any = getattr(reply, "usage_metadata", None) or {}
+        return Completion(
+            text=reply.text,
+            prompt_tokens=int(usage.get("input_tokens", 0) or 0),
+            completion_tokens=int(usage.get("output_tokens", 0) or 0),
+        )
+
+    def __repr__(self) -> str:
+        return f"ChatModelBackend({type(self.chat_model).__name__}, model={self.model!r})"

@@ -1,0 +1,255 @@
+"""LLMRerankCompressor inside the real ContextualCompressionRetriever, against FakeLLMServer and fake chat models."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+pytest.importorskip("langchain_core")
+pytest.importorskip("langchain_classic")
+pytest.importorskip("openai")
+
+from langchain_classic.retrievers import ContextualCompressionRetriever
+from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.retrievers import BaseRetriever
+
+from langchain_llmrerank import ChatModelBackend, LLMRerankCompressor
+from llmrerank import MemoryCache, Pointwise, Prompt
+from llmrerank.testing import FakeBackend, overlap_judge
+from llmrerank.testing.server import FakeLLMServer, ServerRequest
+
+QUERY = "how do solar panels convert sunlight into electricity"
+TEXTS = [
+    "The history of the printing press in Europe.",
+    "Solar panels convert sunlight into electricity with photovoltaic cells.",
+    "Wind turbines turn moving air into electricity.",
+    "Judges sit on panels to hear appeals.",
+    "How solar panels work: sunlight frees electrons, producing electricity.",
+]
+
+
+def judge(request: ServerRequest) -> str:
+    """An OpenAI-compatible 'LLM' that ranks by word overlap with the query."""
+    return overlap_judge(Prompt(system=request.system, user=request.user))
+
+
+class FixedRetriever(BaseRetriever):
+    """Returns the same documents for every query."""
+
+    docs: list[Document]
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        return self.docs
+
+
+def make_docs() -> list[Document]:
+    return [Document(page_content=t, metadata={"source": f"doc{i}"}, id=f"id{i}") for i, t in enumerate(TEXTS)]
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(judge) as srv:
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+        yield srv
+
+
+def test_no_argument_compressor_reranks_through_the_retriever(server: FakeLLMServer) -> None:
+    docs = make_docs()
+    before = copy.deepcopy(docs)
+    retriever = ContextualCompressionRetriever(
+        base_compressor=LLMRerankCompressor(), base_retriever=FixedRetriever(docs=docs)
+    )
+    got = retriever.invoke(QUERY)
+    assert [d.metadata["source"] for d in got] == ["doc1", "doc4", "doc2"]  # top_n defaults to 3
+    assert [d.id for d in got] == ["id1", "id4", "id2"]
+    scores = [d.metadata["relevance_score"] for d in got]
+    assert scores == sorted(scores, reverse=True) and all(isinstance(s, float) for s in scores)
+    assert docs == before  # inputs not mutated
+    assert all(d is not original for d in got for original in docs)
+    (request,) = [r for r in server.requests if r.method == "POST"]  # one listwise call
+    assert request.model == "gpt-4o-mini"
+    assert QUERY in request.user
+
+
+def test_top_n_none_and_model_shortcut(server: FakeLLMServer) -> None:
+    compressor = LLMRerankCompressor(top_n=None, model="gpt-test", strategy="pointwise")
+    got = compressor.compress_documents(make_docs(), QUERY)
+    assert len(got) == len(TEXTS)
+    assert [d.metadata["source"] for d in got][:2] == ["doc1", "doc4"]
+    assert {r.model for r in server.requests} == {"gpt-test"}
+    assert len(server.requests) == len(TEXTS)  # pointwise: one call a document
+
+
+def test_sync_and_async_agree(server: FakeLLMServer) -> None:
+    compressor = LLMRerankCompressor(strategy="pointwise", top_n=4)
+    retriever = ContextualCompressionRetriever(
+        base_compressor=compressor, base_retriever=FixedRetriever(docs=make_docs())
+    )
+    sync = retriever.invoke(QUERY)
+    asynchronous = asyncio.run(retriever.ainvoke(QUERY))
+    again = retriever.invoke(QUERY)  # a second blocking call after the loop of the first closed
+    assert sync == asynchronous == again
+    assert len(sync) == 4
+
+
+async def test_async_path_is_native(server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    compressor = LLMRerankCompressor()
+
+    def no_sync(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("acompress_documents must not fall back to the blocking method")
+
+    monkeypatch.setattr(LLMRerankCompressor, "compress_documents", no_sync)
+    got = await compressor.acompress_documents(make_docs(), QUERY)
+    assert [d.metadata["source"] for d in got] == ["doc1", "doc4", "doc2"]
+
+
+async def test_concurrent_async_calls_share_one_reranker(server: FakeLLMServer) -> None:
+    compressor = LLMRerankCompressor(top_n=1)
+    results = await asyncio.gather(*(compressor.acompress_documents(make_docs(), QUERY) for _ in range(5)))
+    assert all(r[0].metadata["source"] == "doc1" for r in results)
+    assert compressor.reranker is compressor.reranker
+
+
+def test_empty_input_makes_no_request(server: FakeLLMServer) -> None:
+    compressor = LLMRerankCompressor()
+    assert compressor.compress_documents([], QUERY) == []
+    assert asyncio.run(compressor.acompress_documents([], QUERY)) == []
+    retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=FixedRetriever(docs=[]))
+    assert retriever.invoke(QUERY) == []
+    assert server.requests == []
+
+
+class Recorder(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.retriever_runs: list[UUID] = []
+        self.chat_starts: list[tuple[UUID | None, list[str]]] = []
+
+    def on_retriever_start(self, serialized: Any, query: str, *, run_id: UUID, **kwargs: Any) -> None:
+        if kwargs.get("parent_run_id") is None:
+            self.retriever_runs.append(run_id)
+
+    def on_chat_model_start(
+        self, serialized: Any, messages: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
+        self.chat_starts.append((parent_run_id, list(kwargs.get("tags") or [])))
+
+
+def listwise_answer(messages: Any) -> str:
+    system, user = messages[0].content, messages[1].content
+    return overlap_judge(Prompt(system=system, user=user))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_langchain_chat_model_as_backend_gets_the_callbacks(mode: str) -> None:
+    model = FakeListChatModel(responses=["[2] > [5] > [3] > [4] > [1]"])
+    recorder = Recorder()
+    retriever = ContextualCompressionRetriever(
+        base_compressor=LLMRerankCompressor(backend=model, top_n=2), base_retriever=FixedRetriever(docs=make_docs())
+    )
+    config: Any = {"callbacks": [recorder]}
+    got = retriever.invoke(QUERY, config) if mode == "sync" else asyncio.run(retriever.ainvoke(QUERY, config))
+    assert [d.metadata["source"] for d in got] == ["doc1", "doc4"]
+    assert [d.metadata["relevance_score"] for d in got] == [1.0, 0.8]
+    (run_id,) = recorder.retriever_runs
+    (start,) = recorder.chat_starts
+    assert start[0] == run_id  # a child of the retriever's run, through the compressor's callbacks
+    assert "llmrerank" in start[1]
+
+
+def test_chat_model_pointwise_with_reasons_and_usage() -> None:
+    answers = ["Score: 2\nReason: unrelated", "Score: 9\nReason: explains it", "Score: 5\nReason: partly"]
+    model = FakeListChatModel(responses=answers)
+    compressor = LLMRerankCompressor(backend=model, strategy=Pointwise(with_reason=True), top_n=2, max_concurrency=1)
+    docs = make_docs()[:3]
+    got = compressor.compress_documents(docs, QUERY)
+    assert [d.metadata["source"] for d in got] == ["doc1", "doc2"]
+    assert [d.metadata["relevance_score"] for d in got] == [9.0, 5.0]
+    assert [d.metadata["relevance_reason"] for d in got] == ["explains it", "partly"]
+    assert "relevance_reason" not in docs[1].metadata
+
+
+def test_chat_model_backend_reads_text_and_usage() -> None:
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+
+    reply = AIMessage(content="[1] > [2]", usage_metadata={"input_tokens": 11, "output_tokens": 3, "total_tokens": 14})
+    backend = ChatModelBackend(GenericFakeChatModel(messages=iter([reply])))
+    completion = asyncio.run(backend.generate(Prompt(system="s", user="u")))
+    assert (completion.text, completion.prompt_tokens, completion.completion_tokens) == ("[1] > [2]", 11, 3)
+    assert not backend.supports_logprobs
+    assert backend.preferred_strategy == "listwise"
+
+
+def test_llmrerank_backend_and_options_pass_through() -> None:
+    backend = FakeBackend(respond=overlap_judge)
+    cache = MemoryCache()
+    compressor = LLMRerankCompressor(
+        backend=backend, strategy="listwise", domain="legal", system_prompt="You rank court filings.", cache=cache
+    )
+    first = compressor.compress_documents(make_docs(), QUERY)
+    second = compressor.compress_documents(make_docs(), QUERY)
+    assert first == second
+    assert len(backend.calls) == 1  # the second answer came from the cache
+    assert backend.calls[0].system.startswith("You rank court filings.")
+    assert "legal" in backend.calls[0].system
+    reranker = compressor.reranker
+    assert reranker.backend is backend and reranker.domain == "legal" and reranker.cache is cache
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"strategy": "bogus"},
+        {"top_n": 0},
+        {"max_concurrency": 0},
+        {"deadline": 0},
+        {"on_error": "ignore"},
+        {"domain": "legall"},
+        {"model": "x", "backend": FakeBackend()},
+        {"strategy": Pointwise(), "system_prompt": "x"},
+        {"template": "{query}"},
+        {"cache": object()},
+        {"unknown_option": 1},
+    ],
+)
+def test_bad_options_fail_at_construction(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        LLMRerankCompressor(**options)
+
+
+def test_model_without_api_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        LLMRerankCompressor(model="gpt-4o").compress_documents(make_docs(), QUERY)
+
+
+def test_blocking_call_inside_a_running_loop() -> None:
+    model = FakeListChatModel(responses=["[2] > [1]"])
+    compressor = LLMRerankCompressor(backend=model, top_n=1)
+
+    async def inside() -> list[Document]:
+        return list(compressor.compress_documents(make_docs()[:2], QUERY))
+
+    (doc,) = asyncio.run(inside())
+    assert doc.metadata["source"] == "doc1"
+
+
+def test_chat_openai_as_backend_sync_twice_then_async(server: FakeLLMServer) -> None:
+    langchain_openai = pytest.importorskip("langchain_openai")
+    model = langchain_openai.ChatOpenAI(model="gpt-chat", base_url=server.base_url, api_key="test", max_retries=0)
+    compressor = LLMRerankCompressor(backend=model, strategy="pointwise", top_n=2)
+    results = [compressor.compress_documents(make_docs(), QUERY) for _ in range(2)]
+    results.append(list(asyncio.run(compressor.acompress_documents(make_docs(), QUERY))))
+    assert all([d.metadata["source"] for d in r] == ["doc1", "doc4"] for r in results)
+    assert {r.model for r in server.requests} == {"gpt-chat"}
+    assert len(server.requests) == 3 * len(TEXTS)
