@@ -1,0 +1,240 @@
+"""``LLMRerankPostprocessor``: llmrerank as a LlamaIndex node postprocessor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
+
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.llms import LLM
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from pydantic import InstanceOf
+
+from llmrerank import (
+    Backend,
+    ConfigurationError,
+    InvalidInputError,
+    Reranker,
+    RerankResult,
+    Strategy,
+    default_backend,
+    make_strategy,
+)
+from llmrerank.prompts import domain_instruction
+from llmrerank.strategies import STRATEGIES
+
+from .llm_backend import SYNC_CALLS, LlamaIndexLLMBackend
+
+dispatcher = get_dispatcher(__name__)
+
+T = TypeVar("T")
+
+
+class LLMRerankPostprocessor(BaseNodePostprocessor):
+    """Rerank retrieved nodes with an LLM; for query engines' ``node_postprocessors``.
+
+    >>> engine = index.as_query_engine(
+    ...     similarity_top_k=20, node_postprocessors=[LLMRerankPostprocessor(top_n=5)]
+    ... )                                                                           # doctest: +SKIP
+
+    With no ``backend`` the LLM comes from the environment (``OPENAI_API_KEY``, then
+    ``ANTHROPIC_API_KEY``, else the small local demo model; see :func:`llmrerank.default_backend`),
+    not from ``Settings.llm``: pass ``backend=Settings.llm`` to rerank with that one. Returns new
+    :class:`NodeWithScore` objects, best first, whose ``score`` is the rerank score (higher is
+    better; None when a node could not be scored); the nodes themselves are shared, not copied,
+    and the input list is left as it is. Emits ``ReRankStartEvent``/``ReRankEndEvent`` and a
+    ``CBEventType.RERANKING`` callback event. An empty list gives ``[]`` without calling the LLM;
+    a missing query raises :class:`~llmrerank.InvalidInputError` (a ``ValueError``).
+    """
+
+    strategy: str | InstanceOf[Strategy] | None = None
+    """``"pointwise"``, ``"pairwise"``, ``"listwise"``, ``"hybrid"`` or a strategy object (for its options).
+
+    None uses the backend's preferred strategy: listwise for API models and LlamaIndex LLMs, pointwise
+    with log-probabilities for the local model."""
+
+    backend: InstanceOf[Backend] | InstanceOf[LLM] | None = Field(default=None, exclude=True)
+    """The LLM: an llmrerank backend (``OpenAIBackend(...)``, ``AnthropicBackend(...)``, ``LocalBackend()``)
+    or any LlamaIndex ``LLM``. None picks one from the environment (:func:`llmrerank.default_backend`)."""
+
+    model: str | None = None
+    """Shortcut for the environment's API backend with another model: ``"gpt-4.1-mini"`` with
+    ``OPENAI_API_KEY`` set, a Claude model name with ``ANTHROPIC_API_KEY``. Not with ``backend``."""
+
+    top_n: int | None = Field(default=3, ge=1)
+    """How many nodes to return, best first. None returns every node in the new order."""
+
+    domain: str | None = None
+    """``"legal"``, ``"medical"``, ``"ecommerce"``, or a sentence of your own added to the system prompt."""
+
+    system_prompt: str | None = None
+    """Replaces the built-in system prompt of a pointwise, pairwise or listwise strategy given by name
+    (the ``domain`` instruction is still appended). For a strategy object, set it on the object."""
+
+    template: str | None = None
+    """Replaces the user prompt of the strategy named in ``strategy`` (required with it): placeholders
+    ``{query}`` and ``{document}`` (pointwise), ``{query}``, ``{document_a}``, ``{document_b}``
+    (pairwise) or ``{query}``, ``{count}``, ``{documents}`` (listwise)."""
+
+    metadata_mode: MetadataMode = MetadataMode.LLM
+    """Which node metadata goes into the text the LLM judges (as for answer synthesis by default)."""
+
+    max_concurrency: int = Field(default=8, ge=1)
+    """The most LLM calls in flight at once, across concurrent calls of this postprocessor."""
+
+    on_error: Literal["degrade", "raise"] = "degrade"
+    """``"degrade"`` returns a fallback order (logged as a warning) when LLM calls fail;
+    ``"raise"`` raises llmrerank's typed error (``BackendError``, ``RateLimitError``, ...)."""
+
+    deadline: float | None = Field(default=None, gt=0)
+    """Seconds one rerank may take; calls still running then are abandoned (see ``on_error``)."""
+
+    cache: Any = Field(default=None, exclude=True)
+    """A response cache (``llmrerank.MemoryCache()``, ``llmrerank.DiskCache(path)``, or anything with
+    ``get``/``set``): a repeated prompt to the same model makes no LLM call."""
+
+    _reranker: Reranker | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @classmethod
+    def class_name(cls) -> str:
+        """The LlamaIndex component name."""
+        return "LLMRerankPostprocessor"
+
+    @model_validator(mode="after")
+    def _check(self) -> LLMRerankPostprocessor:
+        if self.model is not None and self.backend is not None:
+            raise ConfigurationError("pass either model= or backend=, not both")
+        if isinstance(self.strategy, str) and self.strategy.lower() not in STRATEGIES:
+            raise ConfigurationError(f"unknown strategy {self.strategy!r}: use one of {sorted(STRATEGIES)}")
+        if isinstance(self.strategy, Strategy) and (self.system_prompt or self.template):
+            raise ConfigurationError("with a strategy object, set system_prompt/template on the object")
+        if self.template is not None and self.strategy is None:
+            raise ConfigurationError("template= needs strategy= (its placeholders depend on the strategy)")
+        if self.cache is not None and not (hasattr(self.cache, "get") and hasattr(self.cache, "set")):
+            raise ConfigurationError("cache must have get() and set(), e.g. llmrerank.MemoryCache()")
+        domain_instruction(self.domain)
+        return self
+
+    @property
+    def reranker(self) -> Reranker:
+        """The :class:`~llmrerank.Reranker` built from the fields on first use."""
+        with self._lock:
+            if self._reranker is None:
+                backend = self._backend()
+                strategy: str | Strategy = self.strategy or backend.preferred_strategy
+                overrides = {"system_prompt": self.system_prompt, "template": self.template}
+                options = {k: v for k, v in overrides.items() if v is not None}
+                if options and isinstance(strategy, str):
+                    strategy = make_strategy(strategy, **options)
+                self._reranker = Reranker(
+                    strategy,
+                    backend,
+                    domain=self.domain,
+                    max_concurrency=self.max_concurrency,
+                    on_error=self.on_error,
+                    deadline=self.deadline,
+                    cache=self.cache,
+                )
+            return self._reranker
+
+    def _backend(self) -> Backend:
+        if isinstance(self.backend, LLM):
+            return LlamaIndexLLMBackend(self.backend)
+        if self.backend is not None:
+            return self.backend
+        if self.model is None:
+            return default_backend()
+        if os.environ.get("OPENAI_API_KEY"):
+            from llmrerank import OpenAIBackend
+
+            return OpenAIBackend(self.model)
+        if os.environ.get("ANTHROPIC_API_KEY"):
+            from llmrerank import AnthropicBackend
+
+            return AnthropicBackend(self.model)
+        raise ConfigurationError("model= needs OPENAI_API_KEY or ANTHROPIC_API_KEY set; or pass backend=")
+
+    def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> tuple[str, list[str]]:
+        if query_bundle is None:
+            raise InvalidInputError("LLMRerankPostprocessor needs the query: pass query_bundle or query_str")
+        return query_bundle.query_str, [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
+
+    def _event_payload(self, nodes: list[NodeWithScore], query: str, model_name: str) -> dict[str, Any]:
+        return {
+            EventPayload.NODES: nodes,
+            EventPayload.MODEL_NAME: model_name,
+            EventPayload.QUERY_STR: query,
+            EventPayload.TOP_K: self.top_n or len(nodes),
+        }
+
+    @staticmethod
+    def _ranked(nodes: list[NodeWithScore], result: RerankResult) -> list[NodeWithScore]:
+        return [NodeWithScore(node=nodes[item.index].node, score=item.score) for item in result]
+
+    def _postprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+    ) -> list[NodeWithScore]:
+        query, texts = self._start(nodes, query_bundle)
+        if not nodes:
+            return []
+        reranker = self.reranker
+        model_name = reranker.backend.model
+        dispatcher.event(
+            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes), model_name=model_name)
+        )
+        with self.callback_manager.event(
+            CBEventType.RERANKING, payload=self._event_payload(nodes, query, model_name)
+        ) as event:
+
+            def run() -> RerankResult:
+                SYNC_CALLS.set(True)
+                return reranker.rerank(query, texts, self.top_n)
+
+            ranked = self._ranked(nodes, _in_context(run))
+            event.on_end(payload={EventPayload.NODES: ranked})
+        dispatcher.event(ReRankEndEvent(nodes=ranked))
+        return ranked
+
+    async def _apostprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+    ) -> list[NodeWithScore]:
+        query, texts = self._start(nodes, query_bundle)
+        if not nodes:
+            return []
+        reranker = self.reranker
+        model_name = reranker.backend.model
+        dispatcher.event(
+            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes), model_name=model_name)
+        )
+        with self.callback_manager.event(
+            CBEventType.RERANKING, payload=self._event_payload(nodes, query, model_name)
+        ) as event:
+            ranked = self._ranked(nodes, await reranker.arerank(query, texts, self.top_n))
+            event.on_end(payload={EventPayload.NODES: ranked})
+        dispatcher.event(ReRankEndEvent(nodes=ranked))
+        return ranked
+
+
+def _in_context(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a copy of the current context; in a worker thread when an event loop is running here."""
+    context = contextvars.copy_context()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return context.run(fn)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamaindex-llmrerank") as pool:
+        return pool.submit(context.run, fn).result()

@@ -1,0 +1,265 @@
+"""LLMRerankPostprocessor in real LlamaIndex query engines over an in-memory VectorStoreIndex."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("llama_index.core")
+pytest.importorskip("openai")
+
+from llama_index.core import VectorStoreIndex
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.bridge.pydantic import Field
+from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.llms import MockLLM
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+from llamaindex_llmrerank import LlamaIndexLLMBackend, LLMRerankPostprocessor
+from llmrerank import MemoryCache, Pointwise, Prompt
+from llmrerank.testing import FakeBackend, overlap_judge
+from llmrerank.testing.server import FakeLLMServer, ServerRequest
+
+QUERY = "how do solar panels convert sunlight into electricity"
+TEXTS = [
+    "The history of the printing press in Europe.",
+    "Solar panels convert sunlight into electricity with photovoltaic cells.",
+    "Wind turbines turn moving air into electricity.",
+    "Judges sit on panels to hear appeals.",
+    "How solar panels work: sunlight frees electrons, producing electricity.",
+]
+BEST = ["doc1", "doc4", "doc2"]
+
+
+def judge(request: ServerRequest) -> str:
+    """An OpenAI-compatible 'LLM' that ranks by word overlap with the query."""
+    return overlap_judge(Prompt(system=request.system, user=request.user))
+
+
+class HashingEmbedding(BaseEmbedding):
+    """A deterministic bag-of-words embedding: each word adds 1 to a hashed coordinate."""
+
+    dim: int = 64
+
+    def _vector(self, text: str) -> list[float]:
+        vector = [0.0] * self.dim
+        for word in re.findall(r"[a-z]+", text.lower()):
+            vector[int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim] += 1.0
+        return vector
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._vector(query)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._vector(text)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._vector(query)
+
+
+def make_index() -> VectorStoreIndex:
+    nodes = [TextNode(text=t, id_=f"doc{i}") for i, t in enumerate(TEXTS)]
+    return VectorStoreIndex(nodes, embed_model=HashingEmbedding())
+
+
+def make_nodes() -> list[NodeWithScore]:
+    return [NodeWithScore(node=TextNode(text=t, id_=f"doc{i}"), score=0.5 - i / 10) for i, t in enumerate(TEXTS)]
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(judge) as srv:
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+        yield srv
+
+
+class Collector(BaseEventHandler):
+    events: list[BaseEvent] = Field(default_factory=list)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Collector"
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        self.events.append(event)
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    handler = Collector()
+    root = get_dispatcher()
+    root.add_event_handler(handler)
+    try:
+        yield handler
+    finally:
+        root.event_handlers.remove(handler)
+
+
+def test_query_engine_with_no_argument_postprocessor(server: FakeLLMServer, collector: Collector) -> None:
+    engine = make_index().as_query_engine(
+        llm=MockLLM(), similarity_top_k=5, node_postprocessors=[LLMRerankPostprocessor()]
+    )
+    response = engine.query(QUERY)
+    assert [n.node.node_id for n in response.source_nodes] == BEST  # top_n defaults to 3
+    scores = [n.score for n in response.source_nodes]
+    assert scores == sorted(scores, reverse=True) and all(isinstance(s, float) for s in scores)
+    (request,) = [r for r in server.requests if r.method == "POST"]  # one listwise call; MockLLM answers
+    assert request.model == "gpt-4o-mini" and QUERY in request.user
+
+    starts = [e for e in collector.events if isinstance(e, ReRankStartEvent)]
+    ends = [e for e in collector.events if isinstance(e, ReRankEndEvent)]
+    assert len(starts) == len(ends) == 1
+    assert starts[0].top_n == 3 and starts[0].model_name == "gpt-4o-mini" and len(starts[0].nodes) == 5
+    assert isinstance(starts[0].query, QueryBundle) and starts[0].query.query_str == QUERY
+    assert [n.node.node_id for n in ends[0].nodes] == BEST
+
+
+def test_callback_manager_gets_a_reranking_event(server: FakeLLMServer) -> None:
+    debug = LlamaDebugHandler()
+    engine = RetrieverQueryEngine.from_args(
+        make_index().as_retriever(similarity_top_k=5),
+        llm=MockLLM(),
+        node_postprocessors=[LLMRerankPostprocessor()],
+        callback_manager=CallbackManager([debug]),
+    )
+    engine.query(QUERY)
+    (pair,) = debug.get_event_pairs(CBEventType.RERANKING)
+    assert pair[0].payload is not None and pair[0].payload[EventPayload.QUERY_STR] == QUERY
+    assert pair[0].payload[EventPayload.TOP_K] == 3
+    assert pair[1].payload is not None
+    assert [n.node.node_id for n in pair[1].payload[EventPayload.NODES]] == BEST
+
+
+async def test_retriever_query_engine_async_is_native(server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    postprocessor = LLMRerankPostprocessor(top_n=2)
+
+    def no_sync(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the async path must not fall back to the blocking method")
+
+    monkeypatch.setattr(LLMRerankPostprocessor, "_postprocess_nodes", no_sync)
+    engine = RetrieverQueryEngine.from_args(
+        make_index().as_retriever(similarity_top_k=5), llm=MockLLM(), node_postprocessors=[postprocessor]
+    )
+    response = await engine.aquery(QUERY)
+    assert [n.node.node_id for n in response.source_nodes] == BEST[:2]
+
+
+def test_sync_and_async_agree_and_inputs_are_not_mutated(server: FakeLLMServer) -> None:
+    postprocessor = LLMRerankPostprocessor(strategy="pointwise", top_n=None)
+    nodes = make_nodes()
+    before = [(n.node.node_id, n.score) for n in nodes]
+    sync = postprocessor.postprocess_nodes(nodes, query_str=QUERY)
+    asynchronous = asyncio.run(postprocessor.apostprocess_nodes(nodes, query_str=QUERY))
+    again = postprocessor.postprocess_nodes(nodes, QueryBundle(QUERY))
+    assert [(n.node.node_id, n.score) for n in sync] == [(n.node.node_id, n.score) for n in asynchronous]
+    assert [(n.node.node_id, n.score) for n in sync] == [(n.node.node_id, n.score) for n in again]
+    assert [n.node.node_id for n in sync][:3] == BEST and len(sync) == len(TEXTS)
+    assert [(n.node.node_id, n.score) for n in nodes] == before
+    assert not any(out is original for out in sync for original in nodes)
+    assert sync[0].node is nodes[1].node  # nodes shared, wrappers new
+    assert len(server.requests) == 3 * len(TEXTS)
+
+
+def test_missing_query_is_a_value_error(server: FakeLLMServer) -> None:
+    postprocessor = LLMRerankPostprocessor()
+    with pytest.raises(ValueError, match="query"):
+        postprocessor.postprocess_nodes(make_nodes())
+    with pytest.raises(ValueError, match="query"):
+        asyncio.run(postprocessor.apostprocess_nodes(make_nodes()))
+    assert server.requests == []
+
+
+def test_empty_input_makes_no_request(server: FakeLLMServer, collector: Collector) -> None:
+    postprocessor = LLMRerankPostprocessor()
+    assert postprocessor.postprocess_nodes([], query_str=QUERY) == []
+    assert asyncio.run(postprocessor.apostprocess_nodes([], query_str=QUERY)) == []
+    assert server.requests == []
+    assert not [e for e in collector.events if isinstance(e, ReRankStartEvent | ReRankEndEvent)]
+
+
+def test_llamaindex_llm_as_backend(server: FakeLLMServer) -> None:
+    openai_llms = pytest.importorskip("llama_index.llms.openai")
+    llm = openai_llms.OpenAI(model="gpt-4o-mini", api_base=server.base_url, api_key="test", max_retries=0)
+    postprocessor = LLMRerankPostprocessor(backend=llm, strategy="pointwise", top_n=2)
+    results = [postprocessor.postprocess_nodes(make_nodes(), query_str=QUERY) for _ in range(2)]
+    results.append(asyncio.run(postprocessor.apostprocess_nodes(make_nodes(), query_str=QUERY)))
+    assert all([n.node.node_id for n in r] == BEST[:2] for r in results)
+    assert len(server.requests) == 3 * len(TEXTS)
+    backend = postprocessor.reranker.backend
+    assert isinstance(backend, LlamaIndexLLMBackend) and backend.model == "gpt-4o-mini"
+
+
+def test_llm_backend_reads_usage(server: FakeLLMServer) -> None:
+    openai_llms = pytest.importorskip("llama_index.llms.openai")
+    llm = openai_llms.OpenAI(model="gpt-4o-mini", api_base=server.base_url, api_key="test")
+    server.responder = "Relevant: 7"
+    completion = asyncio.run(LlamaIndexLLMBackend(llm).generate(Prompt(system="sys", user="user text")))
+    assert completion.text == "Relevant: 7"
+    assert completion.prompt_tokens > 0 and completion.completion_tokens > 0
+    (request,) = server.requests
+    assert (request.system, request.user) == ("sys", "user text")
+
+
+def test_llmrerank_backend_and_options_pass_through() -> None:
+    backend = FakeBackend(["Score: 3\nReason: no", "Score: 8\nReason: yes"])
+    cache = MemoryCache()
+    postprocessor = LLMRerankPostprocessor(
+        backend=backend, strategy=Pointwise(with_reason=True), domain="medical", cache=cache, max_concurrency=1
+    )
+    got = postprocessor.postprocess_nodes(make_nodes()[:2], query_str=QUERY)
+    assert [(n.node.node_id, n.score) for n in got] == [("doc1", 8.0), ("doc0", 3.0)]
+    assert "biomedical" in backend.calls[0].system
+    assert postprocessor.reranker.cache is cache
+    assert LLMRerankPostprocessor.class_name() == "LLMRerankPostprocessor"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"strategy": "bogus"},
+        {"top_n": 0},
+        {"max_concurrency": 0},
+        {"deadline": -1},
+        {"on_error": "ignore"},
+        {"domain": "legall"},
+        {"model": "x", "backend": FakeBackend()},
+        {"template": "{query}"},
+        {"cache": 3},
+    ],
+)
+def test_bad_options_fail_at_construction(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        LLMRerankPostprocessor(**options)
+
+
+@pytest.mark.parametrize(
+    ("adapter", "other", "framework"),
+    [
+        ("langchain_llmrerank", "llamaindex_llmrerank", "llama_index"),
+        ("llamaindex_llmrerank", "langchain_llmrerank", "langchain"),
+    ],
+)
+def test_packages_import_only_what_they_should(adapter: str, other: str, framework: str) -> None:
+    code = (
+        "import sys, llmrerank, llmrerank.testing, llmrerank.testing.server\n"
+        "assert not any(m.startswith(('langchain', 'llama_index')) for m in sys.modules), 'core imports a framework'\n"
+        f"import {adapter}\n"
+        f"assert '{other}' not in sys.modules, 'imports the other adapter'\n"
+        f"assert not any(m.startswith('{framework}') for m in sys.modules), 'imports the other framework'\n"
+        "assert 'langchain_classic' not in sys.modules, 'the adapter needs langchain_core only'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
