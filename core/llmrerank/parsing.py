@@ -7,17 +7,41 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-_THINK = re.compile(r"<(think|thinking|reasoning)>.*?</\1>", re.IGNORECASE | re.DOTALL)
+_OPEN = re.compile(r"<(think|thinking|reasoning)>", re.IGNORECASE)
+_CLOSE = {tag: re.compile(rf"</{tag}>", re.IGNORECASE) for tag in ("think", "thinking", "reasoning")}
 _NUMBER = r"[-+]?\d+(?:[.,]\d+)?"
 
 
 def strip_thinking(text: str) -> str:
     """Remove ``<think>...</think>`` (and ``<thinking>``, ``<reasoning>``) blocks, and a stray closer."""
-    text = _THINK.sub(" ", text or "")
+    text = _drop_blocks(text or "")
     closer = re.search(r"</(think|thinking|reasoning)>", text, re.IGNORECASE)
     if closer:
         text = text[closer.end() :]
     return text.strip()
+
+
+def _drop_blocks(text: str) -> str:
+    # A scan rather than one lazy regex: with many unclosed openers the regex retried each of
+    # them to the end of the text (quadratic time on the event loop). Each tag's closer is
+    # searched for once past any opener that turns out to be unclosed.
+    out: list[str] = []
+    kept = search = 0
+    unclosed: set[str] = set()
+    while True:
+        opener = _OPEN.search(text, search)
+        if opener is None:
+            break
+        tag = opener.group(1).lower()
+        closer = None if tag in unclosed else _CLOSE[tag].search(text, opener.end())
+        if closer is None:
+            unclosed.add(tag)
+            search = opener.end()
+            continue
+        out += [text[kept : opener.start()], " "]
+        kept = search = closer.end()
+    out.append(text[kept:])
+    return "".join(out)
 
 
 def _to_float(token: str) -> float:
@@ -33,10 +57,13 @@ def parse_score(text: str, low: float = 0.0, high: float = 10.0) -> float | None
     text = strip_thinking(text)
     if not text:
         return None
-    scaled = re.search(rf"({_NUMBER})\s*(?:/|out of)\s*(\d+(?:\.\d+)?)", text, re.IGNORECASE)
+    # The lookbehind anchors the number at the start of a digit run: without it a long run of
+    # digits is retried from every position (quadratic time on the event loop).
+    scaled = re.search(rf"(?<![\d.,])({_NUMBER})\s*(?:/|out of)\s*(\d+(?:\.\d+)?)", text, re.IGNORECASE)
     if scaled:
         value, scale = _to_float(scaled.group(1)), float(scaled.group(2))
-        if scale > 0 and 0 <= value <= scale:
+        # Digit runs too long for a float overflow to inf; inf/inf would be a NaN score.
+        if math.isfinite(scale) and scale > 0 and 0 <= value <= scale:
             return low + (high - low) * value / scale
         return None
     labelled = re.search(rf"(?:score|rating|relevance)\W{{0,4}}\s*({_NUMBER})", text, re.IGNORECASE)
@@ -86,7 +113,7 @@ def parse_permutation(text: str, n: int) -> Permutation:
     """Read an ordering of ``n`` items labelled ``[1]..[n]`` from text like ``[3] > [1] > [2]`` or ``3,1,2``.
 
     Bracketed ids win over bare numbers when any are present (so prose numbers are ignored);
-    ids outside ``1..n`` (including 0 and negatives) are dropped, duplicates keep their first
+    ids outside ``1..n`` (including 0, negatives and absurdly long digit runs) are dropped, duplicates keep their first
     place, and missing ids are appended in input order.
     """
     text = strip_thinking(text)
@@ -96,7 +123,8 @@ def parse_permutation(text: str, n: int) -> Permutation:
     seen: list[int] = []
     duplicates = out_of_range = 0
     for token in tokens:
-        value = int(token) - 1
+        # A digit run far longer than any id is out of range (and int() refuses > 4300 digits).
+        value = int(token) - 1 if len(token) <= 12 else -1
         if not 0 <= value < n:
             out_of_range += 1
         elif value in seen:
@@ -128,7 +156,12 @@ def choice_distribution(logprobs: Mapping[str, float] | None, choices: tuple[str
     """Normalise the choices' log-probabilities into probabilities over the choices that were seen."""
     if not logprobs:
         return {}
-    probs = {c: math.exp(logprobs[c]) for c in choices if c in logprobs and math.isfinite(logprobs[c])}
+    seen = {c: float(logprobs[c]) for c in choices if c in logprobs and math.isfinite(logprobs[c])}
+    if not seen:
+        return {}
+    # Shift by the largest so that exp() cannot overflow on (invalid) positive log-probs.
+    top = max(seen.values())
+    probs = {c: math.exp(v - top) for c, v in seen.items()}
     total = sum(probs.values())
     if total <= 0:
         return {}
