@@ -4,8 +4,8 @@ A FakeBackend with zero delay answers every prompt at once with a fixed, valid a
 left of the wall time after subtracting the time spent inside the backend (``usage.llm_seconds``)
 is llmrerank's own work: input normalisation, prompt building, the driver, parsing, results.
 
-    python benchmarks/overhead.py                       # table on stdout
-    python benchmarks/overhead.py --json benchmarks/results/overhead.json
+    python benchmarks/overhead.py                               # table on stdout
+    python benchmarks/overhead.py --out benchmarks/results      # also overhead.json and overhead.md
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from llmrerank import Hybrid, Listwise, Pairwise, Pointwise, Reranker, Strategy
 from llmrerank.backends.base import Prompt
@@ -107,38 +109,48 @@ def measure(strategy: Strategy, n: int, repeats: int, *, sync: bool) -> dict[str
     }
 
 
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The table in markdown."""
+    head = ["strategy", "docs", "api", "calls", "wall µs", "in LLM µs", "overhead µs", "µs/call"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---|" + "---:|" * (len(head) - 3)]
+    for r in rows:
+        cells = [r["strategy"], str(r["docs"]), f"`{r['api']}`", str(r["calls"])]
+        cells += [f"{r[k]:.0f}" for k in ("wall_us", "llm_us", "overhead_us")] + [f"{r['overhead_per_call_us']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark and print the table."""
+    """Run the benchmark and print the table; with ``--out``, write overhead.json and overhead.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[20, 100], help="documents per rerank")
     parser.add_argument("--repeats", type=int, default=0, help="reranks per cell (default: by size)")
-    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--out", help="folder for overhead.json and overhead.md")
     args = parser.parse_args(argv)
     rows = []
     for n in args.sizes:
         for name, strategy in strategies().items():
             for sync in (False, True):
-                repeats = args.repeats or max(5, 2000 // n)
-                if name == "pairwise":
+                repeats = args.repeats or max(15, 6000 // n)
+                if name == "pairwise" and not args.repeats:
                     repeats = max(3, repeats // 10)
                 figures = measure(strategy, n, repeats, sync=sync)
-                rows.append({"strategy": name, "docs": n, "api": "rerank()" if sync else "await arerank()", **figures})
-    head = (
-        f"{'strategy':<10} {'docs':>4}  {'api':<16} {'calls':>5} {'wall µs':>10} {'in LLM µs':>10}"
-        f" {'overhead µs':>11} {'µs/call':>8}"
+                api = "rerank()" if sync else "await arerank()"
+                rows.append({"strategy": name, "docs": n, "api": api, "repeats": repeats, **figures})
+    table = markdown(rows)
+    machine = f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPU cores"
+    note = (
+        f"median of repeated reranks (pairwise: a tenth as many); FakeBackend with zero delay; "
+        f"overhead = wall - time inside the backend; {machine}; {time.strftime('%Y-%m-%d')}"
     )
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(
-            f"{r['strategy']:<10} {r['docs']:>4}  {r['api']:<16} {r['calls']:>5} {r['wall_us']:>10.0f} "
-            f"{r['llm_us']:>10.0f} {r['overhead_us']:>11.0f} {r['overhead_per_call_us']:>8.1f}"
-        )
-    machine = f"Python {platform.python_version()} on {platform.machine()}, {platform.processor() or platform.system()}"
-    print(f"median of repeated reranks; FakeBackend with zero delay; {machine}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1), encoding="utf-8")
+    print(f"{table}\n\n{note}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        command = ["python", "benchmarks/overhead.py", *(argv if argv is not None else sys.argv[1:])]
+        payload = {"command": command, "note": note, "rows": rows}
+        (out / "overhead.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        (out / "overhead.md").write_text(f"{table}\n\n{note}\n\nCommand: `{' '.join(command)}`\n", encoding="utf-8")
     return 0
 
 

@@ -1,14 +1,16 @@
 """Benchmark 1: ranking quality, BM25 against each llmrerank strategy, on the shared SciFact collection.
 
-Every strategy reranks the BM25 top ``--depth`` of the first N judged test queries; each table
-compares it with BM25 on exactly the same queries. Slow strategies can run on fewer queries
-(``listwise:20``); each query count gets its own table and BM25 row.
+Each strategy reranks the BM25 top ``--depth`` of the first N judged test queries and is compared with
+BM25 on exactly the same queries. The strategies: ``pointwise``, ``pairwise`` (sort mode),
+``listwise`` (window 20, step 10) and ``hybrid`` (the bundled all-MiniLM-L6-v2 bi-encoder keeps 10,
+listwise ranks them). A slow strategy can run on fewer queries (``pairwise:10``); each query count
+gets its own BM25 row.
 
-    python benchmarks/quality.py --depth 20 --strategy pointwise:100 listwise:30 \\
-        --json benchmarks/results/quality.json --plot benchmarks/results/quality.png
+    python benchmarks/quality.py --out benchmarks/results            # local SmolLM2-135M, offline
+    python benchmarks/quality.py --backend openai --model gpt-4o-mini --out runs/openai
 
-The default backend is the local SmolLM2-135M model (offline, CPU); ``--backend openai --model
-gpt-4o-mini`` (with OPENAI_API_KEY) measures a real API model the same way.
+The default backend is the local SmolLM2-135M model (CPU); ``--backend fake`` (word overlap, no
+model) checks the plumbing in seconds.
 """
 
 from __future__ import annotations
@@ -22,9 +24,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmrerank import Reranker
-from llmrerank.cli import format_table, make_backend, make_strategy_object
+from llmrerank import Hybrid, Listwise, Pairwise, Pointwise, Reranker, Strategy
+from llmrerank.cli import make_backend
 from llmrerank.evaluation import EvalReport, evaluate, load_beir
+
+DEFAULT_STRATEGIES = ["pointwise", "pairwise:10", "listwise", "hybrid"]
+
+
+def make_strategy(name: str) -> Strategy:
+    """The strategy measured under ``name``."""
+    strategies: dict[str, Any] = {
+        "pointwise": Pointwise,
+        "pairwise": lambda: Pairwise(mode="sort"),
+        "listwise": Listwise,
+        "hybrid": lambda: Hybrid(cross_encoder=None, keep=10, llm="listwise"),
+    }
+    if name not in strategies:
+        raise SystemExit(f"unknown strategy {name!r}: use {', '.join(strategies)}")
+    return strategies[name]()
 
 
 def parse_strategies(values: Sequence[str], default_queries: int) -> dict[int, list[str]]:
@@ -36,83 +53,98 @@ def parse_strategies(values: Sequence[str], default_queries: int) -> dict[int, l
     return groups
 
 
-def plot(reports: Sequence[EvalReport], path: Path) -> None:
-    """nDCG@10 gain over BM25 (same queries) against LLM calls and latency per query."""
+def row(r: EvalReport) -> dict[str, Any]:
+    """The figures of one report that the table shows."""
+    n = max(r.queries, 1)
+    return {
+        "strategy": r.name,
+        "queries": r.queries,
+        "nDCG@10": r.metrics["nDCG@10"],
+        "MRR@10": r.metrics["RR@10"],
+        "P@1": r.metrics["P@1"],
+        "calls/q": r.usage.calls / n,
+        "tokens/q": r.usage.total_tokens / n,
+        "s/q": r.wall_seconds / n,
+        "degraded": r.degraded,
+    }
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The table in markdown; ΔnDCG@10 against the BM25 row of the same query count."""
+    base = {r["queries"]: r["nDCG@10"] for r in rows if r["strategy"] == "bm25"}
+    head = ["strategy", "queries", "nDCG@10", "ΔnDCG@10", "MRR@10", "P@1", "calls/q", "tokens/q", "s/q", "degraded"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for r in rows:
+        delta = r["nDCG@10"] - base.get(r["queries"], r["nDCG@10"])
+        cells = [r["strategy"], str(r["queries"]), f"{r['nDCG@10']:.3f}", f"{delta:+.3f}", f"{r['MRR@10']:.3f}"]
+        cells += [f"{r['P@1']:.3f}", f"{r['calls/q']:.1f}", f"{r['tokens/q']:.0f}", f"{r['s/q']:.2f}"]
+        lines.append("| " + " | ".join([*cells, str(r["degraded"])]) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict[str, Any]], title: str, path: Path) -> None:
+    """nDCG@10 against LLM calls per query, one point per strategy (and per query count)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    base = {r.queries: r.metrics["nDCG@10"] for r in reports if r.name == "bm25"}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2), dpi=90)
-    for r in reports:
-        if r.name == "bm25":
-            continue
-        gain = r.metrics["nDCG@10"] - base[r.queries]
-        label = f"{r.name} ({r.queries} q)"
-        for ax, x in ((left, r.calls_per_query), (right, r.latency_p50)):
-            ax.scatter([x], [gain], s=40, zorder=3)
-            ax.annotate(label, (x, gain), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    for ax in (left, right):
-        ax.axhline(0.0, linestyle="--", linewidth=0.8, color="grey")
-        ax.set_ylabel("nDCG@10 minus BM25's")
-        ax.grid(alpha=0.3)
-    left.set_xlabel("LLM calls per query")
-    right.set_xlabel("latency p50 (s per query)")
-    model = next((r.model for r in reports if r.model), "")
-    depth = reports[0].depth if reports else 0
-    fig.suptitle(f"SciFact, BM25 top {depth} reranked by {model}", fontsize=10)
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for r in rows:
+        label = f"{r['strategy']} ({r['queries']} q)"
+        ax.scatter([r["calls/q"]], [r["nDCG@10"]], s=40, zorder=3, marker="s" if r["strategy"] == "bm25" else "o")
+        ax.annotate(label, (r["calls/q"], r["nDCG@10"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=-0.3)
+    ax.set_xlabel("LLM calls per query")
+    ax.set_ylabel("nDCG@10")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark, print one table per query count."""
+    """Run the benchmark and print the table; with ``--out``, write quality.json, quality.md, quality.png."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="BEIR folder (default: shared/data/scifact beside the checkout)")
     parser.add_argument("--backend", default="local", choices=["local", "openai", "anthropic", "fake"])
     parser.add_argument("--model")
     parser.add_argument("--base-url")
-    parser.add_argument("--depth", type=int, default=20)
+    parser.add_argument("--depth", type=int, default=20, help="BM25 documents reranked per query (default: 20)")
     parser.add_argument("--queries", type=int, default=50, help="queries for strategies given without :N")
-    parser.add_argument("--strategy", nargs="+", default=["pointwise", "listwise"], help="name or name:queries")
-    parser.add_argument("--window", type=int)
-    parser.add_argument("--step", type=int)
-    parser.add_argument("--json", help="write the reports (without per-query rankings) to this file")
-    parser.add_argument("--plot", help="write the plot to this PNG")
+    parser.add_argument("--strategy", nargs="+", default=DEFAULT_STRATEGIES, help="name or name:queries")
+    parser.add_argument("--out", help="folder for quality.json, quality.md and quality.png")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
     collection = load_beir(args.data)
     backend = make_backend(args.backend, args.model, args.base_url)
-    all_reports: list[EvalReport] = []
-    tables = []
+    reports: list[EvalReport] = []
     started = time.perf_counter()
     for count, names in parse_strategies(args.strategy, args.queries).items():
         common: dict[str, Any] = {"depth": args.depth, "queries": count, "progress": not args.no_progress}
-        reports = [evaluate(collection, None, **common)]
+        reports.append(evaluate(collection, None, **common))
         for name in names:
-            reranker = Reranker(make_strategy_object(name, args), backend)
-            reports.append(evaluate(collection, reranker, name=name, **common))
-        table = format_table(reports)
-        print(table + "\n", flush=True)
-        tables.append(table)
-        all_reports += reports
-    machine = f"{platform.machine()}, Python {platform.python_version()}"
-    print(f"total {time.perf_counter() - started:.0f} s on {machine}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "command": ["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])],
-            "machine": machine,
-            "tables": tables,
-            "reports": [r.to_dict(per_query=False) for r in all_reports],
-        }
-        Path(args.json).write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    if args.plot:
-        plot(all_reports, Path(args.plot))
+            reports.append(evaluate(collection, Reranker(make_strategy(name), backend), name=name, **common))
+            print(f"{name}: {reports[-1].wall_seconds:.0f} s", file=sys.stderr, flush=True)
+    rows = [row(r) for r in reports]
+    table = markdown(rows)
+    machine = f"Python {platform.python_version()} on {platform.machine()}"
+    note = (
+        f"SciFact test, BM25 top {args.depth}; backend {args.backend}, model {backend.model}; {machine}; "
+        f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s in all"
+    )
+    print(f"{table}\n\n{note}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        command = ["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]
+        payload = {"command": command, "note": note, "rows": rows, "reports": [r.to_dict(False) for r in reports]}
+        (out / "quality.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        (out / "quality.md").write_text(f"{table}\n\n{note}\n\nCommand: `{' '.join(command)}`\n", encoding="utf-8")
+        plot(rows, f"SciFact, BM25 top {args.depth} reranked by {backend.model}", out / "quality.png")
     return 0
 
 

@@ -1,0 +1,93 @@
+"""Smoke tests of the benchmark scripts: each main() on a tiny slice, checking the rows, not the figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from llmrerank import ConfigurationError
+from llmrerank.evaluation import default_data_path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+pytest.importorskip("bm25s")
+pytest.importorskip("ir_measures")
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def data() -> str:
+    try:
+        return str(default_data_path())
+    except ConfigurationError:
+        pytest.skip("the SciFact collection (shared/data/scifact) is not available")
+
+
+def table_rows(markdown: str) -> list[str]:
+    """First cells of a markdown table's body rows."""
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    return [line.split("|")[1].strip() for line in lines[1:]]
+
+
+def test_peers(data: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("openai")
+    pytest.importorskip("langchain_openai")
+    pytest.importorskip("llama_index.llms.openai")
+    peers = load("peers")
+    names = ["llmrerank-listwise", "llmrerank-pointwise", "langchain-listwise", "llamaindex-llmrerank"]
+    args = ["--data", data, "--queries", "2", "--depth", "10", "--latency", "0.01", "--out", str(tmp_path)]
+    assert peers.main([*args, "--rerankers", *names]) == 0
+    printed = table_rows(capsys.readouterr().out)
+    assert printed[0].startswith("BM25") and len(printed) == 1 + len(names)
+    saved = json.loads((tmp_path / "peers.json").read_text())
+    assert [r["key"] for r in saved["rows"]] == ["bm25", *names]
+    for r in saved["rows"][1:]:
+        assert r["calls/q"] >= 1 and r["prompt tok/q"] > 0 and r["failed calls"] == 0, r
+    assert (tmp_path / "peers.md").read_text().startswith("| reranker |")
+
+
+def test_peers_judge_answers_each_format() -> None:
+    peers = load("peers")
+    from llmrerank.testing.server import ServerRequest
+
+    lc = ServerRequest("openai", "POST", "/v1/chat/completions", user="cells", body={"response_format": {}})
+    lc = ServerRequest(**{**lc.__dict__, "system": "Document ID: 0\n```dogs```\n\nDocument ID: 1\n```cells```\n\n"})
+    assert json.loads(peers.langchain_answer(lc)) == {"ranked_document_ids": [1, 0]}
+    li = "Let's try this now:\n\nDocument 1:\ndogs\n\nDocument 2:\nliving cells\n\n\nQuestion: cells\n\nAnswer:\n"
+    assert peers.llamaindex_answer(li) == "Doc: 2, Relevance: 10"
+
+
+def test_quality(data: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    quality = load("quality")
+    strategies = ["pointwise", "listwise", "pairwise:2"]
+    args = ["--data", data, "--backend", "fake", "--queries", "3", "--depth", "8", "--no-progress"]
+    assert quality.main([*args, "--strategy", *strategies, "--out", str(tmp_path)]) == 0
+    assert table_rows(capsys.readouterr().out) == ["bm25", "pointwise", "listwise", "bm25", "pairwise"]
+    saved = json.loads((tmp_path / "quality.json").read_text())
+    assert [(r["strategy"], r["queries"]) for r in saved["rows"]][-2:] == [("bm25", 2), ("pairwise", 2)]
+    assert all(r["degraded"] == 0 for r in saved["rows"])
+    assert (tmp_path / "quality.png").stat().st_size > 0 and (tmp_path / "quality.md").is_file()
+
+
+def test_overhead(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    overhead = load("overhead")
+    assert overhead.main(["--sizes", "5", "--repeats", "2", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "overhead.json").read_text())["rows"]
+    assert {(r["strategy"], r["api"]) for r in rows} == {
+        (s, api) for s in ("pointwise", "pairwise", "listwise", "hybrid") for api in ("rerank()", "await arerank()")
+    }
+    assert all(r["calls"] >= 1 for r in rows)
+    assert "overhead" in capsys.readouterr().out and (tmp_path / "overhead.md").is_file()
