@@ -16,7 +16,7 @@ from .backends.base import Backend
 from .cache import ResponseCache
 from .driver import Driver, OnError
 from .errors import ConfigurationError
-from .prompts import domain_instruction
+from .prompts import clean_query, domain_instruction
 from .strategies import Strategy, make_strategy
 from .strategies.base import Context, Ranking
 from .types import (
@@ -25,6 +25,7 @@ from .types import (
     RerankResult,
     check_query,
     check_top_k,
+    document_list,
     normalize_documents,
 )
 
@@ -122,12 +123,22 @@ class Reranker:
 
         ``documents`` may be strings, dicts with ``content`` or ``text`` (plus ``id``/``metadata``),
         or objects with ``page_content`` or ``text``; results hold the caller's own objects.
+
+        Input rules: an empty list gives an empty result without any LLM call; a blank or
+        non-string query, None (as the list or as an item), a dict without text, a bare number
+        and a ``top_k`` that is not a positive int raise
+        :class:`~llmrerank.errors.InvalidInputError` before any call. ``top_k`` larger than the
+        list returns everything. Duplicate documents are kept, each with its own index. Texts
+        longer than the strategy's ``max_doc_chars`` are cut (diagnostic ``truncated``); control
+        and invisible characters and imitation ``<document>`` tags are neutralised in prompts
+        (:func:`~llmrerank.prompts.sanitize`), while results hold the caller's objects unchanged.
         """
         started = time.perf_counter()
         query = check_query(query)
         top_k = check_top_k(top_k)
-        originals = list(documents) if not isinstance(documents, Sequence) else documents
+        originals = document_list(documents)
         docs = normalize_documents(originals)
+        prompt_query = clean_query(query)
         name = self.strategy.name
         if not docs:
             return RerankResult((), query, name, "input_order")
@@ -139,7 +150,7 @@ class Reranker:
             domain=self.domain,
             pointwise_method=getattr(self.backend, "pointwise_method", "expected"),
         )
-        ranking = await driver.run(self.strategy.plan(query, docs, ctx))
+        ranking = await driver.run(self.strategy.plan(prompt_query, docs, ctx))
         ranking = _complete(ranking, len(docs))
         meter = driver.meter
         degraded = (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
@@ -64,10 +64,28 @@ def _as_text(value: Any, index: int) -> str:
     raise InvalidInputError(f"documents[{index}] content is {type(value).__name__}, expected str")
 
 
-def normalize_documents(documents: Sequence[Any]) -> list[Document]:
-    """Turn the caller's documents into :class:`Document` views, raising :class:`InvalidInputError`."""
-    if isinstance(documents, str | bytes) or not isinstance(documents, Sequence | Iterator):
+def document_list(documents: Any) -> Sequence[Any]:
+    """The caller's documents as a sequence (a list is returned as is; other iterables are listed).
+
+    None, a ``str``/``bytes`` (one document, not a list of them), a mapping (a single dict document
+    passed by mistake) and non-iterables raise :class:`InvalidInputError`.
+    """
+    if documents is None:
+        raise InvalidInputError("documents is None: pass a list of documents (an empty list gives an empty result)")
+    if isinstance(documents, str | bytes | bytearray | Mapping) or not isinstance(documents, Iterable):
         raise InvalidInputError(f"documents must be a list, got {type(documents).__name__}")
+    return documents if isinstance(documents, Sequence) else list(documents)
+
+
+def normalize_documents(documents: Sequence[Any]) -> list[Document]:
+    """Turn the caller's documents into :class:`Document` views, raising :class:`InvalidInputError`.
+
+    Each item may be a ``str``, a mapping with ``content``, ``text`` or ``page_content`` (a string,
+    or a number, which is written out), or an object with ``page_content``, ``text`` or ``content``.
+    None, a mapping without those keys, a bare number and other types raise. Empty or blank text is
+    allowed (the prompt shows ``(empty document)``); duplicates are kept as separate documents.
+    """
+    documents = document_list(documents)
     out = []
     for i, doc in enumerate(documents):
         text, doc_id = _text_of(doc, i)
