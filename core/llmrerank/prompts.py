@@ -2,7 +2,9 @@
 
 Every strategy wraps each document in ``<document id="N">...</document>`` tags and tells the
 model that what stands inside is data to judge, never instructions. Text inside a document that
-imitates the tags is defused, so a document cannot close its own block and speak as the user.
+imitates the tags is defused, so a document cannot close its own block and speak as the user;
+control and invisible format characters are removed first (:func:`sanitize`), so they cannot
+hide a tag. The query is sanitized the same way before it reaches a prompt.
 """
 
 from __future__ import annotations
@@ -64,7 +66,15 @@ def system_prompt(base: str | None, domain: str | None) -> str:
     return f"{head}\n{extra}" if extra else head
 
 
-_TAG = re.compile(r"<(\s*/?\s*document)", re.IGNORECASE)
+_TAG = re.compile(r"[<\uff1c\ufe64](\s*/?\s*document)", re.IGNORECASE)
+# Invisible format characters (zero-width space, word joiner, BOM, bidi embeddings/overrides and
+# isolates) are dropped: they can hide a tag from the defusing pattern ("<\u200b/document>") or
+# reorder text on screen. Zero-width (non-)joiners stay: scripts and emoji need them.
+_INVISIBLE = re.compile("[\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+# C0/C1 control characters other than tab and newline become a space; lone surrogates (which
+# cannot be encoded as UTF-8 for the API) become U+FFFD.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -75,9 +85,33 @@ class Clip:
     truncated: bool
 
 
+def sanitize(text: str) -> str:
+    """Make caller text safe to place in a prompt; what it says is unchanged.
+
+    ``\r\n`` and ``\r`` become ``\n``; other control characters (except tab and newline) become a
+    space; invisible format characters (zero-width space, BOM, bidi overrides) are dropped; lone
+    surrogates become U+FFFD; and anything imitating a ``<document>`` or ``</document>`` tag
+    (also with full-width ``＜``) has its ``<`` replaced by ``‹``, so it cannot open or close a block.
+    Other non-ASCII text is kept as is.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub(" ", text)
+    text = _INVISIBLE.sub("", text)
+    text = _SURROGATE.sub("\ufffd", text)
+    return _TAG.sub(r"‹\1", text)
+
+
+def clean_query(query: str) -> str:
+    """The query as placed in prompts: sanitized (see :func:`sanitize`) and stripped.
+
+    :attr:`~llmrerank.types.RerankResult.query` keeps the caller's own text.
+    """
+    return sanitize(query).strip()
+
+
 def clip(text: str, max_chars: int) -> Clip:
-    """Defuse document tags inside ``text`` and cut it to ``max_chars`` characters (on a word boundary)."""
-    text = _TAG.sub(r"‹\1", text).strip()
+    """:func:`sanitize` ``text`` and cut it to ``max_chars`` characters (on a word boundary)."""
+    text = sanitize(text).strip()
     if len(text) <= max_chars:
         return Clip(text, False)
     cut = text[:max_chars]
