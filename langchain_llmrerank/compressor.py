@@ -92,8 +92,17 @@ class LLMRerankCompressor(BaseDocumentCompressor):
     """A response cache (``llmrerank.MemoryCache()``, ``llmrerank.DiskCache(path)``, or anything with
     ``get``/``set``): a repeated prompt to the same model makes no LLM call."""
 
-    _reranker: Reranker | None = PrivateAttr(default=None)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _slot: _Slot = PrivateAttr(default_factory=lambda: _Slot())
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in type(self).model_fields:
+            self._slot = _Slot()  # rebuild the reranker from the new settings
+
+    def __copy__(self) -> LLMRerankCompressor:
+        clone = super().__copy__()
+        clone._slot = _Slot()  # model_copy(update=...) changes fields behind __setattr__'s back
+        return clone
 
     @model_validator(mode="after")
     def _check(self) -> LLMRerankCompressor:
@@ -112,16 +121,17 @@ class LLMRerankCompressor(BaseDocumentCompressor):
 
     @property
     def reranker(self) -> Reranker:
-        """The :class:`~llmrerank.Reranker` built from the fields on first use."""
-        with self._lock:
-            if self._reranker is None:
+        """The :class:`~llmrerank.Reranker` built from the fields on first use (again after a field changes)."""
+        slot = self._slot
+        with slot.lock:
+            if slot.reranker is None:
                 backend = self._backend()
                 strategy: str | Strategy = self.strategy or backend.preferred_strategy
                 overrides = {"system_prompt": self.system_prompt, "template": self.template}
                 options = {k: v for k, v in overrides.items() if v is not None}
                 if options and isinstance(strategy, str):
                     strategy = make_strategy(strategy, **options)
-                self._reranker = Reranker(
+                slot.reranker = Reranker(
                     strategy,
                     backend,
                     domain=self.domain,
@@ -130,7 +140,7 @@ class LLMRerankCompressor(BaseDocumentCompressor):
                     deadline=self.deadline,
                     cache=self.cache,
                 )
-            return self._reranker
+            return slot.reranker
 
     def _backend(self) -> Backend:
         if isinstance(self.backend, BaseChatModel):
@@ -195,6 +205,23 @@ class LLMRerankCompressor(BaseDocumentCompressor):
         finally:
             CALL_CONFIG.reset(token)
         return self._documents(documents, result)
+
+
+class _Slot:
+    """Holds the lazily built Reranker. Copies and unpickled objects start empty and rebuild from the fields."""
+
+    def __init__(self) -> None:
+        self.reranker: Reranker | None = None
+        self.lock = threading.Lock()
+
+    def __copy__(self) -> _Slot:
+        return _Slot()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Slot:
+        return _Slot()
+
+    def __reduce__(self) -> tuple[type[_Slot], tuple[()]]:
+        return (_Slot, ())
 
 
 def _in_context(fn: Callable[[], T]) -> T:

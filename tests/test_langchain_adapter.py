@@ -253,3 +253,16 @@ def test_chat_openai_as_backend_sync_twice_then_async(server: FakeLLMServer) -> 
     assert all([d.metadata["source"] for d in r] == ["doc1", "doc4"] for r in results)
     assert {r.model for r in server.requests} == {"gpt-chat"}
     assert len(server.requests) == 3 * len(TEXTS)
+
+
+def test_copies_pickles_and_field_changes_rebuild_the_reranker() -> None:
+    import pickle
+
+    compressor = LLMRerankCompressor(backend=FakeBackend(respond=overlap_judge), strategy="pointwise")
+    first = compressor.reranker
+    assert compressor.reranker is first  # built once
+    assert copy.copy(compressor).reranker is not first
+    assert copy.deepcopy(LLMRerankCompressor(top_n=2)).top_n == 2
+    assert pickle.loads(pickle.dumps(LLMRerankCompressor(top_n=2))).top_n == 2
+    compressor.strategy = "listwise"
+    assert compressor.reranker is not first and compressor.reranker.strategy.name == "listwise"

@@ -263,3 +263,18 @@ def test_packages_import_only_what_they_should(adapter: str, other: str, framewo
         "assert 'langchain_classic' not in sys.modules, 'the adapter needs langchain_core only'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_copies_pickles_and_field_changes_rebuild_the_reranker() -> None:
+    import copy
+    import pickle
+
+    postprocessor = LLMRerankPostprocessor(backend=FakeBackend(respond=overlap_judge), strategy="pointwise")
+    first = postprocessor.reranker
+    assert postprocessor.reranker is first  # built once
+    assert copy.copy(postprocessor).reranker is not first
+    assert copy.deepcopy(LLMRerankPostprocessor(top_n=2)).top_n == 2
+    assert pickle.loads(pickle.dumps(LLMRerankPostprocessor(top_n=2))).top_n == 2
+    assert LLMRerankPostprocessor(top_n=2).to_dict()["top_n"] == 2
+    postprocessor.strategy = "listwise"
+    assert postprocessor.reranker is not first and postprocessor.reranker.strategy.name == "listwise"
