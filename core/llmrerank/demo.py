@@ -1,0 +1,237 @@
+"""``llmrerank demo``: rerank one real query offline and show the retriever's order beside the new one.
+
+With the SciFact collection at hand (``$LLMRERANK_DATA`` or ``shared/data/scifact``; see
+:func:`llmrerank.evaluation.default_data_path`), BM25 retrieves the top ``--depth`` documents for
+a fixed test query (``--query`` picks another query id, or any text) and the default
+:class:`~llmrerank.Reranker` reorders them: the local SmolLM2 model unless an API key is set.
+Without the collection a handful of built-in passages are used. Documents judged relevant are
+marked ✓.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .backends.base import Backend, Completion, Prompt
+from .errors import LLMRerankError
+from .reranker import Reranker, default_backend
+
+DEFAULT_QUERY_ID = "36"
+"""SciFact test query shown by default: its relevant abstract is 6th in the BM25 top 10."""
+
+BUILTIN_QUERY = "How do vaccines train the immune system?"
+BUILTIN_PASSAGES = {
+    "p1": "The stock market fell sharply on Tuesday amid fears of rising inflation and interest rates.",
+    "p2": "Vaccines expose the immune system to a harmless antigen, so it learns to recognise the real pathogen.",
+    "p3": "A recipe for sourdough bread: mix flour, water and starter, then ferment the dough overnight.",
+    "p4": "The football season starts next week, with three new teams joining the league.",
+    "p5": "Immunisation trains antibodies and memory T cells, which respond quickly when the virus appears later.",
+    "p6": "Volcanic eruptions release ash and sulfur dioxide that can cool the climate for a year or two.",
+}
+BUILTIN_RELEVANT = frozenset({"p2", "p5"})
+
+
+@dataclass
+class Example:
+    """What the demo reranks: a query, the retriever's hits and the relevance judgments."""
+
+    query: str
+    label: str
+    doc_ids: list[str]
+    texts: list[str]
+    first_stage: list[float]
+    relevant: frozenset[str]
+    source: str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``llmrerank demo``."""
+    parser = argparse.ArgumentParser(prog="llmrerank demo", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--query", help=f"a SciFact test query id, or any text (default: query {DEFAULT_QUERY_ID}, or a built-in one)"
+    )
+    parser.add_argument("--depth", type=int, default=10, help="BM25 documents to rerank (default: 10)")
+    parser.add_argument("--top-k", type=int, help="rows shown (default: all --depth)")
+    parser.add_argument(
+        "--strategy", help="pointwise, pairwise, listwise or hybrid (default: the backend's preferred one)"
+    )
+    parser.add_argument("--data", help="BEIR folder (default: the SciFact collection, when found)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def load_example(query: str | None, depth: int, data: str | None) -> Example:
+    """The query and BM25 hits from the collection, else the built-in passages (scored by word overlap)."""
+    try:
+        from .evaluation import load_beir
+
+        collection = load_beir(data)
+        index = collection.bm25()
+    except LLMRerankError:
+        if data is not None:
+            raise
+        return _builtin(query, depth)
+    label = query or DEFAULT_QUERY_ID
+    if label in collection.queries:
+        text, relevant = collection.queries[label], frozenset(d for d, g in collection.qrels[label].items() if g > 0)
+    else:
+        text, label, relevant = label, "your query", frozenset()
+    (hits,) = index.search([text], depth)
+    return Example(
+        query=text,
+        label=f"SciFact query {label}" if relevant else label,
+        doc_ids=[d for d, _ in hits],
+        texts=[collection.documents[d] for d, _ in hits],
+        first_stage=[s for _, s in hits],
+        relevant=relevant,
+        source=f"BM25 over {len(collection.documents)} SciFact abstracts",
+    )
+
+
+def _builtin(query: str | None, depth: int) -> Example:
+    text = query or BUILTIN_QUERY
+    words = {w.strip("?.,").lower() for w in text.split() if len(w) > 3}
+    overlap = {d: float(len(words & {w.strip("?.,").lower() for w in t.split()})) for d, t in BUILTIN_PASSAGES.items()}
+    ids = sorted(BUILTIN_PASSAGES, key=lambda d: -overlap[d])[:depth]
+    return Example(
+        query=text,
+        label="built-in example",
+        doc_ids=ids,
+        texts=[BUILTIN_PASSAGES[d] for d in ids],
+        first_stage=[overlap[d] for d in ids],
+        relevant=BUILTIN_RELEVANT if query is None else frozenset(),
+        source="word overlap over built-in passages (no SciFact collection found)",
+    )
+
+
+class _Progress(Backend):
+    """Forwards to a backend and advances a progress bar per completed call."""
+
+    def __init__(self, inner: Backend, bar: Any) -> None:
+        self.inner = inner
+        self.bar = bar
+        self.name = inner.name
+        self.model = inner.model
+        self.supports_logprobs = inner.supports_logprobs
+        self.batch_size = inner.batch_size
+        self.preferred_strategy = inner.preferred_strategy
+        self.pointwise_method = getattr(inner, "pointwise_method", "expected")
+
+    async def generate(self, prompt: Prompt) -> Completion:
+        answer = await self.inner.generate(prompt)
+        self.bar.update(1)
+        return answer
+
+    async def generate_batch(self, prompts: Sequence[Prompt]) -> list[Completion | BaseException]:
+        answers = await self.inner.generate_batch(prompts)
+        self.bar.update(len(prompts))
+        return answers
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _bar(enabled: bool, **options: Any) -> Any:
+    """A tqdm bar on stderr, or a stand-in that does nothing when tqdm is missing or bars are off."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+
+            return tqdm(file=sys.stderr, leave=False, dynamic_ncols=True, **options)
+        except ImportError:
+            pass
+    return _NoBar()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _short(text: str, width: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def side_by_side(example: Example, result: Any, rows: int, width: int = 34) -> str:
+    """The retriever's order and the reranked order as two columns."""
+    left_head = f"{'#':>2}  {'doc':<9} {'BM25':>6}  {'text':<{width}}"
+    right_head = f"{'#':>2}  {'doc':<9} {'score':>6}  text"
+    lines = [f"{'Retriever order':<{len(left_head)}} │ Reranked ({result.strategy}, {result.score_kind} scores)"]
+    lines.append(f"{left_head} │ {right_head}")
+    lines.append("─" * len(left_head) + "─┼─" + "─" * (len(right_head) + width - 4))
+    for r in range(min(rows, len(example.doc_ids))):
+        d = example.doc_ids[r]
+        mark = "✓" if d in example.relevant else " "
+        left = f"{r + 1:>2}{mark} {d:<9} {example.first_stage[r]:>6.2f}  {_short(example.texts[r], width):<{width}}"
+        item = result.items[r] if r < len(result.items) else None
+        if item is None:
+            right = ""
+        else:
+            rd = example.doc_ids[item.index]
+            score = "   n/a" if item.score is None else f"{item.score:>6.2f}"
+            mark = "✓" if rd in example.relevant else " "
+            right = f"{r + 1:>2}{mark} {rd:<9} {score}  {_short(example.texts[item.index], width)}"
+        lines.append(f"{left} │ {right}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo; returns the exit status."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.depth < 1 or (args.top_k is not None and args.top_k < 1):
+        print("llmrerank demo: --depth and --top-k must be >= 1", file=sys.stderr)
+        return 2
+    progress = not args.no_progress
+    try:
+        example = load_example(args.query, args.depth, args.data)
+        backend = default_backend()
+        load_seconds = 0.0
+        load = getattr(backend, "load", None)
+        if callable(load):
+            bar = _bar(progress, total=None, desc=f"loading {backend.model}", bar_format="{desc}: {elapsed}")
+            try:
+                load_seconds = float(load())
+            finally:
+                bar.close()
+        reranker = Reranker(args.strategy, backend)
+        expected = len(example.doc_ids) if reranker.strategy.name == "pointwise" else None
+        bar = _bar(progress, total=expected, desc=f"reranking ({reranker.strategy.name})", unit="call")
+        try:
+            reranker = Reranker(reranker.strategy, _Progress(backend, bar))
+            started = time.perf_counter()
+            result = reranker.rerank(example.query, example.texts)
+            seconds = time.perf_counter() - started
+        finally:
+            bar.close()
+    except LLMRerankError as exc:
+        print(f"llmrerank demo: error: {exc}", file=sys.stderr)
+        return 2
+    rows = args.top_k or len(example.doc_ids)
+    print(f"{example.label}: {example.query}")
+    print(f"{len(example.doc_ids)} candidates from {example.source}; backend {backend.name}, model {backend.model}")
+    print()
+    print(side_by_side(example, result, rows))
+    print()
+    usage = result.usage
+    print(
+        f"{usage.calls} LLM calls, {usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, "
+        f"rerank {seconds:.1f}s" + (f", model load {load_seconds:.1f}s" if load_seconds else "")
+    )
+    if result.degraded:
+        print("degraded: some calls failed; the fallback order was used for them")
+    if example.relevant:
+        print("✓ = judged relevant")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
