@@ -6,6 +6,7 @@ import asyncio
 import importlib.util
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,10 +31,16 @@ DIGITS = "12345 67890"
 
 
 @pytest.fixture(scope="module")
-def backend() -> LocalBackend:
+def backend() -> Iterator[LocalBackend]:
+    import torch
+
+    threads = torch.get_num_threads()
+    # Decoding is many small ops: on a small shared CPU one thread is several times faster.
+    torch.set_num_threads(1)
     b = LocalBackend()
     b.load()
-    return b
+    yield b
+    torch.set_num_threads(threads)
 
 
 def yes_no(doc: str) -> Prompt:
