@@ -2,21 +2,27 @@
 
 Keys are a SHA-256 of the backend name, model, the full prompt (system, user, token budget and
 choices) and ``Backend.cache_salt``; values are the completion (text, token counts, log-probs).
-Failed calls are never cached.
+Failed calls are never cached. Entries that cannot be read back (corrupted, or written by something
+else under the same key) count as misses, and a cache that fails to read or write never fails a
+rerank (see :func:`lookup` and :func:`store`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .backends.base import Backend, Completion, Prompt
 from .errors import require
+
+logger = logging.getLogger("llmrerank")
 
 
 @runtime_checkable
@@ -52,15 +58,55 @@ def encode(completion: Completion) -> dict[str, Any]:
     return data
 
 
-def decode(data: dict[str, Any]) -> Completion:
-    """The completion stored by :func:`encode`, marked ``cached``."""
+def decode(data: Any) -> Completion:
+    """The completion stored by :func:`encode`, marked ``cached``.
+
+    Raises ``ValueError`` when ``data`` is not such a value (a foreign or corrupted entry).
+    """
+    if not isinstance(data, Mapping) or not isinstance(data.get("text"), str):
+        raise ValueError("not a cached completion")
+    tokens = [data.get(name, 0) for name in ("prompt_tokens", "completion_tokens")]
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens):
+        raise ValueError("bad token counts in a cached completion")
+    logprobs = data.get("choice_logprobs")
+    if logprobs is not None and not (
+        isinstance(logprobs, Mapping) and all(isinstance(k, str) and _is_number(v) for k, v in logprobs.items())
+    ):
+        raise ValueError("bad choice_logprobs in a cached completion")
     return Completion(
         text=data["text"],
-        prompt_tokens=data.get("prompt_tokens", 0),
-        completion_tokens=data.get("completion_tokens", 0),
-        choice_logprobs=data.get("choice_logprobs"),
+        prompt_tokens=tokens[0],
+        completion_tokens=tokens[1],
+        choice_logprobs=None if logprobs is None else {k: float(v) for k, v in logprobs.items()},
         cached=True,
     )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def lookup(cache: ResponseCache, backend: Backend, prompt: Prompt) -> Completion | None:
+    """The cached completion of ``prompt``, or None on a miss.
+
+    A cache that raises (a corrupted or unreadable entry, a locked database) and a value that is
+    not a stored completion (a foreign entry) count as misses, logged as a warning: a broken
+    cache costs an LLM call, never the rerank.
+    """
+    try:
+        value = cache.get(cache_key(backend, prompt))
+        return None if value is None else decode(value)
+    except Exception as exc:
+        logger.warning("llmrerank: ignoring an unusable cache entry (%s: %s)", type(exc).__name__, exc)
+        return None
+
+
+def store(cache: ResponseCache, backend: Backend, prompt: Prompt, completion: Completion) -> None:
+    """Store a completion; a cache that fails to write (disk full, read-only) is logged and skipped."""
+    try:
+        cache.set(cache_key(backend, prompt), encode(completion))
+    except Exception as exc:
+        logger.warning("llmrerank: could not write to the response cache (%s: %s)", type(exc).__name__, exc)
 
 
 class MemoryCache:

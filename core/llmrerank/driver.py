@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .backends.base import Backend, Completion, Prompt
-from .cache import ResponseCache, cache_key, decode, encode
+from .cache import ResponseCache, lookup, store
 from .errors import BackendError, DeadlineExceededError, LLMRerankError
 from .strategies.base import Plan, Predict, Ranking, Step
 from .types import Usage
@@ -116,9 +116,9 @@ class Driver:
         answers: list[Completion | BaseException | None] = [None] * len(prompts)
         todo: list[int] = []
         for i, prompt in enumerate(prompts):
-            hit = self.cache.get(cache_key(self.backend, prompt)) if self.cache is not None else None
+            hit = lookup(self.cache, self.backend, prompt) if self.cache is not None else None
             if hit is not None:
-                answers[i] = decode(hit)
+                answers[i] = hit
                 self.meter.cached_calls += 1
             else:
                 todo.append(i)
@@ -188,6 +188,6 @@ class Driver:
             self.meter.prompt_tokens += result.prompt_tokens
             self.meter.completion_tokens += result.completion_tokens
             if self.cache is not None:
-                self.cache.set(cache_key(self.backend, prompt), encode(result))
+                store(self.cache, self.backend, prompt, result)
             out.append(result)
         return out
