@@ -20,9 +20,13 @@ from typing import Any
 from .backends.base import Backend, Completion, Prompt
 from .errors import LLMRerankError
 from .reranker import Reranker, default_backend
+from .strategies import Pointwise, make_strategy
 
 DEFAULT_QUERY_ID = "36"
 """SciFact test query shown by default: its relevant abstract is 6th in the BM25 top 10."""
+
+DEMO_DOC_CHARS = 800
+"""Pointwise prompts see the first this many characters of each document (title and abstract start)."""
 
 BUILTIN_QUERY = "How do vaccines train the immune system?"
 BUILTIN_PASSAGES = {
@@ -202,7 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 load_seconds = float(load())
             finally:
                 bar.close()
-        reranker = Reranker(args.strategy, backend)
+        name = (args.strategy or backend.preferred_strategy).strip().lower()
+        # Pointwise reads each abstract once per call: cut them so the demo stays quick on a CPU.
+        strategy = Pointwise(max_doc_chars=DEMO_DOC_CHARS) if name == "pointwise" else make_strategy(name)
+        reranker = Reranker(strategy, backend)
         expected = len(example.doc_ids) if reranker.strategy.name == "pointwise" else None
         bar = _bar(progress, total=expected, desc=f"reranking ({reranker.strategy.name})", unit="call")
         try:
