@@ -58,12 +58,20 @@ def strategies() -> dict[str, Callable[[], Strategy]]:
 
 
 def run_cases(
-    backend: Backend, strategy: Strategy, injections: Sequence[Injection], topics: int, position: int
+    backend: Backend,
+    strategy: Strategy,
+    injections: Sequence[Injection],
+    topics: int,
+    position: int,
+    progress: bool = False,
 ) -> tuple[int, int, int]:
     """(attack wins, baseline wins, cases): how often the off-topic document came first."""
     reranker = Reranker(strategy, backend)
     wins = baseline = cases = 0
     for n, injection in enumerate(injections):
+        if progress:
+            note = f"  {strategy.name} {n + 1}/{len(injections)} {injection.name}: {wins} won so far"
+            print(note, file=sys.stderr, flush=True)
         for t in range(topics):
             case = make_case(injection, topic=n + t, position=position)
             result = reranker.rerank(case.query, list(case.documents))
@@ -115,7 +123,7 @@ def local_rows(names: Sequence[str], limit: int, position: int) -> list[dict[str
     rows = []
     for name in names:
         started = time.perf_counter()
-        wins, base, cases = run_cases(backend, strategies()[name](), chosen, 1, position)
+        wins, base, cases = run_cases(backend, strategies()[name](), chosen, 1, position, progress=True)
         rows.append(row(f"local {backend.model}", name, wins, base, cases, time.perf_counter() - started))
         print(table(rows[-1:]), file=sys.stderr, flush=True)
     return rows
