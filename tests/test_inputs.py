@@ -41,6 +41,7 @@ def judge() -> FakeBackend:
         pytest.param(b"bytes", DOCS, None, "query must be a str", id="query-bytes"),
         pytest.param("\n\t \u3000", DOCS, None, "query is empty", id="query-unicode-whitespace"),
         pytest.param("", [], None, "query is empty", id="query-empty-even-with-no-documents"),
+        pytest.param("\x00\u200b\x1b", DOCS, None, "query is empty once", id="query-only-invisible"),
         pytest.param(QUERY, None, None, "documents is None", id="documents-none"),
         pytest.param(QUERY, "one document", None, "must be a list", id="documents-str"),
         pytest.param(QUERY, {"content": "x"}, None, "must be a list", id="documents-single-dict"),

@@ -15,7 +15,7 @@ from typing import Any
 from .backends.base import Backend
 from .cache import ResponseCache
 from .driver import Driver, OnError
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidInputError
 from .prompts import clean_query, domain_instruction
 from .strategies import Strategy, make_strategy
 from .strategies.base import Context, Ranking
@@ -139,6 +139,8 @@ class Reranker:
         originals = document_list(documents)
         docs = normalize_documents(originals)
         prompt_query = clean_query(query)
+        if not prompt_query:
+            raise InvalidInputError("query is empty once control and invisible characters are removed")
         name = self.strategy.name
         if not docs:
             return RerankResult((), query, name, "input_order")
