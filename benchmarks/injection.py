@@ -119,7 +119,8 @@ def local_rows(names: Sequence[str], limit: int, position: int) -> list[dict[str
 
     backend = LocalBackend()
     backend.load()
-    chosen = INJECTIONS[:limit] if limit else INJECTIONS
+    # Spread a limited sample over the whole set (every kind), not its first entries.
+    chosen = INJECTIONS[:: max(1, len(INJECTIONS) // limit)][:limit] if limit else INJECTIONS
     rows = []
     for name in names:
         started = time.perf_counter()
@@ -177,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--position", type=int, default=2, help="input position of the injected document (0-3)")
     parser.add_argument("--no-local", action="store_true", help="skip the local model")
     parser.add_argument("--no-scripted", action="store_true", help="skip the scripted rows")
-    parser.add_argument("--local-cases", type=int, default=0, help="injections for the local model (0: all)")
+    parser.add_argument(
+        "--local-cases", type=int, default=0, help="injections for the local model, spread over the set (0: all)"
+    )
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     print(f"{len(INJECTIONS)} injections; injected document at input position {args.position}", flush=True)
