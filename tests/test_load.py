@@ -29,7 +29,7 @@ from llmrerank.backends.openai import OpenAIBackend
 QUERY = "why do dogs bark at night"
 DOCS = ["The cat sat on the mat.", "Dogs bark at night.", "Birds sing at dawn."]
 REQUESTS = 200
-ROUND = 100  # reranks per round of the memory test (tracemalloc slows everything down)
+ROUND = 60  # reranks per round of the memory test (tracemalloc slows everything down)
 
 
 class CountingResponder:
@@ -135,14 +135,15 @@ async def test_failures_under_load_degrade_without_deadlock(server: FakeLLMServe
     backend = make_backend(server)
     reranker = Reranker("pointwise", backend, max_concurrency=8)
     tasks_before = asyncio.all_tasks()
+    n = 100
     try:
-        results = await storm(reranker)
+        results = await storm(reranker, n)
     finally:
         await backend.aclose()
-    assert len(results) == REQUESTS
+    assert len(results) == n
     degraded = sum(r.degraded for r in results)
-    assert 0 < degraded < REQUESTS
-    assert sum(r.usage.failed_calls for r in results) == REQUESTS * len(DOCS) // 7
+    assert 0 < degraded < n
+    assert sum(r.usage.failed_calls for r in results) == n * len(DOCS) // 7
     assert all(sorted(r.indices) == [0, 1, 2] for r in results)
     assert asyncio.all_tasks() == tasks_before
 
