@@ -250,7 +250,7 @@ async def test_malformed_body_degrades(server: FakeLLMServer) -> None:
 
 # --- a per-rerank deadline bounds the wall time ----------------------------------------------------
 
-SLACK = 0.6
+SLACK = 1.0  # generous for shared CI machines; the server would take 3 s
 
 
 @pytest.mark.parametrize("name", ["pointwise", "pairwise", "listwise", "hybrid"])
