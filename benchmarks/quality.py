@@ -2,9 +2,11 @@
 
 Each strategy reranks the BM25 top ``--depth`` of the first N judged test queries and is compared with
 BM25 on exactly the same queries. The strategies: ``pointwise``, ``pairwise`` (sort mode),
-``listwise`` (window 20, step 10) and ``hybrid`` (the bundled all-MiniLM-L6-v2 bi-encoder keeps 10,
-listwise ranks them). A slow strategy can run on fewer queries (``pairwise:10``); each query count
-gets its own BM25 row.
+``listwise`` (window 20, step 10) and ``hybrid`` (the bundled all-MiniLM-L6-v2 bi-encoder keeps half,
+listwise ranks them). A slow strategy can run on fewer queries (``pairwise:3``); each query count
+gets its own BM25 row. The defaults (BM25 top 10, documents cut to 400 characters, 5 queries, pairwise
+on 3) keep the local model under 15 minutes on 2 CPU cores; with an API model ask for more
+(``--depth 20 --queries 50 --max-doc-chars 0`` keeps each strategy's own cut).
 
     python benchmarks/quality.py --out benchmarks/results            # local SmolLM2-135M, offline
     python benchmarks/quality.py --backend openai --model gpt-4o-mini --out runs/openai
@@ -28,16 +30,18 @@ from llmrerank import Hybrid, Listwise, Pairwise, Pointwise, Reranker, Strategy
 from llmrerank.cli import make_backend
 from llmrerank.evaluation import EvalReport, evaluate, load_beir
 
-DEFAULT_STRATEGIES = ["pointwise", "pairwise:10", "listwise", "hybrid"]
+DEFAULT_STRATEGIES = ["pointwise", "listwise", "hybrid", "pairwise:3"]
+"""Sized for the local model on 2 CPU cores: about 12 minutes with the defaults below."""
 
 
-def make_strategy(name: str) -> Strategy:
-    """The strategy measured under ``name``."""
+def make_strategy(name: str, depth: int, max_doc_chars: int | None = None) -> Strategy:
+    """The strategy measured under ``name``; ``max_doc_chars`` (0 or None: each strategy's own) cuts documents."""
+    clip: dict[str, Any] = {"max_doc_chars": max_doc_chars} if max_doc_chars else {}
     strategies: dict[str, Any] = {
-        "pointwise": Pointwise,
-        "pairwise": lambda: Pairwise(mode="sort"),
-        "listwise": Listwise,
-        "hybrid": lambda: Hybrid(cross_encoder=None, keep=10, llm="listwise"),
+        "pointwise": lambda: Pointwise(**clip),
+        "pairwise": lambda: Pairwise(mode="sort", **clip),
+        "listwise": lambda: Listwise(**clip),
+        "hybrid": lambda: Hybrid(cross_encoder=None, keep=max(2, depth // 2), llm=Listwise(**clip)),
     }
     if name not in strategies:
         raise SystemExit(f"unknown strategy {name!r}: use {', '.join(strategies)}")
@@ -112,8 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backend", default="local", choices=["local", "openai", "anthropic", "fake"])
     parser.add_argument("--model")
     parser.add_argument("--base-url")
-    parser.add_argument("--depth", type=int, default=20, help="BM25 documents reranked per query (default: 20)")
-    parser.add_argument("--queries", type=int, default=50, help="queries for strategies given without :N")
+    parser.add_argument("--depth", type=int, default=10, help="BM25 documents reranked per query (default: 10)")
+    parser.add_argument("--queries", type=int, default=5, help="queries for strategies given without :N (default: 5)")
+    parser.add_argument("--max-doc-chars", type=int, default=400, help="cut documents to N characters (default: 400)")
     parser.add_argument("--strategy", nargs="+", default=DEFAULT_STRATEGIES, help="name or name:queries")
     parser.add_argument("--out", help="folder for quality.json, quality.md and quality.png")
     parser.add_argument("--no-progress", action="store_true")
@@ -127,13 +132,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         common: dict[str, Any] = {"depth": args.depth, "queries": count, "progress": not args.no_progress}
         reports.append(evaluate(collection, None, **common))
         for name in names:
-            reports.append(evaluate(collection, Reranker(make_strategy(name), backend), name=name, **common))
+            reranker = Reranker(make_strategy(name, args.depth, args.max_doc_chars), backend)
+            reports.append(evaluate(collection, reranker, name=name, **common))
             print(f"{name}: {reports[-1].wall_seconds:.0f} s", file=sys.stderr, flush=True)
     rows = [row(r) for r in reports]
     table = markdown(rows)
     machine = f"Python {platform.python_version()} on {platform.machine()}"
     note = (
-        f"SciFact test, BM25 top {args.depth}; backend {args.backend}, model {backend.model}; {machine}; "
+        f"SciFact test, BM25 top {args.depth}; documents cut to {args.max_doc_chars or 'the default'} characters; "
+        f"hybrid: MiniLM keeps {max(2, args.depth // 2)}, listwise ranks them; "
+        f"backend {args.backend}, model {backend.model}; {machine}; "
         f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s in all"
     )
     print(f"{table}\n\n{note}")
