@@ -7,7 +7,7 @@ requests the server saw at once and the median / p95 latency of one rerank.
 
     python benchmarks/load.py                                  # K = 1 4 16 64, listwise and pointwise
     python benchmarks/load.py --k 8 32 --reranks 500 --delay 0.05
-    python benchmarks/load.py --nagle        # as FakeLLMServer ships (~40 ms stall per reply)
+    python benchmarks/load.py --nagle        # with Nagle back on: a ~40 ms stall per keep-alive reply
 """
 
 from __future__ import annotations
@@ -121,15 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--nagle",
         action="store_true",
-        help="leave Nagle's algorithm on in FakeLLMServer (each keep-alive reply then stalls ~40 ms on loopback)",
+        help="turn Nagle back on in FakeLLMServer (a ~40 ms stall per keep-alive reply)",
     )
     args = parser.parse_args(argv)
-    if not args.nagle:
-        # FakeLLMServer writes headers and body separately; with Nagle on, the client's delayed ACK
-        # holds every keep-alive reply for ~40 ms, which would cap what is measured here.
+    if args.nagle:
+        # What FakeLLMServer did before it set TCP_NODELAY: every keep-alive reply waits ~40 ms.
         from llmrerank.testing import server
 
-        server._Handler.disable_nagle_algorithm = True
+        server._Handler.disable_nagle_algorithm = False
     print(f"{args.reranks} concurrent reranks of {len(DOCS)} documents; server delay {args.delay * 1000:.0f} ms")
     rows = []
     for strategy in args.strategies:

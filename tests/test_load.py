@@ -20,7 +20,6 @@ import pytest
 from llmrerank import Reranker
 from llmrerank.backends.base import Prompt
 from llmrerank.testing import overlap_judge
-from llmrerank.testing import server as server_module
 from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
 
 pytest.importorskip("openai")
@@ -81,10 +80,7 @@ def responder() -> CountingResponder:
 
 
 @pytest.fixture
-def server(responder: CountingResponder, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLMServer]:
-    # Without TCP_NODELAY each keep-alive reply stalls ~40 ms on the client's delayed ACK
-    # (headers and body are written separately), which only slows these tests down.
-    monkeypatch.setattr(server_module._Handler, "disable_nagle_algorithm", True)
+def server(responder: CountingResponder) -> Iterator[FakeLLMServer]:
     with FakeLLMServer(responder) as srv:
         yield srv
 

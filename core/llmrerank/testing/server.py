@@ -385,6 +385,8 @@ def _models(api: Api, names: list[str]) -> dict[str, Any]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs' connection pools expect
+    # Without TCP_NODELAY a keep-alive reply waits ~40 ms for the client's delayed ACK.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def setup(self) -> None:
