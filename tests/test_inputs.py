@@ -206,3 +206,15 @@ def test_unusual_characters_survive_the_http_round_trip() -> None:
     assert not result.degraded and result.indices[:2] == [1, 0]
     assert "犬は夜に吠える 🐕" in request.user and "\ufffd" in request.user
     json.dumps(request.body)
+
+
+def test_huge_query_is_cut_in_prompts_but_kept_in_the_result() -> None:
+    from llmrerank.prompts import MAX_QUERY_CHARS
+
+    query = "dogs bark " * 5000
+    backend = judge()
+    result = Reranker(STRATEGIES["listwise"](), backend).rerank(query, DOCS)
+    assert result.query == query
+    assert sorted(result.indices) == [0, 1, 2]
+    (prompt,) = backend.calls
+    assert len(prompt.user) < MAX_QUERY_CHARS + 1000

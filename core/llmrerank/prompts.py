@@ -101,12 +101,17 @@ def sanitize(text: str) -> str:
     return _TAG.sub(r"‹\1", text)
 
 
+MAX_QUERY_CHARS = 2000
+"""Longest query text placed in a prompt; a longer query is cut (it goes into every call)."""
+
+
 def clean_query(query: str) -> str:
-    """The query as placed in prompts: sanitized (see :func:`sanitize`) and stripped.
+    """The query as placed in prompts: sanitized (see :func:`sanitize`), stripped, and cut to
+    :data:`MAX_QUERY_CHARS`.
 
     :attr:`~llmrerank.types.RerankResult.query` keeps the caller's own text.
     """
-    return sanitize(query).strip()
+    return clip(query, MAX_QUERY_CHARS).text
 
 
 def clip(text: str, max_chars: int) -> Clip:
