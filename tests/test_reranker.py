@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 from dataclasses import FrozenInstanceError
 from types import SimpleNamespace
@@ -170,6 +171,21 @@ def test_sync_and_async_agree() -> None:
 async def test_sync_api_works_inside_a_running_loop() -> None:
     result = Reranker("listwise", judge()).rerank(QUERY, DOCS, top_k=1)
     assert result.indices == [3]
+
+
+TRACE: contextvars.ContextVar[str] = contextvars.ContextVar("TRACE", default="unset")
+
+
+async def test_sync_api_inside_a_loop_keeps_the_callers_context_variables() -> None:
+    seen: list[str] = []
+
+    def respond(prompt: Prompt) -> str:
+        seen.append(TRACE.get())
+        return overlap_judge(prompt)
+
+    TRACE.set("request-42")
+    Reranker("listwise", FakeBackend(respond=respond)).rerank(QUERY, DOCS, top_k=1)
+    assert seen == ["request-42"]
 
 
 def test_document_shapes_are_kept_and_not_mutated() -> None:

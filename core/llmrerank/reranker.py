@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import threading
@@ -209,8 +210,10 @@ class Reranker:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(run_and_close())
+        # The worker thread sees the caller's context variables (tracing, callbacks) as asyncio.run would.
+        context = contextvars.copy_context()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrerank") as pool:
-            return pool.submit(asyncio.run, run_and_close()).result()
+            return pool.submit(context.run, asyncio.run, run_and_close()).result()
 
 
 def _complete(ranking: Ranking, n: int) -> Ranking:
