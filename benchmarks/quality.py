@@ -3,9 +3,9 @@
 Each strategy reranks the BM25 top ``--depth`` of the first N judged test queries and is compared with
 BM25 on exactly the same queries. The strategies: ``pointwise``, ``pairwise`` (sort mode),
 ``listwise`` (window 20, step 10) and ``hybrid`` (the bundled all-MiniLM-L6-v2 bi-encoder keeps half,
-listwise ranks them). A slow strategy can run on fewer queries (``pairwise:3``); each query count
-gets its own BM25 row. The defaults (BM25 top 10, documents cut to 400 characters, 5 queries, pairwise
-on 3) keep the local model under 15 minutes on 2 CPU cores; with an API model ask for more
+listwise ranks them). A slow strategy can run on fewer queries (``pairwise:5``); each query count
+gets its own BM25 row. The defaults (BM25 top 10, documents cut to 400 characters, 10 queries, pairwise
+on 5) keep the local model under 15 minutes on 2 CPU cores; with an API model ask for more
 (``--depth 20 --queries 50 --max-doc-chars 0`` keeps each strategy's own cut).
 
     python benchmarks/quality.py --out benchmarks/results            # local SmolLM2-135M, offline
@@ -30,8 +30,8 @@ from llmrerank import Hybrid, Listwise, Pairwise, Pointwise, Reranker, Strategy
 from llmrerank.cli import make_backend
 from llmrerank.evaluation import EvalReport, evaluate, load_beir
 
-DEFAULT_STRATEGIES = ["pointwise", "listwise", "hybrid", "pairwise:3"]
-"""Sized for the local model on 2 CPU cores: about 12 minutes with the defaults below."""
+DEFAULT_STRATEGIES = ["pointwise", "listwise", "hybrid", "pairwise:5"]
+"""Sized for the local model on 2 CPU cores: 6.5 minutes with the defaults below (limit: 15)."""
 
 
 def make_strategy(name: str, depth: int, max_doc_chars: int | None = None) -> Strategy:
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model")
     parser.add_argument("--base-url")
     parser.add_argument("--depth", type=int, default=10, help="BM25 documents reranked per query (default: 10)")
-    parser.add_argument("--queries", type=int, default=5, help="queries for strategies given without :N (default: 5)")
+    parser.add_argument("--queries", type=int, default=10, help="queries for strategies given without :N (default: 10)")
     parser.add_argument("--max-doc-chars", type=int, default=400, help="cut documents to N characters (default: 400)")
     parser.add_argument("--strategy", nargs="+", default=DEFAULT_STRATEGIES, help="name or name:queries")
     parser.add_argument("--out", help="folder for quality.json, quality.md and quality.png")
