@@ -31,7 +31,6 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
@@ -39,6 +38,7 @@ from typing import Any, TypeVar, Union
 from .errors import ConfigurationError, InvalidInputError, require
 from .pricing import PRICES_AS_OF, PriceSource, estimate_cost
 from .reranker import Reranker
+from .runner import run_blocking
 from .types import RerankResult, Usage
 
 ENV_VAR = "LLMRERANK_DATA"
@@ -331,17 +331,12 @@ class _Task:
 
 
 def _run_blocking(make: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine to completion, also from inside a running event loop (in a worker thread)."""
+    """Run a coroutine to completion on the blocking API's background loop."""
 
     async def main() -> T:
         return await make()
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(main())
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrerank-eval") as pool:
-        return pool.submit(asyncio.run, main()).result()
+    return run_blocking(main())
 
 
 def _order(answer: Any, n: int) -> list[int]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 import threading
 import time
 import weakref
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .backends.base import Backend
@@ -18,6 +16,7 @@ from .cache import ResponseCache
 from .driver import Driver, OnError
 from .errors import ConfigurationError, InvalidInputError
 from .prompts import clean_query, domain_instruction
+from .runner import run_blocking
 from .strategies import Strategy, make_strategy
 from .strategies.base import Context, Ranking
 from .types import (
@@ -198,22 +197,12 @@ class Reranker:
         )
 
     def rerank(self, query: str, documents: Sequence[Any], top_k: int | None = None) -> RerankResult:
-        """Blocking :meth:`arerank`. Safe inside a running event loop (runs in a worker thread)."""
+        """Blocking :meth:`arerank`; also safe inside a running event loop.
 
-        async def run_and_close() -> RerankResult:
-            try:
-                return await self.arerank(query, documents, top_k)
-            finally:
-                await self.backend.aclose()
-
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(run_and_close())
-        # The worker thread sees the caller's context variables (tracing, callbacks) as asyncio.run would.
-        context = contextvars.copy_context()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrerank") as pool:
-            return pool.submit(context.run, asyncio.run, run_and_close()).result()
+        It runs on llmrerank's one background event loop (:mod:`llmrerank.runner`), so the
+        backend's HTTP client and connections are reused from one call to the next.
+        """
+        return run_blocking(self.arerank(query, documents, top_k))
 
 
 def _complete(ranking: Ranking, n: int) -> Ranking:
