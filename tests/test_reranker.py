@@ -159,6 +159,15 @@ def test_hybrid_prefilters_then_llm_ranks_the_survivors() -> None:
     assert all(item.score is None for item in result[3:])
 
 
+@pytest.mark.parametrize(("preferred", "calls"), [("listwise", 1), ("pointwise", 3)])
+def test_hybrid_without_llm_uses_the_backends_preferred_strategy(preferred: str, calls: int) -> None:
+    ce = SimpleNamespace(predict=lambda pairs: [overlap(q, d) for q, d in pairs])
+    backend = FakeBackend(respond=overlap_judge, preferred_strategy=preferred)
+    result = Reranker(Hybrid(cross_encoder=ce, keep=3), backend).rerank(QUERY, DOCS)
+    assert len(backend.calls) == calls
+    assert sorted(result.indices) == list(range(5))
+
+
 def test_sync_and_async_agree() -> None:
     for strategy in ("pointwise", "pairwise", "listwise"):
         sync = Reranker(strategy, judge()).rerank(QUERY, DOCS, top_k=3)

@@ -151,6 +151,7 @@ class Reranker:
             strict=self.strict,
             domain=self.domain,
             pointwise_method=getattr(self.backend, "pointwise_method", "expected"),
+            preferred_strategy=self.backend.preferred_strategy,
         )
         ranking = await driver.run(self.strategy.plan(prompt_query, docs, ctx))
         ranking = _complete(ranking, len(docs))

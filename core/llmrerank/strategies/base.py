@@ -41,6 +41,8 @@ class Context:
     domain: str | None = None
     pointwise_method: str = "expected"
     """The backend's preferred log-prob scoring for pointwise (``expected`` or ``yes_no``)."""
+    preferred_strategy: str = "listwise"
+    """The backend's preferred strategy, for a hybrid strategy whose ``llm`` is None."""
 
 
 @dataclass

@@ -13,7 +13,8 @@ from .base import Context, Plan, Predict, Ranking, Strategy, failure
 
 @dataclass(frozen=True)
 class Hybrid(Strategy):
-    """Prefilter with a cross-encoder, rank the survivors with ``llm`` (a strategy or its name).
+    """Prefilter with a cross-encoder, rank the survivors with ``llm`` (a strategy, its name, or None
+    for the backend's preferred one: listwise for API models, pointwise for the local model).
 
     ``cross_encoder`` is any object with ``predict(pairs) -> scores`` (a sentence-transformers
     ``CrossEncoder`` works), a model name or local path (loaded with sentence-transformers), or
@@ -27,7 +28,7 @@ class Hybrid(Strategy):
     name: ClassVar[str] = "hybrid"
     cross_encoder: Any = None
     keep: int = 10
-    llm: Strategy | str = "listwise"
+    llm: Strategy | str | None = None
     max_doc_chars: int = 2000
     _scorer: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -36,10 +37,21 @@ class Hybrid(Strategy):
 
         if self.keep < 1:
             raise ConfigurationError("keep must be >= 1")
+        if self.llm is None:
+            return
         inner = make_strategy(self.llm)
         if isinstance(inner, Hybrid):
             raise ConfigurationError("a hybrid strategy cannot nest another hybrid")
         object.__setattr__(self, "llm", inner)
+
+    def inner(self, ctx: Context) -> Strategy:
+        """The LLM strategy: ``llm``, or when it is None the backend's preferred one."""
+        if isinstance(self.llm, Strategy):
+            return self.llm
+        from . import make_strategy
+
+        preferred = ctx.preferred_strategy if ctx.preferred_strategy != self.name else "listwise"
+        return make_strategy(preferred)
 
     @property
     def scorer(self) -> Any:
@@ -67,16 +79,17 @@ class Hybrid(Strategy):
         by_ce = sorted(range(n), key=lambda i: (-ce_scores[i], i))
         kept, rest = by_ce[: self.keep], by_ce[self.keep :]
         subset = [Document(index=k, text=docs[i].text, id=docs[i].id) for k, i in enumerate(kept)]
-        assert isinstance(self.llm, Strategy)
+        llm = self.inner(ctx)
         inner_ctx = Context(
             top_k=ctx.top_k,
             supports_logprobs=ctx.supports_logprobs,
             strict=ctx.strict,
             domain=ctx.domain,
             pointwise_method=ctx.pointwise_method,
+            preferred_strategy=ctx.preferred_strategy,
         )
         calls = [0, 0]  # answers seen, answers that were failures
-        inner = yield from _watch(self.llm.plan(query, subset, inner_ctx), calls)
+        inner = yield from _watch(llm.plan(query, subset, inner_ctx), calls)
         if calls[0] and calls[0] == calls[1]:
             # Every LLM call failed (or the deadline passed): the cross-encoder's order and scores stand.
             diagnostics += [
