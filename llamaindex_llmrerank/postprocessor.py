@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,16 +20,12 @@ from pydantic import InstanceOf
 
 from llmrerank import (
     Backend,
-    ConfigurationError,
     InvalidInputError,
     Reranker,
     RerankResult,
     Strategy,
-    default_backend,
-    make_strategy,
 )
-from llmrerank.prompts import domain_instruction
-from llmrerank.strategies import STRATEGIES
+from llmrerank.options import build_reranker, check_options
 
 from .llm_backend import SYNC_CALLS, LlamaIndexLLMBackend
 
@@ -121,17 +116,15 @@ class LLMRerankPostprocessor(BaseNodePostprocessor):
 
     @model_validator(mode="after")
     def _check(self) -> LLMRerankPostprocessor:
-        if self.model is not None and self.backend is not None:
-            raise ConfigurationError("pass either model= or backend=, not both")
-        if isinstance(self.strategy, str) and self.strategy.lower() not in STRATEGIES:
-            raise ConfigurationError(f"unknown strategy {self.strategy!r}: use one of {sorted(STRATEGIES)}")
-        if isinstance(self.strategy, Strategy) and (self.system_prompt or self.template):
-            raise ConfigurationError("with a strategy object, set system_prompt/template on the object")
-        if self.template is not None and self.strategy is None:
-            raise ConfigurationError("template= needs strategy= (its placeholders depend on the strategy)")
-        if self.cache is not None and not (hasattr(self.cache, "get") and hasattr(self.cache, "set")):
-            raise ConfigurationError("cache must have get() and set(), e.g. llmrerank.MemoryCache()")
-        domain_instruction(self.domain)
+        check_options(
+            strategy=self.strategy,
+            backend=self.backend,
+            model=self.model,
+            system_prompt=self.system_prompt,
+            template=self.template,
+            domain=self.domain,
+            cache=self.cache,
+        )
         return self
 
     @property
@@ -140,15 +133,12 @@ class LLMRerankPostprocessor(BaseNodePostprocessor):
         slot = self._slot
         with slot.lock:
             if slot.reranker is None:
-                backend = self._backend()
-                strategy: str | Strategy = self.strategy or backend.preferred_strategy
-                overrides = {"system_prompt": self.system_prompt, "template": self.template}
-                options = {k: v for k, v in overrides.items() if v is not None}
-                if options and isinstance(strategy, str):
-                    strategy = make_strategy(strategy, **options)
-                slot.reranker = Reranker(
-                    strategy,
-                    backend,
+                slot.reranker = build_reranker(
+                    self._backend(),
+                    strategy=self.strategy,
+                    model=self.model,
+                    system_prompt=self.system_prompt,
+                    template=self.template,
                     domain=self.domain,
                     max_concurrency=self.max_concurrency,
                     on_error=self.on_error,
@@ -157,22 +147,10 @@ class LLMRerankPostprocessor(BaseNodePostprocessor):
                 )
             return slot.reranker
 
-    def _backend(self) -> Backend:
+    def _backend(self) -> Backend | None:
         if isinstance(self.backend, LLM):
             return LlamaIndexLLMBackend(self.backend)
-        if self.backend is not None:
-            return self.backend
-        if self.model is None:
-            return default_backend()
-        if os.environ.get("OPENAI_API_KEY"):
-            from llmrerank import OpenAIBackend
-
-            return OpenAIBackend(self.model)
-        if os.environ.get("ANTHROPIC_API_KEY"):
-            from llmrerank import AnthropicBackend
-
-            return AnthropicBackend(self.model)
-        raise ConfigurationError("model= needs OPENAI_API_KEY or ANTHROPIC_API_KEY set; or pass backend=")
+        return self.backend
 
     def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> tuple[str, list[str]]:
         if query_bundle is None:

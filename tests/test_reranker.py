@@ -356,3 +356,21 @@ def test_fake_backend_queue_then_history_then_exhaustion() -> None:
     assert len(backend.calls) == 1 and "Query: " + QUERY in backend.calls[0].user
     with pytest.raises(FakeBackendExhausted):
         Reranker("listwise", backend, on_error="raise").rerank(QUERY, DOCS[:2])
+
+
+def test_build_reranker_from_flat_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmrerank.options import build_reranker
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        build_reranker(None, model="gpt-4o")
+    with pytest.raises(ConfigurationError, match="needs strategy"):
+        build_reranker(judge(), template="{query}")
+    with pytest.raises(ConfigurationError, match="either model= or backend="):
+        build_reranker(judge(), model="m")
+    reranker = build_reranker(judge(), strategy="pointwise", system_prompt="Judge strictly.", domain="legal")
+    assert reranker.strategy.name == "pointwise"
+    result = reranker.rerank(QUERY, DOCS)
+    assert result.indices[0] == 3
+    assert reranker.backend.calls[0].system.startswith("Judge strictly.")  # type: ignore[attr-defined]

@@ -1,0 +1,105 @@
+"""Building a :class:`~llmrerank.Reranker` from flat settings, as the framework adapters expose them.
+
+The LangChain compressor and the LlamaIndex postprocessor take the same fields (``strategy``,
+``backend`` or ``model``, ``system_prompt``, ``template``, ``domain``, ...); the checks and the
+construction live here once, so the adapters stay thin and agree with each other.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .backends.base import Backend
+from .cache import ResponseCache
+from .errors import ConfigurationError
+from .prompts import domain_instruction
+from .reranker import OnError, Reranker, default_backend
+from .strategies import STRATEGIES, Strategy, make_strategy
+
+
+def check_options(
+    *,
+    strategy: str | Strategy | None,
+    backend: object | None,
+    model: str | None,
+    system_prompt: str | None,
+    template: str | None,
+    domain: str | None,
+    cache: object | None,
+) -> None:
+    """Raise :class:`~llmrerank.errors.ConfigurationError` for settings that cannot work together."""
+    if model is not None and backend is not None:
+        raise ConfigurationError("pass either model= or backend=, not both")
+    if isinstance(strategy, str) and strategy.lower() not in STRATEGIES:
+        raise ConfigurationError(f"unknown strategy {strategy!r}: use one of {sorted(STRATEGIES)}")
+    if isinstance(strategy, Strategy) and (system_prompt or template):
+        raise ConfigurationError("with a strategy object, set system_prompt/template on the object")
+    if template is not None and strategy is None:
+        raise ConfigurationError("template= needs strategy= (its placeholders depend on the strategy)")
+    if cache is not None and not (hasattr(cache, "get") and hasattr(cache, "set")):
+        raise ConfigurationError("cache must have get() and set(), e.g. llmrerank.MemoryCache()")
+    domain_instruction(domain)
+
+
+def api_backend(model: str) -> Backend:
+    """The environment's API backend with another ``model``: OpenAI when ``OPENAI_API_KEY`` is set,
+    else Anthropic when ``ANTHROPIC_API_KEY`` is; else a :class:`ConfigurationError`."""
+    if os.environ.get("OPENAI_API_KEY"):
+        from .backends.openai import OpenAIBackend
+
+        return OpenAIBackend(model)
+    if os.environ.get("ANTHROPIC_API_KEY"):
+        from .backends.anthropic import AnthropicBackend
+
+        return AnthropicBackend(model)
+    raise ConfigurationError("model= needs OPENAI_API_KEY or ANTHROPIC_API_KEY set; or pass backend=")
+
+
+def build_reranker(
+    backend: Backend | None,
+    *,
+    strategy: str | Strategy | None = None,
+    model: str | None = None,
+    system_prompt: str | None = None,
+    template: str | None = None,
+    domain: str | None = None,
+    max_concurrency: int = 8,
+    on_error: OnError = "degrade",
+    deadline: float | None = None,
+    cache: ResponseCache | Any = None,
+) -> Reranker:
+    """A :class:`~llmrerank.Reranker` for these settings (checked with :func:`check_options` first).
+
+    ``backend`` None: ``model`` picks the environment's API backend (:func:`api_backend`), and with
+    no ``model`` :func:`~llmrerank.default_backend` decides. ``strategy`` None: the backend's
+    preferred one. ``system_prompt``/``template`` override the prompts of a strategy given by name.
+    """
+    check_options(
+        strategy=strategy,
+        backend=backend,
+        model=model,
+        system_prompt=system_prompt,
+        template=template,
+        domain=domain,
+        cache=cache,
+    )
+    if backend is None:
+        backend = api_backend(model) if model is not None else default_backend()
+    chosen: str | Strategy = strategy or backend.preferred_strategy
+    overrides = {"system_prompt": system_prompt, "template": template}
+    options = {k: v for k, v in overrides.items() if v is not None}
+    if options and isinstance(chosen, str):
+        chosen = make_strategy(chosen, **options)
+    return Reranker(
+        chosen,
+        backend,
+        domain=domain,
+        max_concurrency=max_concurrency,
+        on_error=on_error,
+        deadline=deadline,
+        cache=cache,
+    )
+
+
+__all__ = ["api_backend", "build_reranker", "check_options"]
