@@ -16,7 +16,7 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, InstanceOf, PrivateAttr, model_validator
 
 from llmrerank import Backend, Reranker, RerankResult, Strategy
-from llmrerank.options import build_reranker, check_options
+from llmrerank.options import FIELDS, build_reranker, check_options
 
 from .chat_backend import CALL_CONFIG, SYNC_CALLS, ChatModelBackend
 
@@ -104,16 +104,11 @@ class LLMRerankCompressor(BaseDocumentCompressor):
 
     @model_validator(mode="after")
     def _check(self) -> LLMRerankCompressor:
-        check_options(
-            strategy=self.strategy,
-            backend=self.backend,
-            model=self.model,
-            system_prompt=self.system_prompt,
-            template=self.template,
-            domain=self.domain,
-            cache=self.cache,
-        )
+        check_options(backend=self.backend, **self._options())
         return self
+
+    def _options(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELDS}
 
     @property
     def reranker(self) -> Reranker:
@@ -121,18 +116,7 @@ class LLMRerankCompressor(BaseDocumentCompressor):
         slot = self._slot
         with slot.lock:
             if slot.reranker is None:
-                slot.reranker = build_reranker(
-                    self._backend(),
-                    strategy=self.strategy,
-                    model=self.model,
-                    system_prompt=self.system_prompt,
-                    template=self.template,
-                    domain=self.domain,
-                    max_concurrency=self.max_concurrency,
-                    on_error=self.on_error,
-                    deadline=self.deadline,
-                    cache=self.cache,
-                )
+                slot.reranker = build_reranker(self._backend(), **self._options())
             return slot.reranker
 
     def _backend(self) -> Backend | None:

@@ -25,7 +25,7 @@ from llmrerank import (
     RerankResult,
     Strategy,
 )
-from llmrerank.options import build_reranker, check_options
+from llmrerank.options import FIELDS, build_reranker, check_options
 
 from .llm_backend import SYNC_CALLS, LlamaIndexLLMBackend
 
@@ -116,16 +116,11 @@ class LLMRerankPostprocessor(BaseNodePostprocessor):
 
     @model_validator(mode="after")
     def _check(self) -> LLMRerankPostprocessor:
-        check_options(
-            strategy=self.strategy,
-            backend=self.backend,
-            model=self.model,
-            system_prompt=self.system_prompt,
-            template=self.template,
-            domain=self.domain,
-            cache=self.cache,
-        )
+        check_options(backend=self.backend, **self._options())
         return self
+
+    def _options(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELDS}
 
     @property
     def reranker(self) -> Reranker:
@@ -133,18 +128,7 @@ class LLMRerankPostprocessor(BaseNodePostprocessor):
         slot = self._slot
         with slot.lock:
             if slot.reranker is None:
-                slot.reranker = build_reranker(
-                    self._backend(),
-                    strategy=self.strategy,
-                    model=self.model,
-                    system_prompt=self.system_prompt,
-                    template=self.template,
-                    domain=self.domain,
-                    max_concurrency=self.max_concurrency,
-                    on_error=self.on_error,
-                    deadline=self.deadline,
-                    cache=self.cache,
-                )
+                slot.reranker = build_reranker(self._backend(), **self._options())
             return slot.reranker
 
     def _backend(self) -> Backend | None:

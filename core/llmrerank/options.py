@@ -17,18 +17,40 @@ from .prompts import domain_instruction
 from .reranker import OnError, Reranker, default_backend
 from .strategies import STRATEGIES, Strategy, make_strategy
 
+FIELDS = (
+    "strategy",
+    "model",
+    "system_prompt",
+    "template",
+    "domain",
+    "max_concurrency",
+    "on_error",
+    "deadline",
+    "cache",
+)
+"""The settings an adapter passes through by name to :func:`check_options` and :func:`build_reranker`."""
+
 
 def check_options(
     *,
-    strategy: str | Strategy | None,
     backend: object | None,
-    model: str | None,
-    system_prompt: str | None,
-    template: str | None,
-    domain: str | None,
-    cache: object | None,
+    strategy: str | Strategy | None = None,
+    model: str | None = None,
+    system_prompt: str | None = None,
+    template: str | None = None,
+    domain: str | None = None,
+    max_concurrency: int = 8,
+    on_error: str = "degrade",
+    deadline: float | None = None,
+    cache: object | None = None,
 ) -> None:
     """Raise :class:`~llmrerank.errors.ConfigurationError` for settings that cannot work together."""
+    if max_concurrency < 1:
+        raise ConfigurationError("max_concurrency must be >= 1")
+    if on_error not in ("degrade", "raise"):
+        raise ConfigurationError("on_error must be 'degrade' or 'raise'")
+    if deadline is not None and deadline <= 0:
+        raise ConfigurationError("deadline must be > 0 seconds")
     if model is not None and backend is not None:
         raise ConfigurationError("pass either model= or backend=, not both")
     if isinstance(strategy, str) and strategy.lower() not in STRATEGIES:
@@ -76,12 +98,15 @@ def build_reranker(
     preferred one. ``system_prompt``/``template`` override the prompts of a strategy given by name.
     """
     check_options(
-        strategy=strategy,
         backend=backend,
+        strategy=strategy,
         model=model,
         system_prompt=system_prompt,
         template=template,
         domain=domain,
+        max_concurrency=max_concurrency,
+        on_error=on_error,
+        deadline=deadline,
         cache=cache,
     )
     if backend is None:
@@ -102,4 +127,4 @@ def build_reranker(
     )
 
 
-__all__ = ["api_backend", "build_reranker", "check_options"]
+__all__ = ["FIELDS", "api_backend", "build_reranker", "check_options"]
