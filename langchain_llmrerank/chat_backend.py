@@ -20,8 +20,9 @@ CALL_CONFIG: contextvars.ContextVar[RunnableConfig | None] = contextvars.Context
 SYNC_CALLS: contextvars.ContextVar[bool] = contextvars.ContextVar("langchain_llmrerank_sync_calls", default=False)
 """True inside a blocking compression: the model's blocking ``invoke`` is used, each call in a worker thread.
 
-Chat models cache their async HTTP clients per model object, and the blocking API of llmrerank runs each
-rerank in a fresh event loop, so a blocking caller gets the model's blocking path instead.
+Chat models cache their async HTTP clients per model object, bound to the event loop that made them; the
+blocking API of llmrerank runs on its own background loop, so a blocking caller gets the model's blocking
+path (the one its own code would use) instead.
 """
 
 

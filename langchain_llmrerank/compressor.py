@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
 from langchain_core.callbacks import Callbacks
@@ -16,7 +13,7 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, InstanceOf, PrivateAttr, model_validator
 
 from llmrerank import Backend, Reranker, RerankResult, Strategy
-from llmrerank.options import FIELDS, build_reranker, check_options
+from llmrerank.options import FIELDS, RerankerSlot, build_reranker, check_options
 
 from .chat_backend import CALL_CONFIG, SYNC_CALLS, ChatModelBackend
 
@@ -90,16 +87,16 @@ class LLMRerankCompressor(BaseDocumentCompressor):
     """A response cache (``llmrerank.MemoryCache()``, ``llmrerank.DiskCache(path)``, or anything with
     ``get``/``set``): a repeated prompt to the same model makes no LLM call."""
 
-    _slot: _Slot = PrivateAttr(default_factory=lambda: _Slot())
+    _slot: RerankerSlot = PrivateAttr(default_factory=lambda: RerankerSlot())
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
         if name in type(self).model_fields:
-            self._slot = _Slot()  # rebuild the reranker from the new settings
+            self._slot = RerankerSlot()  # rebuild the reranker from the new settings
 
     def __copy__(self) -> LLMRerankCompressor:
         clone = super().__copy__()
-        clone._slot = _Slot()  # model_copy(update=...) changes fields behind __setattr__'s back
+        clone._slot = RerankerSlot()  # model_copy(update=...) changes fields behind __setattr__'s back
         return clone
 
     @model_validator(mode="after")
@@ -151,7 +148,7 @@ class LLMRerankCompressor(BaseDocumentCompressor):
             SYNC_CALLS.set(True)
             return reranker.rerank(query, texts, self.top_n)
 
-        return self._documents(documents, _in_context(run))
+        return self._documents(documents, contextvars.copy_context().run(run))
 
     async def acompress_documents(
         self,
@@ -170,31 +167,3 @@ class LLMRerankCompressor(BaseDocumentCompressor):
         finally:
             CALL_CONFIG.reset(token)
         return self._documents(documents, result)
-
-
-class _Slot:
-    """Holds the lazily built Reranker. Copies and unpickled objects start empty and rebuild from the fields."""
-
-    def __init__(self) -> None:
-        self.reranker: Reranker | None = None
-        self.lock = threading.Lock()
-
-    def __copy__(self) -> _Slot:
-        return _Slot()
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Slot:
-        return _Slot()
-
-    def __reduce__(self) -> tuple[type[_Slot], tuple[()]]:
-        return (_Slot, ())
-
-
-def _in_context(fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a copy of the current context; in a worker thread when an event loop is running here."""
-    context = contextvars.copy_context()
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return context.run(fn)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="langchain-llmrerank") as pool:
-        return pool.submit(context.run, fn).result()

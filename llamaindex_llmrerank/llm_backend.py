@@ -15,8 +15,9 @@ from llmrerank import Backend, Completion, Prompt
 SYNC_CALLS: contextvars.ContextVar[bool] = contextvars.ContextVar("llamaindex_llmrerank_sync_calls", default=False)
 """True inside a blocking postprocess: the LLM's blocking ``chat`` is used, each call in a worker thread.
 
-LlamaIndex LLMs keep one async client per LLM object, and the blocking API of llmrerank runs each
-rerank in a fresh event loop, so a blocking caller gets the LLM's blocking path instead.
+LlamaIndex LLMs keep one async client per LLM object, bound to the event loop that made it; the blocking
+API of llmrerank runs on its own background loop, so a blocking caller gets the LLM's blocking path (the
+one its own code would use) instead.
 """
 
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
@@ -25,7 +21,7 @@ from llmrerank import (
     RerankResult,
     Strategy,
 )
-from llmrerank.options import FIELDS, build_reranker, check_options
+from llmrerank.options import FIELDS, RerankerSlot, build_reranker, check_options
 
 from .llm_backend import SYNC_CALLS, LlamaIndexLLMBackend
 
@@ -97,16 +93,16 @@ class LLMRerankPostprocessor(BaseNodePostprocessor):
     """A response cache (``llmrerank.MemoryCache()``, ``llmrerank.DiskCache(path)``, or anything with
     ``get``/``set``): a repeated prompt to the same model makes no LLM call."""
 
-    _slot: _Slot = PrivateAttr(default_factory=lambda: _Slot())
+    _slot: RerankerSlot = PrivateAttr(default_factory=lambda: RerankerSlot())
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
         if name in type(self).model_fields:
-            self._slot = _Slot()  # rebuild the reranker from the new settings
+            self._slot = RerankerSlot()  # rebuild the reranker from the new settings
 
     def __copy__(self) -> LLMRerankPostprocessor:
         clone = super().__copy__()
-        clone._slot = _Slot()  # model_copy(update=...) changes fields behind __setattr__'s back
+        clone._slot = RerankerSlot()  # model_copy(update=...) changes fields behind __setattr__'s back
         return clone
 
     @classmethod
@@ -174,7 +170,7 @@ class LLMRerankPostprocessor(BaseNodePostprocessor):
                 SYNC_CALLS.set(True)
                 return reranker.rerank(query, texts, self.top_n)
 
-            ranked = self._ranked(nodes, _in_context(run))
+            ranked = self._ranked(nodes, contextvars.copy_context().run(run))
             event.on_end(payload={EventPayload.NODES: ranked})
         dispatcher.event(ReRankEndEvent(nodes=ranked))
         return ranked
@@ -199,31 +195,3 @@ class LLMRerankPostprocessor(BaseNodePostprocessor):
             event.on_end(payload={EventPayload.NODES: ranked})
         dispatcher.event(ReRankEndEvent(nodes=ranked))
         return ranked
-
-
-class _Slot:
-    """Holds the lazily built Reranker. Copies and unpickled objects start empty and rebuild from the fields."""
-
-    def __init__(self) -> None:
-        self.reranker: Reranker | None = None
-        self.lock = threading.Lock()
-
-    def __copy__(self) -> _Slot:
-        return _Slot()
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Slot:
-        return _Slot()
-
-    def __reduce__(self) -> tuple[type[_Slot], tuple[()]]:
-        return (_Slot, ())
-
-
-def _in_context(fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a copy of the current context; in a worker thread when an event loop is running here."""
-    context = contextvars.copy_context()
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return context.run(fn)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamaindex-llmrerank") as pool:
-        return pool.submit(context.run, fn).result()

@@ -8,6 +8,7 @@ construction live here once, so the adapters stay thin and agree with each other
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from .backends.base import Backend
@@ -127,4 +128,25 @@ def build_reranker(
     )
 
 
-__all__ = ["FIELDS", "api_backend", "build_reranker", "check_options"]
+class RerankerSlot:
+    """Holds an adapter's lazily built :class:`~llmrerank.Reranker` and the lock that guards it.
+
+    Copies and unpickled objects start empty, so a copied adapter rebuilds from its own fields
+    (and never shares a lock or a stale reranker with the original).
+    """
+
+    def __init__(self) -> None:
+        self.reranker: Reranker | None = None
+        self.lock = threading.Lock()
+
+    def __copy__(self) -> RerankerSlot:
+        return RerankerSlot()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RerankerSlot:
+        return RerankerSlot()
+
+    def __reduce__(self) -> tuple[type[RerankerSlot], tuple[()]]:
+        return (RerankerSlot, ())
+
+
+__all__ = ["FIELDS", "RerankerSlot", "api_backend", "build_reranker", "check_options"]
