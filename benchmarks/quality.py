@@ -3,8 +3,9 @@
 Each strategy reranks the BM25 top ``--depth`` of the first N judged test queries and is compared with
 BM25 on exactly the same queries. The strategies: ``pointwise``, ``pairwise`` (sort mode),
 ``listwise`` (window 20, step 10) and ``hybrid`` (the bundled all-MiniLM-L6-v2 bi-encoder keeps half,
-listwise ranks them). A slow strategy can run on fewer queries (``pairwise:5``); each query count
-gets its own BM25 row. The defaults (BM25 top 10, documents cut to 400 characters, 10 queries, pairwise
+the backend's preferred strategy ranks them: pointwise for the local model, listwise for API
+models). A slow strategy can run on fewer queries (``pairwise:5``); each query count gets its own
+BM25 row. The defaults (BM25 top 10, documents cut to 400 characters, 10 queries, pairwise
 on 5) keep the local model under 15 minutes on 2 CPU cores; with an API model ask for more
 (``--depth 20 --queries 50 --max-doc-chars 0`` keeps each strategy's own cut).
 
@@ -34,14 +35,18 @@ DEFAULT_STRATEGIES = ["pointwise", "listwise", "hybrid", "pairwise:5"]
 """Sized for the local model on 2 CPU cores: 6.5 minutes with the defaults below (limit: 15)."""
 
 
-def make_strategy(name: str, depth: int, max_doc_chars: int | None = None) -> Strategy:
-    """The strategy measured under ``name``; ``max_doc_chars`` (0 or None: each strategy's own) cuts documents."""
+def make_strategy(name: str, depth: int, max_doc_chars: int | None = None, preferred: str = "listwise") -> Strategy:
+    """The strategy measured under ``name``; ``max_doc_chars`` (0 or None: each strategy's own) cuts documents.
+
+    Hybrid ranks the survivors with the backend's ``preferred`` strategy (pointwise for the local model).
+    """
     clip: dict[str, Any] = {"max_doc_chars": max_doc_chars} if max_doc_chars else {}
+    inner = Pointwise(**clip) if preferred == "pointwise" else Listwise(**clip)
     strategies: dict[str, Any] = {
         "pointwise": lambda: Pointwise(**clip),
         "pairwise": lambda: Pairwise(mode="sort", **clip),
         "listwise": lambda: Listwise(**clip),
-        "hybrid": lambda: Hybrid(cross_encoder=None, keep=max(2, depth // 2), llm=Listwise(**clip)),
+        "hybrid": lambda: Hybrid(cross_encoder=None, keep=max(2, depth // 2), llm=inner),
     }
     if name not in strategies:
         raise SystemExit(f"unknown strategy {name!r}: use {', '.join(strategies)}")
@@ -132,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         common: dict[str, Any] = {"depth": args.depth, "queries": count, "progress": not args.no_progress}
         reports.append(evaluate(collection, None, **common))
         for name in names:
-            reranker = Reranker(make_strategy(name, args.depth, args.max_doc_chars), backend)
+            strategy = make_strategy(name, args.depth, args.max_doc_chars, backend.preferred_strategy)
+            reranker = Reranker(strategy, backend)
             reports.append(evaluate(collection, reranker, name=name, **common))
             print(f"{name}: {reports[-1].wall_seconds:.0f} s", file=sys.stderr, flush=True)
     rows = [row(r) for r in reports]
@@ -140,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = f"Python {platform.python_version()} on {platform.machine()}"
     note = (
         f"SciFact test, BM25 top {args.depth}; documents cut to {args.max_doc_chars or 'the default'} characters; "
-        f"hybrid: MiniLM keeps {max(2, args.depth // 2)}, listwise ranks them; "
+        f"hybrid: MiniLM keeps {max(2, args.depth // 2)}, {backend.preferred_strategy} ranks them; "
         f"backend {args.backend}, model {backend.model}; {machine}; "
         f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s in all"
     )
