@@ -32,12 +32,20 @@ DEPTH = 10
 BLOCK = re.compile(r'<document id="([^"]*)">\n(.*?)\n</document>', re.DOTALL)
 
 
+SLICE = Path(__file__).parent / "data" / "scifact-slice"
+
+
+def collection_path() -> Path:
+    """The full SciFact collection where it is given, else the slice committed with the tests."""
+    try:
+        return default_data_path()
+    except ConfigurationError:
+        return SLICE
+
+
 @pytest.fixture(scope="module")
 def scifact() -> Collection:
-    try:
-        return load_beir(default_data_path())
-    except ConfigurationError:
-        pytest.skip("the SciFact collection (shared/data/scifact) is not available")
+    return load_beir(collection_path())
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +79,17 @@ def oracle(collection: Collection, *, reverse: bool = False) -> FakeBackend:
     return FakeBackend(respond=respond)
 
 
-def test_default_collection_is_found_and_overridable(scifact: Collection, tmp_path, monkeypatch) -> None:
-    assert default_data_path().parts[-3:] == ("shared", "data", "scifact")
-    assert len(scifact.queries) == 300 and len(scifact.documents) == 5183
+def test_default_collection_is_found_and_overridable(tmp_path, monkeypatch) -> None:
+    import shutil
+
+    shutil.copytree(SLICE, tmp_path / "shared" / "data" / "scifact")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.delenv("LLMRERANK_DATA", raising=False)
+    assert default_data_path() == tmp_path / "shared" / "data" / "scifact"
+    found = load_beir()
+    assert len(found.queries) == 20 and len(found.documents) == 288
+    assert sum(len(judged) for judged in found.qrels.values()) >= 20
     monkeypatch.setenv("LLMRERANK_DATA", str(tmp_path))
     assert default_data_path() == tmp_path
     with pytest.raises(ConfigurationError, match="not a BEIR folder"):
