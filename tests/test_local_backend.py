@@ -198,3 +198,21 @@ def test_demo_prints_both_orders(
     assert "LLM calls" in out and "tokens" in out
     rows = [line for line in out.splitlines() if "│" in line][2:]
     assert len(rows) == 3 and all(line.split("│")[1].strip() for line in rows)
+
+
+def test_demo_without_the_collection_uses_the_slice_then_built_in_passages(
+    backend: LocalBackend, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from llmrerank import demo
+
+    for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("LLMRERANK_DATA", str(tmp_path / "missing"))
+    assert demo.main(["--depth", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "SciFact query 36" in out and "BM25 over 288 SciFact abstracts" in out
+
+    monkeypatch.setattr(demo, "CHECKOUT_SLICE", tmp_path / "no-slice")
+    assert demo.main(["--depth", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "built-in" in out and "Reranked (pointwise" in out

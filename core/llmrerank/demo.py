@@ -4,7 +4,8 @@ With the SciFact collection at hand (``$LLMRERANK_DATA`` or ``shared/data/scifac
 :func:`llmrerank.evaluation.default_data_path`), BM25 retrieves the top ``--depth`` documents for
 a fixed test query (``--query`` picks another query id, or any text) and the default
 :class:`~llmrerank.Reranker` reorders them: the local SmolLM2 model unless an API key is set.
-Without the collection a handful of built-in passages are used. Documents judged relevant are
+Without it, in a checkout, the SciFact slice under ``tests/data`` stands in; elsewhere a handful of
+built-in passages are used. Documents judged relevant are
 marked ✓.
 """
 
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .backends.base import Backend, Completion, Prompt
@@ -23,6 +25,9 @@ from .reranker import Reranker, default_backend
 from .strategies import Pointwise, make_strategy
 
 DEFAULT_QUERY_ID = "36"
+
+CHECKOUT_SLICE = Path(__file__).resolve().parents[2] / "tests" / "data" / "scifact-slice"
+"""In a checkout without the full collection: the SciFact slice the tests use (20 queries, 288 abstracts)."""
 """SciFact test query shown by default: its relevant abstract is 6th in the BM25 top 10."""
 
 DEMO_DOC_CHARS = 800
@@ -71,15 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_example(query: str | None, depth: int, data: str | None) -> Example:
     """The query and BM25 hits from the collection, else the built-in passages (scored by word overlap)."""
-    try:
-        from .evaluation import load_beir
+    from .evaluation import load_beir
 
+    try:
         collection = load_beir(data)
-        index = collection.bm25()
     except LLMRerankError:
         if data is not None:
             raise
-        return _builtin(query, depth)
+        if not CHECKOUT_SLICE.is_dir():
+            return _builtin(query, depth)
+        collection = load_beir(CHECKOUT_SLICE)
+    index = collection.bm25()
     label = query or DEFAULT_QUERY_ID
     if label in collection.queries:
         text, relevant = collection.queries[label], frozenset(d for d, g in collection.qrels[label].items() if g > 0)
