@@ -5,7 +5,7 @@ Reranks the BM25 top ``--depth`` of the first ``--queries`` SciFact test queries
 baseline) and the speed in prompts per second. Documents are cut to ``--max-doc-chars`` to keep
 the run short on a small CPU (defaults finish in a few minutes on 2 cores)::
 
-    .venv/bin/python benchmarks/pointwise_method.py --queries 12 --depth 10
+    .venv/bin/python benchmarks/pointwise_method.py --queries 40 --depth 10 --max-doc-chars 400  # the default
 
 Needs the ``local`` and ``eval`` extras and the SciFact folder (``$LLMRERANK_DATA`` or
 ``shared/data/scifact`` beside the checkout).
