@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, Union
 
 from .errors import ConfigurationError, InvalidInputError, require
 from .pricing import PRICES_AS_OF, PriceSource, estimate_cost
@@ -52,8 +52,6 @@ CUTOFF_METRICS = ("nDCG@3", "nDCG@10", "RR@10", "P@1")
 
 RerankFn = Callable[[str, Any], Union[RerankResult, Sequence[int], Awaitable[Union[RerankResult, Sequence[int]]]]]  # noqa: UP007
 """A reranker as a function: ``(query, documents) -> RerankResult or input positions, best first``."""
-
-T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- data
@@ -330,15 +328,6 @@ class _Task:
     doc_ids: list[str]
 
 
-def _run_blocking(make: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine to completion on the blocking API's background loop."""
-
-    async def main() -> T:
-        return await make()
-
-    return run_blocking(main())
-
-
 def _order(answer: Any, n: int) -> list[int]:
     """Input positions from a reranker's answer; repeats dropped, missing ones appended in input order."""
     if isinstance(answer, RerankResult):
@@ -441,7 +430,7 @@ def _measure(
         bar = tqdm.tqdm(total=len(tasks), desc=name, unit="q", leave=True)
     started = time.perf_counter()
     try:
-        results = _run_blocking(lambda: _run_all(tasks, reranker, concurrency, bar))
+        results = run_blocking(_run_all(tasks, reranker, concurrency, bar))
     finally:
         if bar is not None:
             bar.close()

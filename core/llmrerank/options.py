@@ -14,8 +14,7 @@ from typing import Any
 from .backends.base import Backend
 from .cache import ResponseCache
 from .errors import ConfigurationError
-from .prompts import domain_instruction
-from .reranker import OnError, Reranker, default_backend
+from .reranker import OnError, Reranker, check_settings, default_backend
 from .strategies import STRATEGIES, Strategy, make_strategy
 
 FIELDS = (
@@ -46,12 +45,7 @@ def check_options(
     cache: object | None = None,
 ) -> None:
     """Raise :class:`~llmrerank.errors.ConfigurationError` for settings that cannot work together."""
-    if max_concurrency < 1:
-        raise ConfigurationError("max_concurrency must be >= 1")
-    if on_error not in ("degrade", "raise"):
-        raise ConfigurationError("on_error must be 'degrade' or 'raise'")
-    if deadline is not None and deadline <= 0:
-        raise ConfigurationError("deadline must be > 0 seconds")
+    check_settings(max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain)
     if model is not None and backend is not None:
         raise ConfigurationError("pass either model= or backend=, not both")
     if isinstance(strategy, str) and strategy.lower() not in STRATEGIES:
@@ -62,7 +56,6 @@ def check_options(
         raise ConfigurationError("template= needs strategy= (its placeholders depend on the strategy)")
     if cache is not None and not (hasattr(cache, "get") and hasattr(cache, "set")):
         raise ConfigurationError("cache must have get() and set(), e.g. llmrerank.MemoryCache()")
-    domain_instruction(domain)
 
 
 def api_backend(model: str) -> Backend:

@@ -55,6 +55,17 @@ def default_backend() -> Backend:
     return LocalBackend()
 
 
+def check_settings(*, max_concurrency: int, on_error: str, deadline: float | None, domain: str | None) -> None:
+    """Raise :class:`~llmrerank.errors.ConfigurationError` for a :class:`Reranker` setting out of range."""
+    if max_concurrency < 1:
+        raise ConfigurationError("max_concurrency must be >= 1")
+    if on_error not in ("degrade", "raise"):
+        raise ConfigurationError("on_error must be 'degrade' or 'raise'")
+    if deadline is not None and deadline <= 0:
+        raise ConfigurationError("deadline must be > 0 seconds")
+    domain_instruction(domain)
+
+
 class Reranker:
     """Reorder documents by relevance to a query with an LLM.
 
@@ -85,15 +96,9 @@ class Reranker:
         deadline: float | None = None,
         cache: ResponseCache | None = None,
     ) -> None:
-        if max_concurrency < 1:
-            raise ConfigurationError("max_concurrency must be >= 1")
-        if on_error not in ("degrade", "raise"):
-            raise ConfigurationError("on_error must be 'degrade' or 'raise'")
-        if deadline is not None and deadline <= 0:
-            raise ConfigurationError("deadline must be > 0 seconds")
+        check_settings(max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain)
         if backend is not None and not isinstance(backend, Backend):
             raise ConfigurationError(f"backend must be a llmrerank Backend, got {type(backend).__name__}")
-        domain_instruction(domain)
         self.backend = backend if backend is not None else default_backend()
         self.strategy = make_strategy(strategy or self.backend.preferred_strategy)
         self.domain = domain
