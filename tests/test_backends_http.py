@@ -308,3 +308,10 @@ def test_pointwise_expected_score_from_openai_logprobs(server: FakeLLMServer) ->
     assert result[0].score == pytest.approx(10 * 0.5 + 1 * 0.25 + 7 * 0.25)
     assert result[1].score == pytest.approx(2 * 0.9 + 3 * 0.1)
     assert all(request.logprobs and request.max_tokens == 1 for request in server.requests)
+
+
+def test_choice_tokens_match_at_a_word_boundary_like_the_local_backend() -> None:
+    from llmrerank.backends.openai import choice_logprobs
+
+    found = choice_logprobs([("Answer", -0.5), (" A", -1.0), ("B,", -2.0), ("10", -3.0)], ("A", "B", "1"))
+    assert found == {"A": -1.0, "B": -2.0, "1": -3.0}

@@ -35,6 +35,18 @@ class Completion:
     cached: bool = False
 
 
+def counts_for_choice(text: str, key: str) -> bool:
+    """Whether a token's lower-cased ``text`` counts for the lower-cased choice ``key`` (its start).
+
+    ``text`` must start with ``key``; after a letter the next character must not be a letter. So
+    ``"10"`` counts for ``"1"`` and ``"yes,"`` for ``"yes"``, but ``"answer"`` does not count for
+    ``"a"``. Every backend that fills :attr:`Completion.choice_logprobs` matches tokens this way.
+    """
+    if not key or not text.startswith(key):
+        return False
+    return len(text) == len(key) or not (key[-1].isalpha() and text[len(key)].isalpha())
+
+
 class Backend(ABC):
     """An LLM that answers prompts. Subclasses implement :meth:`generate`.
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import ConfigurationError, MissingDependencyError, require
 from ..paths import cache_dir, package_file
-from .base import Backend, Completion, Prompt
+from .base import Backend, Completion, Prompt, counts_for_choice
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 """Name of the default model (reported as :attr:`LocalBackend.model`)."""
@@ -166,7 +166,7 @@ class _Loaded:
         found = self._matches.get(cache_key)
         if found is None:
             texts = self.vocab()[1 if stripped else 0]
-            ids = [i for i, t in enumerate(texts) if t and _starts_with(t, key)]
+            ids = [i for i, t in enumerate(texts) if t and counts_for_choice(t, key)]
             found = self._matches[cache_key] = self.torch.tensor(ids, dtype=self.torch.long, device=self.device)
         return found
 
@@ -174,16 +174,6 @@ class _Loaded:
         """Whether one token's stripped lower-cased text is exactly ``key``."""
         self.vocab()
         return key in self._whole
-
-
-def _starts_with(text: str, key: str) -> bool:
-    """``text`` starts with ``key``; after a letter the next character must not be a letter.
-
-    So ``"10"`` counts for ``"1"`` and ``"yes,"`` for ``"yes"``, but ``"answer"`` does not count for ``"a"``.
-    """
-    if not text.startswith(key):
-        return False
-    return len(text) == len(key) or not (key[-1].isalpha() and text[len(key)].isalpha())
 
 
 def _resolve_device(torch: Any, device: str | None) -> str:

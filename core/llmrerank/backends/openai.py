@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import BackendError, BackendTimeoutError, ConfigurationError, RateLimitError, require
-from .base import Backend, Completion, Prompt
+from .base import Backend, Completion, Prompt, counts_for_choice
 
 TOP_LOGPROBS = 20
 """How many first-token alternatives are asked for (the OpenAI maximum)."""
@@ -81,19 +81,18 @@ def retry_after(headers: Mapping[str, str] | None) -> float | None:
 def choice_logprobs(top: Sequence[tuple[str, float]], choices: Sequence[str]) -> dict[str, float]:
     """log P(answer starts with choice) from first-token ``(token, logprob)`` pairs.
 
-    A token counts for a choice when its stripped, lower-cased text starts with the choice's, so
-    ``" Yes"`` and ``"yes"`` both count for ``Yes`` and ``"10"`` counts for ``"1"`` as well as ``"10"``
-    (the meaning of :attr:`~llmrerank.backends.base.Completion.choice_logprobs`); several tokens are
-    combined with logsumexp. Choices no token matched are absent.
+    A token counts for a choice by :func:`~llmrerank.backends.base.counts_for_choice` on the
+    stripped, lower-cased texts, so ``" Yes"`` and ``"yes"`` both count for ``Yes`` and ``"10"``
+    counts for ``"1"`` as well as ``"10"`` (the meaning of
+    :attr:`~llmrerank.backends.base.Completion.choice_logprobs`); several tokens are combined with
+    logsumexp. Choices no token matched are absent.
     """
     keys = [(c, c.strip().lower()) for c in choices]
     found: dict[str, list[float]] = {}
     for token, logprob in top:
         text = token.strip().lower()
-        if not text:
-            continue
         for choice, key in keys:
-            if key and text.startswith(key):
+            if counts_for_choice(text, key):
                 found.setdefault(choice, []).append(logprob)
     return {choice: _logsumexp(values) for choice, values in found.items()}
 
