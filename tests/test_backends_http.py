@@ -315,3 +315,11 @@ def test_choice_tokens_match_at_a_word_boundary_like_the_local_backend() -> None
 
     found = choice_logprobs([("Answer", -0.5), (" A", -1.0), ("B,", -2.0), ("10", -3.0)], ("A", "B", "1"))
     assert found == {"A": -1.0, "B": -2.0, "1": -3.0}
+
+
+async def test_openai_without_any_key_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmrerank import ConfigurationError
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigurationError, match="cannot create the OpenAI client"):
+        await OpenAIBackend().generate(PROMPT)

@@ -8,15 +8,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import BackendError, BackendTimeoutError, ConfigurationError, RateLimitError, require
-from .base import Backend, Completion, Prompt
-from .openai import ClientPerLoop, retry_after
+from ..errors import require
+from .base import Completion, Prompt
+from .sdk import SDKBackend
 
 OVERLOADED = 529
 """Anthropic's "overloaded" status, reported as :class:`~llmrerank.errors.RateLimitError`."""
 
 
-class AnthropicBackend(Backend):
+class AnthropicBackend(SDKBackend):
     """Claude through the official ``anthropic`` SDK (``pip install "llmrerank[anthropic]"``).
 
     With no ``api_key`` / ``base_url`` the SDK reads ``ANTHROPIC_API_KEY`` / ``ANTHROPIC_BASE_URL``.
@@ -30,6 +30,9 @@ class AnthropicBackend(Backend):
     """
 
     name = "anthropic"
+    client_class = "AsyncAnthropic"
+    error_class = "AnthropicError"
+    title = "Anthropic"
     supports_logprobs = False
 
     def __init__(
@@ -44,31 +47,17 @@ class AnthropicBackend(Backend):
         temperature: float | None = None,
         default_headers: Mapping[str, str] | None = None,
     ) -> None:
-        self._sdk: Any = require("anthropic", "anthropic")
-        self.model = model
-        self.api_key = api_key
-        self.base_url = base_url
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.temperature = temperature
-        self.default_headers = dict(default_headers) if default_headers else None
-        self._client = client
-        self._clients = ClientPerLoop(self._make_client)
-
-    def _make_client(self) -> Any:
-        try:
-            return self._sdk.AsyncAnthropic(
-                api_key=self.api_key,
-                base_url=self.base_url,
-                timeout=self.timeout,
-                max_retries=self.max_retries,
-                default_headers=self.default_headers,
-            )
-        except (self._sdk.AnthropicError, ValueError) as exc:
-            raise ConfigurationError(f"cannot create the Anthropic client: {exc}") from exc
-
-    def _current_client(self) -> Any:
-        return self._client if self._client is not None else self._clients.get()
+        super().__init__(
+            require("anthropic", "anthropic"),
+            model,
+            api_key=api_key,
+            base_url=base_url,
+            client=client,
+            timeout=timeout,
+            max_retries=max_retries,
+            temperature=temperature,
+            default_headers=default_headers,
+        )
 
     async def generate(self, prompt: Prompt) -> Completion:
         """One message; the text is the concatenation of the reply's text blocks."""
@@ -83,12 +72,7 @@ class AnthropicBackend(Backend):
             # anthropic>=2 dropped sampling parameters from messages.create(); older API versions
             # and compatible servers still read the body field.
             options["extra_body"] = {"temperature": self.temperature}
-        try:
-            message = await self._current_client().messages.create(**options)
-        except self._sdk.AnthropicError as exc:
-            raise self._error(exc) from exc
-        except ValueError as exc:  # a body the SDK could not decode
-            raise BackendError(f"invalid response: {exc}", backend=self.name) from exc
+        message = await self._request(self._current_client().messages.create(**options))
 
         blocks = getattr(message, "content", None) or ()
         text = "".join(getattr(b, "text", "") or "" for b in blocks if getattr(b, "type", None) == "text")
@@ -101,20 +85,9 @@ class AnthropicBackend(Backend):
             text=text, prompt_tokens=prompt_tokens, completion_tokens=int(getattr(usage, "output_tokens", 0) or 0)
         )
 
-    def _error(self, exc: Exception) -> BackendError:
-        sdk = self._sdk
-        status = getattr(exc, "status_code", None)
-        message = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, sdk.RateLimitError) or status == OVERLOADED:
-            headers = getattr(getattr(exc, "response", None), "headers", None)
-            return RateLimitError(message, status_code=status, backend=self.name, retry_after=retry_after(headers))
-        if isinstance(exc, sdk.APITimeoutError):
-            return BackendTimeoutError(message, backend=self.name)
-        return BackendError(message, status_code=status, backend=self.name)
-
-    async def aclose(self) -> None:
-        """Close the client this event loop made (a ``client`` you passed in stays open)."""
-        await self._clients.aclose()
+    def _is_rate_limit(self, exc: Exception) -> bool:
+        """429, and 529 "overloaded" too: both ask the caller to slow down."""
+        return super()._is_rate_limit(exc) or getattr(exc, "status_code", None) == OVERLOADED
 
 
 __all__ = ["OVERLOADED", "AnthropicBackend"]

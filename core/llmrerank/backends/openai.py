@@ -5,77 +5,16 @@ The ``openai`` SDK is imported when a backend is created, so this module imports
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import math
-import threading
-import time
-import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import BackendError, BackendTimeoutError, ConfigurationError, RateLimitError, require
-from .base import Backend, Completion, Prompt, counts_for_choice
+from ..errors import require
+from .base import Completion, Prompt, counts_for_choice
+from .sdk import SDKBackend
 
 TOP_LOGPROBS = 20
 """How many first-token alternatives are asked for (the OpenAI maximum)."""
-
-
-class ClientPerLoop:
-    """One SDK client per running event loop, created on first use by ``factory``.
-
-    httpx async clients must not be shared across event loops, and the blocking API of llmrerank
-    runs every call in a fresh ``asyncio.run``; clients of loops that have closed are dropped.
-    """
-
-    def __init__(self, factory: Callable[[], Any]) -> None:
-        self.factory = factory
-        self._clients: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], Any]] = {}
-        self._lock = threading.Lock()
-
-    def get(self) -> Any:
-        """The client of the running loop."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            self._drop_dead()
-            entry = self._clients.get(id(loop))
-            if entry is None:
-                entry = (weakref.ref(loop), self.factory())
-                self._clients[id(loop)] = entry
-            return entry[1]
-
-    async def aclose(self) -> None:
-        """Close the running loop's client, if one was made."""
-        with self._lock:
-            entry = self._clients.pop(id(asyncio.get_running_loop()), None)
-        if entry is not None:
-            await entry[1].close()
-
-    def _drop_dead(self) -> None:
-        # A closed loop cannot run the client's close(); its sockets go with the garbage.
-        for key, (ref, _) in list(self._clients.items()):
-            loop = ref()
-            if loop is None or loop.is_closed():
-                del self._clients[key]
-
-
-def retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` / ``retry-after`` (seconds or HTTP date), if present."""
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) / scale
-        except ValueError:
-            continue
-        if math.isfinite(seconds):
-            return max(seconds, 0.0)
-    date = headers.get("retry-after")
-    parsed = email.utils.parsedate_tz(date) if date else None
-    return max(email.utils.mktime_tz(parsed) - time.time(), 0.0) if parsed else None
 
 
 def choice_logprobs(top: Sequence[tuple[str, float]], choices: Sequence[str]) -> dict[str, float]:
@@ -104,7 +43,7 @@ def _logsumexp(values: list[float]) -> float:
     return top + math.log(sum(math.exp(v - top) for v in values))
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(SDKBackend):
     """Chat completions through the official ``openai`` SDK (``pip install "llmrerank[openai]"``).
 
     With no ``api_key`` / ``base_url`` the SDK reads ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
@@ -120,6 +59,9 @@ class OpenAIBackend(Backend):
     """
 
     name = "openai"
+    client_class = "AsyncOpenAI"
+    error_class = "OpenAIError"
+    title = "OpenAI"
 
     def __init__(
         self,
@@ -134,32 +76,18 @@ class OpenAIBackend(Backend):
         logprobs: bool | None = None,
         default_headers: Mapping[str, str] | None = None,
     ) -> None:
-        self._sdk: Any = require("openai", "openai")
-        self.model = model
-        self.api_key = api_key
-        self.base_url = base_url
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.temperature = temperature
+        super().__init__(
+            require("openai", "openai"),
+            model,
+            api_key=api_key,
+            base_url=base_url,
+            client=client,
+            timeout=timeout,
+            max_retries=max_retries,
+            temperature=temperature,
+            default_headers=default_headers,
+        )
         self.supports_logprobs = True if logprobs is None else logprobs
-        self.default_headers = dict(default_headers) if default_headers else None
-        self._client = client
-        self._clients = ClientPerLoop(self._make_client)
-
-    def _make_client(self) -> Any:
-        try:
-            return self._sdk.AsyncOpenAI(
-                api_key=self.api_key,
-                base_url=self.base_url,
-                timeout=self.timeout,
-                max_retries=self.max_retries,
-                default_headers=self.default_headers,
-            )
-        except self._sdk.OpenAIError as exc:  # e.g. no API key anywhere
-            raise ConfigurationError(f"cannot create the OpenAI client: {exc}") from exc
-
-    def _current_client(self) -> Any:
-        return self._client if self._client is not None else self._clients.get()
 
     async def generate(self, prompt: Prompt) -> Completion:
         """One chat completion; with ``prompt.choices`` and log-probs, also the choices' log-probs."""
@@ -172,12 +100,7 @@ class OpenAIBackend(Backend):
         want_logprobs = bool(prompt.choices) and self.supports_logprobs
         if want_logprobs:
             options.update(logprobs=True, top_logprobs=TOP_LOGPROBS, max_tokens=1)
-        try:
-            response = await self._current_client().chat.completions.create(**options)
-        except self._sdk.OpenAIError as exc:
-            raise self._error(exc) from exc
-        except ValueError as exc:  # a body the SDK could not decode
-            raise BackendError(f"invalid response: {exc}", backend=self.name) from exc
+        response = await self._request(self._current_client().chat.completions.create(**options))
 
         usage = getattr(response, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -199,20 +122,5 @@ class OpenAIBackend(Backend):
             text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, choice_logprobs=lp
         )
 
-    def _error(self, exc: Exception) -> BackendError:
-        sdk = self._sdk
-        status = getattr(exc, "status_code", None)
-        message = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, sdk.RateLimitError):
-            headers = getattr(getattr(exc, "response", None), "headers", None)
-            return RateLimitError(message, status_code=status, backend=self.name, retry_after=retry_after(headers))
-        if isinstance(exc, sdk.APITimeoutError):
-            return BackendTimeoutError(message, backend=self.name)
-        return BackendError(message, status_code=status, backend=self.name)
 
-    async def aclose(self) -> None:
-        """Close the client this event loop made (a ``client`` you passed in stays open)."""
-        await self._clients.aclose()
-
-
-__all__ = ["TOP_LOGPROBS", "ClientPerLoop", "OpenAIBackend", "choice_logprobs", "retry_after"]
+__all__ = ["TOP_LOGPROBS", "OpenAIBackend", "choice_logprobs"]
