@@ -12,15 +12,15 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, InstanceOf, PrivateAttr, model_validator
 
-from llmrerank import Backend, Reranker, RerankResult, Strategy
-from llmrerank.options import FIELDS, RerankerSlot, build_reranker, check_options
+from llmrerank import Backend, RerankResult, Strategy
+from llmrerank.options import LazyReranker, RerankerSlot, check_options
 
 from .chat_backend import CALL_CONFIG, SYNC_CALLS, ChatModelBackend
 
 T = TypeVar("T")
 
 
-class LLMRerankCompressor(BaseDocumentCompressor):
+class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
     """Rerank retrieved documents with an LLM, for ``ContextualCompressionRetriever`` and pipelines.
 
     >>> from langchain_classic.retrievers import ContextualCompressionRetriever   # doctest: +SKIP
@@ -89,32 +89,10 @@ class LLMRerankCompressor(BaseDocumentCompressor):
 
     _slot: RerankerSlot = PrivateAttr(default_factory=lambda: RerankerSlot())
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name in type(self).model_fields:
-            self._slot = RerankerSlot()  # rebuild the reranker from the new settings
-
-    def __copy__(self) -> LLMRerankCompressor:
-        clone = super().__copy__()
-        clone._slot = RerankerSlot()  # model_copy(update=...) changes fields behind __setattr__'s back
-        return clone
-
     @model_validator(mode="after")
     def _check(self) -> LLMRerankCompressor:
         check_options(backend=self.backend, **self._options())
         return self
-
-    def _options(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in FIELDS}
-
-    @property
-    def reranker(self) -> Reranker:
-        """The :class:`~llmrerank.Reranker` built from the fields on first use (again after a field changes)."""
-        slot = self._slot
-        with slot.lock:
-            if slot.reranker is None:
-                slot.reranker = build_reranker(self._backend(), **self._options())
-            return slot.reranker
 
     def _backend(self) -> Backend | None:
         if isinstance(self.backend, BaseChatModel):

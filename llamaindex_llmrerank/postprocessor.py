@@ -17,11 +17,10 @@ from pydantic import InstanceOf
 from llmrerank import (
     Backend,
     InvalidInputError,
-    Reranker,
     RerankResult,
     Strategy,
 )
-from llmrerank.options import FIELDS, RerankerSlot, build_reranker, check_options
+from llmrerank.options import LazyReranker, RerankerSlot, check_options
 
 from .llm_backend import SYNC_CALLS, LlamaIndexLLMBackend
 
@@ -30,7 +29,7 @@ dispatcher = get_dispatcher(__name__)
 T = TypeVar("T")
 
 
-class LLMRerankPostprocessor(BaseNodePostprocessor):
+class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     """Rerank retrieved nodes with an LLM; for query engines' ``node_postprocessors``.
 
     >>> engine = index.as_query_engine(
@@ -95,16 +94,6 @@ class LLMRerankPostprocessor(BaseNodePostprocessor):
 
     _slot: RerankerSlot = PrivateAttr(default_factory=lambda: RerankerSlot())
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name in type(self).model_fields:
-            self._slot = RerankerSlot()  # rebuild the reranker from the new settings
-
-    def __copy__(self) -> LLMRerankPostprocessor:
-        clone = super().__copy__()
-        clone._slot = RerankerSlot()  # model_copy(update=...) changes fields behind __setattr__'s back
-        return clone
-
     @classmethod
     def class_name(cls) -> str:
         """The LlamaIndex component name."""
@@ -114,18 +103,6 @@ class LLMRerankPostprocessor(BaseNodePostprocessor):
     def _check(self) -> LLMRerankPostprocessor:
         check_options(backend=self.backend, **self._options())
         return self
-
-    def _options(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in FIELDS}
-
-    @property
-    def reranker(self) -> Reranker:
-        """The :class:`~llmrerank.Reranker` built from the fields on first use (again after a field changes)."""
-        slot = self._slot
-        with slot.lock:
-            if slot.reranker is None:
-                slot.reranker = build_reranker(self._backend(), **self._options())
-            return slot.reranker
 
     def _backend(self) -> Backend | None:
         if isinstance(self.backend, LLM):

@@ -142,4 +142,45 @@ class RerankerSlot:
         return (RerankerSlot, ())
 
 
-__all__ = ["FIELDS", "RerankerSlot", "api_backend", "build_reranker", "check_options"]
+class LazyReranker:
+    """Mixin for an adapter's pydantic model with the :data:`FIELDS` settings and a ``backend`` field.
+
+    Gives it :attr:`reranker`, built from the fields on first use and rebuilt after a field
+    changes (assignment or ``model_copy(update=...)``). The model declares
+    ``_slot: RerankerSlot = PrivateAttr(default_factory=RerankerSlot)`` and may override
+    :meth:`_backend` to wrap a framework's own LLM in an llmrerank backend. Put it before the
+    framework's base class.
+    """
+
+    _slot: RerankerSlot
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in getattr(type(self), "model_fields", {}):
+            self._slot = RerankerSlot()  # rebuild the reranker from the new settings
+
+    def __copy__(self) -> Any:
+        clone = super().__copy__()  # type: ignore[misc]
+        clone._slot = RerankerSlot()  # model_copy(update=...) changes fields behind __setattr__'s back
+        return clone
+
+    def _options(self) -> dict[str, Any]:
+        """The :data:`FIELDS` settings, by name."""
+        return {name: getattr(self, name) for name in FIELDS}
+
+    def _backend(self) -> Backend | None:
+        """The ``backend`` field as an llmrerank backend (None: chosen by :func:`build_reranker`)."""
+        backend: Backend | None = getattr(self, "backend", None)
+        return backend
+
+    @property
+    def reranker(self) -> Reranker:
+        """The :class:`~llmrerank.Reranker` built from the fields on first use (again after a field changes)."""
+        slot = self._slot
+        with slot.lock:
+            if slot.reranker is None:
+                slot.reranker = build_reranker(self._backend(), **self._options())
+            return slot.reranker
+
+
+__all__ = ["FIELDS", "LazyReranker", "RerankerSlot", "api_backend", "build_reranker", "check_options"]
