@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
@@ -126,6 +128,31 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     def _ranked(nodes: list[NodeWithScore], result: RerankResult) -> list[NodeWithScore]:
         return [NodeWithScore(node=nodes[item.index].node, score=item.score) for item in result]
 
+    @contextmanager
+    def _reranking(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None, query: str
+    ) -> Iterator[Callable[[RerankResult], list[NodeWithScore]]]:
+        """Emit the rerank start/end events and the callback event around one rerank.
+
+        Yields the function that turns the result into the new nodes and records them as the end.
+        """
+        model_name = self.reranker.backend.model
+        dispatcher.event(
+            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes), model_name=model_name)
+        )
+        ranked: list[NodeWithScore] = []
+        with self.callback_manager.event(
+            CBEventType.RERANKING, payload=self._event_payload(nodes, query, model_name)
+        ) as event:
+
+            def finish(result: RerankResult) -> list[NodeWithScore]:
+                ranked.extend(self._ranked(nodes, result))
+                event.on_end(payload={EventPayload.NODES: ranked})
+                return ranked
+
+            yield finish
+        dispatcher.event(ReRankEndEvent(nodes=ranked))
+
     def _postprocess_nodes(
         self,
         nodes: list[NodeWithScore],
@@ -135,22 +162,13 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
         if not nodes:
             return []
         reranker = self.reranker
-        model_name = reranker.backend.model
-        dispatcher.event(
-            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes), model_name=model_name)
-        )
-        with self.callback_manager.event(
-            CBEventType.RERANKING, payload=self._event_payload(nodes, query, model_name)
-        ) as event:
 
-            def run() -> RerankResult:
-                SYNC_CALLS.set(True)
-                return reranker.rerank(query, texts, self.top_n)
+        def run() -> RerankResult:
+            SYNC_CALLS.set(True)
+            return reranker.rerank(query, texts, self.top_n)
 
-            ranked = self._ranked(nodes, contextvars.copy_context().run(run))
-            event.on_end(payload={EventPayload.NODES: ranked})
-        dispatcher.event(ReRankEndEvent(nodes=ranked))
-        return ranked
+        with self._reranking(nodes, query_bundle, query) as finish:
+            return finish(contextvars.copy_context().run(run))
 
     async def _apostprocess_nodes(
         self,
@@ -160,15 +178,5 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
         query, texts = self._start(nodes, query_bundle)
         if not nodes:
             return []
-        reranker = self.reranker
-        model_name = reranker.backend.model
-        dispatcher.event(
-            ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes), model_name=model_name)
-        )
-        with self.callback_manager.event(
-            CBEventType.RERANKING, payload=self._event_payload(nodes, query, model_name)
-        ) as event:
-            ranked = self._ranked(nodes, await reranker.arerank(query, texts, self.top_n))
-            event.on_end(payload={EventPayload.NODES: ranked})
-        dispatcher.event(ReRankEndEvent(nodes=ranked))
-        return ranked
+        with self._reranking(nodes, query_bundle, query) as finish:
+            return finish(await self.reranker.arerank(query, texts, self.top_n))

@@ -144,7 +144,9 @@ def test_callback_manager_gets_a_reranking_event(server: FakeLLMServer) -> None:
     assert [n.node.node_id for n in pair[1].payload[EventPayload.NODES]] == BEST
 
 
-async def test_retriever_query_engine_async_is_native(server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_retriever_query_engine_async_is_native(
+    server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, collector: Collector
+) -> None:
     postprocessor = LLMRerankPostprocessor(top_n=2)
 
     def no_sync(*args: Any, **kwargs: Any) -> Any:
@@ -156,6 +158,9 @@ async def test_retriever_query_engine_async_is_native(server: FakeLLMServer, mon
     )
     response = await engine.aquery(QUERY)
     assert [n.node.node_id for n in response.source_nodes] == BEST[:2]
+    ends = [e for e in collector.events if isinstance(e, ReRankEndEvent)]
+    assert sum(isinstance(e, ReRankStartEvent) for e in collector.events) == len(ends) == 1
+    assert [n.node.node_id for n in ends[0].nodes] == BEST[:2]
 
 
 def test_sync_and_async_agree_and_inputs_are_not_mutated(server: FakeLLMServer) -> None:
