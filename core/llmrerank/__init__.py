@@ -21,9 +21,10 @@ from .errors import (
     ParseError,
     RateLimitError,
 )
+from .fusion import Fusion
 from .prompts import DOMAINS
 from .reranker import Reranker, default_backend
-from .strategies import Hybrid, Listwise, Pairwise, Pointwise, Strategy, make_strategy
+from .strategies import Hybrid, Listwise, Pairwise, Pointwise, QueryLikelihood, Strategy, make_strategy
 from .types import Diagnostic, RankedDocument, RerankResult, Usage
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ __all__ = [
     "Diagnostic",
     "DiskCache",
     "EvalReport",
+    "Fusion",
     "Hybrid",
     "InvalidInputError",
     "LLMRerankError",
@@ -83,6 +85,7 @@ __all__ = [
     "ParseError",
     "Pointwise",
     "Prompt",
+    "QueryLikelihood",
     "RankedDocument",
     "RateLimitError",
     "RerankResult",

@@ -90,9 +90,9 @@ def make_backend(kind: str, model: str | None = None, base_url: str | None = Non
     if model:
         options["model"] = model
     if kind == "fake":
-        from .testing import FakeBackend, overlap_judge
+        from .testing import FakeBackend, overlap_judge, overlap_likelihood
 
-        return FakeBackend(respond=overlap_judge, model=model or "fake")
+        return FakeBackend(respond=overlap_judge, likelihood=overlap_likelihood, model=model or "fake")
     if kind == "local":
         if base_url:
             raise ConfigurationError("--base-url is for the openai and anthropic backends")

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .backends.base import Backend, Completion, Prompt
+from .backends.base import Backend, Completion, LogLikelihood, Prompt, likelihood_prompt
 from .cache import ResponseCache, lookup, store
-from .errors import BackendError, DeadlineExceededError, LLMRerankError
-from .strategies.base import Plan, Predict, Ranking, Step
+from .errors import BackendError, ConfigurationError, DeadlineExceededError, LLMRerankError
+from .strategies.base import Likelihood, Plan, Predict, Ranking, Step
 from .types import Usage
 
 OnError = Literal["degrade", "raise"]
+Ask = Callable[[list[Prompt]], Awaitable[list[Completion | BaseException]]]
 
 
 @dataclass
@@ -97,7 +98,22 @@ class Driver:
     async def _step(self, step: Step) -> Any:
         if isinstance(step, Predict):
             return await self._predict(step)
+        if isinstance(step, Likelihood):
+            return await self._likelihood(step)
         return await self._prompts(step)
+
+    async def _likelihood(self, step: Likelihood) -> list[LogLikelihood | BaseException]:
+        """Continuation log-probs, through the same limiter, batching, deadline, cache and accounting as prompts."""
+        if not self.backend.supports_likelihood:
+            raise ConfigurationError(f"backend {self.backend!r} cannot score continuations (supports_likelihood)")
+        keys = [likelihood_prompt(context, continuation) for context, continuation in step.pairs]
+        answers = await self._prompts(keys, self._ask_likelihood)
+        return [a if isinstance(a, BaseException) else LogLikelihood.from_completion(a) for a in answers]
+
+    async def _ask_likelihood(self, keys: list[Prompt]) -> list[Completion | BaseException]:
+        pairs = [(key.user, (key.choices or ("",))[0]) for key in keys]
+        results = await self.backend.continuation_logprobs(pairs)
+        return [r.as_completion() if isinstance(r, LogLikelihood) else r for r in results]
 
     async def _predict(self, step: Predict) -> Any:
         try:
@@ -112,7 +128,7 @@ class Driver:
                 raise BackendError(f"prefilter failed: {type(exc).__name__}: {exc}") from exc
             return exc
 
-    async def _prompts(self, prompts: Sequence[Prompt]) -> list[Completion | BaseException]:
+    async def _prompts(self, prompts: Sequence[Prompt], ask: Ask | None = None) -> list[Completion | BaseException]:
         answers: list[Completion | BaseException | None] = [None] * len(prompts)
         todo: list[int] = []
         for i, prompt in enumerate(prompts):
@@ -132,7 +148,7 @@ class Driver:
             for i in todo:
                 answers[i] = DeadlineExceededError(f"deadline of {self.deadline}s passed before this call")
             return [a for a in answers if a is not None]
-        tasks = [asyncio.ensure_future(self._call([prompts[i] for i in chunk])) for chunk in chunks]
+        tasks = [asyncio.ensure_future(self._call([prompts[i] for i in chunk], ask)) for chunk in chunks]
         when = asyncio.FIRST_EXCEPTION if self.on_error == "raise" else asyncio.ALL_COMPLETED
         try:
             if tasks:
@@ -159,13 +175,15 @@ class Driver:
                 answers[i] = answer
         return [a for a in answers if a is not None]
 
-    async def _call(self, prompts: list[Prompt]) -> list[Completion | BaseException]:
+    async def _call(self, prompts: list[Prompt], ask: Ask | None = None) -> list[Completion | BaseException]:
         """One backend call (or batch) under the limiter; failures become answers unless raising."""
         async with self.limiter:
             start = time.perf_counter()
             try:
-                if len(prompts) == 1 and self.backend.batch_size <= 1:
-                    results: list[Completion | BaseException] = [await self.backend.generate(prompts[0])]
+                if ask is not None:
+                    results: list[Completion | BaseException] = await ask(prompts)
+                elif len(prompts) == 1 and self.backend.batch_size <= 1:
+                    results = [await self.backend.generate(prompts[0])]
                 else:
                     results = await self.backend.generate_batch(prompts)
             except Exception as exc:

@@ -468,6 +468,13 @@ def _measure(
     )
 
 
+def split_halves(query_ids: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Deterministic tuning and report halves: the ids sorted (numerically when they are numbers),
+    then alternately assigned, the first to tuning. Pick settings on one, report on the other."""
+    ordered = sorted(query_ids, key=lambda q: (0, int(q), q) if q.isdigit() else (1, 0, q))
+    return ordered[0::2], ordered[1::2]
+
+
 def select_queries(collection: Collection, queries: int | Sequence[str] | None) -> list[str]:
     """Query ids to evaluate: all judged (None), the first N, or the ids given."""
     if queries is None:
@@ -499,6 +506,7 @@ def evaluate(
     concurrency: int = 1,
     progress: bool = False,
     stem: bool = True,
+    with_scores: bool = False,
 ) -> EvalReport:
     """BM25 top ``depth``, reranked by ``reranker``, scored against the collection's qrels.
 
@@ -511,15 +519,21 @@ def evaluate(
     ``reranker`` is a function (a Reranker's backend knows its own). ``prices``: overrides for the
     price table (a dict or a JSON file; see :mod:`llmrerank.pricing`). ``concurrency``: queries
     reranked at once (latency is per query either way). ``progress``: show a tqdm bar.
-    ``stem=False`` indexes without stemming.
+    ``stem=False`` indexes without stemming. ``with_scores=True`` passes each hit as a dict
+    ``{"id", "content", "score"}`` with its BM25 score (what a Reranker's ``fusion`` reads).
     """
     if depth < 1:
         raise ConfigurationError("depth must be >= 1")
     collection = data if isinstance(data, Collection) else load_beir(data, split)
     ids = select_queries(collection, queries)
     hits = collection.bm25(stem=stem).search([collection.queries[q] for q in ids], depth)
+
+    def hit(doc_id: str, score: float) -> Any:
+        text = collection.documents[doc_id]
+        return {"id": doc_id, "content": text, "score": score} if with_scores else text
+
     tasks = [
-        _Task(qid, collection.queries[qid], [collection.documents[d] for d, _ in found], [d for d, _ in found])
+        _Task(qid, collection.queries[qid], [hit(d, s) for d, s in found], [d for d, _ in found])
         for qid, found in zip(ids, hits, strict=True)
     ]
     return _measure(
@@ -644,4 +658,5 @@ __all__ = [
     "read_qrels",
     "score_rankings",
     "select_queries",
+    "split_halves",
 ]

@@ -15,9 +15,11 @@ from .backends.base import Backend
 from .cache import ResponseCache
 from .driver import Driver, OnError
 from .errors import ConfigurationError, InvalidInputError
+from .fusion import Fusion, check_scores, fuse, make_fusion
+from .fusion import first_stage_scores as read_scores
 from .prompts import clean_query, domain_instruction
 from .runner import run_blocking
-from .strategies import Strategy, make_strategy
+from .strategies import Strategy, make_strategy, uses_likelihood
 from .strategies.base import Context, Ranking
 from .types import (
     Diagnostic,
@@ -82,6 +84,13 @@ class Reranker:
     :class:`~llmrerank.errors.ParseError` on unreadable output instead of falling back.
     ``deadline`` bounds one rerank in seconds. ``cache``: a :class:`~llmrerank.cache.MemoryCache`,
     :class:`~llmrerank.cache.DiskCache` or anything with ``get``/``set``.
+
+    ``fusion``: a :class:`~llmrerank.fusion.Fusion` (or its method name, ``"zscore"``, ``"minmax"``,
+    ``"rrf"``) combines the LLM's score with each document's first-stage score (a dict's
+    ``"score"``, an object's ``score`` such as LlamaIndex's ``NodeWithScore``, LangChain
+    ``metadata["score"]`` / ``["relevance_score"]``, or ``rerank(..., first_stage_scores=...)``);
+    ``score_kind`` is then ``"fused"``. ``"auto"`` (default): the backend's ``preferred_fusion``
+    when the strategy is the backend's preferred one, else none. None: never.
     """
 
     def __init__(
@@ -95,12 +104,25 @@ class Reranker:
         strict: bool = False,
         deadline: float | None = None,
         cache: ResponseCache | None = None,
+        fusion: Fusion | str | None = "auto",
     ) -> None:
         check_settings(max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain)
         if backend is not None and not isinstance(backend, Backend):
             raise ConfigurationError(f"backend must be a llmrerank Backend, got {type(backend).__name__}")
         self.backend = backend if backend is not None else default_backend()
         self.strategy = make_strategy(strategy or self.backend.preferred_strategy)
+        if uses_likelihood(self.strategy, self.backend.preferred_strategy) and not self.backend.supports_likelihood:
+            raise ConfigurationError(
+                f"strategy {self.strategy.name!r} scores log P(query | document), which {self.backend!r} cannot "
+                "compute: use LocalBackend(), or OpenAIBackend(base_url=..., likelihood=True) against a server "
+                "whose /v1/completions echoes prompt log-probs (vLLM)"
+            )
+        self._fusion_asked = fusion != "auto"
+        if fusion == "auto":
+            preferred = self.strategy.name == self.backend.preferred_strategy
+            self.fusion = self.backend.preferred_fusion if preferred else None
+        else:
+            self.fusion = make_fusion(fusion)
         self.domain = domain
         self.max_concurrency = max_concurrency
         self.on_error = on_error
@@ -123,7 +145,18 @@ class Reranker:
                 limiter = self._limiters[loop] = asyncio.Semaphore(self.max_concurrency)
             return limiter
 
-    async def arerank(self, query: str, documents: Sequence[Any], top_k: int | None = None) -> RerankResult:
+    def first_stage_scores(self, documents: Sequence[Any]) -> list[float | None] | None:
+        """The first-stage scores this reranker's fusion would read from ``documents`` (None without fusion)."""
+        return None if self.fusion is None else read_scores(documents, self.fusion.keys)
+
+    async def arerank(
+        self,
+        query: str,
+        documents: Sequence[Any],
+        top_k: int | None = None,
+        *,
+        first_stage_scores: Sequence[float | None] | None = None,
+    ) -> RerankResult:
         """Rerank ``documents`` for ``query``; return the best ``top_k`` (all when None).
 
         ``documents`` may be strings, dicts with ``content`` or ``text`` (plus ``id``/``metadata``),
@@ -137,12 +170,20 @@ class Reranker:
         longer than the strategy's ``max_doc_chars`` are cut (diagnostic ``truncated``); control
         and invisible characters and imitation ``<document>`` tags are neutralised in prompts
         (:func:`~llmrerank.prompts.sanitize`), while results hold the caller's objects unchanged.
+
+        ``first_stage_scores`` (one number or None per document) replace the scores the reranker's
+        ``fusion`` would read from the documents; without fusion they raise
+        :class:`~llmrerank.errors.ConfigurationError`.
         """
         started = time.perf_counter()
         query = check_query(query)
         top_k = check_top_k(top_k)
         originals = document_list(documents)
         docs = normalize_documents(originals)
+        if first_stage_scores is not None:
+            if self.fusion is None:
+                raise ConfigurationError("first_stage_scores need fusion: Reranker(..., fusion=Fusion(...))")
+            first_stage_scores = check_scores(first_stage_scores, len(docs))
         prompt_query = clean_query(query)
         if not prompt_query:
             raise InvalidInputError("query is empty once control and invisible characters are removed")
@@ -160,6 +201,8 @@ class Reranker:
         )
         ranking = await driver.run(self.strategy.plan(prompt_query, docs, ctx))
         ranking = _complete(ranking, len(docs))
+        if self.fusion is not None:
+            ranking = self._fuse(self.fusion, ranking, originals, first_stage_scores)
         meter = driver.meter
         degraded = (
             meter.failed_calls > 0
@@ -202,13 +245,35 @@ class Reranker:
             degraded=degraded,
         )
 
-    def rerank(self, query: str, documents: Sequence[Any], top_k: int | None = None) -> RerankResult:
+    def _fuse(
+        self, fusion: Fusion, ranking: Ranking, originals: Sequence[Any], explicit: Sequence[float | None] | None
+    ) -> Ranking:
+        scores = list(explicit) if explicit is not None else read_scores(originals, fusion.keys)
+        fused = fuse(ranking, scores, fusion)
+        missing = sum(d.code == "first_stage_missing" for d in fused.diagnostics)
+        if fused.score_kind != "fused":
+            level = logging.WARNING if self._fusion_asked else logging.INFO
+            logger.log(level, "llmrerank: no document has a first-stage score; fusion skipped, the LLM's order stands")
+        elif missing:
+            logger.warning(
+                "llmrerank: %d of %d documents have no first-stage score; counted as the lowest", missing, len(scores)
+            )
+        return fused
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[Any],
+        top_k: int | None = None,
+        *,
+        first_stage_scores: Sequence[float | None] | None = None,
+    ) -> RerankResult:
         """Blocking :meth:`arerank`; also safe inside a running event loop.
 
         It runs on llmrerank's one background event loop (:mod:`llmrerank.runner`), so the
         backend's HTTP client and connections are reused from one call to the next.
         """
-        return run_blocking(self.arerank(query, documents, top_k))
+        return run_blocking(self.arerank(query, documents, top_k, first_stage_scores=first_stage_scores))
 
 
 def _complete(ranking: Ranking, n: int) -> Ranking:

@@ -8,7 +8,7 @@ from typing import Any, Literal, overload
 
 from .errors import InvalidInputError
 
-ScoreKind = Literal["relevance", "logprob", "win_rate", "rank", "cross_encoder", "input_order"]
+ScoreKind = Literal["relevance", "logprob", "win_rate", "rank", "cross_encoder", "input_order", "likelihood", "fused"]
 """What :attr:`RankedDocument.score` means.
 
 - ``relevance``: the LLM's 0-10 rating, parsed from text.
@@ -17,6 +17,9 @@ ScoreKind = Literal["relevance", "logprob", "win_rate", "rank", "cross_encoder",
 - ``rank``: listwise strategies give no score; ``(n - rank + 1) / n``, derived from the position.
 - ``cross_encoder``: the cross-encoder's raw score (hybrid, when the LLM stage failed).
 - ``input_order``: nothing could be ranked; derived from the input position.
+- ``likelihood``: log P(query | document) under the language model (query likelihood), normalised
+  as :class:`~llmrerank.strategies.QueryLikelihood` says.
+- ``fused``: the LLM's score combined with the first-stage score (:mod:`llmrerank.fusion`).
 """
 
 

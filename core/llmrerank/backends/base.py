@@ -1,4 +1,8 @@
-"""The backend contract: turn one prompt into one completion (optionally with choice log-probs)."""
+"""The backend contract: turn one prompt into one completion (optionally with choice log-probs).
+
+Backends with :attr:`Backend.supports_likelihood` also score a given text: the log-probability of a
+continuation after a context (:meth:`Backend.continuation_logprobs`), for query-likelihood ranking.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,12 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ..fusion import Fusion
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,44 @@ class Completion:
     choice_logprobs: Mapping[str, float] | None = None
     """log P(answer starts with choice) for each choice the backend could see; absent ones are missing."""
     cached: bool = False
+
+
+@dataclass(frozen=True)
+class LogLikelihood:
+    """log P(continuation | context) under a language model: the sum over the continuation's tokens."""
+
+    logprob: float
+    """Sum of the continuation tokens' log-probabilities (natural log, <= 0)."""
+    tokens: int
+    """How many tokens the continuation was scored as (>= 1)."""
+    prompt_tokens: int = 0
+    """Tokens the model read for it (context and continuation), for accounting."""
+    cached: bool = False
+
+    completion_tokens: ClassVar[int] = 0
+    """Nothing is generated; kept so the driver accounts for it like a :class:`Completion`."""
+
+    def as_completion(self) -> Completion:
+        """This result in the form the response cache stores."""
+        lp = {"logprob": self.logprob, "tokens": float(self.tokens)}
+        return Completion(text="", prompt_tokens=self.prompt_tokens, completion_tokens=0, choice_logprobs=lp)
+
+    @classmethod
+    def from_completion(cls, completion: Completion) -> LogLikelihood:
+        """The result :meth:`as_completion` stored; ``ValueError`` for anything else."""
+        lp = completion.choice_logprobs or {}
+        if "logprob" not in lp or "tokens" not in lp:
+            raise ValueError("not a stored log-likelihood")
+        return cls(float(lp["logprob"]), int(lp["tokens"]), completion.prompt_tokens, completion.cached)
+
+
+LIKELIHOOD_SYSTEM = "\x00continuation-logprob"
+"""Marks the :class:`Prompt` that stands for a likelihood request in the response cache's keys."""
+
+
+def likelihood_prompt(context: str, continuation: str) -> Prompt:
+    """The cache-key form of a likelihood request (never sent to a model as a prompt)."""
+    return Prompt(LIKELIHOOD_SYSTEM, context, max_tokens=0, choices=(continuation,))
 
 
 def counts_for_choice(text: str, key: str) -> bool:
@@ -64,6 +112,11 @@ class Backend(ABC):
     """How many prompts :meth:`generate_batch` handles at once; the driver chunks by this."""
     preferred_strategy: str = "listwise"
     """Strategy used when the caller names none."""
+    supports_likelihood: bool = False
+    """True when :meth:`continuation_logprobs` works (needed by the ``query_likelihood`` strategy)."""
+    preferred_fusion: Fusion | None = None
+    """The :class:`~llmrerank.fusion.Fusion` a :class:`~llmrerank.Reranker` applies by default with the
+    preferred strategy when the documents carry first-stage scores (None: no fusion)."""
 
     @abstractmethod
     async def generate(self, prompt: Prompt) -> Completion:
@@ -72,6 +125,11 @@ class Backend(ABC):
     async def generate_batch(self, prompts: Sequence[Prompt]) -> list[Completion | BaseException]:
         """Answer several prompts; an entry is an exception when that prompt failed."""
         return list(await asyncio.gather(*(self.generate(p) for p in prompts), return_exceptions=True))
+
+    async def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood | BaseException]:
+        """log P(continuation | context) for each ``(context, continuation)`` pair; an entry is an
+        exception when that pair failed. Only backends with :attr:`supports_likelihood` implement it."""
+        raise ConfigurationError(f"{type(self).__name__} cannot score a continuation's log-probability")
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients and connections; optional."""

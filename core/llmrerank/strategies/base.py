@@ -1,7 +1,8 @@
 """The strategy contract: pure prompt-building and parsing, driven by one async driver.
 
 A strategy's :meth:`Strategy.plan` is a generator. It yields a *step* (a list of
-:class:`~llmrerank.backends.base.Prompt`, or a :class:`Predict` for a cross-encoder) and receives,
+:class:`~llmrerank.backends.base.Prompt`, a :class:`Predict` for a cross-encoder, or a
+:class:`Likelihood` for continuation log-probabilities) and receives,
 for each item of the step, either the answer or the exception that call ended in. When it is done
 it returns a :class:`Ranking`. It never performs I/O, so the same plan runs under the async driver,
 in tests step by step, and in any future driver.
@@ -26,7 +27,18 @@ class Predict:
     pairs: list[tuple[str, str]]
 
 
-Step = Union[list[Prompt], Predict]  # noqa: UP007 - a runtime alias, kept valid on 3.10
+@dataclass(frozen=True)
+class Likelihood:
+    """A step that asks for log P(continuation | context) of each ``(context, continuation)`` pair.
+
+    The answers are :class:`~llmrerank.backends.base.LogLikelihood` objects (or the exception a
+    pair ended in); it needs a backend with ``supports_likelihood``.
+    """
+
+    pairs: list[tuple[str, str]]
+
+
+Step = Union[list[Prompt], Predict, Likelihood]  # noqa: UP007 - a runtime alias, kept valid on 3.10
 Answer = Union[Completion, BaseException]  # noqa: UP007
 Plan = Generator[Step, Any, "Ranking"]
 
@@ -60,6 +72,8 @@ class Strategy(ABC):
     """A reranking strategy. Subclasses are frozen dataclasses of options plus :meth:`plan`."""
 
     name: ClassVar[str]
+    uses_likelihood: ClassVar[bool] = False
+    """True when the plan yields :class:`Likelihood` steps (the backend must support them)."""
 
     @abstractmethod
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:

@@ -7,13 +7,14 @@ The HTTP server that speaks the OpenAI and Anthropic wire formats on loopback li
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Union
 
-from ..backends.base import Backend, Completion, Prompt
+from ..backends.base import Backend, Completion, LogLikelihood, Prompt
 from ..errors import LLMRerankError
 
 Answer = Union[str, Completion, BaseException, Callable[[Prompt], "str | Completion"]]  # noqa: UP007
@@ -31,6 +32,9 @@ class FakeBackend(Backend):
     with neither, :class:`FakeBackendExhausted` is raised. Every prompt is recorded in ``calls``.
     ``logprobs`` (a function of the prompt returning ``{choice: logprob}``) makes the backend
     report ``supports_logprobs`` and fill ``choice_logprobs`` for prompts with choices.
+    ``likelihood`` (a function of ``(context, continuation)`` returning a log-probability, a
+    :class:`LogLikelihood`, or raising) makes it report ``supports_likelihood`` and answer
+    :meth:`continuation_logprobs`; the pairs it was asked are recorded in ``pairs``.
     """
 
     name = "fake"
@@ -44,6 +48,7 @@ class FakeBackend(Backend):
         model: str = "fake-model",
         delay: float = 0.0,
         preferred_strategy: str = "listwise",
+        likelihood: Callable[[str, str], float | LogLikelihood] | None = None,
     ) -> None:
         self.model = model
         self.queue: deque[Answer] = deque(answers)
@@ -52,7 +57,10 @@ class FakeBackend(Backend):
         self.supports_logprobs = logprobs is not None
         self.delay = delay
         self.preferred_strategy = preferred_strategy
+        self.likelihood = likelihood
+        self.supports_likelihood = likelihood is not None
         self.calls: list[Prompt] = []
+        self.pairs: list[tuple[str, str]] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -89,6 +97,27 @@ class FakeBackend(Backend):
             )
         finally:
             self.in_flight -= 1
+
+    async def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood | BaseException]:
+        """Score each pair with ``likelihood``, after ``delay`` seconds; a raised exception is that pair's answer."""
+        if self.likelihood is None:
+            return await super().continuation_logprobs(pairs)
+        with self._lock:
+            self.pairs.extend(pairs)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        out: list[LogLikelihood | BaseException] = []
+        for context, continuation in pairs:
+            try:
+                value = self.likelihood(context, continuation)
+            except Exception as exc:
+                out.append(exc)
+                continue
+            if not isinstance(value, LogLikelihood):
+                tokens = max(1, len(continuation.split()))
+                value = LogLikelihood(float(value), tokens, (len(context) + len(continuation)) // 4)
+            out.append(value)
+        return out
 
 
 _BLOCK = re.compile(r'<document id="([^"]*)">\n(.*?)\n</document>', re.DOTALL)
@@ -127,4 +156,10 @@ def overlap_judge(prompt: Prompt) -> str:
     return " > ".join(scores[i][0] for i in ranked)
 
 
-__all__ = ["FakeBackend", "FakeBackendExhausted", "overlap", "overlap_judge"]
+def overlap_likelihood(context: str, continuation: str) -> float:
+    """A deterministic stand-in for log P(continuation | context): higher when more of the
+    continuation's words appear in the context. Use it as ``FakeBackend(likelihood=overlap_likelihood)``."""
+    return math.log(0.05 + overlap(continuation, context))
+
+
+__all__ = ["FakeBackend", "FakeBackendExhausted", "overlap", "overlap_judge", "overlap_likelihood"]

@@ -7,8 +7,10 @@ The real SDKs talk to it unchanged, so tests exercise their retries, timeouts an
         AnthropicBackend(base_url=srv.anthropic_base_url, api_key="test")  # Anthropic: no /v1
 
 Endpoints: ``POST /v1/chat/completions`` (non-streaming, with ``logprobs``/``top_logprobs``),
-``GET /v1/models`` and ``POST /v1/messages``. A responder decides each answer; it returns a string
-(the answer text) or a :class:`Reply` (status, headers, delay, malformed body, connection reset).
+``POST /v1/completions`` (the legacy endpoint: ``echo`` returns the prompt's token log-probs from
+a deterministic toy model, :func:`toy_logprobs`), ``GET /v1/models`` and ``POST /v1/messages``.
+A responder decides each answer; it returns a string (the answer text) or a :class:`Reply`
+(status, headers, delay, malformed body, connection reset).
 Standard library only.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import struct
 import threading
@@ -150,10 +153,14 @@ class FakeLLMServer:
         *,
         latency: float = 0.0,
         models: Iterable[str] = ("fake-model",),
+        echo: bool = True,
     ) -> None:
         self.responder = responder
         self.latency = latency
         self.models = list(models)
+        self.echo = echo
+        """False: ``/v1/completions`` ignores ``echo`` and gives log-probs of generated tokens only,
+        like llama.cpp's server."""
         self.errors: list[BaseException] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -294,6 +301,10 @@ def _parse(api: Api, method: str, path: str, body: Mapping[str, Any], headers: M
             system.append(_text(body["system"]))
         user = [_text(m.get("content")) for m in body.get("messages", ()) if isinstance(m, dict)]
         max_tokens = body.get("max_tokens")
+    elif "prompt" in body:
+        prompt = body["prompt"]
+        user = [prompt] if isinstance(prompt, str) else [str(p) for p in prompt] if isinstance(prompt, list) else []
+        max_tokens = body.get("max_tokens")
     else:
         for message in body.get("messages", ()):
             if isinstance(message, dict):
@@ -308,7 +319,8 @@ def _parse(api: Api, method: str, path: str, body: Mapping[str, Any], headers: M
         system="\n".join(system),
         user="\n".join(user),
         max_tokens=max_tokens if isinstance(max_tokens, int) else None,
-        logprobs=bool(body.get("logprobs")) if api == "openai" else False,
+        logprobs=api == "openai"
+        and (body.get("logprobs") is not None if "prompt" in body else bool(body.get("logprobs"))),
         top_logprobs=body.get("top_logprobs") if isinstance(body.get("top_logprobs"), int) else None,
         body=body,
         headers=headers,
@@ -344,6 +356,69 @@ def _openai_completion(request: ServerRequest, reply: Reply) -> dict[str, Any]:
             "total_tokens": prompt_tokens + completion_tokens,
         },
         "system_fingerprint": "fp_fake",
+    }
+
+
+_TOKEN = re.compile(r"\s*\S+|\s+")
+
+
+def toy_tokens(text: str) -> list[str]:
+    """The toy model's tokens: each word with the whitespace before it (they join back to ``text``)."""
+    return _TOKEN.findall(text)
+
+
+def toy_logprobs(tokens: list[str]) -> list[float | None]:
+    """The toy model's log-probability of each token given the ones before it (None for the first).
+
+    A copying model: a word already seen earlier in the text is likely (-0.5), a new one is not
+    (-4.0). So log P(query | passage) grows with the query words the passage contains: query
+    likelihood over this model ranks by word overlap, a deterministic oracle for tests.
+    """
+    seen: set[str] = set()
+    out: list[float | None] = []
+    for n, token in enumerate(tokens):
+        word = re.sub(r"\W+", "", token.lower())
+        out.append(None if n == 0 else (-0.5 if word and word in seen else -4.0))
+        seen.add(word)
+    return out
+
+
+def _legacy_completion(request: ServerRequest, reply: Reply, echo: bool) -> dict[str, Any]:
+    """A ``text_completion`` response; with ``echo`` the prompt's tokens and log-probs come first."""
+    body = request.body
+    prompts = body.get("prompt")
+    prompts = [prompts] if isinstance(prompts, str) else [str(p) for p in prompts or [""]]
+    max_tokens = request.max_tokens if request.max_tokens is not None else 16
+    generated = toy_tokens(reply.text)[:max_tokens]
+    choices = []
+    prompt_tokens = completion_tokens = 0
+    for index, prompt in enumerate(prompts):
+        echoed = toy_tokens(prompt) if echo and body.get("echo") else []
+        tokens = echoed + generated
+        values = toy_logprobs(toy_tokens(prompt) + generated)[len(toy_tokens(prompt)) - len(echoed) :]
+        offsets, at = [], 0
+        for token in tokens:
+            offsets.append(at)
+            at += len(token)
+        logprobs = None
+        if request.logprobs:
+            top = [None if v is None else {t: v} for t, v in zip(tokens, values, strict=True)]
+            logprobs = {"tokens": tokens, "token_logprobs": values, "top_logprobs": top, "text_offset": offsets}
+        text = "".join(tokens)
+        choices.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": "length"})
+        prompt_tokens += len(toy_tokens(prompt))
+        completion_tokens += len(generated)
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": request.model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
 
 
@@ -429,7 +504,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         request = _parse(api, "POST", self.path, body, headers)
         self._record(request)
-        if path not in ("/v1/chat/completions", "/v1/messages"):
+        if path not in ("/v1/chat/completions", "/v1/completions", "/v1/messages"):
             self._send(404, _error_body(api, 404, f"unknown path {self.path}"))
             return
         if body.get("stream"):
@@ -458,6 +533,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(reply.status, _error_body(api, reply.status, message), reply.headers)
             elif api == "anthropic":
                 self._send(reply.status, _anthropic_message(request, reply), reply.headers)
+            elif path == "/v1/completions":
+                self._send(reply.status, _legacy_completion(request, reply, owner.echo), reply.headers)
             else:
                 self._send(reply.status, _openai_completion(request, reply), reply.headers)
         finally:
@@ -511,4 +588,6 @@ __all__ = [
     "ScriptedResponder",
     "ServerRequest",
     "estimate_tokens",
+    "toy_logprobs",
+    "toy_tokens",
 ]

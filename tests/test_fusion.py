@@ -1,0 +1,184 @@
+"""Fusion of the LLM's score with the first-stage score: the pure functions and the Reranker option."""
+
+from __future__ import annotations
+
+import logging
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from llmrerank import ConfigurationError, Fusion, InvalidInputError, Listwise, Pointwise, QueryLikelihood, Reranker
+from llmrerank.fusion import check_scores, first_stage_score, first_stage_scores, fuse, llm_values, make_fusion
+from llmrerank.strategies.base import Ranking
+from llmrerank.testing import FakeBackend, overlap_judge, overlap_likelihood
+
+QUERY = "why do dogs bark at night"
+TEXTS = [
+    "Dogs bark at night when they hear noises.",  # the judge's favourite
+    "Dogs bark.",
+    "A bird sings in the morning.",
+]
+
+
+def ranking(scores: dict[int, float]) -> Ranking:
+    order = sorted(scores, key=lambda i: (-scores[i], i))
+    return Ranking(order, "likelihood", dict(scores))
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"method": "sum"}, "method"),
+        ({"weight": 1.5}, "weight"),
+        ({"weight": True}, "weight"),
+        ({"keys": ()}, "keys"),
+        ({"rrf_k": 0}, "rrf_k"),
+    ],
+)
+def test_bad_fusion_settings_raise(options: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        Fusion(**options)  # type: ignore[arg-type]
+
+
+def test_fusion_by_name_and_single_key() -> None:
+    assert make_fusion("RRF") == Fusion("rrf")
+    assert make_fusion(None) is None
+    assert Fusion(keys="bm25").keys == ("bm25",)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        make_fusion(3)  # type: ignore[arg-type]
+
+
+def test_first_stage_scores_are_found_where_the_frameworks_keep_them() -> None:
+    langchain_like = SimpleNamespace(page_content="x", metadata={"relevance_score": 0.7})
+    node_like = SimpleNamespace(text="x", score=2.5, metadata={"score": 9.0})
+    docs = [
+        {"content": "x", "score": 3},
+        {"content": "x", "metadata": {"score": 1.5}},
+        langchain_like,
+        node_like,  # the attribute wins over the metadata
+        "plain text",
+        {"content": "x", "score": float("nan")},
+        {"content": "x", "score": True},
+        SimpleNamespace(text="x", score=None),
+    ]
+    assert first_stage_scores(docs) == [3.0, 1.5, 0.7, 2.5, None, None, None, None]
+    assert first_stage_score({"content": "x", "bm25": 4, "score": 1}, keys=("bm25",)) == 4.0
+
+
+def test_explicit_scores_are_checked() -> None:
+    assert check_scores([1, None, float("inf")], 3) == [1.0, None, None]
+    with pytest.raises(InvalidInputError, match="2 values for 3"):
+        check_scores([1, 2], 3)
+    with pytest.raises(InvalidInputError, match=r"\[1\] is str"):
+        check_scores([1, "2", 3], 3)
+    with pytest.raises(InvalidInputError, match="list of numbers"):
+        check_scores("123", 3)
+
+
+def test_zscore_fusion_weighs_both_sides() -> None:
+    llm = ranking({0: 3.0, 1: 2.0, 2: 1.0})
+    retriever = [1.0, 2.0, 30.0]
+    assert fuse(llm, retriever, Fusion("zscore", weight=1.0)).order == [0, 1, 2]
+    assert fuse(llm, retriever, Fusion("zscore", weight=0.0)).order == [2, 1, 0]
+    fused = fuse(llm, retriever, Fusion("zscore", weight=0.5))
+    z_llm = [1.224745, 0.0, -1.224745]
+    mean, std = 11.0, math.sqrt(((10**2) + (9**2) + (19**2)) / 3)
+    expected = [0.5 * a + 0.5 * (b - mean) / std for a, b in zip(z_llm, retriever, strict=True)]
+    assert fused.scores == pytest.approx(dict(enumerate(expected)), abs=1e-5)
+    assert fused.order == sorted(range(3), key=lambda i: -expected[i])
+    assert fused.score_kind == "fused" and fused.diagnostics[-1].code == "fused"
+
+
+def test_minmax_and_rrf() -> None:
+    llm = ranking({0: 10.0, 1: 5.0, 2: 0.0})
+    minmax = fuse(llm, [0.0, 1.0, 4.0], Fusion("minmax", weight=0.5))
+    assert minmax.scores == pytest.approx({0: 0.5, 1: 0.375, 2: 0.5})
+    assert minmax.order == [0, 2, 1]  # the tie keeps the LLM's order
+    rrf = fuse(llm, [0.0, 1.0, 4.0], Fusion("rrf", weight=0.5, rrf_k=1))
+    assert rrf.scores == pytest.approx({0: 0.5 / 2 + 0.5 / 4, 1: 0.5 / 3 + 0.5 / 3, 2: 0.5 / 4 + 0.5 / 2})
+    assert rrf.order == [0, 2, 1]
+
+
+def test_missing_first_stage_scores_count_as_lowest_and_are_reported() -> None:
+    llm = ranking({0: 1.0, 1: 1.0, 2: 1.0})
+    fused = fuse(llm, [5.0, None, 3.0], Fusion("zscore", weight=0.5))
+    assert fused.order == [0, 1, 2]  # None counts as 3.0, tied with document 2; ties keep the LLM order
+    assert [(d.code, d.index) for d in fused.diagnostics if d.code == "first_stage_missing"] == [
+        ("first_stage_missing", 1)
+    ]
+    skipped = fuse(llm, [None, None, None], Fusion())
+    assert skipped.order == llm.order and skipped.score_kind == "likelihood" and skipped.scores == llm.scores
+    assert [d.code for d in skipped.diagnostics] == ["fusion_skipped"]
+    with pytest.raises(InvalidInputError):
+        fuse(llm, [1.0], Fusion())
+
+
+def test_rankings_without_scores_take_part_with_their_order() -> None:
+    listwise = Ranking([2, 0, 1], "rank", {})
+    assert llm_values(listwise) == [2.0, 1.0, 3.0]
+    partial = Ranking([1, 0, 2], "relevance", {1: 8.0, 0: 2.0})  # document 2 was not scored
+    assert llm_values(partial) == [2.0, 8.0, 2.0]
+
+
+def test_reranker_fuses_scores_read_from_the_documents() -> None:
+    docs = [{"content": t, "score": s} for t, s in zip(TEXTS, [1.0, 2.0, 30.0], strict=True)]
+    backend = FakeBackend(respond=overlap_judge)
+    plain = Reranker(Pointwise(method="generate"), backend).rerank(QUERY, docs)
+    assert plain.indices[0] == 0 and plain.score_kind == "relevance"
+    retriever_heavy = Reranker(Pointwise(method="generate"), backend, fusion=Fusion("zscore", weight=0.2))
+    fused = retriever_heavy.rerank(QUERY, docs, top_k=2)
+    assert fused.score_kind == "fused" and fused.indices == [2, 0]
+    assert fused.documents == [docs[2], docs[0]]
+    assert "fused" in {d.code for d in fused.diagnostics}
+    explicit = retriever_heavy.rerank(QUERY, TEXTS, first_stage_scores=[30.0, 2.0, 1.0])
+    assert explicit.indices[0] == 0
+
+
+def test_listwise_can_be_fused_by_rank() -> None:
+    docs = [{"content": t, "score": s} for t, s in zip(TEXTS, [0.0, 0.1, 50.0], strict=True)]
+    result = Reranker(Listwise(), FakeBackend(respond=overlap_judge), fusion="rrf").rerank(QUERY, docs)
+    assert result.score_kind == "fused" and sorted(result.indices) == [0, 1, 2]
+
+
+def test_first_stage_scores_without_fusion_or_of_the_wrong_shape_raise() -> None:
+    reranker = Reranker(Pointwise(method="generate"), FakeBackend(respond=overlap_judge))
+    assert reranker.fusion is None and reranker.first_stage_scores(TEXTS) is None
+    with pytest.raises(ConfigurationError, match="need fusion"):
+        reranker.rerank(QUERY, TEXTS, first_stage_scores=[1, 2, 3])
+    fusing = Reranker(Pointwise(method="generate"), FakeBackend(respond=overlap_judge), fusion="zscore")
+    with pytest.raises(InvalidInputError):
+        fusing.rerank(QUERY, TEXTS, first_stage_scores=[1, 2])
+
+
+def test_documents_without_scores_are_visible(caplog: pytest.LogCaptureFixture) -> None:
+    reranker = Reranker(Pointwise(method="generate"), FakeBackend(respond=overlap_judge), fusion="zscore")
+    with caplog.at_level(logging.WARNING, logger="llmrerank"):
+        result = reranker.rerank(QUERY, [{"content": TEXTS[0], "score": 1.0}, TEXTS[1], TEXTS[2]])
+    assert result.score_kind == "fused"
+    assert {d.index for d in result.diagnostics if d.code == "first_stage_missing"} == {1, 2}
+    assert "2 of 3 documents have no first-stage score" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="llmrerank"):
+        result = reranker.rerank(QUERY, TEXTS)
+    assert result.score_kind == "relevance" and "fusion_skipped" in {d.code for d in result.diagnostics}
+    assert "fusion skipped" in caplog.text
+
+
+def test_auto_fusion_follows_the_backends_preference_for_its_preferred_strategy() -> None:
+    backend = FakeBackend(likelihood=overlap_likelihood, preferred_strategy="query_likelihood")
+    backend.preferred_fusion = Fusion("zscore", weight=0.3)
+    assert Reranker(backend=backend).fusion == Fusion("zscore", weight=0.3)
+    assert Reranker(QueryLikelihood(normalization="sum"), backend).fusion == Fusion("zscore", weight=0.3)
+    assert Reranker("pointwise", backend).fusion is None  # tuned for the preferred strategy only
+    assert Reranker(backend=backend, fusion=None).fusion is None
+    assert Reranker("pointwise", backend, fusion="minmax").fusion == Fusion("minmax")
+    result = Reranker(backend=backend).rerank(QUERY, TEXTS)  # strings: nothing to fuse
+    assert result.score_kind == "likelihood" and "fusion_skipped" in {d.code for d in result.diagnostics}
+
+
+async def test_async_rerank_takes_explicit_scores() -> None:
+    backend = FakeBackend(likelihood=overlap_likelihood)
+    reranker = Reranker(QueryLikelihood(), backend, fusion=Fusion("zscore", weight=0.1))
+    result = await reranker.arerank(QUERY, TEXTS, first_stage_scores=[0.0, 0.0, 100.0])
+    assert result.indices[0] == 2 and result.score_kind == "fused"
