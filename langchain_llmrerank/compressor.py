@@ -87,6 +87,11 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
     """A response cache (``llmrerank.MemoryCache()``, ``llmrerank.DiskCache(path)``, or anything with
     ``get``/``set``): a repeated prompt to the same model makes no LLM call."""
 
+    fusion: Any = "auto"
+    """Combine the LLM's score with each document's ``metadata["score"]`` or ``["relevance_score"]``
+    (a retriever's score): an ``llmrerank.Fusion``, a method name (``"zscore"``, ``"minmax"``,
+    ``"rrf"``), None for never, or ``"auto"``: the backend's default (the local model's)."""
+
     _slot: RerankerSlot = PrivateAttr(default_factory=lambda: RerankerSlot())
 
     @model_validator(mode="after")
@@ -120,11 +125,12 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
             return []
         reranker = self.reranker
         texts = [doc.page_content for doc in documents]
+        scores = reranker.first_stage_scores(documents)
 
         def run() -> RerankResult:
             CALL_CONFIG.set(RunnableConfig(callbacks=callbacks))
             SYNC_CALLS.set(True)
-            return reranker.rerank(query, texts, self.top_n)
+            return reranker.rerank(query, texts, self.top_n, first_stage_scores=scores)
 
         return self._documents(documents, contextvars.copy_context().run(run))
 
@@ -141,7 +147,9 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
         texts = [doc.page_content for doc in documents]
         token = CALL_CONFIG.set(RunnableConfig(callbacks=callbacks))
         try:
-            result = await reranker.arerank(query, texts, self.top_n)
+            result = await reranker.arerank(
+                query, texts, self.top_n, first_stage_scores=reranker.first_stage_scores(documents)
+            )
         finally:
             CALL_CONFIG.reset(token)
         return self._documents(documents, result)

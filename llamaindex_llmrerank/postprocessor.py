@@ -94,6 +94,11 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     """A response cache (``llmrerank.MemoryCache()``, ``llmrerank.DiskCache(path)``, or anything with
     ``get``/``set``): a repeated prompt to the same model makes no LLM call."""
 
+    fusion: Any = Field(default="auto", exclude=True)
+    """Combine the LLM's score with each node's retrieval score (``NodeWithScore.score``): an
+    ``llmrerank.Fusion``, a method name (``"zscore"``, ``"minmax"``, ``"rrf"``), None for never, or
+    ``"auto"``: the backend's default (the local model's)."""
+
     _slot: RerankerSlot = PrivateAttr(default_factory=lambda: RerankerSlot())
 
     @classmethod
@@ -162,10 +167,11 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
         if not nodes:
             return []
         reranker = self.reranker
+        scores = reranker.first_stage_scores(nodes)
 
         def run() -> RerankResult:
             SYNC_CALLS.set(True)
-            return reranker.rerank(query, texts, self.top_n)
+            return reranker.rerank(query, texts, self.top_n, first_stage_scores=scores)
 
         with self._reranking(nodes, query_bundle, query) as finish:
             return finish(contextvars.copy_context().run(run))
@@ -179,4 +185,6 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
         if not nodes:
             return []
         with self._reranking(nodes, query_bundle, query) as finish:
-            return finish(await self.reranker.arerank(query, texts, self.top_n))
+            reranker = self.reranker
+            scores = reranker.first_stage_scores(nodes)
+            return finish(await reranker.arerank(query, texts, self.top_n, first_stage_scores=scores))

@@ -21,8 +21,8 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.retrievers import BaseRetriever
 
 from langchain_llmrerank import ChatModelBackend, LLMRerankCompressor
-from llmrerank import MemoryCache, Pointwise, Prompt
-from llmrerank.testing import FakeBackend, overlap_judge
+from llmrerank import ConfigurationError, Fusion, MemoryCache, Pointwise, Prompt
+from llmrerank.testing import FakeBackend, overlap_judge, overlap_likelihood
 from llmrerank.testing.server import FakeLLMServer, ServerRequest
 
 QUERY = "how do solar panels convert sunlight into electricity"
@@ -266,3 +266,23 @@ def test_copies_pickles_and_field_changes_rebuild_the_reranker() -> None:
     assert pickle.loads(pickle.dumps(LLMRerankCompressor(top_n=2))).top_n == 2
     compressor.strategy = "listwise"
     assert compressor.reranker is not first and compressor.reranker.strategy.name == "listwise"
+
+
+def test_fusion_reads_the_retrievers_score_from_metadata() -> None:
+    docs = [Document(page_content=t, metadata={"score": float(len(TEXTS) - i)}) for i, t in enumerate(TEXTS)]
+    backend = FakeBackend(likelihood=overlap_likelihood)
+    alone = LLMRerankCompressor(backend=backend, strategy="query_likelihood", top_n=None, fusion=None)
+    llm_only = alone.compress_documents(docs, QUERY)
+    assert llm_only[0].page_content == TEXTS[1] and llm_only[0].metadata["score"] == len(TEXTS) - 1
+    retriever_heavy = LLMRerankCompressor(
+        backend=backend, strategy="query_likelihood", top_n=None, fusion=Fusion("zscore", weight=0.01)
+    )
+    fused = retriever_heavy.compress_documents(docs, QUERY)
+    assert [d.page_content for d in fused] == TEXTS  # the retriever's order wins at weight 0.01
+    assert asyncio.run(retriever_heavy.acompress_documents(docs, QUERY)) == fused
+    keyed = [
+        Document(page_content=t, metadata={"relevance_score": s}) for t, s in zip(TEXTS, [0, 0, 9, 0, 0], strict=True)
+    ]
+    assert retriever_heavy.compress_documents(keyed, QUERY)[0].page_content == TEXTS[2]
+    with pytest.raises((ConfigurationError, ValueError)):
+        LLMRerankCompressor(backend=backend, fusion="sum")

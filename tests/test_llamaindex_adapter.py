@@ -28,8 +28,8 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from llamaindex_llmrerank import LlamaIndexLLMBackend, LLMRerankPostprocessor
-from llmrerank import MemoryCache, Pointwise, Prompt
-from llmrerank.testing import FakeBackend, overlap_judge
+from llmrerank import Fusion, MemoryCache, Pointwise, Prompt
+from llmrerank.testing import FakeBackend, overlap_judge, overlap_likelihood
 from llmrerank.testing.server import FakeLLMServer, ServerRequest
 
 QUERY = "how do solar panels convert sunlight into electricity"
@@ -283,3 +283,18 @@ def test_copies_pickles_and_field_changes_rebuild_the_reranker() -> None:
     assert LLMRerankPostprocessor(top_n=2).to_dict()["top_n"] == 2
     postprocessor.strategy = "listwise"
     assert postprocessor.reranker is not first and postprocessor.reranker.strategy.name == "listwise"
+
+
+def test_fusion_reads_the_node_scores() -> None:
+    nodes = [NodeWithScore(node=TextNode(text=t), score=float(len(TEXTS) - i)) for i, t in enumerate(TEXTS)]
+    backend = FakeBackend(likelihood=overlap_likelihood)
+    alone = LLMRerankPostprocessor(backend=backend, strategy="query_likelihood", top_n=None, fusion=None)
+    assert alone.postprocess_nodes(nodes, query_str=QUERY)[0].node.get_content() == TEXTS[1]
+    fused = LLMRerankPostprocessor(
+        backend=backend, strategy="query_likelihood", top_n=None, fusion=Fusion("zscore", weight=0.01)
+    )
+    ranked = fused.postprocess_nodes(nodes, query_str=QUERY)
+    assert [n.node.get_content() for n in ranked] == TEXTS  # the retriever's order wins at weight 0.01
+    again = asyncio.run(fused.apostprocess_nodes(nodes, query_str=QUERY))
+    assert [n.score for n in again] == [n.score for n in ranked]
+    assert [n.score for n in nodes] == [float(len(TEXTS) - i) for i in range(len(TEXTS))]  # inputs untouched

@@ -14,6 +14,7 @@ from typing import Any
 from .backends.base import Backend
 from .cache import ResponseCache
 from .errors import ConfigurationError
+from .fusion import Fusion, make_fusion
 from .reranker import OnError, Reranker, check_settings, default_backend
 from .strategies import STRATEGIES, Strategy, make_strategy
 
@@ -27,6 +28,7 @@ FIELDS = (
     "on_error",
     "deadline",
     "cache",
+    "fusion",
 )
 """The settings an adapter passes through by name to :func:`check_options` and :func:`build_reranker`."""
 
@@ -43,6 +45,7 @@ def check_options(
     on_error: str = "degrade",
     deadline: float | None = None,
     cache: object | None = None,
+    fusion: object = "auto",
 ) -> None:
     """Raise :class:`~llmrerank.errors.ConfigurationError` for settings that cannot work together."""
     check_settings(max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain)
@@ -56,6 +59,8 @@ def check_options(
         raise ConfigurationError("template= needs strategy= (its placeholders depend on the strategy)")
     if cache is not None and not (hasattr(cache, "get") and hasattr(cache, "set")):
         raise ConfigurationError("cache must have get() and set(), e.g. llmrerank.MemoryCache()")
+    if fusion != "auto":
+        make_fusion(fusion)  # type: ignore[arg-type]
 
 
 def api_backend(model: str) -> Backend:
@@ -84,6 +89,7 @@ def build_reranker(
     on_error: OnError = "degrade",
     deadline: float | None = None,
     cache: ResponseCache | Any = None,
+    fusion: Fusion | str | None = "auto",
 ) -> Reranker:
     """A :class:`~llmrerank.Reranker` for these settings (checked with :func:`check_options` first).
 
@@ -102,6 +108,7 @@ def build_reranker(
         on_error=on_error,
         deadline=deadline,
         cache=cache,
+        fusion=fusion,
     )
     if backend is None:
         backend = api_backend(model) if model is not None else default_backend()
@@ -118,6 +125,7 @@ def build_reranker(
         on_error=on_error,
         deadline=deadline,
         cache=cache,
+        fusion=fusion,
     )
 
 
