@@ -1,16 +1,25 @@
-"""Benchmark 1: ranking quality, BM25 against each llmrerank strategy, on the shared SciFact collection.
+"""Benchmark 1: ranking quality, BM25 against each llmrerank method, with and without fusion, on SciFact.
 
-Each strategy reranks the BM25 top ``--depth`` of the first N judged test queries and is compared with
-BM25 on exactly the same queries. The strategies: ``pointwise``, ``pairwise`` (sort mode),
-``listwise`` (window 20, step 10) and ``hybrid`` (the bundled all-MiniLM-L6-v2 bi-encoder keeps half,
-the backend's preferred strategy ranks them: pointwise for the local model, listwise for API
-models). A slow strategy can run on fewer queries (``pairwise:5``); each query count gets its own
-BM25 row. The defaults (BM25 top 10, documents cut to 400 characters, 10 queries, pairwise
-on 5) keep the local model under 15 minutes on 2 CPU cores; with an API model ask for more
-(``--depth 20 --queries 50 --max-doc-chars 0`` keeps each strategy's own cut).
+The 300 judged SciFact test queries are split by :func:`llmrerank.evaluation.split_halves` (ids
+sorted numerically, alternately assigned); settings are picked on the tuning half
+(``benchmarks/tuning.py``) and this script reports on the REPORT half by default (``--half``).
+Each method reranks the BM25 top ``--depth`` of the first N queries of that half and is compared
+with BM25 on exactly the same queries. Methods (``name`` or ``name:queries``):
 
-    python benchmarks/quality.py --out benchmarks/results            # local SmolLM2-135M, offline
-    python benchmarks/quality.py --backend openai --model gpt-4o-mini --out runs/openai
+- ``pointwise_expected``, ``pointwise_yes_no``: a 0-10 rating from log-probs / P(Yes);
+- ``query_likelihood_sum``, ``query_likelihood_mean``, ``query_likelihood_pmi``: log P(query | document);
+- ``listwise`` (window 20, one call here), ``pairwise`` (sort mode);
+- ``hybrid``: the bundled all-MiniLM-L6-v2 bi-encoder keeps half, the backend's preferred strategy
+  ranks them (query likelihood for the local model, listwise for API models).
+
+``--fusion`` (``method:weight``, default: the backend's ``preferred_fusion``) adds a row per method
+with its scores fused with the BM25 scores (the hits are passed as dicts carrying their BM25
+``score``); the fused row reuses the unfused run's LLM calls through a cache, so its cost columns
+repeat the unfused row's. ``--max-doc-chars`` cuts documents for every method (0: each one's own
+default).
+
+    OMP_NUM_THREADS=1 nice python benchmarks/quality.py --out benchmarks/results      # local SmolLM2-135M
+    python benchmarks/quality.py --backend openai --model gpt-4o-mini --strategy listwise pointwise_expected
 
 The default backend is the local SmolLM2-135M model (CPU); ``--backend fake`` (word overlap, no
 model) checks the plumbing in seconds.
@@ -27,23 +36,38 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmrerank import Hybrid, Listwise, Pairwise, Pointwise, Reranker, Strategy
+from llmrerank import Fusion, Hybrid, Listwise, MemoryCache, Pairwise, Pointwise, QueryLikelihood, Reranker, Strategy
 from llmrerank.cli import make_backend
-from llmrerank.evaluation import EvalReport, evaluate, load_beir
+from llmrerank.evaluation import EvalReport, evaluate, load_beir, split_halves
 
-DEFAULT_STRATEGIES = ["pointwise", "listwise", "hybrid", "pairwise:5"]
-"""Sized for the local model on 2 CPU cores: 6.5 minutes with the defaults below (limit: 15)."""
+DEFAULT_STRATEGIES = [
+    "query_likelihood_pmi",
+    "query_likelihood_sum",
+    "query_likelihood_mean",
+    "pointwise_expected",
+    "pointwise_yes_no",
+    "hybrid",
+    "listwise",
+    "pairwise:10",
+]
+"""Every local method; pairwise (about 48 calls a query) on fewer queries."""
 
 
 def make_strategy(name: str, depth: int, max_doc_chars: int | None = None, preferred: str = "listwise") -> Strategy:
     """The strategy measured under ``name``; ``max_doc_chars`` (0 or None: each strategy's own) cuts documents.
 
-    Hybrid ranks the survivors with the backend's ``preferred`` strategy (pointwise for the local model).
+    Hybrid ranks the survivors with the backend's ``preferred`` strategy.
     """
     clip: dict[str, Any] = {"max_doc_chars": max_doc_chars} if max_doc_chars else {}
-    inner = Pointwise(**clip) if preferred == "pointwise" else Listwise(**clip)
+    inner = {"pointwise": Pointwise, "query_likelihood": QueryLikelihood}.get(preferred, Listwise)(**clip)
     strategies: dict[str, Any] = {
         "pointwise": lambda: Pointwise(**clip),
+        "pointwise_expected": lambda: Pointwise(method="expected", **clip),
+        "pointwise_yes_no": lambda: Pointwise(method="yes_no", **clip),
+        "query_likelihood": lambda: QueryLikelihood(**clip),
+        "query_likelihood_sum": lambda: QueryLikelihood(normalization="sum", **clip),
+        "query_likelihood_mean": lambda: QueryLikelihood(normalization="mean", **clip),
+        "query_likelihood_pmi": lambda: QueryLikelihood(normalization="pmi", **clip),
         "pairwise": lambda: Pairwise(mode="sort", **clip),
         "listwise": lambda: Listwise(**clip),
         "hybrid": lambda: Hybrid(cross_encoder=None, keep=max(2, depth // 2), llm=inner),
@@ -51,6 +75,17 @@ def make_strategy(name: str, depth: int, max_doc_chars: int | None = None, prefe
     if name not in strategies:
         raise SystemExit(f"unknown strategy {name!r}: use {', '.join(strategies)}")
     return strategies[name]()
+
+
+def parse_fusion(value: str | None, backend: Any) -> Fusion | None:
+    """``method:weight`` (``none`` for no fusion rows); None: the backend's preferred fusion."""
+    if value is None:
+        preferred: Fusion | None = backend.preferred_fusion
+        return preferred
+    if value.lower() == "none":
+        return None
+    method, _, weight = value.partition(":")
+    return Fusion(method, float(weight) if weight else 0.5)  # type: ignore[arg-type]
 
 
 def parse_strategies(values: Sequence[str], default_queries: int) -> dict[int, list[str]]:
@@ -62,18 +97,19 @@ def parse_strategies(values: Sequence[str], default_queries: int) -> dict[int, l
     return groups
 
 
-def row(r: EvalReport) -> dict[str, Any]:
-    """The figures of one report that the table shows."""
-    n = max(r.queries, 1)
+def row(r: EvalReport, cost: EvalReport | None = None) -> dict[str, Any]:
+    """The figures of one report that the table shows; the cost columns from ``cost`` when given."""
+    paid = cost or r
+    n = max(paid.queries, 1)
     return {
         "strategy": r.name,
         "queries": r.queries,
         "nDCG@10": r.metrics["nDCG@10"],
         "MRR@10": r.metrics["RR@10"],
         "P@1": r.metrics["P@1"],
-        "calls/q": r.usage.calls / n,
-        "tokens/q": r.usage.total_tokens / n,
-        "s/q": r.wall_seconds / n,
+        "calls/q": paid.usage.calls / n,
+        "tokens/q": paid.usage.total_tokens / n,
+        "s/q": paid.wall_seconds / n,
         "degraded": r.degraded,
     }
 
@@ -122,32 +158,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model")
     parser.add_argument("--base-url")
     parser.add_argument("--depth", type=int, default=10, help="BM25 documents reranked per query (default: 10)")
-    parser.add_argument("--queries", type=int, default=10, help="queries for strategies given without :N (default: 10)")
+    parser.add_argument("--queries", type=int, default=50, help="queries for strategies given without :N (default: 50)")
+    parser.add_argument("--half", choices=["report", "tuning"], default="report", help="which half (default: report)")
     parser.add_argument("--max-doc-chars", type=int, default=400, help="cut documents to N characters (default: 400)")
     parser.add_argument("--strategy", nargs="+", default=DEFAULT_STRATEGIES, help="name or name:queries")
+    parser.add_argument("--fusion", help="method:weight for the fused rows, or none (default: the backend's)")
     parser.add_argument("--out", help="folder for quality.json, quality.md and quality.png")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
     collection = load_beir(args.data)
+    tuning, report = split_halves(collection.queries)
+    half = report if args.half == "report" else tuning
     backend = make_backend(args.backend, args.model, args.base_url)
+    fusion = parse_fusion(args.fusion, backend)
     reports: list[EvalReport] = []
+    rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for count, names in parse_strategies(args.strategy, args.queries).items():
-        common: dict[str, Any] = {"depth": args.depth, "queries": count, "progress": not args.no_progress}
+        common: dict[str, Any] = {"depth": args.depth, "queries": half[:count], "progress": not args.no_progress}
         reports.append(evaluate(collection, None, **common))
+        rows.append(row(reports[-1]))
         for name in names:
             strategy = make_strategy(name, args.depth, args.max_doc_chars, backend.preferred_strategy)
-            reranker = Reranker(strategy, backend)
-            reports.append(evaluate(collection, reranker, name=name, **common))
-            print(f"{name}: {reports[-1].wall_seconds:.0f} s", file=sys.stderr, flush=True)
-    rows = [row(r) for r in reports]
+            cache = MemoryCache(maxsize=1_000_000)
+            plain = evaluate(collection, Reranker(strategy, backend, cache=cache, fusion=None), name=name, **common)
+            reports.append(plain)
+            rows.append(row(plain))
+            print(f"{name}: {plain.wall_seconds:.0f} s", file=sys.stderr, flush=True)
+            if fusion is not None:
+                fused_reranker = Reranker(strategy, backend, cache=cache, fusion=fusion)
+                fused = evaluate(collection, fused_reranker, name=f"{name} + fusion", with_scores=True, **common)
+                reports.append(fused)
+                rows.append(row(fused, cost=plain))
     table = markdown(rows)
     machine = f"Python {platform.python_version()} on {platform.machine()}"
+    fused_note = f"fusion: {fusion.describe()} with the BM25 scores" if fusion is not None else "no fusion rows"
     note = (
-        f"SciFact test, BM25 top {args.depth}; documents cut to {args.max_doc_chars or 'the default'} characters; "
-        f"hybrid: MiniLM keeps {max(2, args.depth // 2)}, {backend.preferred_strategy} ranks them; "
-        f"backend {args.backend}, model {backend.model}; {machine}; "
+        f"SciFact test, {args.half.upper()} half (split_halves), BM25 top {args.depth}; documents cut to "
+        f"{args.max_doc_chars or 'its own default number of'} characters; hybrid: MiniLM keeps "
+        f"{max(2, args.depth // 2)}, {backend.preferred_strategy} ranks them; {fused_note} (cost columns: the "
+        f"unfused run's); backend {args.backend}, model {backend.model}; {machine}; "
         f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s in all"
     )
     print(f"{table}\n\n{note}")
@@ -158,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload = {"command": command, "note": note, "rows": rows, "reports": [r.to_dict(False) for r in reports]}
         (out / "quality.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
         (out / "quality.md").write_text(f"{table}\n\n{note}\n\nCommand: `{' '.join(command)}`\n", encoding="utf-8")
-        plot(rows, f"SciFact, BM25 top {args.depth} reranked by {backend.model}", out / "quality.png")
+        plot(
+            rows, f"SciFact ({args.half} half), BM25 top {args.depth} reranked by {backend.model}", out / "quality.png"
+        )
     return 0
 
 

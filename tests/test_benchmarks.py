@@ -73,14 +73,51 @@ def test_peers_judge_answers_each_format() -> None:
 
 def test_quality(data: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     quality = load("quality")
-    strategies = ["pointwise", "listwise", "pairwise:2"]
-    args = ["--data", data, "--backend", "fake", "--queries", "3", "--depth", "8", "--no-progress"]
+    strategies = ["query_likelihood_pmi", "listwise", "pairwise:2"]
+    args = ["--data", data, "--backend", "fake", "--queries", "3", "--depth", "8", "--no-progress", "--fusion", "rrf"]
     assert quality.main([*args, "--strategy", *strategies, "--out", str(tmp_path)]) == 0
-    assert table_rows(capsys.readouterr().out) == ["bm25", "pointwise", "listwise", "bm25", "pairwise"]
+    printed = capsys.readouterr().out
+    assert table_rows(printed) == [
+        "bm25",
+        "query_likelihood_pmi",
+        "query_likelihood_pmi + fusion",
+        "listwise",
+        "listwise + fusion",
+        "bm25",
+        "pairwise",
+        "pairwise + fusion",
+    ]
+    assert "REPORT half" in printed
     saved = json.loads((tmp_path / "quality.json").read_text())
-    assert [(r["strategy"], r["queries"]) for r in saved["rows"]][-2:] == [("bm25", 2), ("pairwise", 2)]
+    assert [(r["strategy"], r["queries"]) for r in saved["rows"]][-3:-1] == [("bm25", 2), ("pairwise", 2)]
     assert all(r["degraded"] == 0 for r in saved["rows"])
+    fused = [r for r in saved["reports"] if r["name"].endswith("+ fusion")]
+    assert len(fused) == 3 and all(r["usage"]["calls"] == 0 for r in fused)  # the LLM calls came from the cache
+    assert saved["rows"][2]["calls/q"] == saved["rows"][1]["calls/q"] == 8 + 1
     assert (tmp_path / "quality.png").stat().st_size > 0 and (tmp_path / "quality.md").is_file()
+
+
+def test_tuning_stays_on_the_tuning_half(data: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llmrerank.evaluation import load_beir, split_halves
+
+    tuning = load("tuning")
+    args = ["--data", data, "--backend", "fake", "--queries", "2", "--cuts", "300", "--out", str(tmp_path)]
+    assert tuning.main([*args, "--methods", "query_likelihood", "pointwise_expected:2"]) == 0
+    printed = capsys.readouterr().out
+    assert "TUNING half" in printed and "best: query_likelihood " in printed
+    saved = json.loads((tmp_path / "tuning.json").read_text())
+    settings = [r["setting"] for r in saved["rows"]]
+    assert settings[:4] == [
+        "bm25 (2 q)",
+        "query_likelihood pmi 300",
+        "query_likelihood sum 300",
+        "query_likelihood mean 300",
+    ]
+    # per method: bm25 and 3 x 9 fusions; then 3 normalisations for QL, 1 row for pointwise
+    assert len(settings) == 2 * (1 + 3 * 9) + 3 + 1
+    first, _ = split_halves(load_beir(data).queries)
+    assert first[:2] == ["1", "5"]  # queries 3 and 13 (report half) are never tuned on
+    assert tuning.roc_auc([(1.0, True), (0.0, False), (0.5, True), (0.5, False)]) == pytest.approx(0.875)
 
 
 def test_overhead(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

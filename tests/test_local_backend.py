@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import math
 import sys
 from collections.abc import Iterator
@@ -11,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from llmrerank import Listwise, MissingDependencyError, Pairwise, Pointwise, Prompt, Reranker
+from llmrerank import (
+    Fusion,
+    Listwise,
+    MissingDependencyError,
+    Pairwise,
+    Pointwise,
+    Prompt,
+    QueryLikelihood,
+    Reranker,
+)
 from llmrerank.backends import local
 from llmrerank.backends.local import LocalBackend
 from llmrerank.strategies.pointwise import SCALE
@@ -161,8 +171,8 @@ def test_pointwise_ranks_the_on_topic_passage_above_clearly_off_topic_ones(backe
     assert result.usage.calls == 3 and result.usage.prompt_tokens > 0
 
 
-def test_default_reranker_uses_pointwise_with_logprobs(backend: LocalBackend) -> None:
-    result = Reranker(backend=backend).rerank(QUERY, [RECIPE, ON_TOPIC])
+def test_pointwise_expected_still_reports_logprob_scores(backend: LocalBackend) -> None:
+    result = Reranker("pointwise", backend).rerank(QUERY, [RECIPE, ON_TOPIC])
     assert result.strategy == "pointwise" and result.score_kind == "logprob"
     assert sorted(result.indices) == [0, 1]
     assert any(d.code == "score_from_logprobs" for d in result.diagnostics)
@@ -194,7 +204,7 @@ def test_demo_prints_both_orders(
         monkeypatch.delenv(key, raising=False)
     assert demo.main(["--depth", "3", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "Retriever order" in out and "Reranked (pointwise" in out
+    assert "Retriever order" in out and "Reranked (query_likelihood" in out
     assert "LLM calls" in out and "tokens" in out
     rows = [line for line in out.splitlines() if "│" in line][2:]
     assert len(rows) == 3 and all(line.split("│")[1].strip() for line in rows)
@@ -215,4 +225,114 @@ def test_demo_without_the_collection_uses_the_slice_then_built_in_passages(
     monkeypatch.setattr(demo, "CHECKOUT_SLICE", tmp_path / "no-slice")
     assert demo.main(["--depth", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "built-in" in out and "Reranked (pointwise" in out
+    assert "built-in" in out and "Reranked (query_likelihood" in out
+
+
+# Query likelihood. Measured with SmolLM2-135M (sums of the query's log-probs, in nats): France:
+# Paris -2.7, Berlin -6.6, stock market -7.4, cats -9.2; aspirin: -3.7, -7.9, -10.5, -24.9 by grade.
+# Only gaps of more than a nat are asserted.
+FRANCE = [
+    "The stock market fell sharply on Monday.",
+    "Cats sleep for most of the day.",
+    "Paris is the capital and largest city of France.",
+    "Berlin is the capital of Germany.",
+]
+ASPIRIN_QUERY = "How does aspirin prevent heart attacks?"
+ASPIRIN = [  # graded: 3 answers it, 2 on topic, 1 about aspirin, 0 unrelated
+    "The football season starts next week, with three new teams joining the league.",
+    "Aspirin is a common painkiller that also lowers fever and reduces inflammation.",
+    "Low-dose aspirin prevents heart attacks by blocking cyclooxygenase in platelets, so they clump less "
+    "and fewer clots form in the coronary arteries.",
+    "Aspirin is taken daily by many people with heart disease to lower their risk of a heart attack or stroke.",
+]
+ASPIRIN_GRADED = [0, 1, 3, 2]
+
+
+def test_continuation_logprobs_are_exact(backend: LocalBackend) -> None:
+    loaded = backend._get()
+    context, continuation = "Passage: Paris is in France.\nQuestion:", " Where is Paris?"
+    (got,) = backend.run_likelihood([(context, continuation)])
+    assert not isinstance(got, BaseException)
+    ctx, cont = backend.split_tokens(loaded, context, continuation)
+    assert cont == loaded.tokenizer.encode(continuation, add_special_tokens=False)
+    torch = loaded.torch
+    ids = torch.tensor([ctx + cont])
+    with torch.inference_mode():
+        logprobs = loaded.model(input_ids=ids).logits[0].float().log_softmax(-1)
+    manual = sum(float(logprobs[len(ctx) + j - 1, t]) for j, t in enumerate(cont))
+    assert got.logprob == pytest.approx(manual, abs=1e-3)
+    assert got.tokens == len(cont) and got.prompt_tokens == len(ctx) + len(cont) and got.logprob < 0
+
+
+def test_batched_likelihoods_equal_one_by_one(backend: LocalBackend) -> None:
+    pairs = [(f"Passage: {doc}\nQuestion:", " " + QUERY) for doc in [ON_TOPIC, RECIPE, DIGITS]]
+    pairs.append(("Hi", " there, how are you today?"))  # a different continuation length
+    together = backend.run_likelihood(pairs)
+    for pair, value in zip(pairs, together, strict=True):
+        (alone,) = backend.run_likelihood([pair])
+        assert not isinstance(value, BaseException) and not isinstance(alone, BaseException)
+        assert value.logprob == pytest.approx(alone.logprob, abs=1e-3) and value.tokens == alone.tokens
+
+
+def test_the_context_continuation_boundary(backend: LocalBackend) -> None:
+    loaded = backend._get()
+    tok = loaded.tokenizer
+    # Trailing whitespace joins the next word, as the tokenizer would write it.
+    ctx, cont = backend.split_tokens(loaded, "Question: ", "What")
+    assert tok.decode(cont) == " What" and tok.decode(ctx) == "Question:"
+    # A word split across the boundary: the parts are tokenized on their own.
+    ctx, cont = backend.split_tokens(loaded, "Question: wh", "at is it")
+    assert tok.decode(ctx) == "Question: wh" and tok.decode(cont) == "at is it"
+    small = LocalBackend(max_input_tokens=64)
+    ctx, cont = small.split_tokens(loaded, "Passage: " + "words " * 200 + "\nQuestion:", " " + QUERY)
+    assert len(ctx) + len(cont) <= 64 and tok.decode(ctx).endswith("\nQuestion:")
+    (value,) = small.run_likelihood([("Passage: " + "words " * 200 + "\nQuestion:", " " + QUERY)])
+    assert not isinstance(value, BaseException) and value.prompt_tokens <= 64
+
+
+def test_default_reranker_ranks_the_france_case_by_query_likelihood(backend: LocalBackend) -> None:
+    result = Reranker(backend=backend).rerank(QUERY, FRANCE)
+    assert result.strategy == "query_likelihood" and result.score_kind == "likelihood"
+    assert result.indices[0] == 2 and not result.degraded
+    scores = {item.index: item.score for item in result}
+    assert all(scores[2] - scores[i] > 2.0 for i in (0, 1, 3))  # measured gaps 3.9 and more
+    assert result.usage.calls == len(FRANCE) + 1  # with the empty-passage baseline
+
+
+def test_default_reranker_ranks_the_aspirin_case_in_graded_order(backend: LocalBackend) -> None:
+    result = Reranker(backend=backend).rerank(ASPIRIN_QUERY, ASPIRIN)
+    assert [ASPIRIN_GRADED[i] for i in result.indices] == [3, 2, 1, 0]
+    scores = [item.score for item in result]
+    assert all(a is not None and b is not None and a - b > 1.0 for a, b in itertools.pairwise(scores))
+
+
+def test_default_fusion_with_first_stage_scores(backend: LocalBackend) -> None:
+    docs = [{"content": text, "score": score} for text, score in zip(FRANCE, [1.0, 1.0, 6.0, 5.0], strict=True)]
+    result = Reranker(backend=backend).rerank(QUERY, docs)
+    assert result.indices[0] == 2
+    fusion = backend.preferred_fusion
+    assert (result.score_kind == "fused") == (fusion is not None)
+    weighted = Reranker(QueryLikelihood(), backend, fusion=Fusion("zscore", weight=0.0)).rerank(
+        QUERY, FRANCE, first_stage_scores=[9.0, 1.0, 2.0, 3.0]
+    )
+    assert weighted.indices == [0, 3, 2, 1]  # the retriever alone
+
+
+def test_adapters_without_a_key_rank_france_and_aspirin(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from langchain_llmrerank import LLMRerankCompressor
+    from llamaindex_llmrerank import LLMRerankPostprocessor
+
+    compressor = LLMRerankCompressor(top_n=None)
+    postprocessor = LLMRerankPostprocessor(top_n=None)
+    for query, texts, best in ((QUERY, FRANCE, [2]), (ASPIRIN_QUERY, ASPIRIN, [2, 3, 1, 0])):
+        ranked = compressor.compress_documents([Document(page_content=t) for t in texts], query)
+        assert [texts.index(d.page_content) for d in ranked][: len(best)] == best
+        nodes = postprocessor.postprocess_nodes([NodeWithScore(node=TextNode(text=t)) for t in texts], query_str=query)
+        assert [texts.index(n.node.get_content()) for n in nodes][: len(best)] == best

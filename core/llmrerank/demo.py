@@ -5,8 +5,12 @@ With the SciFact collection at hand (``$LLMRERANK_DATA`` or ``shared/data/scifac
 a fixed test query (``--query`` picks another query id, or any text) and the default
 :class:`~llmrerank.Reranker` reorders them: the local SmolLM2 model unless an API key is set.
 Without it, in a checkout, the SciFact slice under ``tests/data`` stands in; elsewhere a handful of
-built-in passages are used. Documents judged relevant are
-marked ✓.
+built-in passages are used. Documents judged relevant are marked ✓.
+
+Beside the one query it prints BM25 against the reranked order over many SciFact queries:
+measured in the run with ``--measure N`` (the first N queries of the report half, see
+:func:`llmrerank.evaluation.split_halves`), else the figures :data:`PRECOMPUTED` by exactly that
+command for the default local set-up, labelled as such.
 """
 
 from __future__ import annotations
@@ -17,18 +21,33 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .backends.base import Backend, Completion, Prompt
+from .backends.base import Backend, Completion, LogLikelihood, Prompt
 from .errors import LLMRerankError
 from .reranker import Reranker, default_backend
 from .strategies import Pointwise, make_strategy
 
+if TYPE_CHECKING:
+    from .evaluation import Collection
+
 DEFAULT_QUERY_ID = "36"
+"""SciFact test query shown by default: its relevant abstract is 6th in the BM25 top 10."""
 
 CHECKOUT_SLICE = Path(__file__).resolve().parents[2] / "tests" / "data" / "scifact-slice"
 """In a checkout without the full collection: the SciFact slice the tests use (20 queries, 288 abstracts)."""
-"""SciFact test query shown by default: its relevant abstract is 6th in the BM25 top 10."""
+
+PRECOMPUTED: dict[str, Any] = {
+    "command": "llmrerank demo --measure 30",
+    "queries": 30,
+    "depth": 10,
+    "setting": "",
+    "bm25": {"nDCG@10": 0.0, "P@1": 0.0},
+    "reranked": {"nDCG@10": 0.0, "P@1": 0.0},
+    "seconds": 0.0,
+    "measured": "",
+}
+"""The many-query figures for the default local set-up, as ``command`` printed them (filled in by hand)."""
 
 DEMO_DOC_CHARS = 800
 """Pointwise prompts see the first this many characters of each document (title and abstract start)."""
@@ -70,22 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--strategy", help="pointwise, pairwise, listwise or hybrid (default: the backend's preferred one)"
     )
     parser.add_argument("--data", help="BEIR folder (default: the SciFact collection, when found)")
+    parser.add_argument(
+        "--measure",
+        type=int,
+        metavar="N",
+        help="also rerank the first N report-half SciFact queries and print BM25 against the reranked order",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
-def load_example(query: str | None, depth: int, data: str | None) -> Example:
-    """The query and BM25 hits from the collection, else the built-in passages (scored by word overlap)."""
+def load_collection(data: str | None) -> Collection | None:
+    """The collection at ``data`` (or the default one), else the checkout's slice, else None."""
     from .evaluation import load_beir
 
     try:
-        collection = load_beir(data)
+        return load_beir(data)
     except LLMRerankError:
         if data is not None:
             raise
-        if not CHECKOUT_SLICE.is_dir():
-            return _builtin(query, depth)
-        collection = load_beir(CHECKOUT_SLICE)
+        return load_beir(CHECKOUT_SLICE) if CHECKOUT_SLICE.is_dir() else None
+
+
+def load_example(query: str | None, depth: int, data: str | None) -> Example:
+    """The query and BM25 hits from the collection, else the built-in passages (scored by word overlap)."""
+    collection = load_collection(data)
+    if collection is None:
+        return _builtin(query, depth)
     index = collection.bm25()
     label = query or DEFAULT_QUERY_ID
     if label in collection.queries:
@@ -132,6 +162,8 @@ class _Progress(Backend):
         self.batch_size = inner.batch_size
         self.preferred_strategy = inner.preferred_strategy
         self.pointwise_method = getattr(inner, "pointwise_method", "expected")
+        self.supports_likelihood = inner.supports_likelihood
+        self.preferred_fusion = inner.preferred_fusion
 
     async def generate(self, prompt: Prompt) -> Completion:
         answer = await self.inner.generate(prompt)
@@ -141,6 +173,11 @@ class _Progress(Backend):
     async def generate_batch(self, prompts: Sequence[Prompt]) -> list[Completion | BaseException]:
         answers = await self.inner.generate_batch(prompts)
         self.bar.update(len(prompts))
+        return answers
+
+    async def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood | BaseException]:
+        answers = await self.inner.continuation_logprobs(pairs)
+        self.bar.update(len(pairs))
         return answers
 
     async def aclose(self) -> None:
@@ -195,13 +232,46 @@ def side_by_side(example: Example, result: Any, rows: int, width: int = 34) -> s
     return "\n".join(lines)
 
 
+def measure(reranker: Reranker, collection: Collection, count: int, depth: int, progress: bool) -> dict[str, Any]:
+    """BM25 against ``reranker`` on the first ``count`` report-half queries (hits carry their BM25 score)."""
+    from .evaluation import evaluate, split_halves
+
+    _, report = split_halves(collection.queries)
+    ids = report[:count]
+    bm25 = evaluate(collection, None, depth=depth, queries=ids)
+    reranked = evaluate(collection, reranker, depth=depth, queries=ids, with_scores=True, progress=progress)
+    return {
+        "queries": len(ids),
+        "depth": depth,
+        "bm25": {k: bm25.metrics[k] for k in ("nDCG@10", "P@1")},
+        "reranked": {k: reranked.metrics[k] for k in ("nDCG@10", "P@1")},
+        "seconds": reranked.wall_seconds,
+    }
+
+
+def setting(reranker: Reranker) -> str:
+    """The strategy (and fusion) in words."""
+    fusion = f" + BM25 fusion ({reranker.fusion.describe()})" if reranker.fusion is not None else ""
+    return f"{reranker.strategy.name}{fusion}"
+
+
+def figures(found: dict[str, Any], label: str) -> str:
+    """The many-query comparison as a few lines."""
+    lines = [f"Over {found['queries']} SciFact test queries, BM25 top {found['depth']} ({label}):"]
+    lines.append(f"  {'':<10} {'nDCG@10':>8} {'P@1':>6}")
+    for name, key in (("BM25", "bm25"), ("reranked", "reranked")):
+        lines.append(f"  {name:<10} {found[key]['nDCG@10']:>8.3f} {found[key]['P@1']:>6.3f}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.depth < 1 or (args.top_k is not None and args.top_k < 1):
-        print("llmrerank demo: --depth and --top-k must be >= 1", file=sys.stderr)
+    if args.depth < 1 or (args.top_k is not None and args.top_k < 1) or (args.measure is not None and args.measure < 1):
+        print("llmrerank demo: --depth, --top-k and --measure must be >= 1", file=sys.stderr)
         return 2
     progress = not args.no_progress
+    measured: dict[str, Any] | None = None
     try:
         example = load_example(args.query, args.depth, args.data)
         backend = default_backend()
@@ -217,15 +287,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Pointwise reads each abstract once per call: cut them so the demo stays quick on a CPU.
         strategy = Pointwise(max_doc_chars=DEMO_DOC_CHARS) if name == "pointwise" else make_strategy(name)
         reranker = Reranker(strategy, backend)
-        expected = len(example.doc_ids) if reranker.strategy.name == "pointwise" else None
-        bar = _bar(progress, total=expected, desc=f"reranking ({reranker.strategy.name})", unit="call")
+        bar = _bar(progress, total=None, desc=f"reranking ({reranker.strategy.name})", unit="call")
         try:
-            reranker = Reranker(reranker.strategy, _Progress(backend, bar))
+            shown = Reranker(reranker.strategy, _Progress(backend, bar), fusion=reranker.fusion)
             started = time.perf_counter()
-            result = reranker.rerank(example.query, example.texts)
+            scores = example.first_stage if shown.fusion is not None else None
+            result = shown.rerank(example.query, example.texts, first_stage_scores=scores)
             seconds = time.perf_counter() - started
         finally:
             bar.close()
+        if args.measure:
+            collection = load_collection(args.data)
+            if collection is None:
+                print("llmrerank demo: --measure needs the SciFact collection", file=sys.stderr)
+                return 2
+            measured = measure(reranker, collection, args.measure, args.depth, progress)
     except LLMRerankError as exc:
         print(f"llmrerank demo: error: {exc}", file=sys.stderr)
         return 2
@@ -244,6 +320,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("degraded: some calls failed; the fallback order was used for them")
     if example.relevant:
         print("✓ = judged relevant")
+    print()
+    if measured is not None:
+        label = f"report half, measured in this run: {measured['seconds']:.0f} s; reranked = {setting(reranker)}"
+        print(figures(measured, label))
+    elif backend.name == "local" and setting(reranker) == PRECOMPUTED["setting"] and args.depth == PRECOMPUTED["depth"]:
+        label = (
+            f"report half, PRECOMPUTED on {PRECOMPUTED['measured']} by `{PRECOMPUTED['command']}`, "
+            f"{PRECOMPUTED['seconds']:.0f} s; reranked = {PRECOMPUTED['setting']}"
+        )
+        print(figures(PRECOMPUTED, label))
+    else:
+        print(f"Add --measure 30 to compare BM25 with this reranker over 30 SciFact queries ({setting(reranker)}).")
     return 0
 
 

@@ -253,7 +253,7 @@ class LocalBackend(Backend):
     """
 
     name = "local"
-    preferred_strategy = "pointwise"
+    preferred_strategy = "query_likelihood"
     supports_logprobs = True
     supports_likelihood = True
 
