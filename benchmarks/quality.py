@@ -39,6 +39,7 @@ from typing import Any
 from llmrerank import Fusion, Hybrid, Listwise, MemoryCache, Pairwise, Pointwise, QueryLikelihood, Reranker, Strategy
 from llmrerank.cli import make_backend
 from llmrerank.evaluation import EvalReport, evaluate, load_beir, split_halves
+from llmrerank.testing.server import loopback_backend
 
 DEFAULT_STRATEGIES = [
     "query_likelihood_pmi",
@@ -154,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table; with ``--out``, write quality.json, quality.md, quality.png."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="BEIR folder (default: shared/data/scifact beside the checkout)")
-    parser.add_argument("--backend", default="local", choices=["local", "openai", "anthropic", "fake"])
+    parser.add_argument("--backend", default="local", choices=["local", "openai", "anthropic", "fake", "loopback"])
     parser.add_argument("--model")
     parser.add_argument("--base-url")
     parser.add_argument("--depth", type=int, default=10, help="BM25 documents reranked per query (default: 10)")
@@ -166,11 +167,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="folder for quality.json, quality.md and quality.png")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.backend == "loopback":  # the word-overlap oracle over HTTP (FakeLLMServer)
+        with loopback_backend() as backend:
+            return run(args, backend, argv)
+    return run(args, make_backend(args.backend, args.model, args.base_url), argv)
 
+
+def run(args: argparse.Namespace, backend: Any, argv: Sequence[str] | None) -> int:
+    """The measurement of :func:`main` with ``backend``."""
     collection = load_beir(args.data)
     tuning, report = split_halves(collection.queries)
     half = report if args.half == "report" else tuning
-    backend = make_backend(args.backend, args.model, args.base_url)
     fusion = parse_fusion(args.fusion, backend)
     reports: list[EvalReport] = []
     rows: list[dict[str, Any]] = []

@@ -31,9 +31,11 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from llmrerank import Fusion, MemoryCache, Pointwise, Reranker, RerankResult, Strategy
+from llmrerank.cli import make_backend
 from llmrerank.evaluation import Collection, EvalReport, evaluate, load_beir, split_halves
 from llmrerank.fusion import METHODS
 from llmrerank.strategies import QueryLikelihood
+from llmrerank.testing.server import loopback_backend
 
 WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 NORMALIZATIONS = ("pmi", "sum", "mean")  # pmi first: it scores the documents plus the baseline
@@ -67,7 +69,7 @@ def roc_auc(pairs: Sequence[tuple[float, bool]]) -> float:
     return total / (positives * negatives)
 
 
-def run(
+def measure(
     collection: Collection, reranker: Reranker, ids: list[str], depth: int, name: str
 ) -> tuple[EvalReport, list[tuple[float, bool]]]:
     """Evaluate ``reranker`` on ``ids`` (hits carry their BM25 score); also the (score, relevant) pairs."""
@@ -120,19 +122,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the sweep; print the tables and the best settings; with ``--out`` write tuning.json and tuning.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="BEIR folder (default: shared/data/scifact beside the checkout)")
-    parser.add_argument("--backend", default="local", choices=["local", "fake"])
+    parser.add_argument("--backend", default="local", choices=["local", "fake", "loopback"])
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--queries", type=int, default=150, help="tuning queries for methods given without :N")
     parser.add_argument("--cuts", type=int, nargs="+", default=[400, 800], help="document cuts in characters")
     parser.add_argument("--methods", nargs="+", default=["query_likelihood", "pointwise_expected:50"])
     parser.add_argument("--out", help="folder for tuning.json and tuning.md")
     args = parser.parse_args(argv)
+    if args.backend == "loopback":  # the word-overlap oracle over HTTP (FakeLLMServer)
+        with loopback_backend() as backend:
+            return run(args, backend, argv)
+    return run(args, make_backend(args.backend, None, None), argv)
 
-    from llmrerank.cli import make_backend
 
+def run(args: argparse.Namespace, backend: Any, argv: Sequence[str] | None) -> int:
+    """The measurement of :func:`main` with ``backend``."""
     collection = load_beir(args.data)
     tuning, _ = split_halves(collection.queries)
-    backend = make_backend(args.backend, None, None)
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for spec in args.methods:
@@ -146,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for norm in norms:
                 strategy = make_strategy(method, cut, norm or "pmi")
                 label = f"{method} {norm} {cut}".replace("  ", " ")
-                report, pooled = run(
+                report, pooled = measure(
                     collection, Reranker(strategy, backend, cache=cache, fusion=None), ids, args.depth, label
                 )
                 rows.append(row(label, report, pooled))
@@ -156,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for weight in WEIGHTS:
                     fusion = Fusion(how, weight)  # type: ignore[arg-type]
                     reranker = Reranker(strategy, backend, cache=cache, fusion=fusion)
-                    report, _ = run(collection, reranker, ids, args.depth, f"{method} {cut} + {how} {weight}")
+                    report, _ = measure(collection, reranker, ids, args.depth, f"{method} {cut} + {how} {weight}")
                     rows.append(row(f"{method} {cut} + {how} {weight:g}", report))
     table = markdown(rows)
     choices = [best(rows, f"{spec.partition(':')[0]} ") for spec in args.methods]

@@ -43,10 +43,11 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     strategy: str | InstanceOf[Strategy] | None = None
-    """``"pointwise"``, ``"pairwise"``, ``"listwise"``, ``"hybrid"`` or a strategy object (for its options).
+    """``"pointwise"``, ``"pairwise"``, ``"listwise"``, ``"hybrid"``, ``"query_likelihood"`` or a strategy
+    object (for its options).
 
-    None uses the backend's preferred strategy: listwise for API and chat models, pointwise with
-    log-probabilities for the local model."""
+    None uses the backend's preferred strategy: listwise for API and chat models, query likelihood
+    for the local model."""
 
     backend: InstanceOf[Backend] | InstanceOf[BaseChatModel] | None = None
     """The LLM: an llmrerank backend (``OpenAIBackend(...)``, ``AnthropicBackend(...)``, ``LocalBackend()``)

@@ -49,10 +49,11 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     """
 
     strategy: str | InstanceOf[Strategy] | None = None
-    """``"pointwise"``, ``"pairwise"``, ``"listwise"``, ``"hybrid"`` or a strategy object (for its options).
+    """``"pointwise"``, ``"pairwise"``, ``"listwise"``, ``"hybrid"``, ``"query_likelihood"`` or a strategy
+    object (for its options).
 
-    None uses the backend's preferred strategy: listwise for API models and LlamaIndex LLMs, pointwise
-    with log-probabilities for the local model."""
+    None uses the backend's preferred strategy: listwise for API models and LlamaIndex LLMs, query
+    likelihood for the local model."""
 
     backend: InstanceOf[Backend] | InstanceOf[LLM] | None = Field(default=None, exclude=True)
     """The LLM: an llmrerank backend (``OpenAIBackend(...)``, ``AnthropicBackend(...)``, ``LocalBackend()``)

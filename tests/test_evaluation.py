@@ -21,6 +21,7 @@ from llmrerank.evaluation import (
     load_beir,
     percentile,
     score_rankings,
+    split_halves,
 )
 from llmrerank.pricing import PRICES_AS_OF, estimate_cost, load_prices, price_of
 from llmrerank.testing import FakeBackend
@@ -253,3 +254,21 @@ def test_importing_the_package_pulls_no_eval_dependency() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_hits_can_carry_their_bm25_score_and_halves_are_disjoint(scifact: Collection) -> None:
+    seen: list[list[dict[str, object]]] = []
+
+    def keep(query: str, docs: list[dict[str, object]]) -> list[int]:
+        seen.append(docs)
+        return list(range(len(docs)))[::-1]
+
+    ids = list(scifact.queries)[:2]
+    report = evaluate(scifact, keep, depth=3, queries=ids, with_scores=True)
+    hits = scifact.bm25().search([scifact.queries[q] for q in ids], 3)
+    assert [[(d["id"], d["score"]) for d in docs] for docs in seen] == hits
+    assert all(d["content"] == scifact.documents[str(d["id"])] for docs in seen for d in docs)
+    assert report.per_query[0].ranking == tuple(d for d, _ in hits[0][::-1])
+    tuning, held_out = split_halves(scifact.queries)
+    assert not set(tuning) & set(held_out) and sorted(tuning + held_out) == sorted(scifact.queries)
+    assert split_halves(["10", "9", "x", "100"]) == (["9", "100"], ["10", "x"])

@@ -20,7 +20,7 @@ from typing import Any
 from .errors import ConfigurationError, LLMRerankError, require
 
 BASELINES = ("bm25", "none")
-STRATEGY_NAMES = ("pointwise", "pairwise", "listwise", "hybrid")
+STRATEGY_NAMES = ("pointwise", "pairwise", "listwise", "hybrid", "query_likelihood")
 BACKENDS = ("local", "openai", "anthropic", "fake")
 
 
@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",
         metavar="NAME",
-        help="one or more of bm25 (= none), pointwise, pairwise, listwise, hybrid; comma-separated or repeated "
-        "(default: bm25 and the backend's preferred strategy)",
+        help="one or more of bm25 (= none), pointwise, pairwise, listwise, hybrid, query_likelihood; "
+        "comma-separated or repeated (default: bm25 and the backend's preferred strategy)",
     )
     ev.add_argument("--backend", choices=BACKENDS, default="local", help="LLM backend (default: local, offline)")
     ev.add_argument("--model", help="model name (default: the backend's own)")
@@ -245,6 +245,7 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 prices=args.prices,
                 concurrency=args.concurrency,
                 progress=not args.no_progress,
+                with_scores=True,  # BM25 scores for fusion (the local default fuses them)
             )
         )
     table = format_table(reports)

@@ -75,8 +75,8 @@ class Reranker:
     >>> result = r.rerank("what is BM25?", docs, top_k=5)                               # doctest: +SKIP
 
     ``strategy``: ``"pointwise"``, ``"pairwise"``, ``"listwise"``, ``"hybrid"`` or a strategy object
-    (for options); None picks the backend's preferred one (listwise for API models, pointwise with
-    log-probs for the local model). ``backend``: None picks one from the environment
+    (for options); None picks the backend's preferred one (listwise for API models, query likelihood,
+    ``"query_likelihood"``, for the local model). ``backend``: None picks one from the environment
     (:func:`default_backend`). ``domain``: ``"legal"``, ``"medical"``, ``"ecommerce"`` or your own
     instruction. ``max_concurrency`` bounds LLM calls in flight across all concurrent reranks of
     this object. ``on_error="degrade"`` (default) returns a fallback order with ``degraded=True``

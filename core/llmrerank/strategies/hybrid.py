@@ -14,7 +14,7 @@ from .base import Context, Plan, Predict, Ranking, Strategy, failure
 @dataclass(frozen=True)
 class Hybrid(Strategy):
     """Prefilter with a cross-encoder, rank the survivors with ``llm`` (a strategy, its name, or None
-    for the backend's preferred one: listwise for API models, pointwise for the local model).
+    for the backend's preferred one: listwise for API models, query likelihood for the local model).
 
     ``cross_encoder`` is any object with ``predict(pairs) -> scores`` (a sentence-transformers
     ``CrossEncoder`` works), a model name or local path (loaded with sentence-transformers), or

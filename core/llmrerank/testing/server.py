@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -422,6 +422,27 @@ def _legacy_completion(request: ServerRequest, reply: Reply, echo: bool) -> dict
     }
 
 
+def overlap_answer(request: ServerRequest) -> str:
+    """A responder that answers llmrerank's own prompts by word overlap (:func:`llmrerank.testing.overlap_judge`)."""
+    from ..backends.base import Prompt
+    from . import overlap_judge
+
+    return overlap_judge(Prompt(request.system, request.user))
+
+
+@contextlib.contextmanager
+def loopback_backend(**options: Any) -> Iterator[Any]:
+    """An ``OpenAIBackend`` (with ``likelihood=True``) talking to a :class:`FakeLLMServer` that judges by
+    word overlap: chat prompts through :func:`overlap_answer`, query likelihood through the toy model.
+
+    The loopback oracle for benchmarks; needs the ``openai`` SDK. The server stops when the block ends.
+    """
+    from ..backends.openai import OpenAIBackend
+
+    with FakeLLMServer(overlap_answer) as server:
+        yield OpenAIBackend("fake-model", base_url=server.base_url, api_key="test", likelihood=True, **options)
+
+
 def _anthropic_message(request: ServerRequest, reply: Reply) -> dict[str, Any]:
     return {
         "id": f"msg_{uuid.uuid4().hex[:24]}",
@@ -588,6 +609,8 @@ __all__ = [
     "ScriptedResponder",
     "ServerRequest",
     "estimate_tokens",
+    "loopback_backend",
+    "overlap_answer",
     "toy_logprobs",
     "toy_tokens",
 ]
