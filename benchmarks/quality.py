@@ -15,7 +15,9 @@ with BM25 on exactly the same queries. Methods (``name`` or ``name:queries``):
 ``--fusion`` (``method:weight``, default: the backend's ``preferred_fusion``) adds a row per method
 with its scores fused with the BM25 scores (the hits are passed as dicts carrying their BM25
 ``score``); the fused row reuses the unfused run's LLM calls through a cache, so its cost columns
-repeat the unfused row's. ``--max-doc-chars`` cuts documents for every method (0: each one's own
+repeat the unfused row's. The query-likelihood normalisations share one cache too: the first one
+run pays for the scorings (``pmi`` needs one more per query than ``sum`` and ``mean``) and the
+others repeat its cost columns. ``--max-doc-chars`` cuts documents for every method (0: each one's own
 default).
 
     OMP_NUM_THREADS=1 nice python benchmarks/quality.py --out benchmarks/results      # local SmolLM2-135M
@@ -186,18 +188,22 @@ def run(args: argparse.Namespace, backend: Any, argv: Sequence[str] | None) -> i
         common: dict[str, Any] = {"depth": args.depth, "queries": half[:count], "progress": not args.no_progress}
         reports.append(evaluate(collection, None, **common))
         rows.append(row(reports[-1]))
+        shared: dict[str, tuple[MemoryCache, EvalReport]] = {}  # per family: cache, first run (the payer)
         for name in names:
             strategy = make_strategy(name, args.depth, args.max_doc_chars, backend.preferred_strategy)
-            cache = MemoryCache(maxsize=1_000_000)
+            family = strategy.name if strategy.name == "query_likelihood" else name
+            cache, payer = shared.get(family, (MemoryCache(maxsize=1_000_000), None))
             plain = evaluate(collection, Reranker(strategy, backend, cache=cache, fusion=None), name=name, **common)
+            payer = payer or plain
+            shared[family] = (cache, payer)
             reports.append(plain)
-            rows.append(row(plain))
+            rows.append(row(plain, cost=payer))
             print(f"{name}: {plain.wall_seconds:.0f} s", file=sys.stderr, flush=True)
             if fusion is not None:
                 fused_reranker = Reranker(strategy, backend, cache=cache, fusion=fusion)
                 fused = evaluate(collection, fused_reranker, name=f"{name} + fusion", with_scores=True, **common)
                 reports.append(fused)
-                rows.append(row(fused, cost=plain))
+                rows.append(row(fused, cost=payer))
     table = markdown(rows)
     machine = f"Python {platform.python_version()} on {platform.machine()}"
     fused_note = f"fusion: {fusion.describe()} with the BM25 scores" if fusion is not None else "no fusion rows"
@@ -205,7 +211,8 @@ def run(args: argparse.Namespace, backend: Any, argv: Sequence[str] | None) -> i
         f"SciFact test, {args.half.upper()} half (split_halves), BM25 top {args.depth}; documents cut to "
         f"{args.max_doc_chars or 'its own default number of'} characters; hybrid: MiniLM keeps "
         f"{max(2, args.depth // 2)}, {backend.preferred_strategy} ranks them; {fused_note} (cost columns: the "
-        f"unfused run's); backend {args.backend}, model {backend.model}; {machine}; "
+        f"unfused run's; the query-likelihood normalisations share the first one's scorings); "
+        f"backend {args.backend}, model {backend.model}; {machine}; "
         f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s in all"
     )
     print(f"{table}\n\n{note}")
