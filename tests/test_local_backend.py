@@ -6,6 +6,7 @@ import asyncio
 import importlib.util
 import itertools
 import math
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -336,3 +337,21 @@ def test_adapters_without_a_key_rank_france_and_aspirin(monkeypatch: pytest.Monk
         assert [texts.index(d.page_content) for d in ranked][: len(best)] == best
         nodes = postprocessor.postprocess_nodes([NodeWithScore(node=TextNode(text=t)) for t in texts], query_str=query)
         assert [texts.index(n.node.get_content()) for n in nodes][: len(best)] == best
+
+
+def test_demo_measures_many_queries_or_labels_the_precomputed_figures(
+    backend: LocalBackend, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmrerank import demo
+
+    for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    assert demo.main(["--depth", "2", "--measure", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Over 2 SciFact test queries, BM25 top 2 (report half, measured in this run" in out
+    assert re.search(r"BM25\s+\d\.\d{3}\s+\d\.\d{3}", out) and re.search(r"reranked\s+\d\.\d{3}\s+\d\.\d{3}", out)
+    monkeypatch.setitem(demo.PRECOMPUTED, "depth", 2)
+    assert demo.main(["--depth", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "PRECOMPUTED on" in out and "`llmrerank demo --measure 30`" in out
+    assert f"Over {demo.PRECOMPUTED['queries']} SciFact test queries" in out

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, MissingDependencyError, require
+from ..fusion import Fusion
 from ..paths import cache_dir, package_file
 from .base import Backend, Completion, LogLikelihood, Prompt, counts_for_choice
 
@@ -254,6 +255,7 @@ class LocalBackend(Backend):
 
     name = "local"
     preferred_strategy = "query_likelihood"
+    preferred_fusion = Fusion("minmax", weight=0.5)
     supports_logprobs = True
     supports_likelihood = True
 
