@@ -131,21 +131,32 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def plot(rows: Sequence[dict[str, Any]], title: str, path: Path) -> None:
-    """nDCG@10 against LLM calls per query, one point per strategy (and per query count)."""
+    """ΔnDCG@10 over BM25 (on the same queries) against LLM calls per query; identical points share a label."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    base = {r["queries"]: r["nDCG@10"] for r in rows if r["strategy"] == "bm25"}
+    points: dict[tuple[float, float], list[str]] = {}
     for r in rows:
-        label = f"{r['strategy']} ({r['queries']} q)"
-        ax.scatter([r["calls/q"]], [r["nDCG@10"]], s=40, zorder=3, marker="s" if r["strategy"] == "bm25" else "o")
-        ax.annotate(label, (r["calls/q"], r["nDCG@10"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        if r["strategy"] != "bm25":
+            key = (round(r["calls/q"], 1), round(r["nDCG@10"] - base.get(r["queries"], r["nDCG@10"]), 4))
+            name = r["strategy"].replace("query_likelihood_", "QL ").replace("pointwise_", "pw ")
+            points.setdefault(key, []).append(f"{name} ({r['queries']} q)")
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    ax.axhline(0.0, color="grey", linewidth=1, label="BM25")
+    for n, ((calls, delta), labels) in enumerate(sorted(points.items())):
+        fused = all(label.split(" (")[0].endswith("+ fusion") for label in labels)
+        ax.scatter([calls], [delta], s=36, zorder=3, marker="D" if fused else "o")
+        offset = (6, 6 if n % 2 else -10)
+        ax.annotate(" = ".join(labels), (calls, delta), textcoords="offset points", xytext=offset, fontsize=7)
+    ax.margins(y=0.12)
+    ax.set_xlim(right=max(c for c, _ in points) * 20 if points else 10)
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlim(left=-0.3)
     ax.set_xlabel("LLM calls per query")
-    ax.set_ylabel("nDCG@10")
+    ax.set_ylabel("ΔnDCG@10 over BM25 (same queries)")
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
