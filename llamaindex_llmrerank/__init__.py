@@ -12,6 +12,6 @@ Install with ``pip install "llmrerank[llamaindex]"``. This package imports ``lla
 from __future__ import annotations
 
 from .llm_backend import LlamaIndexLLMBackend
-from .postprocessor import LLMRerankPostprocessor
+from .postprocessor import LLMRerankEndEvent, LLMRerankPostprocessor
 
-__all__ = ["LLMRerankPostprocessor", "LlamaIndexLLMBackend"]
+__all__ = ["LLMRerankEndEvent", "LLMRerankPostprocessor", "LlamaIndexLLMBackend"]

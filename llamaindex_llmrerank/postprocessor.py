@@ -28,6 +28,26 @@ from .llm_backend import SYNC_CALLS, LlamaIndexLLMBackend
 
 dispatcher = get_dispatcher(__name__)
 
+RESULT_KEY = "llmrerank_result"
+"""Key of :meth:`llmrerank.RerankResult.summary` in the ``CBEventType.RERANKING`` end payload."""
+
+
+class LLMRerankEndEvent(ReRankEndEvent):
+    """``ReRankEndEvent`` with what the rerank did: :meth:`llmrerank.RerankResult.summary`
+    (status, degraded and why, usage with calls and tokens, diagnostics)."""
+
+    result: dict[str, Any]
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Class name."""
+        return "LLMRerankEndEvent"
+
+
+def _plus(keys: list[str], fields: dict[str, Any]) -> list[str]:
+    return [*keys, *(k for k in fields if k not in keys)]
+
+
 T = TypeVar("T")
 
 
@@ -40,12 +60,21 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
 
     With no ``backend`` the LLM comes from the environment (``OPENAI_API_KEY``, then
     ``ANTHROPIC_API_KEY``, else the small local demo model; see :func:`llmrerank.default_backend`),
-    not from ``Settings.llm``: pass ``backend=Settings.llm`` to rerank with that one. Returns new
-    :class:`NodeWithScore` objects, best first, whose ``score`` is the rerank score (higher is
-    better; None when a node could not be scored); the nodes themselves are shared, not copied,
-    and the input list is left as it is. Emits ``ReRankStartEvent``/``ReRankEndEvent`` and a
-    ``CBEventType.RERANKING`` callback event. An empty list gives ``[]`` without calling the LLM;
-    a missing query raises :class:`~llmrerank.InvalidInputError` (a ``ValueError``).
+    not from ``Settings.llm``: pass ``backend=Settings.llm`` to rerank with that one.
+
+    Returns new :class:`NodeWithScore` objects, best first, over copies of the nodes (the input list
+    and nodes are left as they are). ``score`` is the model's score where it gave one; otherwise (a
+    rank-only strategy such as listwise, or a node no answer placed) the retriever's score stays, so
+    a following ``SimilarityPostprocessor`` keeps working. Each node's metadata says what happened
+    (:meth:`llmrerank.RerankResult.metadata`: ``relevance_score``, ``rerank_rank``,
+    ``rerank_score_kind``, ``rerank_fallback``, ``rerank_degraded``; with ``keep_retrieval_score``
+    also ``retrieval_score``); these keys are excluded from the text the LLM and the embedder see.
+
+    Emits ``ReRankStartEvent`` and :class:`LLMRerankEndEvent` (a ``ReRankEndEvent`` that also carries
+    :meth:`~llmrerank.RerankResult.summary`: usage, status, diagnostics), and a
+    ``CBEventType.RERANKING`` callback event whose end payload holds the same summary under
+    ``"llmrerank_result"``. An empty list gives ``[]`` without calling the LLM; a missing query raises
+    :class:`~llmrerank.InvalidInputError` (a ``ValueError``).
     """
 
     strategy: str | InstanceOf[Strategy] | None = None
@@ -83,9 +112,11 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     max_concurrency: int = Field(default=8, ge=1)
     """The most LLM calls in flight at once, across concurrent calls of this postprocessor."""
 
-    on_error: Literal["degrade", "raise"] = "degrade"
-    """``"degrade"`` returns a fallback order (logged as a warning) when LLM calls fail;
-    ``"raise"`` raises llmrerank's typed error (``BackendError``, ``RateLimitError``, ...)."""
+    on_error: Literal["degrade", "degrade_all", "raise"] = "degrade"
+    """``"degrade"`` returns a fallback order (``rerank_degraded`` in the metadata, and a warning in the
+    log) when LLM calls fail for a passing reason (429, 5xx, timeouts) and raises for a permanent one
+    (bad key, unknown model: :class:`~llmrerank.errors.PermanentBackendError`); ``"degrade_all"``
+    degrades on both; ``"raise"`` raises llmrerank's typed error for any failure."""
 
     deadline: float | None = Field(default=None, gt=0)
     """Seconds one rerank may take; calls still running then are abandoned (see ``on_error``)."""
@@ -93,6 +124,13 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     cache: Any = Field(default=None, exclude=True)
     """A response cache (``llmrerank.MemoryCache()``, ``llmrerank.DiskCache(path)``, or anything with
     ``get``/``set``): a repeated prompt to the same model makes no LLM call."""
+
+    min_score: float | None = Field(default=None, ge=0, le=10)
+    """Drop nodes the model rated below this (0-10). Needs a strategy with 0-10 scores
+    (``"pointwise"``); unscored nodes are kept."""
+
+    keep_retrieval_score: bool = False
+    """Keep the retriever's score in ``metadata["retrieval_score"]``, as ``SentenceTransformerRerank`` does."""
 
     _slot: RerankerSlot = PrivateAttr(default_factory=lambda: RerankerSlot())
 
@@ -124,14 +162,25 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
             EventPayload.TOP_K: self.top_n or len(nodes),
         }
 
-    @staticmethod
-    def _ranked(nodes: list[NodeWithScore], result: RerankResult) -> list[NodeWithScore]:
-        return [NodeWithScore(node=nodes[item.index].node, score=item.score) for item in result]
+    def _ranked(self, nodes: list[NodeWithScore], result: RerankResult[Any]) -> list[NodeWithScore]:
+        ranked = []
+        for item in result:
+            source = nodes[item.index]
+            fields = result.metadata(item)
+            if self.keep_retrieval_score:
+                fields["retrieval_score"] = source.score
+            node = source.node.model_copy()
+            node.metadata = {**source.node.metadata, **fields}
+            node.excluded_llm_metadata_keys = _plus(source.node.excluded_llm_metadata_keys, fields)
+            node.excluded_embed_metadata_keys = _plus(source.node.excluded_embed_metadata_keys, fields)
+            score = item.score if item.score is not None else source.score
+            ranked.append(NodeWithScore(node=node, score=score))
+        return ranked
 
     @contextmanager
     def _reranking(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None, query: str
-    ) -> Iterator[Callable[[RerankResult], list[NodeWithScore]]]:
+    ) -> Iterator[Callable[[RerankResult[Any]], list[NodeWithScore]]]:
         """Emit the rerank start/end events and the callback event around one rerank.
 
         Yields the function that turns the result into the new nodes and records them as the end.
@@ -141,17 +190,19 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
             ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes), model_name=model_name)
         )
         ranked: list[NodeWithScore] = []
+        summary: dict[str, Any] = {}
         with self.callback_manager.event(
             CBEventType.RERANKING, payload=self._event_payload(nodes, query, model_name)
         ) as event:
 
-            def finish(result: RerankResult) -> list[NodeWithScore]:
+            def finish(result: RerankResult[Any]) -> list[NodeWithScore]:
                 ranked.extend(self._ranked(nodes, result))
-                event.on_end(payload={EventPayload.NODES: ranked})
+                summary.update(result.summary())
+                event.on_end(payload={EventPayload.NODES: ranked, RESULT_KEY: summary})
                 return ranked
 
             yield finish
-        dispatcher.event(ReRankEndEvent(nodes=ranked))
+        dispatcher.event(LLMRerankEndEvent(nodes=ranked, result=summary))
 
     def _postprocess_nodes(
         self,
@@ -163,7 +214,7 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
             return []
         reranker = self.reranker
 
-        def run() -> RerankResult:
+        def run() -> RerankResult[str]:
             SYNC_CALLS.set(True)
             return reranker.rerank(query, texts, self.top_n)
 

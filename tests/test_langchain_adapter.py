@@ -71,8 +71,11 @@ def test_no_argument_compressor_reranks_through_the_retriever(server: FakeLLMSer
     got = retriever.invoke(QUERY)
     assert [d.metadata["source"] for d in got] == ["doc1", "doc4", "doc2"]  # top_n defaults to 3
     assert [d.id for d in got] == ["id1", "id4", "id2"]
-    scores = [d.metadata["relevance_score"] for d in got]
-    assert scores == sorted(scores, reverse=True) and all(isinstance(s, float) for s in scores)
+    # Listwise (the default for API models) orders without scoring: no score is made up from positions.
+    assert [d.metadata["relevance_score"] for d in got] == [None, None, None]
+    assert [d.metadata["rerank_rank"] for d in got] == [1, 2, 3]
+    assert {d.metadata["rerank_score_kind"] for d in got} == {"rank"}
+    assert not any(d.metadata["rerank_fallback"] or d.metadata["rerank_degraded"] for d in got)
     assert docs == before  # inputs not mutated
     assert all(d is not original for d in got for original in docs)
     (request,) = [r for r in server.requests if r.method == "POST"]  # one listwise call
@@ -158,7 +161,8 @@ def test_langchain_chat_model_as_backend_gets_the_callbacks(mode: str) -> None:
     config: Any = {"callbacks": [recorder]}
     got = retriever.invoke(QUERY, config) if mode == "sync" else asyncio.run(retriever.ainvoke(QUERY, config))
     assert [d.metadata["source"] for d in got] == ["doc1", "doc4"]
-    assert [d.metadata["relevance_score"] for d in got] == [1.0, 0.8]
+    assert [d.metadata["relevance_score"] for d in got] == [None, None]
+    assert [d.metadata["rerank_rank"] for d in got] == [1, 2]
     (run_id,) = recorder.retriever_runs
     (start,) = recorder.chat_starts
     assert start[0] == run_id  # a child of the retriever's run, through the compressor's callbacks

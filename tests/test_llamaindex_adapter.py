@@ -174,8 +174,9 @@ def test_sync_and_async_agree_and_inputs_are_not_mutated(server: FakeLLMServer) 
     assert [(n.node.node_id, n.score) for n in sync] == [(n.node.node_id, n.score) for n in again]
     assert [n.node.node_id for n in sync][:3] == BEST and len(sync) == len(TEXTS)
     assert [(n.node.node_id, n.score) for n in nodes] == before
-    assert not any(out is original for out in sync for original in nodes)
-    assert sync[0].node is nodes[1].node  # nodes shared, wrappers new
+    assert not any(out is original or out.node is original.node for out in sync for original in nodes)
+    assert all(n.node.metadata == {} for n in nodes)  # the annotations go on copies
+    assert sync[0].node.node_id == nodes[1].node.node_id and sync[0].node.text == nodes[1].node.text
     assert len(server.requests) == 3 * len(TEXTS)
 
 

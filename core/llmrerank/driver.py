@@ -5,16 +5,33 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .backends.base import Backend, Completion, Prompt
 from .cache import ResponseCache, lookup, store
-from .errors import BackendError, DeadlineExceededError, LLMRerankError
+from .errors import (
+    BackendError,
+    ConfigurationError,
+    ContextLengthError,
+    DeadlineExceededError,
+    LLMRerankError,
+    error_from_status,
+)
 from .strategies.base import Plan, Predict, Ranking, Step
-from .types import Usage
+from .types import Diagnostic, Usage
 
-OnError = Literal["degrade", "raise"]
+OnError = Literal["degrade", "degrade_all", "raise"]
+"""What a failed LLM call does to a rerank.
+
+- ``degrade`` (default): transient failures (429, 5xx, timeouts, resets, responses that are not
+  completions) give a fallback order with ``degraded=True``; permanent ones (401, 403, 404, 400,
+  context length: :class:`~llmrerank.errors.PermanentBackendError`) raise, since retrying cannot fix them.
+- ``degrade_all``: every backend failure degrades, permanent ones too.
+- ``raise``: every failure raises its typed error.
+
+Configuration errors (a missing API key or package) always raise.
+"""
 
 
 @dataclass
@@ -28,6 +45,10 @@ class Meter:
     completion_tokens: int = 0
     llm_seconds: float = 0.0
     deadline_hit: bool = False
+    errors: list[BaseException] = field(default_factory=list)
+    """The failures, in the order they happened."""
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    """What the driver itself did (``context_shrunk``)."""
 
     def usage(self, wall_seconds: float) -> Usage:
         """Freeze the counters."""
@@ -45,9 +66,21 @@ class Meter:
 def _as_failure(exc: Exception, backend: Backend) -> LLMRerankError:
     if isinstance(exc, LLMRerankError):
         return exc
-    error = BackendError(f"{type(exc).__name__}: {exc}", backend=backend.name)
+    # A framework's model (LangChain, LlamaIndex) raises its SDK's errors: keep their HTTP status.
+    status = getattr(exc, "status_code", None)
+    error = error_from_status(status if isinstance(status, int) else None, f"{type(exc).__name__}: {exc}")
+    error.backend = backend.name
     error.__cause__ = exc
     return error
+
+
+def is_fatal(error: BaseException, on_error: OnError) -> bool:
+    """Whether ``error`` must end the rerank under ``on_error`` instead of degrading it."""
+    if not isinstance(error, BackendError):
+        return True  # configuration problems, ParseError, anything unexpected
+    if on_error == "raise":
+        return True
+    return error.permanent and on_error != "degrade_all"
 
 
 class Driver:
@@ -104,9 +137,12 @@ class Driver:
             return await asyncio.wait_for(asyncio.to_thread(step.scorer, step.pairs), self._remaining())
         except asyncio.TimeoutError:
             self.meter.deadline_hit = True
+            error = DeadlineExceededError(f"deadline of {self.deadline}s passed in the prefilter")
             if self.on_error == "raise":
-                raise DeadlineExceededError(f"deadline of {self.deadline}s passed in the prefilter") from None
-            return DeadlineExceededError(f"deadline of {self.deadline}s passed in the prefilter")
+                raise error from None
+            return error
+        except ConfigurationError:
+            raise  # a missing sentence-transformers or model file is not a passing fault
         except Exception as exc:
             if self.on_error == "raise":
                 raise BackendError(f"prefilter failed: {type(exc).__name__}: {exc}") from exc
@@ -133,10 +169,10 @@ class Driver:
                 answers[i] = DeadlineExceededError(f"deadline of {self.deadline}s passed before this call")
             return [a for a in answers if a is not None]
         tasks = [asyncio.ensure_future(self._call([prompts[i] for i in chunk])) for chunk in chunks]
-        when = asyncio.FIRST_EXCEPTION if self.on_error == "raise" else asyncio.ALL_COMPLETED
         try:
             if tasks:
-                done, _ = await asyncio.wait(tasks, timeout=remaining, return_when=when)
+                # A task raises only for a failure that ends the rerank (see is_fatal): stop the rest then.
+                done, _ = await asyncio.wait(tasks, timeout=remaining, return_when=asyncio.FIRST_EXCEPTION)
                 for task in done:
                     exc = task.exception()
                     if exc is not None:
@@ -148,6 +184,7 @@ class Driver:
         for chunk, task in zip(chunks, tasks, strict=True):
             if task.cancelled():
                 self.meter.deadline_hit = True
+                self.meter.calls += len(chunk)
                 self.meter.failed_calls += len(chunk)
                 error = DeadlineExceededError(f"deadline of {self.deadline}s passed during this call")
                 if self.on_error == "raise":
@@ -160,7 +197,7 @@ class Driver:
         return [a for a in answers if a is not None]
 
     async def _call(self, prompts: list[Prompt]) -> list[Completion | BaseException]:
-        """One backend call (or batch) under the limiter; failures become answers unless raising."""
+        """One backend call (or batch) under the limiter; failures become answers unless fatal."""
         async with self.limiter:
             start = time.perf_counter()
             try:
@@ -177,8 +214,15 @@ class Driver:
             if isinstance(result, Exception):
                 failure = _as_failure(result, self.backend)
                 self.meter.calls += 1
+                if isinstance(failure, ContextLengthError) and prompt.shrunk is not None:
+                    self.meter.diagnostics.append(
+                        Diagnostic("context_shrunk", f"prompt too long for the model, resent shorter: {failure}")
+                    )
+                    out += await self._call([prompt.shrunk])
+                    continue
                 self.meter.failed_calls += 1
-                if self.on_error == "raise":
+                self.meter.errors.append(failure)
+                if is_fatal(failure, self.on_error):
                     raise failure
                 out.append(failure)
                 continue

@@ -15,7 +15,8 @@ from .backends.base import Backend
 from .cache import ResponseCache
 from .errors import ConfigurationError
 from .reranker import OnError, Reranker, check_settings, default_backend
-from .strategies import STRATEGIES, Strategy, make_strategy
+from .strategies import STRATEGIES, Hybrid, Strategy, make_strategy
+from .strategies.base import Context
 
 FIELDS = (
     "strategy",
@@ -27,6 +28,7 @@ FIELDS = (
     "on_error",
     "deadline",
     "cache",
+    "min_score",
 )
 """The settings an adapter passes through by name to :func:`check_options` and :func:`build_reranker`."""
 
@@ -43,9 +45,12 @@ def check_options(
     on_error: str = "degrade",
     deadline: float | None = None,
     cache: object | None = None,
+    min_score: float | None = None,
 ) -> None:
     """Raise :class:`~llmrerank.errors.ConfigurationError` for settings that cannot work together."""
-    check_settings(max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain)
+    check_settings(
+        max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain, min_score=min_score
+    )
     if model is not None and backend is not None:
         raise ConfigurationError("pass either model= or backend=, not both")
     if isinstance(strategy, str) and strategy.lower() not in STRATEGIES:
@@ -56,6 +61,10 @@ def check_options(
         raise ConfigurationError("template= needs strategy= (its placeholders depend on the strategy)")
     if cache is not None and not (hasattr(cache, "get") and hasattr(cache, "set")):
         raise ConfigurationError("cache must have get() and set(), e.g. llmrerank.MemoryCache()")
+    if min_score is not None and strategy is not None:
+        chosen = make_strategy(strategy)
+        if not isinstance(chosen, Hybrid) and not chosen.absolute_scores(Context()):
+            raise ConfigurationError(f"min_score needs 0-10 scores; use strategy='pointwise', not {chosen.name!r}")
 
 
 def api_backend(model: str) -> Backend:
@@ -84,6 +93,7 @@ def build_reranker(
     on_error: OnError = "degrade",
     deadline: float | None = None,
     cache: ResponseCache | Any = None,
+    min_score: float | None = None,
 ) -> Reranker:
     """A :class:`~llmrerank.Reranker` for these settings (checked with :func:`check_options` first).
 
@@ -102,6 +112,7 @@ def build_reranker(
         on_error=on_error,
         deadline=deadline,
         cache=cache,
+        min_score=min_score,
     )
     if backend is None:
         backend = api_backend(model) if model is not None else default_backend()
@@ -118,6 +129,7 @@ def build_reranker(
         on_error=on_error,
         deadline=deadline,
         cache=cache,
+        min_score=min_score,
     )
 
 

@@ -9,20 +9,24 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
 
 from .backends.base import Backend
 from .cache import ResponseCache
-from .driver import Driver, OnError
+from .driver import Driver, Meter, OnError
 from .errors import ConfigurationError, InvalidInputError
 from .prompts import clean_query, domain_instruction
 from .runner import run_blocking
 from .strategies import Strategy, make_strategy
 from .strategies.base import Context, Ranking
 from .types import (
+    ABSOLUTE_SCORE_KINDS,
+    DEGRADED_REASONS,
+    D,
     Diagnostic,
     RankedDocument,
     RerankResult,
+    Status,
     check_query,
     check_top_k,
     document_list,
@@ -30,6 +34,9 @@ from .types import (
 )
 
 logger = logging.getLogger("llmrerank")
+
+ON_ERROR = ("degrade", "degrade_all", "raise")
+"""The values of ``on_error`` (see :data:`~llmrerank.driver.OnError`)."""
 
 
 def default_backend() -> Backend:
@@ -55,14 +62,23 @@ def default_backend() -> Backend:
     return LocalBackend()
 
 
-def check_settings(*, max_concurrency: int, on_error: str, deadline: float | None, domain: str | None) -> None:
+def check_settings(
+    *,
+    max_concurrency: int,
+    on_error: str,
+    deadline: float | None,
+    domain: str | None,
+    min_score: float | None = None,
+) -> None:
     """Raise :class:`~llmrerank.errors.ConfigurationError` for a :class:`Reranker` setting out of range."""
     if max_concurrency < 1:
         raise ConfigurationError("max_concurrency must be >= 1")
-    if on_error not in ("degrade", "raise"):
-        raise ConfigurationError("on_error must be 'degrade' or 'raise'")
+    if on_error not in ON_ERROR:
+        raise ConfigurationError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if deadline is not None and deadline <= 0:
         raise ConfigurationError("deadline must be > 0 seconds")
+    if min_score is not None and not (isinstance(min_score, int | float) and 0 <= min_score <= 10):
+        raise ConfigurationError(f"min_score must be a number from 0 to 10, got {min_score!r}")
     domain_instruction(domain)
 
 
@@ -77,11 +93,15 @@ class Reranker:
     log-probs for the local model). ``backend``: None picks one from the environment
     (:func:`default_backend`). ``domain``: ``"legal"``, ``"medical"``, ``"ecommerce"`` or your own
     instruction. ``max_concurrency`` bounds LLM calls in flight across all concurrent reranks of
-    this object. ``on_error="degrade"`` (default) returns a fallback order with ``degraded=True``
-    when calls fail; ``"raise"`` raises the typed error. ``strict=True`` raises
+    this object. ``on_error`` (:data:`~llmrerank.driver.OnError`): ``"degrade"`` (default) returns a
+    fallback order with ``degraded=True`` when calls fail for a passing reason (429, 5xx, timeouts)
+    and raises for a permanent one (bad key, unknown model, bad request); ``"degrade_all"`` degrades
+    on both; ``"raise"`` raises the typed error for any failure. ``strict=True`` raises
     :class:`~llmrerank.errors.ParseError` on unreadable output instead of falling back.
     ``deadline`` bounds one rerank in seconds. ``cache``: a :class:`~llmrerank.cache.MemoryCache`,
-    :class:`~llmrerank.cache.DiskCache` or anything with ``get``/``set``.
+    :class:`~llmrerank.cache.DiskCache` or anything with ``get``/``set``. ``min_score`` (0-10) drops
+    the documents the model rated below it (into :attr:`~llmrerank.types.RerankResult.dropped`); only
+    for strategies whose scores are 0-10 ratings (pointwise, or hybrid over pointwise).
     """
 
     def __init__(
@@ -95,8 +115,11 @@ class Reranker:
         strict: bool = False,
         deadline: float | None = None,
         cache: ResponseCache | None = None,
+        min_score: float | None = None,
     ) -> None:
-        check_settings(max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain)
+        check_settings(
+            max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain, min_score=min_score
+        )
         if backend is not None and not isinstance(backend, Backend):
             raise ConfigurationError(f"backend must be a llmrerank Backend, got {type(backend).__name__}")
         self.backend = backend if backend is not None else default_backend()
@@ -107,6 +130,12 @@ class Reranker:
         self.strict = strict
         self.deadline = deadline
         self.cache = cache
+        self.min_score = min_score
+        if min_score is not None and not self.strategy.absolute_scores(self._context(None)):
+            raise ConfigurationError(
+                f"min_score needs 0-10 scores; {self.strategy.name} gives {self._score_scale()}: "
+                "use Pointwise (or Hybrid(llm='pointwise')), or filter on rank with top_k"
+            )
         self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -114,6 +143,22 @@ class Reranker:
 
     def __repr__(self) -> str:
         return f"Reranker(strategy={self.strategy!r}, backend={self.backend!r})"
+
+    def _context(self, top_k: int | None) -> Context:
+        return Context(
+            top_k=top_k,
+            supports_logprobs=self.backend.supports_logprobs,
+            strict=self.strict,
+            domain=self.domain,
+            pointwise_method=getattr(self.backend, "pointwise_method", "expected"),
+            preferred_strategy=self.backend.preferred_strategy,
+        )
+
+    def _score_scale(self) -> str:
+        return {
+            "listwise": "an order (or window-relative probabilities), not ratings",
+            "pairwise": "win rates or an order, not ratings",
+        }.get(self.strategy.name, "no 0-10 ratings")
 
     def _limiter(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -123,11 +168,14 @@ class Reranker:
                 limiter = self._limiters[loop] = asyncio.Semaphore(self.max_concurrency)
             return limiter
 
-    async def arerank(self, query: str, documents: Sequence[Any], top_k: int | None = None) -> RerankResult:
+    async def arerank(
+        self, query: str, documents: Sequence[D], top_k: int | None = None, *, min_score: float | None = None
+    ) -> RerankResult[D]:
         """Rerank ``documents`` for ``query``; return the best ``top_k`` (all when None).
 
         ``documents`` may be strings, dicts with ``content`` or ``text`` (plus ``id``/``metadata``),
         or objects with ``page_content`` or ``text``; results hold the caller's own objects.
+        ``min_score`` overrides the reranker's for this call.
 
         Input rules: an empty list gives an empty result without any LLM call; a blank or
         non-string query, None (as the list or as an item), a dict without text, a bare number
@@ -137,10 +185,26 @@ class Reranker:
         longer than the strategy's ``max_doc_chars`` are cut (diagnostic ``truncated``); control
         and invisible characters and imitation ``<document>`` tags are neutralised in prompts
         (:func:`~llmrerank.prompts.sanitize`), while results hold the caller's objects unchanged.
+
+        Whatever did not rerank says so: :attr:`~llmrerank.types.RerankResult.status`,
+        ``degraded`` with ``degraded_reasons``, ``fallback`` per document, and one warning on the
+        ``llmrerank`` logger naming the cause.
         """
         started = time.perf_counter()
         query = check_query(query)
         top_k = check_top_k(top_k)
+        if min_score is not None:
+            check_settings(
+                max_concurrency=self.max_concurrency,
+                on_error=self.on_error,
+                deadline=self.deadline,
+                domain=None,
+                min_score=min_score,
+            )
+            if not self.strategy.absolute_scores(self._context(top_k)):
+                scale = self._score_scale()
+                raise ConfigurationError(f"min_score needs 0-10 scores; {self.strategy.name} gives {scale}")
+        threshold = self.min_score if min_score is None else min_score
         originals = document_list(documents)
         docs = normalize_documents(originals)
         prompt_query = clean_query(query)
@@ -150,65 +214,69 @@ class Reranker:
         if not docs:
             return RerankResult((), query, name, "input_order")
         driver = Driver(self.backend, self._limiter(), on_error=self.on_error, deadline=self.deadline, cache=self.cache)
-        ctx = Context(
-            top_k=top_k,
-            supports_logprobs=self.backend.supports_logprobs,
-            strict=self.strict,
-            domain=self.domain,
-            pointwise_method=getattr(self.backend, "pointwise_method", "expected"),
-            preferred_strategy=self.backend.preferred_strategy,
-        )
-        ranking = await driver.run(self.strategy.plan(prompt_query, docs, ctx))
+        ranking = await driver.run(self.strategy.plan(prompt_query, docs, self._context(top_k)))
         ranking = _complete(ranking, len(docs))
         meter = driver.meter
-        degraded = (
-            meter.failed_calls > 0
-            or meter.deadline_hit
-            or any(d.code == "prefilter_failed" for d in ranking.diagnostics)
-        )
-        diagnostics = list(ranking.diagnostics)
+        diagnostics = list(ranking.diagnostics) + meter.diagnostics
         if meter.deadline_hit:
             diagnostics.append(Diagnostic("deadline_exceeded", f"deadline of {self.deadline}s passed"))
+        reasons = degraded_reasons(bool(meter.errors), meter.deadline_hit, diagnostics)
+        unjudged = ranking.unjudged & set(range(len(docs)))
+        degraded = bool(reasons) or bool(unjudged)
+        if degraded and not reasons:
+            reasons = ("unreadable_answer",)
+        status: Status = "reranked"
+        kind = ranking.score_kind
         if degraded:
-            logger.warning(
-                "llmrerank: %s rerank degraded (%d of %d calls failed); fallback order used",
-                name,
-                meter.failed_calls,
-                max(meter.calls, meter.failed_calls),
-            )
+            status = "fallback" if len(unjudged) == len(docs) else "partial"
+            if status == "fallback" and not ranking.scores:
+                kind = "input_order"
+            why = describe_degraded(name, reasons, meter, diagnostics, len(unjudged), len(docs))
+            logger.warning("llmrerank: %s", why)
         by_index: dict[int, list[Diagnostic]] = {}
         for d in diagnostics:
             if d.index is not None:
                 by_index.setdefault(d.index, []).append(d)
-        kept = ranking.order[:top_k] if top_k else ranking.order
-        items = tuple(
+        ranked = [
             RankedDocument(
                 index=i,
                 document=originals[i],
                 score=ranking.scores.get(i),
-                rank=r + 1,
+                rank=0,
                 reason=ranking.reasons.get(i),
                 diagnostics=tuple(by_index.get(i, ())),
+                fallback=i in unjudged,
             )
-            for r, i in enumerate(kept)
-        )
+            for i in ranking.order
+        ]
+        dropped: list[RankedDocument[D]] = []
+        if threshold is not None and kind in ABSOLUTE_SCORE_KINDS:
+            # Unscored (fallback) documents were not judged below the threshold: they stay.
+            dropped = [d for d in ranked if d.score is not None and d.score < threshold]
+            ranked = [d for d in ranked if d.score is None or d.score >= threshold]
+        kept = ranked[:top_k] if top_k else ranked
         return RerankResult(
-            items=items,
+            items=tuple(replace(d, rank=r + 1) for r, d in enumerate(kept)),
             query=query,
             strategy=name,
-            score_kind=ranking.score_kind,
+            score_kind=kind,
             usage=meter.usage(time.perf_counter() - started),
             diagnostics=tuple(diagnostics),
             degraded=degraded,
+            degraded_reasons=reasons,
+            status=status,
+            dropped=tuple(dropped),
         )
 
-    def rerank(self, query: str, documents: Sequence[Any], top_k: int | None = None) -> RerankResult:
+    def rerank(
+        self, query: str, documents: Sequence[D], top_k: int | None = None, *, min_score: float | None = None
+    ) -> RerankResult[D]:
         """Blocking :meth:`arerank`; also safe inside a running event loop.
 
         It runs on llmrerank's one background event loop (:mod:`llmrerank.runner`), so the
         backend's HTTP client and connections are reused from one call to the next.
         """
-        return run_blocking(self.arerank(query, documents, top_k))
+        return run_blocking(self.arerank(query, documents, top_k, min_score=min_score))
 
 
 def _complete(ranking: Ranking, n: int) -> Ranking:
@@ -222,3 +290,42 @@ def _complete(ranking: Ranking, n: int) -> Ranking:
         order += [i for i in range(n) if i not in seen]
     ranking.order = order
     return ranking
+
+
+UNREADABLE_CODES = frozenset({"fallback_input_order", "score_unparsed", "choice_unparsed"})
+"""Diagnostic codes of answers that held nothing readable."""
+
+
+def degraded_reasons(calls_failed: bool, deadline_hit: bool, diagnostics: Sequence[Diagnostic]) -> tuple[str, ...]:
+    """The :data:`~llmrerank.types.DEGRADED_REASONS` that apply, in that order."""
+    codes = {d.code for d in diagnostics}
+    found = {
+        "call_failed": calls_failed,
+        "unreadable_answer": bool(codes & UNREADABLE_CODES),
+        "prefilter_failed": "prefilter_failed" in codes,
+        "deadline_exceeded": deadline_hit,
+    }
+    return tuple(code for code in DEGRADED_REASONS if found[code])
+
+
+def describe_degraded(
+    strategy: str, reasons: Sequence[str], meter: Meter, diagnostics: Sequence[Diagnostic], unjudged: int, n: int
+) -> str:
+    """One line naming why a rerank degraded: the first error's class and status, the start of an unreadable answer."""
+    parts = []
+    if meter.errors:
+        first = meter.errors[0]
+        status = getattr(first, "status_code", None)
+        parts.append(
+            f"{meter.failed_calls} of {meter.calls} calls failed, first {type(first).__name__}"
+            + (f" (HTTP {status})" if status else "")
+            + f": {str(first)[:160]}"
+        )
+    unreadable = [d for d in diagnostics if d.code in UNREADABLE_CODES]
+    if unreadable:
+        parts.append(f"{len(unreadable)} unreadable answer(s), first: {unreadable[0].message[:120]}")
+    prefilter = next((d for d in diagnostics if d.code == "prefilter_failed"), None)
+    if prefilter is not None:
+        parts.append(f"prefilter failed: {prefilter.message[:160]}")
+    placed = f"{unjudged} of {n} documents keep a fallback place" if unjudged else "every document was placed"
+    return f"{strategy} rerank degraded ({', '.join(reasons)}): {'; '.join(parts) or 'see diagnostics'}; {placed}"

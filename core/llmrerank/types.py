@@ -3,21 +3,46 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from dataclasses import asdict, dataclass, field
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from .errors import InvalidInputError
 
-ScoreKind = Literal["relevance", "logprob", "win_rate", "rank", "cross_encoder", "input_order"]
-"""What :attr:`RankedDocument.score` means.
+ScoreKind = Literal["relevance", "logprob", "win_rate", "first_token", "rank", "cross_encoder", "input_order"]
+"""What :attr:`RankedDocument.score` means. Higher is always better.
 
-- ``relevance``: the LLM's 0-10 rating, parsed from text.
-- ``logprob``: expected 0-10 rating (or 10 x P(yes)) from token log-probabilities.
-- ``win_rate``: pairwise preference share in [0, 1].
-- ``rank``: listwise strategies give no score; ``(n - rank + 1) / n``, derived from the position.
-- ``cross_encoder``: the cross-encoder's raw score (hybrid, when the LLM stage failed).
-- ``input_order``: nothing could be ranked; derived from the input position.
+- ``relevance``: the LLM's own 0-10 rating, read from its answer (10 answers the query fully).
+- ``logprob``: expected 0-10 rating under the next-token log-probabilities (or 10 x P(Yes)).
+- ``win_rate``: share of pairwise comparisons won, in [0, 1] (both orders of each pair asked).
+- ``first_token``: listwise with log-probabilities: P(this document's label is the first one the
+  model writes), in [0, 1], relative to the other documents of its window.
+- ``rank``: the model ordered the documents but gave no score (listwise, pairwise sort):
+  ``score`` is None and :attr:`RankedDocument.rank` is all there is.
+- ``cross_encoder``: the hybrid prefilter's raw score (its LLM stage failed); unbounded.
+- ``input_order``: nothing was ranked (empty input, or every call failed): ``score`` is None.
+
+A document whose place no model answer decided (:attr:`RankedDocument.fallback`) never gets a
+score made up for it: its ``score`` is None unless the prefilter scored it (``cross_encoder``).
 """
+
+ABSOLUTE_SCORE_KINDS: frozenset[str] = frozenset({"relevance", "logprob"})
+"""Score kinds on a fixed 0-10 scale, comparable across queries: the ones ``min_score`` accepts."""
+
+Status = Literal["reranked", "partial", "fallback"]
+"""Whether a result was reranked: fully, partly (some calls failed or answers were unreadable), or
+not at all (every document keeps a fallback order)."""
+
+DEGRADED_REASONS = ("call_failed", "unreadable_answer", "prefilter_failed", "deadline_exceeded")
+"""The reason codes of :attr:`RerankResult.degraded_reasons`.
+
+- ``call_failed``: an LLM call failed after the SDK's retries (the warning names the error).
+- ``unreadable_answer``: an answer held no ranking, score or choice that could be read.
+- ``prefilter_failed``: the hybrid strategy's cross-encoder failed.
+- ``deadline_exceeded``: the rerank's ``deadline`` passed with calls unanswered.
+"""
+
+D = TypeVar("D")
+"""The type of the caller's documents."""
 
 
 @dataclass(frozen=True)
@@ -162,55 +187,69 @@ class Usage:
 
 
 @dataclass(frozen=True)
-class RankedDocument:
+class RankedDocument(Generic[D]):
     """One document in a rerank result."""
 
     index: int
     """Position of the document in the input list."""
-    document: Any
+    document: D
     """The caller's own object, unchanged."""
     score: float | None
-    """Higher is better; what it means is :attr:`RerankResult.score_kind`. None: no score could be had."""
+    """Higher is better; what it means is :attr:`RerankResult.score_kind`. None: no score (a
+    rank-only strategy, or a document no model answer placed)."""
     rank: int
     """1-based position in the result."""
     reason: str | None = None
     """The LLM's one-line reason, when the strategy asked for one."""
     diagnostics: tuple[Diagnostic, ...] = ()
-    """Diagnostics about this document (``score_parsed``, ``missing_appended``, ...)."""
+    """Diagnostics about this document (``score_parsed``, ``missing_appended``, ``call_failed``, ...)."""
+    fallback: bool = False
+    """True when no model answer decided this document's place: its call failed or its answer was
+    unreadable, and it keeps a fallback place (after the judged documents, in input order)."""
 
 
 @dataclass(frozen=True)
-class RerankResult(Sequence[RankedDocument]):
+class RerankResult(Sequence[RankedDocument[D]]):
     """The reranked documents, best first, with what it cost and what went wrong.
 
     Iterating yields :class:`RankedDocument` items; ``len(result)`` is the number returned
-    (``top_k`` or all).
+    (``top_k`` or all, less those below ``min_score``). How to tell a real rerank from a fallback:
+    :attr:`status` (``reranked``, ``partial``, ``fallback``), :attr:`degraded` with
+    :attr:`degraded_reasons`, and :attr:`RankedDocument.fallback` per document.
     """
 
-    items: tuple[RankedDocument, ...]
+    items: tuple[RankedDocument[D], ...]
     query: str
     strategy: str
     score_kind: ScoreKind
     usage: Usage = field(default_factory=Usage)
     diagnostics: tuple[Diagnostic, ...] = ()
     degraded: bool = False
-    """True when an LLM call failed or the deadline passed and a fallback order was used."""
+    """True when any part of the order is a fallback: a call failed, an answer was unreadable, the
+    prefilter failed or the deadline passed. :attr:`degraded_reasons` says which."""
+    degraded_reasons: tuple[str, ...] = ()
+    """Reason codes, from :data:`DEGRADED_REASONS`; empty when not degraded."""
+    status: Status = "reranked"
+    """``reranked``: every document was placed by the model. ``partial``: degraded, but some
+    documents were placed by the model. ``fallback``: nothing was reranked."""
+    dropped: tuple[RankedDocument[D], ...] = ()
+    """Documents judged below ``min_score``, best first; not in :attr:`items`."""
 
     @overload
-    def __getitem__(self, i: int) -> RankedDocument: ...
+    def __getitem__(self, i: int) -> RankedDocument[D]: ...
     @overload
-    def __getitem__(self, i: slice) -> Sequence[RankedDocument]: ...
-    def __getitem__(self, i: int | slice) -> RankedDocument | Sequence[RankedDocument]:
+    def __getitem__(self, i: slice) -> Sequence[RankedDocument[D]]: ...
+    def __getitem__(self, i: int | slice) -> RankedDocument[D] | Sequence[RankedDocument[D]]:
         return self.items[i]
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __iter__(self) -> Iterator[RankedDocument]:
+    def __iter__(self) -> Iterator[RankedDocument[D]]:
         return iter(self.items)
 
     @property
-    def documents(self) -> list[Any]:
+    def documents(self) -> list[D]:
         """The caller's documents in the new order."""
         return [item.document for item in self.items]
 
@@ -218,3 +257,41 @@ class RerankResult(Sequence[RankedDocument]):
     def indices(self) -> list[int]:
         """Input positions in the new order."""
         return [item.index for item in self.items]
+
+    @property
+    def reranked(self) -> bool:
+        """True when the model placed every document (:attr:`status` is ``reranked``)."""
+        return self.status == "reranked"
+
+    def summary(self) -> dict[str, Any]:
+        """What the rerank did, as JSON-able data (no documents): strategy, score kind, status,
+        degraded and why, usage, diagnostics, and the input positions in the new order."""
+        return {
+            "strategy": self.strategy,
+            "score_kind": self.score_kind,
+            "status": self.status,
+            "degraded": self.degraded,
+            "degraded_reasons": list(self.degraded_reasons),
+            "usage": {**asdict(self.usage), "total_tokens": self.usage.total_tokens},
+            "diagnostics": [asdict(d) for d in self.diagnostics],
+            "order": self.indices,
+            "dropped": [d.index for d in self.dropped],
+        }
+
+    def metadata(self, item: RankedDocument[Any]) -> dict[str, Any]:
+        """The per-document fields the framework adapters attach to each returned document.
+
+        ``relevance_score`` (the model's score, None when it gave none), ``rerank_rank``,
+        ``rerank_score_kind``, ``rerank_fallback`` (this document kept a fallback place),
+        ``rerank_degraded`` (the whole rerank degraded), and ``relevance_reason`` when there is one.
+        """
+        fields: dict[str, Any] = {
+            "relevance_score": item.score,
+            "rerank_rank": item.rank,
+            "rerank_score_kind": self.score_kind,
+            "rerank_fallback": item.fallback,
+            "rerank_degraded": self.degraded,
+        }
+        if item.reason is not None:
+            fields["relevance_reason"] = item.reason
+        return fields

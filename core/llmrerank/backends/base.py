@@ -21,6 +21,9 @@ class Prompt:
     user: str
     max_tokens: int = 16
     choices: tuple[str, ...] | None = None
+    shrunk: Prompt | None = None
+    """A smaller version of this prompt (documents cut further), sent once instead when the backend
+    answers that this one does not fit the model's context (:class:`~llmrerank.errors.ContextLengthError`)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class Completion:
     choice_logprobs: Mapping[str, float] | None = None
     """log P(answer starts with choice) for each choice the backend could see; absent ones are missing."""
     cached: bool = False
+    finish_reason: str | None = None
+    """Why generation stopped, as the backend reports it (``stop``, ``length``, ...), if it does."""
 
 
 def counts_for_choice(text: str, key: str) -> bool:

@@ -14,7 +14,14 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from ..errors import BackendError, BackendTimeoutError, ConfigurationError, RateLimitError
+from ..errors import (
+    BackendError,
+    BackendTimeoutError,
+    ConfigurationError,
+    InvalidResponseError,
+    RateLimitError,
+    error_from_status,
+)
 from .base import Backend
 
 T = TypeVar("T")
@@ -145,14 +152,14 @@ class SDKBackend(Backend):
         except self.sdk_error as exc:
             raise self._error(exc) from exc
         except ValueError as exc:  # a body the SDK could not decode
-            raise BackendError(f"invalid response: {exc}", backend=self.name) from exc
+            raise InvalidResponseError(f"invalid response: {exc}", backend=self.name) from exc
 
     def _is_rate_limit(self, exc: Exception) -> bool:
         """Whether ``exc`` asks the caller to slow down (the SDK's RateLimitError; subclasses add more)."""
         return isinstance(exc, self._sdk.RateLimitError)
 
     def _error(self, exc: Exception) -> BackendError:
-        """The typed llmrerank error for an SDK exception."""
+        """The typed llmrerank error for an SDK exception (see :func:`~llmrerank.errors.error_from_status`)."""
         status = getattr(exc, "status_code", None)
         message = f"{type(exc).__name__}: {exc}"
         if self._is_rate_limit(exc):
@@ -160,7 +167,7 @@ class SDKBackend(Backend):
             return RateLimitError(message, status_code=status, backend=self.name, retry_after=retry_after(headers))
         if isinstance(exc, self._sdk.APITimeoutError):
             return BackendTimeoutError(message, backend=self.name)
-        return BackendError(message, status_code=status, backend=self.name)
+        return error_from_status(status, message, backend=self.name)
 
     async def aclose(self) -> None:
         """Close the client this event loop made (a ``client`` you passed in stays open)."""

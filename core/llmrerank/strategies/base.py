@@ -54,6 +54,9 @@ class Ranking:
     scores: dict[int, float] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    unjudged: set[int] = field(default_factory=set)
+    """Documents whose place no model answer decided (failed call, unreadable answer). They keep a
+    fallback place (their first-stage order among themselves) and no score unless a prefilter gave one."""
 
 
 class Strategy(ABC):
@@ -64,6 +67,11 @@ class Strategy(ABC):
     @abstractmethod
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
         """Yield steps, receive answers, return a :class:`Ranking` over ``range(len(docs))``."""
+
+    def absolute_scores(self, ctx: Context) -> bool:
+        """Whether this strategy's scores sit on a fixed scale comparable across queries (0-10
+        ratings), so that a ``min_score`` threshold means something. False unless a subclass says so."""
+        return False
 
 
 def failure(answer: Any) -> BaseException | None:

@@ -71,19 +71,32 @@ class Pointwise(Strategy):
             return ctx.pointwise_method
         return "generate"
 
+    def absolute_scores(self, ctx: Context) -> bool:
+        """Pointwise scores are 0-10 ratings: yes."""
+        return True
+
     def prompt(self, query: str, doc: Document, method: str, ctx: Context) -> tuple[Prompt, bool]:
-        """Build the prompt for one document; also says whether the document was truncated."""
+        """Build the prompt for one document; also says whether the document was truncated.
+
+        The prompt carries a copy with the document cut to half, for a model whose context it exceeds.
+        """
         clipped = clip(doc.text, self.max_doc_chars)
-        block = document_block("1", clipped.text)
+        half = clip(clipped.text, max(1, len(clipped.text) // 2)).text
+        full = self._prompt(query, clipped.text, method, ctx)
+        shrunk = self._prompt(query, half, method, ctx)
+        return Prompt(full.system, full.user, full.max_tokens, full.choices, shrunk=shrunk), clipped.truncated
+
+    def _prompt(self, query: str, text: str, method: str, ctx: Context) -> Prompt:
+        block = document_block("1", text)
         system = system_prompt(self.system_prompt, ctx.domain)
         if method == "yes_no":
             user = render(self.template or YES_NO_TEMPLATE, query=query, document=block, answer_format="")
-            return Prompt(system, user, max_tokens=2, choices=("Yes", "No")), clipped.truncated
+            return Prompt(system, user, max_tokens=2, choices=("Yes", "No"))
         answer_format = WITH_REASON if self.with_reason else NUMBER_ONLY
         user = render(self.template or SCORE_TEMPLATE, query=query, document=block, answer_format=answer_format)
         if method == "expected":
-            return Prompt(system, user, max_tokens=2, choices=SCALE), clipped.truncated
-        return Prompt(system, user, max_tokens=64 if self.with_reason else 8), clipped.truncated
+            return Prompt(system, user, max_tokens=2, choices=SCALE)
+        return Prompt(system, user, max_tokens=64 if self.with_reason else 8)
 
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
         """One step: a prompt per document."""
@@ -117,7 +130,7 @@ class Pointwise(Strategy):
         scored = sorted(scores, key=lambda i: (-scores[i], i))
         unscored = [i for i in range(len(docs)) if i not in scores]
         kind: ScoreKind = "logprob" if method in ("expected", "yes_no") else "relevance"
-        return Ranking(scored + unscored, kind, scores, reasons, diagnostics)
+        return Ranking(scored + unscored, kind, scores, reasons, diagnostics, set(unscored))
 
 
 def read_score(answer: Completion, method: str) -> tuple[float | None, str]:
