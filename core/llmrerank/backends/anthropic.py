@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import require
+from ..errors import InvalidResponseError, require
 from .base import Completion, Prompt
-from .sdk import SDKBackend
+from .sdk import SDKBackend, describe
 
 OVERLOADED = 529
 """Anthropic's "overloaded" status, reported as :class:`~llmrerank.errors.RateLimitError`."""
@@ -74,7 +74,11 @@ class AnthropicBackend(SDKBackend):
             options["extra_body"] = {"temperature": self.temperature}
         message = await self._request(self._current_client().messages.create(**options))
 
-        blocks = getattr(message, "content", None) or ()
+        blocks = getattr(message, "content", None)
+        if not isinstance(blocks, list):
+            raise InvalidResponseError(
+                f"the server answered with {describe(message)} instead of a message", backend=self.name
+            )
         text = "".join(getattr(b, "text", "") or "" for b in blocks if getattr(b, "type", None) == "text")
         usage = getattr(message, "usage", None)
         prompt_tokens = sum(
@@ -82,7 +86,10 @@ class AnthropicBackend(SDKBackend):
             for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
         )
         return Completion(
-            text=text, prompt_tokens=prompt_tokens, completion_tokens=int(getattr(usage, "output_tokens", 0) or 0)
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=int(getattr(usage, "output_tokens", 0) or 0),
+            finish_reason=getattr(message, "stop_reason", None),
         )
 
     def _is_rate_limit(self, exc: Exception) -> bool:

@@ -9,9 +9,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import require
+from ..errors import InvalidResponseError, require
 from .base import Completion, Prompt, counts_for_choice
-from .sdk import SDKBackend
+from .sdk import SDKBackend, describe
 
 TOP_LOGPROBS = 20
 """How many first-token alternatives are asked for (the OpenAI maximum)."""
@@ -102,14 +102,19 @@ class OpenAIBackend(SDKBackend):
             options.update(logprobs=True, top_logprobs=TOP_LOGPROBS, max_tokens=1)
         response = await self._request(self._current_client().chat.completions.create(**options))
 
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise InvalidResponseError(
+                f"the server answered with {describe(response)} instead of a chat completion", backend=self.name
+            )
+        first = choices[0]
+        message = getattr(first, "message", None)
+        if message is None:
+            raise InvalidResponseError("the chat completion's first choice has no message", backend=self.name)
+        text = message_text(getattr(message, "content", None), self.name)
         usage = getattr(response, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-        choices = getattr(response, "choices", None)
-        if not choices:
-            return Completion(text="", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-        first = choices[0]
-        text = getattr(getattr(first, "message", None), "content", None) or ""
         lp = None
         if want_logprobs and prompt.choices:
             content = getattr(getattr(first, "logprobs", None), "content", None)
@@ -119,8 +124,41 @@ class OpenAIBackend(SDKBackend):
                     top = [(content[0].token, content[0].logprob)]
                 lp = choice_logprobs(top, prompt.choices)
         return Completion(
-            text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, choice_logprobs=lp
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            choice_logprobs=lp,
+            finish_reason=getattr(first, "finish_reason", None),
         )
 
 
-__all__ = ["TOP_LOGPROBS", "OpenAIBackend", "choice_logprobs"]
+def message_text(content: Any, backend: str = "openai") -> str:
+    """The text of a chat message's ``content``: a string, None (no text), or a list of text parts
+    (``{"type": "text", "text": ...}``, as several gateways send), joined. Anything else raises
+    :class:`~llmrerank.errors.InvalidResponseError`."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            text = part if isinstance(part, str) else _part_text(part)
+            if text is None:
+                raise InvalidResponseError(f"a content part that is not text: {str(part)[:80]!r}", backend=backend)
+            texts.append(text)
+        return "".join(texts)
+    raise InvalidResponseError(f"message content is {type(content).__name__}, not text", backend=backend)
+
+
+def _part_text(part: Any) -> str | None:
+    get = part.get if isinstance(part, dict) else lambda key: getattr(part, key, None)
+    kind, text = get("type"), get("text")
+    if kind in ("text", "output_text", None) and isinstance(text, str):
+        return text
+    if kind in ("reasoning", "thinking", "refusal"):
+        return ""  # not the answer
+    return None
+
+
+__all__ = ["TOP_LOGPROBS", "OpenAIBackend", "choice_logprobs", "message_text"]

@@ -84,6 +84,29 @@ def retry_after(headers: Mapping[str, str] | None) -> float | None:
     return max(email.utils.mktime_tz(parsed) - time.time(), 0.0) if parsed else None
 
 
+def describe(value: Any) -> str:
+    """A short description of an unexpected response body, for error messages."""
+    if isinstance(value, str | bytes):
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
+        start = " ".join(text.split())[:80]
+        kind = (
+            "an HTML page"
+            if "<html" in text[:500].lower()
+            else "an event stream"
+            if start.startswith(("data:", "event:"))
+            else "text"
+        )
+        return f"{kind} {start!r}"
+    if isinstance(value, list):
+        return f"a JSON array of {len(value)} items"
+    if isinstance(value, dict):
+        return f"a JSON object with keys {sorted(map(str, value))[:8]}"
+    fields = getattr(value, "model_fields_set", None)
+    if fields is not None:
+        return f"a {type(value).__name__} with no usable content (fields set: {sorted(fields)[:8]})"
+    return f"a {type(value).__name__}"
+
+
 class SDKBackend(Backend):
     """A backend over an official async SDK client (``openai.AsyncOpenAI``, ``anthropic.AsyncAnthropic``).
 
@@ -153,6 +176,11 @@ class SDKBackend(Backend):
             raise self._error(exc) from exc
         except ValueError as exc:  # a body the SDK could not decode
             raise InvalidResponseError(f"invalid response: {exc}", backend=self.name) from exc
+        except TypeError as exc:
+            # The Anthropic SDK finds out at request time that it has no credentials at all.
+            if "authentication" in str(exc).lower():
+                raise ConfigurationError(f"no {self.title} credentials: {exc}") from exc
+            raise
 
     def _is_rate_limit(self, exc: Exception) -> bool:
         """Whether ``exc`` asks the caller to slow down (the SDK's RateLimitError; subclasses add more)."""

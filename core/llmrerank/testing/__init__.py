@@ -7,6 +7,7 @@ The HTTP server that speaks the OpenAI and Anthropic wire formats on loopback li
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import threading
 from collections import deque
@@ -127,4 +128,23 @@ def overlap_judge(prompt: Prompt) -> str:
     return " > ".join(scores[i][0] for i in ranked)
 
 
-__all__ = ["FakeBackend", "FakeBackendExhausted", "overlap", "overlap_judge"]
+def overlap_logprobs(prompt: Prompt, *, sharpness: float = 8.0) -> dict[str, float]:
+    """First-token log-probabilities of the word-overlap judge for a prompt with ``choices``.
+
+    Listwise labels and pairwise ``A``/``B`` get a softmax over their documents' overlap (times
+    ``sharpness``); a single document gets its 0-10 rating (or Yes/No) nearly surely. Pair it with
+    :func:`overlap_judge` for the text: ``FakeBackend(respond=overlap_judge, logprobs=overlap_logprobs)``.
+    """
+    query_line = re.search(r"^Query: (.*)$", prompt.user, re.MULTILINE)
+    query = query_line.group(1) if query_line else ""
+    blocks = [(label.strip("[]"), overlap(query, text)) for label, text in _BLOCK.findall(prompt.user)]
+    if len(blocks) == 1:
+        (choice,) = overlap_judge(prompt).split()
+        return {c: (-0.01 if c == choice else -9.0) for c in prompt.choices or (choice,)}
+    top = max((sharpness * score for _, score in blocks), default=0.0)
+    weights = {label: math.exp(sharpness * score - top) for label, score in blocks}
+    total = sum(weights.values())
+    return {label: math.log(w / total) for label, w in weights.items()}
+
+
+__all__ = ["FakeBackend", "FakeBackendExhausted", "overlap", "overlap_judge", "overlap_logprobs"]
