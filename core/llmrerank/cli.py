@@ -170,9 +170,12 @@ def format_table(reports: Sequence[Any]) -> str:
         f"{first.queries} queries, BM25 depth {first.depth}; {where}"
         f"USD/1k q estimated, prices as of {PRICES_AS_OF}; p50/p95: seconds per query"
     )
-    degraded = [f"{r.name}: {r.degraded}" for r in reports if r.degraded]
-    if degraded:
-        lines.append("degraded queries (an LLM call failed, fallback order used): " + ", ".join(degraded))
+    for r in reports:
+        if r.degraded:
+            reasons = ", ".join(f"{code} {count}" for code, count in sorted(r.degraded_reasons.items()))
+            lines.append(
+                f"degraded: {r.name} on {r.degraded} of {r.queries} queries ({reasons}); first: {r.first_problem()}"
+            )
     return "\n".join(lines)
 
 
@@ -271,6 +274,14 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
         (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
         plot(reports, out / "plot.png")
         print(f"wrote {out / 'report.json'} and {out / 'plot.png'}")
+    failed = [r.name for r in reports if r.always_degraded]
+    if failed:
+        print(
+            f"llmrerank: error: {', '.join(failed)} degraded on every query: the figures above are the fallback "
+            "order's, not a reranker's (see the degraded line and report.json)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

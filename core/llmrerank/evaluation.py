@@ -30,8 +30,9 @@ import math
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -39,7 +40,7 @@ from .errors import ConfigurationError, InvalidInputError, require
 from .pricing import PRICES_AS_OF, PriceSource, estimate_cost
 from .reranker import Reranker
 from .runner import run_blocking
-from .types import RerankResult, Usage
+from .types import Diagnostic, RerankResult, Usage
 
 ENV_VAR = "LLMRERANK_DATA"
 """Environment variable naming the default collection folder."""
@@ -196,6 +197,11 @@ class QueryResult:
     """Wall time of the rerank call."""
     usage: Usage = field(default_factory=Usage)
     degraded: bool = False
+    status: str = "reranked"
+    """:attr:`~llmrerank.RerankResult.status`: ``reranked``, ``partial`` or ``fallback``."""
+    degraded_reasons: tuple[str, ...] = ()
+    diagnostics: tuple[Diagnostic, ...] = ()
+    """When it degraded: the diagnostics that say why (failed calls, unreadable answers; at most 10)."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +238,24 @@ class EvalReport:
         """How many queries got a degraded (fallback) ranking."""
         return sum(q.degraded for q in self.per_query)
 
+    @property
+    def degraded_reasons(self) -> dict[str, int]:
+        """How many queries degraded for each reason code."""
+        return dict(Counter(reason for q in self.per_query for reason in q.degraded_reasons))
+
+    @property
+    def always_degraded(self) -> bool:
+        """True when every query degraded: the figures measure the fallback order, not the reranker."""
+        return bool(self.per_query) and self.degraded == self.queries
+
+    def first_problem(self) -> str | None:
+        """The first degraded query's first diagnostic, as ``query id: code: message``."""
+        for q in self.per_query:
+            if q.degraded and q.diagnostics:
+                d = q.diagnostics[0]
+                return f"query {q.query_id}: {d.code}: {d.message}"
+        return None
+
     def per_query_mean(self, value: Callable[[QueryResult], float]) -> float:
         """Mean of ``value`` over the queries (0 when there are none)."""
         return sum(map(value, self.per_query)) / len(self.per_query) if self.per_query else 0.0
@@ -260,6 +284,8 @@ class EvalReport:
             "latency_p95_s": self.latency_p95,
             "wall_seconds": self.wall_seconds,
             "degraded_queries": self.degraded,
+            "degraded_reasons": self.degraded_reasons,
+            "first_problem": self.first_problem(),
         }
         if per_query:
             out["per_query"] = [
@@ -270,6 +296,9 @@ class EvalReport:
                     "seconds": q.seconds,
                     "usage": asdict(q.usage),
                     "degraded": q.degraded,
+                    "status": q.status,
+                    "degraded_reasons": list(q.degraded_reasons),
+                    "diagnostics": [asdict(d) for d in q.diagnostics],
                 }
                 for q in self.per_query
             ]
@@ -360,13 +389,13 @@ async def _run_all(
     async def one(task: _Task) -> QueryResult:
         async with limiter:
             started = time.perf_counter()
-            usage, degraded = Usage(), False
             n = len(task.documents)
+            answer: Any = None
             if reranker is None or n == 0:
                 order = list(range(n))
             elif isinstance(reranker, Reranker):
-                result = await reranker.arerank(task.query, task.documents)
-                order, usage, degraded = _order(result, n), result.usage, result.degraded
+                answer = await reranker.arerank(task.query, task.documents)
+                order = _order(answer, n)
             else:
                 if inspect.iscoroutinefunction(reranker):
                     answer = await reranker(task.query, task.documents)
@@ -375,19 +404,22 @@ async def _run_all(
                     if inspect.isawaitable(answer):
                         answer = await answer
                 order = _order(answer, n)
-                if isinstance(answer, RerankResult):
-                    usage, degraded = answer.usage, answer.degraded
             seconds = time.perf_counter() - started
         if bar is not None:
             with lock:
                 bar.update(1)
+        result = answer if isinstance(answer, RerankResult) else None
+        usage = result.usage if result is not None else Usage()
         return QueryResult(
             task.query_id,
             {},
             tuple(task.doc_ids[i] for i in order),
             seconds,
             usage if usage.wall_seconds else Usage(**{**asdict(usage), "wall_seconds": seconds}),
-            degraded,
+            result is not None and result.degraded,
+            result.status if result is not None else "reranked",
+            result.degraded_reasons if result is not None else (),
+            _problems(result) if result is not None and result.degraded else (),
         )
 
     try:
@@ -395,6 +427,23 @@ async def _run_all(
     finally:
         if isinstance(reranker, Reranker):
             await reranker.backend.aclose()
+
+
+PROBLEM_CODES = frozenset(
+    {
+        "call_failed",
+        "fallback_input_order",
+        "score_unparsed",
+        "choice_unparsed",
+        "prefilter_failed",
+        "deadline_exceeded",
+    }
+)
+"""Diagnostic codes that explain a degraded result."""
+
+
+def _problems(result: RerankResult[Any]) -> tuple[Diagnostic, ...]:
+    return tuple(d for d in result.diagnostics if d.code in PROBLEM_CODES)[:10]
 
 
 def _label(reranker: Reranker | RerankFn | None) -> str:
@@ -436,10 +485,7 @@ def _measure(
             bar.close()
     wall = time.perf_counter() - started
     per_query_metrics = score_rankings({r.query_id: r.ranking for r in results}, qrels, k)
-    results = [
-        QueryResult(r.query_id, per_query_metrics[r.query_id], r.ranking, r.seconds, r.usage, r.degraded)
-        for r in results
-    ]
+    results = [replace(r, metrics=per_query_metrics[r.query_id]) for r in results]
     names = metric_names(k)
     means = {n: sum(m[n] for m in per_query_metrics.values()) / len(results) if results else 0.0 for n in names}
     usage = sum((r.usage for r in results), Usage())
