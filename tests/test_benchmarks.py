@@ -92,3 +92,18 @@ def test_overhead(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     }
     assert all(r["calls"] >= 1 for r in rows)
     assert "overhead" in capsys.readouterr().out and (tmp_path / "overhead.md").is_file()
+
+
+def test_listwise_scores(data: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("openai")
+    bench = load("listwise_scores")
+    assert bench.main(["--data", data, "--queries", "2", "--depth", "5", "--latency", "0"]) == 0
+    out = capsys.readouterr().out
+    assert table_rows(out) == [
+        "bm25 (no reranking)",
+        "listwise, generated order",
+        "listwise, first_token",
+        "pointwise, expected 0-10",
+    ]
+    kinds = [line.rsplit("|", 2)[1].strip() for line in out.splitlines() if line.startswith("| ")][1:]
+    assert kinds == ["-", "rank", "first_token", "logprob"]

@@ -214,11 +214,11 @@ class Driver:
             if isinstance(result, Exception):
                 failure = _as_failure(result, self.backend)
                 self.meter.calls += 1
-                if isinstance(failure, ContextLengthError) and prompt.shrunk is not None:
+                if isinstance(failure, ContextLengthError) and prompt.shrink is not None:
                     self.meter.diagnostics.append(
                         Diagnostic("context_shrunk", f"prompt too long for the model, resent shorter: {failure}")
                     )
-                    out += await self._call([prompt.shrunk])
+                    out += await self._call([prompt.shrink()])
                     continue
                 self.meter.failed_calls += 1
                 self.meter.errors.append(failure)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,10 @@ class Prompt:
     user: str
     max_tokens: int = 16
     choices: tuple[str, ...] | None = None
-    shrunk: Prompt | None = None
-    """A smaller version of this prompt (documents cut further), sent once instead when the backend
-    answers that this one does not fit the model's context (:class:`~llmrerank.errors.ContextLengthError`)."""
+    shrink: Callable[[], Prompt] | None = field(default=None, compare=False, repr=False)
+    """Builds a smaller version of this prompt (documents cut further), sent once instead when the
+    backend answers that this one does not fit the model's context
+    (:class:`~llmrerank.errors.ContextLengthError`). Built only then."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import math
 import re
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 from ..backends.base import Completion, Prompt
@@ -96,10 +96,12 @@ class Listwise(Strategy):
         return [str(i + 1) for i in range(count)]
 
     def prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
-        """The prompt ranking ``texts``; it carries a copy with documents cut to half, for a too-small context."""
-        full = self._prompt(query, texts, ctx)
-        halves = [clip(t, max(1, len(t) // 2)).text for t in texts]
-        return Prompt(full.system, full.user, full.max_tokens, full.choices, shrunk=self._prompt(query, halves, ctx))
+        """The prompt ranking ``texts``; for a too-small context it can shrink to documents cut to half."""
+
+        def shrink() -> Prompt:
+            return self._prompt(query, [clip(t, max(1, len(t) // 2)).text for t in texts], ctx)
+
+        return replace(self._prompt(query, texts, ctx), shrink=shrink)
 
     def _prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
         labels = self.labels(len(texts))

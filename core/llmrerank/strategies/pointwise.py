@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 from ..backends.base import Completion, Prompt
@@ -78,13 +78,14 @@ class Pointwise(Strategy):
     def prompt(self, query: str, doc: Document, method: str, ctx: Context) -> tuple[Prompt, bool]:
         """Build the prompt for one document; also says whether the document was truncated.
 
-        The prompt carries a copy with the document cut to half, for a model whose context it exceeds.
+        For a model whose context it exceeds, the prompt can shrink to the document cut to half.
         """
         clipped = clip(doc.text, self.max_doc_chars)
-        half = clip(clipped.text, max(1, len(clipped.text) // 2)).text
-        full = self._prompt(query, clipped.text, method, ctx)
-        shrunk = self._prompt(query, half, method, ctx)
-        return Prompt(full.system, full.user, full.max_tokens, full.choices, shrunk=shrunk), clipped.truncated
+
+        def shrink() -> Prompt:
+            return self._prompt(query, clip(clipped.text, max(1, len(clipped.text) // 2)).text, method, ctx)
+
+        return replace(self._prompt(query, clipped.text, method, ctx), shrink=shrink), clipped.truncated
 
     def _prompt(self, query: str, text: str, method: str, ctx: Context) -> Prompt:
         block = document_block("1", text)
