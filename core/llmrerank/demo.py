@@ -241,7 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"rerank {seconds:.1f}s" + (f", model load {load_seconds:.1f}s" if load_seconds else "")
     )
     if result.degraded:
-        print("degraded: some calls failed; the fallback order was used for them")
+        fallbacks = sum(item.fallback for item in result)
+        print(
+            f"status: {result.status} ({', '.join(result.degraded_reasons)}): {fallbacks} documents kept "
+            "their BM25 place, unjudged (see the warning above)"
+        )
     if example.relevant:
         print("✓ = judged relevant")
     return 0
