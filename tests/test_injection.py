@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from llmrerank import Hybrid, Listwise, Pairwise, Pointwise, Reranker, Strategy
+from llmrerank import BatchScore, Hybrid, Listwise, Pairwise, Pointwise, Reranker, Strategy
 from llmrerank.backends.base import Prompt
 from llmrerank.prompts import clip
 from llmrerank.testing import FakeBackend, overlap
@@ -38,6 +38,7 @@ class OverlapScorer:
 
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "pointwise": lambda: Pointwise(method="generate"),
+    "batch_score": lambda: BatchScore(),
     "pairwise": lambda: Pairwise(),
     "listwise": lambda: Listwise(),
     "listwise_sliding": lambda: Listwise(window=2, step=1),

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from llmrerank import Hybrid, Listwise, Pairwise, ParseError, Pointwise, Reranker, RerankResult, Strategy
+from llmrerank import BatchScore, Hybrid, Listwise, Pairwise, ParseError, Pointwise, Reranker, RerankResult, Strategy
 from llmrerank.backends.base import Completion, Prompt
 from llmrerank.parsing import parse_choice, parse_permutation, parse_reason, parse_score
 from llmrerank.testing import FakeBackend
@@ -47,6 +47,7 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "pointwise_reason": lambda: Pointwise(method="generate", with_reason=True),
     "pointwise_expected": lambda: Pointwise(method="expected"),
     "pointwise_yes_no": lambda: Pointwise(method="yes_no"),
+    "batch_score": lambda: BatchScore(batch_size=2),
     "pairwise_all": lambda: Pairwise(mode="all_pairs"),
     "pairwise_sort": lambda: Pairwise(mode="sort"),
     "listwise": lambda: Listwise(),

@@ -1,4 +1,4 @@
-"""Reranking strategies: pointwise, pairwise, listwise and hybrid."""
+"""Reranking strategies: pointwise, batch scoring, pairwise, listwise and hybrid."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from .base import Context, Plan, Predict, Ranking, Strategy
+from .batch_score import BatchScore
 from .hybrid import Hybrid
 from .listwise import Listwise
 from .pairwise import Pairwise
@@ -16,6 +17,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "pairwise": Pairwise,
     "listwise": Listwise,
     "hybrid": Hybrid,
+    "batch_score": BatchScore,
 }
 """Strategy classes by name."""
 
@@ -36,6 +38,7 @@ def make_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
 
 __all__ = [
     "STRATEGIES",
+    "BatchScore",
     "Context",
     "Hybrid",
     "Listwise",
