@@ -23,7 +23,7 @@ from .errors import (
 )
 from .prompts import DOMAINS
 from .reranker import Reranker, default_backend
-from .strategies import BatchScore, Hybrid, Listwise, Pairwise, Pointwise, Strategy, make_strategy
+from .strategies import BatchScore, Hybrid, Listwise, Pairwise, Pointwise, Setwise, Strategy, make_strategy
 from .types import Diagnostic, RankedDocument, RerankResult, Usage
 
 if TYPE_CHECKING:
@@ -89,6 +89,7 @@ __all__ = [
     "RerankResult",
     "Reranker",
     "ResponseCache",
+    "Setwise",
     "Strategy",
     "Usage",
     "default_backend",

@@ -20,7 +20,7 @@ from typing import Any
 from .errors import ConfigurationError, LLMRerankError, require
 
 BASELINES = ("bm25", "none")
-STRATEGY_NAMES = ("pointwise", "pairwise", "listwise", "hybrid", "batch_score")
+STRATEGY_NAMES = ("pointwise", "pairwise", "listwise", "hybrid", "batch_score", "setwise")
 BACKENDS = ("local", "openai", "anthropic", "fake")
 
 

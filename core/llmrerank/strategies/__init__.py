@@ -1,4 +1,4 @@
-"""Reranking strategies: pointwise, batch scoring, pairwise, listwise and hybrid."""
+"""Reranking strategies: pointwise, batch scoring, pairwise, setwise, listwise and hybrid."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from .hybrid import Hybrid
 from .listwise import Listwise
 from .pairwise import Pairwise
 from .pointwise import Pointwise
+from .setwise import Setwise
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "pointwise": Pointwise,
@@ -18,6 +19,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "listwise": Listwise,
     "hybrid": Hybrid,
     "batch_score": BatchScore,
+    "setwise": Setwise,
 }
 """Strategy classes by name."""
 
@@ -47,6 +49,7 @@ __all__ = [
     "Pointwise",
     "Predict",
     "Ranking",
+    "Setwise",
     "Strategy",
     "make_strategy",
 ]

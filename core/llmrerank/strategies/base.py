@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Union
 
 from ..backends.base import Completion, Prompt
+from ..prompts import clip
 from ..types import Diagnostic, Document, ScoreKind
 
 
@@ -77,3 +78,9 @@ class Strategy(ABC):
 def failure(answer: Any) -> BaseException | None:
     """Return the exception when a call failed, else None."""
     return answer if isinstance(answer, BaseException) else None
+
+
+def shrinkable(build: Callable[[list[str]], Prompt], texts: Sequence[str]) -> Prompt:
+    """``build(texts)``, able to shrink to the texts cut to half (sent once when the model's
+    context is too small; see :attr:`~llmrerank.backends.base.Prompt.shrink`)."""
+    return replace(build(list(texts)), shrink=lambda: build([clip(t, max(1, len(t) // 2)).text for t in texts]))

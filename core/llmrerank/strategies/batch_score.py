@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 from ..backends.base import Completion, Prompt
@@ -19,7 +19,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import parse_labelled_scores
 from ..prompts import clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Strategy, failure
+from .base import Context, Plan, Ranking, Strategy, failure, shrinkable
 
 BATCH_TEMPLATE = (
     "Rate how relevant each document below is to the query, from 0 (unrelated) to 10 (answers it fully). "
@@ -80,10 +80,7 @@ class BatchScore(Strategy):
     def prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
         """The prompt scoring ``texts``; for a too-small context it can shrink to documents cut to half."""
 
-        def shrink() -> Prompt:
-            return self._prompt(query, [clip(t, max(1, len(t) // 2)).text for t in texts], ctx)
-
-        return replace(self._prompt(query, texts, ctx), shrink=shrink)
+        return shrinkable(lambda cut: self._prompt(query, cut, ctx), texts)
 
     def _prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
         blocks = "\n".join(document_block(f"[{k + 1}]", t) for k, t in enumerate(texts))
