@@ -28,6 +28,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
+from ..backends.base import Prompt
+
 Api = Literal["openai", "anthropic"]
 
 
@@ -103,6 +105,25 @@ class ScriptedResponder:
             if self.repeat_last and self._last is not None:
                 return self._last
         raise ScriptExhausted(f"ScriptedResponder has no reply for {request.method} {request.path}")
+
+
+def overlap_responder(request: ServerRequest) -> Reply:
+    """The word-overlap judge (:func:`~llmrerank.testing.overlap_judge`) for every built-in prompt.
+
+    When the request asks for log-probabilities, the reply carries the judge's first-token
+    distribution (:func:`~llmrerank.testing.overlap_logprobs`: a softmax over the documents'
+    overlap for a set, a near-certain rating for one document) and its text is the most likely token.
+    """
+    from . import overlap_judge, overlap_logprobs
+
+    choices = None
+    if request.logprobs and request.user.count("<document id=") == 1:
+        choices = ("Yes", "No") if "Yes or No" in request.user else tuple(str(i) for i in range(11))
+    prompt = Prompt(system=request.system, user=request.user, choices=choices)
+    if not request.logprobs:
+        return Reply(text=overlap_judge(prompt))
+    logprobs = overlap_logprobs(prompt)
+    return Reply(text=max(logprobs, key=logprobs.__getitem__), top_logprobs=logprobs)
 
 
 def estimate_tokens(text: str) -> int:
@@ -512,4 +533,5 @@ __all__ = [
     "ScriptedResponder",
     "ServerRequest",
     "estimate_tokens",
+    "overlap_responder",
 ]
