@@ -43,6 +43,7 @@ class Meter:
     failed_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
     llm_seconds: float = 0.0
     deadline_hit: bool = False
     errors: list[BaseException] = field(default_factory=list)
@@ -60,6 +61,7 @@ class Meter:
             completion_tokens=self.completion_tokens,
             llm_seconds=self.llm_seconds,
             wall_seconds=wall_seconds,
+            cached_prompt_tokens=self.cached_prompt_tokens,
         )
 
 
@@ -231,6 +233,7 @@ class Driver:
             self.meter.calls += 1
             self.meter.prompt_tokens += result.prompt_tokens
             self.meter.completion_tokens += result.completion_tokens
+            self.meter.cached_prompt_tokens += result.cached_prompt_tokens
             if self.cache is not None:
                 store(self.cache, self.backend, prompt, result)
             out.append(result)

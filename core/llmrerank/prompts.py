@@ -5,6 +5,13 @@ model that what stands inside is data to judge, never instructions. Text inside 
 imitates the tags is defused, so a document cannot close its own block and speak as the user;
 control and invisible format characters are removed first (:func:`sanitize`), so they cannot
 hide a tag. The query is sanitized the same way before it reaches a prompt.
+
+Prompt order: what every call of a rerank shares comes first, so that a provider's prompt prefix
+cache can reuse it (OpenAI caches a repeated prefix of 1024 tokens or more by itself; Anthropic
+caches what ``cache_control`` marks, see :class:`~llmrerank.backends.anthropic.AnthropicBackend`).
+The system prompt (with the domain instruction) is the same for every call of every rerank; the
+built-in user templates then give the instruction and the query, and the documents last, followed
+by a one-line answer format. A custom ``template=`` keeps its own order.
 """
 
 from __future__ import annotations

@@ -16,6 +16,20 @@ OVERLOADED = 529
 """Anthropic's "overloaded" status, reported as :class:`~llmrerank.errors.RateLimitError`."""
 
 
+CACHE_MINIMUMS = (("haiku-4", 4096), ("opus-4-5", 4096), ("opus-4-6", 4096), ("sonnet-4-6", 2048), ("haiku", 2048))
+"""Shortest prompt prefix (tokens) each model family caches, by a part of its name, as Anthropic
+documents it; other models: 1024."""
+
+CHARS_PER_TOKEN = 3.5
+"""A rough count of characters per Claude token, to judge whether a prefix is long enough to cache."""
+
+
+def min_cacheable_tokens(model: str) -> int:
+    """The shortest prefix, in tokens, that ``model`` caches (a shorter marked prefix is not cached)."""
+    name = model.lower()
+    return next((tokens for part, tokens in CACHE_MINIMUMS if part in name), 1024)
+
+
 class AnthropicBackend(SDKBackend):
     """Claude through the official ``anthropic`` SDK (``pip install "llmrerank[anthropic]"``).
 
@@ -27,6 +41,12 @@ class AnthropicBackend(SDKBackend):
     ``anthropic>=2`` sends (``2026-10-21``) rejects sampling parameters with a 400; set it only
     for servers that accept it.
     The Messages API has no token log-probs, so ``supports_logprobs`` is False.
+
+    ``prompt_cache`` (default True) marks the system prompt for Anthropic's prompt cache
+    (``cache_control``, ephemeral) when it is long enough for the model to cache it (1024 to 4096
+    tokens: :func:`min_cacheable_tokens`; a long domain instruction or your own system prompt):
+    every call of every rerank starts with it, and reads of it are billed at a tenth
+    (``usage.cached_prompt_tokens``). The built-in system prompt alone is too short to be cached.
     """
 
     name = "anthropic"
@@ -46,6 +66,7 @@ class AnthropicBackend(SDKBackend):
         max_retries: int = 2,
         temperature: float | None = None,
         default_headers: Mapping[str, str] | None = None,
+        prompt_cache: bool = True,
     ) -> None:
         super().__init__(
             require("anthropic", "anthropic"),
@@ -58,6 +79,7 @@ class AnthropicBackend(SDKBackend):
             temperature=temperature,
             default_headers=default_headers,
         )
+        self.prompt_cache = prompt_cache
 
     async def generate(self, prompt: Prompt) -> Completion:
         """One message; the text is the concatenation of the reply's text blocks."""
@@ -67,7 +89,7 @@ class AnthropicBackend(SDKBackend):
             "messages": [{"role": "user", "content": prompt.user}],
         }
         if prompt.system:
-            options["system"] = prompt.system
+            options["system"] = self.system_blocks(prompt.system)
         if self.temperature is not None:
             # anthropic>=2 dropped sampling parameters from messages.create(); older API versions
             # and compatible servers still read the body field.
@@ -90,11 +112,20 @@ class AnthropicBackend(SDKBackend):
             prompt_tokens=prompt_tokens,
             completion_tokens=int(getattr(usage, "output_tokens", 0) or 0),
             finish_reason=getattr(message, "stop_reason", None),
+            cached_prompt_tokens=int(getattr(usage, "cache_read_input_tokens", 0) or 0),
         )
+
+    def system_blocks(self, system: str) -> str | list[dict[str, Any]]:
+        """The system prompt as sent: one text block marked ``cache_control`` (ephemeral) when
+        ``prompt_cache`` is on and it is long enough for the model to cache (see
+        :func:`min_cacheable_tokens`), else the plain string."""
+        if not self.prompt_cache or len(system) / CHARS_PER_TOKEN < min_cacheable_tokens(self.model):
+            return system
+        return [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
 
     def _is_rate_limit(self, exc: Exception) -> bool:
         """429, and 529 "overloaded" too: both ask the caller to slow down."""
         return super()._is_rate_limit(exc) or getattr(exc, "status_code", None) == OVERLOADED
 
 
-__all__ = ["OVERLOADED", "AnthropicBackend"]
+__all__ = ["OVERLOADED", "AnthropicBackend", "min_cacheable_tokens"]

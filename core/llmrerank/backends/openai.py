@@ -115,6 +115,7 @@ class OpenAIBackend(SDKBackend):
         usage = getattr(response, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        cached_tokens = int(getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0)
         lp = None
         if want_logprobs and prompt.choices:
             content = getattr(getattr(first, "logprobs", None), "content", None)
@@ -129,6 +130,7 @@ class OpenAIBackend(SDKBackend):
             completion_tokens=completion_tokens,
             choice_logprobs=lp,
             finish_reason=getattr(first, "finish_reason", None),
+            cached_prompt_tokens=cached_tokens,
         )
 
 

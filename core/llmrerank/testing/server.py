@@ -15,6 +15,7 @@ Standard library only.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import socket
 import struct
@@ -74,6 +75,11 @@ class ServerRequest:
     top_logprobs: int | None = None
     body: Mapping[str, Any] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
+    cache_control: tuple[str, ...] = ()
+    """Where the request marks a prompt-cache breakpoint (Anthropic ``cache_control``):
+    ``"system"`` and/or ``"user"``, once per marked block."""
+    cache_prefix: str = ""
+    """The text up to and including the last block marked with ``cache_control`` ("" when none)."""
 
 
 Responder = Callable[[ServerRequest], "Reply | str"]
@@ -126,6 +132,10 @@ def overlap_responder(request: ServerRequest) -> Reply:
     return Reply(text=max(logprobs, key=logprobs.__getitem__), top_logprobs=logprobs)
 
 
+_CACHE_STEP = 512
+"""OpenAI caches prefixes in 128-token steps: 512 characters at four a token."""
+
+
 def estimate_tokens(text: str) -> int:
     """The server's deterministic token count: about four characters a token."""
     return len(text) // 4 + 1 if text else 0
@@ -163,6 +173,15 @@ class FakeLLMServer:
     every request. Every request is recorded in :attr:`requests`; :attr:`max_in_flight` is the
     highest number answered at once; exceptions raised by the responder become 500s and are kept
     in :attr:`errors`.
+
+    ``prompt_cache=True`` emulates the providers' prompt prefix caches, and reports what they would
+    bill as cached: OpenAI's automatic cache (a prompt of at least ``cache_min_tokens`` tokens reuses
+    the longest prefix an earlier request sent, in 128-token steps:
+    ``usage.prompt_tokens_details.cached_tokens``) and Anthropic's explicit one (the prefix up to the
+    last ``cache_control`` block, when it has at least ``cache_min_tokens`` tokens, is written once:
+    ``cache_creation_input_tokens``, and read by later requests: ``cache_read_input_tokens``). As
+    with the providers, a prefix becomes readable once the request that wrote it is answered.
+    Tokens are :func:`estimate_tokens`.
     """
 
     def __init__(
@@ -171,9 +190,14 @@ class FakeLLMServer:
         *,
         latency: float = 0.0,
         models: Iterable[str] = ("fake-model",),
+        prompt_cache: bool = False,
+        cache_min_tokens: int = 1024,
     ) -> None:
         self.responder = responder
         self.latency = latency
+        self.prompt_cache = prompt_cache
+        self.cache_min_tokens = cache_min_tokens
+        self._prefixes: set[str] = set()
         self.models = list(models)
         self.errors: list[BaseException] = []
         self.in_flight = 0
@@ -215,8 +239,9 @@ class FakeLLMServer:
             return list(self._requests)
 
     def clear(self) -> None:
-        """Forget recorded requests, errors and the in-flight maximum."""
+        """Forget recorded requests, errors, the in-flight maximum and the emulated prompt cache."""
         with self._lock:
+            self._prefixes.clear()
             self._requests.clear()
             self.errors.clear()
             self.max_in_flight = self.in_flight
@@ -278,6 +303,30 @@ class FakeLLMServer:
             return Reply(text=f"responder failed: {type(exc).__name__}: {exc}", status=500)
         return answer if isinstance(answer, Reply) else Reply(text=str(answer))
 
+    def _cache_usage(self, request: ServerRequest) -> tuple[int, int, list[str]]:
+        """(cached tokens, tokens written to the cache, prefixes to remember once answered)."""
+        if not self.prompt_cache:
+            return 0, 0, []
+        if request.api == "anthropic":
+            prefix = request.cache_prefix
+            if estimate_tokens(prefix) < self.cache_min_tokens:
+                return 0, 0, []
+            with self._lock:
+                hit = prefix in self._prefixes
+            return (estimate_tokens(prefix), 0, []) if hit else (0, estimate_tokens(prefix), [prefix])
+        text = request.system + request.user
+        if estimate_tokens(text) < self.cache_min_tokens:
+            return 0, 0, []
+        steps = [text[:end] for end in range(_CACHE_STEP, len(text) + 1, _CACHE_STEP)]
+        with self._lock:
+            hits = sum(1 for _ in itertools.takewhile(self._prefixes.__contains__, steps))
+        cached = hits * _CACHE_STEP // 4
+        return (cached if cached >= self.cache_min_tokens else 0), 0, steps
+
+    def _remember(self, prefixes: list[str]) -> None:
+        with self._lock:
+            self._prefixes.update(prefixes)
+
 
 _OPENAI_ERRORS = {
     400: ("invalid_request_error", None),
@@ -310,11 +359,23 @@ def _text(content: Any) -> str:
 def _parse(api: Api, method: str, path: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> ServerRequest:
     system: list[str] = []
     user: list[str] = []
+    marks: list[str] = []
+    prefix = ""
     if api == "anthropic":
         if body.get("system"):
             system.append(_text(body["system"]))
         user = [_text(m.get("content")) for m in body.get("messages", ()) if isinstance(m, dict)]
         max_tokens = body.get("max_tokens")
+        seen = ""
+        contents = [("system", body.get("system"))]
+        contents += [("user", m.get("content")) for m in body.get("messages", ()) if isinstance(m, dict)]
+        for where, content in contents:
+            for block in content if isinstance(content, list) else [content]:
+                seen += _text([block]) if isinstance(block, dict) else _text(block)
+                if isinstance(block, dict) and block.get("cache_control"):
+                    marks.append(where)
+                    prefix = seen
+            seen += "\n" if where == "system" else ""
     else:
         for message in body.get("messages", ()):
             if isinstance(message, dict):
@@ -333,10 +394,12 @@ def _parse(api: Api, method: str, path: str, body: Mapping[str, Any], headers: M
         top_logprobs=body.get("top_logprobs") if isinstance(body.get("top_logprobs"), int) else None,
         body=body,
         headers=headers,
+        cache_control=tuple(marks),
+        cache_prefix=prefix,
     )
 
 
-def _openai_completion(request: ServerRequest, reply: Reply) -> dict[str, Any]:
+def _openai_completion(request: ServerRequest, reply: Reply, cached: int = 0) -> dict[str, Any]:
     logprobs: dict[str, Any] | None = None
     if request.logprobs and reply.top_logprobs is not None:
         ranked = sorted(reply.top_logprobs.items(), key=lambda kv: -kv[1])
@@ -363,12 +426,13 @@ def _openai_completion(request: ServerRequest, reply: Reply) -> dict[str, Any]:
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         },
         "system_fingerprint": "fp_fake",
     }
 
 
-def _anthropic_message(request: ServerRequest, reply: Reply) -> dict[str, Any]:
+def _anthropic_message(request: ServerRequest, reply: Reply, cached: int = 0, written: int = 0) -> dict[str, Any]:
     return {
         "id": f"msg_{uuid.uuid4().hex[:24]}",
         "type": "message",
@@ -378,7 +442,9 @@ def _anthropic_message(request: ServerRequest, reply: Reply) -> dict[str, Any]:
         "stop_reason": "end_turn",
         "stop_sequence": None,
         "usage": {
-            "input_tokens": estimate_tokens(request.system + request.user),
+            "input_tokens": estimate_tokens(request.system + request.user) - cached - written,
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": cached,
             "output_tokens": estimate_tokens(reply.text),
         },
     }
@@ -464,6 +530,7 @@ class _Handler(BaseHTTPRequestHandler):
             owner.in_flight += 1
             owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
         try:
+            cached, written, prefixes = owner._cache_usage(request)
             reply = owner._answer(request)
             # Event.wait rather than sleep, so that stop() is not held up by slow replies.
             if owner.latency + reply.delay > 0 and owner._stopping.wait(owner.latency + reply.delay):
@@ -478,9 +545,11 @@ class _Handler(BaseHTTPRequestHandler):
                 message = reply.text or _phrase(reply.status)
                 self._send(reply.status, _error_body(api, reply.status, message), reply.headers)
             elif api == "anthropic":
-                self._send(reply.status, _anthropic_message(request, reply), reply.headers)
+                self._send(reply.status, _anthropic_message(request, reply, cached, written), reply.headers)
+                owner._remember(prefixes)
             else:
-                self._send(reply.status, _openai_completion(request, reply), reply.headers)
+                self._send(reply.status, _openai_completion(request, reply, cached), reply.headers)
+                owner._remember(prefixes)
         finally:
             with owner._lock:
                 owner.in_flight -= 1
