@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--window", type=int, help="listwise window (default: 20)")
     ev.add_argument("--step", type=int, help="listwise step (default: 10)")
     ev.add_argument("--domain", help="domain instruction: legal, medical, ecommerce or your own sentence")
-    ev.add_argument("--max-concurrency", type=int, default=8, help="LLM calls in flight per query (default: 8)")
+    ev.add_argument(
+        "--max-concurrency", type=int, default=32, help="most LLM calls in flight per query (default: 32; adapts below)"
+    )
     ev.add_argument("--concurrency", type=int, default=1, help="queries reranked at once (default: 1)")
     ev.add_argument("--prices", help="JSON file of model -> {input, output} USD per 1M tokens, over the built-in table")
     ev.add_argument("--out", help="folder for report.json and plot.png")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .adaptive import CALL, AdaptiveLimiter
 from .backends.base import Backend, Completion, Prompt
 from .cache import ResponseCache, lookup, store
 from .errors import (
@@ -16,6 +17,7 @@ from .errors import (
     ContextLengthError,
     DeadlineExceededError,
     LLMRerankError,
+    RateLimitError,
     error_from_status,
 )
 from .strategies.base import Plan, Predict, Ranking, Step
@@ -95,7 +97,7 @@ class Driver:
     def __init__(
         self,
         backend: Backend,
-        limiter: asyncio.Semaphore,
+        limiter: AdaptiveLimiter,
         *,
         on_error: OnError = "degrade",
         deadline: float | None = None,
@@ -200,17 +202,25 @@ class Driver:
 
     async def _call(self, prompts: list[Prompt]) -> list[Completion | BaseException]:
         """One backend call (or batch) under the limiter; failures become answers unless fatal."""
-        async with self.limiter:
-            start = time.perf_counter()
-            try:
-                if len(prompts) == 1 and self.backend.batch_size <= 1:
-                    results: list[Completion | BaseException] = [await self.backend.generate(prompts[0])]
-                else:
-                    results = await self.backend.generate_batch(prompts)
-            except Exception as exc:
-                results = [exc] * len(prompts)
-            finally:
-                self.meter.llm_seconds += time.perf_counter() - start
+        slot = await self.limiter.take()
+        token = CALL.set((self.limiter, slot))  # for the SDK's HTTP hooks (llmrerank.adaptive)
+        start = time.perf_counter()
+        try:
+            if len(prompts) == 1 and self.backend.batch_size <= 1:
+                results: list[Completion | BaseException] = [await self.backend.generate(prompts[0])]
+            else:
+                results = await self.backend.generate_batch(prompts)
+        except Exception as exc:
+            results = [exc] * len(prompts)
+        finally:
+            self.meter.llm_seconds += time.perf_counter() - start
+            CALL.reset(token)
+            self.limiter.give(slot)
+        limited = [r for r in results if isinstance(r, RateLimitError)]
+        if limited and not slot.rate_limited:  # one the HTTP hook did not see (another backend)
+            self.limiter.rate_limited(slot, limited[0].retry_after)
+        elif not any(isinstance(r, BaseException) for r in results):
+            self.limiter.succeeded(slot)
         out: list[Completion | BaseException] = []
         for prompt, result in zip(prompts, results, strict=True):
             if isinstance(result, Exception):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import threading
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 
+from .adaptive import DEFAULT_MAX_CONCURRENCY, AdaptiveLimiter
 from .backends.base import Backend
 from .cache import ResponseCache
 from .driver import Driver, Meter, OnError
@@ -95,14 +93,17 @@ class Reranker:
     >>> r = Reranker(strategy="listwise", backend=OpenAIBackend(model="gpt-4o-mini"))  # doctest: +SKIP
     >>> result = r.rerank("what is BM25?", docs, top_k=5)                               # doctest: +SKIP
 
-    ``strategy``: ``"pointwise"``, ``"pairwise"``, ``"listwise"``, ``"hybrid"`` or a strategy object
+    ``strategy``: ``"pointwise"``, ``"batch_score"``, ``"pairwise"``, ``"setwise"``, ``"listwise"``,
+    ``"hybrid"`` or a strategy object
     (for options); None picks the backend's preferred one (listwise for API models, pointwise with
     log-probs for the local model). ``backend``: None picks one from the environment
     (:func:`default_backend`). ``domain``: ``"legal"``, ``"medical"``, ``"ecommerce"`` or your own
-    instruction. ``max_concurrency`` bounds LLM calls in flight across all concurrent reranks of
-    this object. ``on_error`` (:data:`~llmrerank.driver.OnError`): ``"degrade"`` (default) returns a
-    fallback order with ``degraded=True`` when calls fail for a passing reason (429, 5xx, timeouts)
-    and raises for a permanent one (bad key, unknown model, bad request); ``"degrade_all"`` degrades
+    instruction. ``max_concurrency`` (default 32) bounds LLM calls in flight across all concurrent
+    reranks of this object; the bound adapts below it, halving on rate limits (429) and growing
+    back as calls succeed (:mod:`llmrerank.adaptive`). ``on_error``
+    (:data:`~llmrerank.driver.OnError`): ``"degrade"`` (default) returns a fallback order with
+    ``degraded=True`` when calls fail for a passing reason (429, 5xx, timeouts) and raises
+    for a permanent one (bad key, unknown model, bad request); ``"degrade_all"`` degrades
     on both; ``"raise"`` raises the typed error for any failure. ``strict=True`` raises
     :class:`~llmrerank.errors.ParseError` on unreadable output instead of falling back.
     ``deadline`` bounds one rerank in seconds. ``cache``: a :class:`~llmrerank.cache.MemoryCache`,
@@ -117,7 +118,7 @@ class Reranker:
         backend: Backend | None = None,
         *,
         domain: str | None = None,
-        max_concurrency: int = 8,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         on_error: OnError = "degrade",
         strict: bool = False,
         deadline: float | None = None,
@@ -136,10 +137,8 @@ class Reranker:
         self.deadline = deadline
         self.cache = cache
         self.min_score = self._check_min_score(min_score)
-        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._lock = threading.Lock()
+        # One adaptive bound for every rerank, thread and event loop of this reranker.
+        self._limits = AdaptiveLimiter(max_concurrency)
 
     def __repr__(self) -> str:
         return f"Reranker(strategy={self.strategy!r}, backend={self.backend!r})"
@@ -170,13 +169,8 @@ class Reranker:
             )
         return min_score
 
-    def _limiter(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            limiter = self._limiters.get(loop)
-            if limiter is None:
-                limiter = self._limiters[loop] = asyncio.Semaphore(self.max_concurrency)
-            return limiter
+    def _limiter(self) -> AdaptiveLimiter:
+        return self._limits
 
     async def arerank(
         self, query: str, documents: Sequence[D], top_k: int | None = None, *, min_score: float | None = None

@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from ..adaptive import on_request, on_response
 from ..errors import (
     BackendError,
     BackendTimeoutError,
@@ -155,6 +156,11 @@ class SDKBackend(Backend):
                 timeout=self.timeout,
                 max_retries=self.max_retries,
                 default_headers=self.default_headers,
+                # The SDK's own HTTP client, with hooks that let the adaptive limiter see every 429,
+                # the ones the SDK retries included (llmrerank.adaptive).
+                http_client=self._sdk.DefaultAsyncHttpxClient(
+                    event_hooks={"request": [on_request], "response": [on_response]}
+                ),
             )
         except (self.sdk_error, ValueError) as exc:  # e.g. no API key anywhere
             raise ConfigurationError(f"cannot create the {self.title} client: {exc}") from exc

@@ -32,15 +32,15 @@ from ..types import Diagnostic, Document, ScoreKind
 from .base import Context, Plan, Ranking, Strategy, failure, shrinkable
 
 LIST_TEMPLATE = (
-    "Rank the documents below, each with an id in brackets, by how well they answer the query, "
-    "most relevant first.\n\n"
-    "Query: {query}\n\n{documents}\n\n"
-    "Rank all {count} documents. Answer with the ids only, in the form {example}, and nothing else."
+    "Rank documents by how well they answer a query.\n\n"
+    "Query: {query}\n\nHere are {count} documents, each with an id in brackets.\n\n{documents}\n\n"
+    "Rank all {count} documents by how well they answer the query, most relevant first. "
+    "Answer with the ids only, in the form {example}, and nothing else."
 )
 """User prompt; placeholders ``{query}``, ``{count}``, ``{documents}`` (and ``{example}``, the answer's form).
 
-The instruction and the query come before the documents, so the windows of one rerank share their
-prompt's start."""
+A short instruction and the query come before the documents, so the windows of one rerank share
+their prompt's start; the full instruction follows the documents."""
 
 LETTERS = tuple(string.ascii_uppercase)
 """Labels of the ``first_token`` method: one token each in common tokenizers."""

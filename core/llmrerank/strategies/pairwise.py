@@ -23,9 +23,9 @@ from ..types import Diagnostic, Document
 from .base import Context, Plan, Ranking, Step, Strategy, failure
 
 PAIR_TEMPLATE = (
-    "Which of the two documents below answers the query better, A or B?\n\n"
+    "Compare how well two documents answer a query.\n\n"
     "Query: {query}\n\n{document_a}\n\n{document_b}\n\n"
-    "Answer with the single letter A or B."
+    "Which document answers the query better, A or B? Answer with the single letter A or B."
 )
 """User prompt; placeholders ``{query}``, ``{document_a}``, ``{document_b}`` (instruction and query first)."""
 

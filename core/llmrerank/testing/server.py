@@ -182,6 +182,10 @@ class FakeLLMServer:
     ``cache_creation_input_tokens``, and read by later requests: ``cache_read_input_tokens``). As
     with the providers, a prefix becomes readable once the request that wrote it is answered.
     Tokens are :func:`estimate_tokens`.
+
+    ``admit=N`` makes it a server that answers at most N completions at once: a request beyond
+    them is answered at once with 429 and ``retry-after`` (``retry_after`` seconds; also as
+    ``retry-after-ms``), counted in :attr:`rejected`.
     """
 
     def __init__(
@@ -192,12 +196,17 @@ class FakeLLMServer:
         models: Iterable[str] = ("fake-model",),
         prompt_cache: bool = False,
         cache_min_tokens: int = 1024,
+        admit: int | None = None,
+        retry_after: float = 0.2,
     ) -> None:
         self.responder = responder
         self.latency = latency
         self.prompt_cache = prompt_cache
         self.cache_min_tokens = cache_min_tokens
         self._prefixes: set[str] = set()
+        self.admit = admit
+        self.retry_after = retry_after
+        self.rejected = 0
         self.models = list(models)
         self.errors: list[BaseException] = []
         self.in_flight = 0
@@ -245,6 +254,7 @@ class FakeLLMServer:
             self._requests.clear()
             self.errors.clear()
             self.max_in_flight = self.in_flight
+            self.rejected = 0
 
     def start(self) -> FakeLLMServer:
         """Bind an ephemeral port and serve from a daemon thread."""
@@ -527,8 +537,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         with owner._lock:
-            owner.in_flight += 1
-            owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+            full = owner.admit is not None and owner.in_flight >= owner.admit
+            if full:
+                owner.rejected += 1
+            else:
+                owner.in_flight += 1
+                owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+        if full:
+            wait = owner.retry_after
+            headers = {"retry-after": f"{wait:g}", "retry-after-ms": f"{wait * 1000:.0f}"}
+            self._send(429, _error_body(api, 429, f"at most {owner.admit} requests at once"), headers)
+            return
         try:
             cached, written, prefixes = owner._cache_usage(request)
             reply = owner._answer(request)
