@@ -1,10 +1,11 @@
 """One round of calls, and adaptive concurrency against a server that admits only N requests at once.
 
 Part 1 (``rounds``): pointwise and hybrid over 20 documents with default settings, through the real
-OpenAI SDK against :class:`~llmrerank.testing.server.FakeLLMServer` on 127.0.0.1 answering after
-``--latency`` seconds; ``wall / latency`` is the median wall time of one rerank over one call's
-latency (1.0: every call in one round). Hybrid's prefilter is a stub scorer (no model time) so
-that the rounds of LLM calls show; the table also runs the old default ``max_concurrency=8``.
+OpenAI SDK against :class:`~llmrerank.testing.server.FakeLLMServer` on 127.0.0.1 (in a process of
+its own) answering after ``--latency`` seconds; ``wall / latency`` is the median wall time of one
+rerank over one call's latency (1.0: every call in one round; the listwise row, one call, shows
+the floor on this machine). Hybrid's prefilter is a stub scorer (no model time) so that the rounds
+of LLM calls show; the table also runs the old default ``max_concurrency=8``.
 
 Part 2 (``admit``): ``--reranks`` pointwise reranks of 20 documents started together on one
 :class:`~llmrerank.Reranker`, against a server that answers at most ``--admit`` N requests at once
@@ -20,13 +21,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from llmrerank import Hybrid, Pointwise, Reranker
+from llmrerank import Hybrid, Listwise, Pointwise, Reranker
 from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY, AdaptiveLimiter, Slot
 from llmrerank.backends.openai import OpenAIBackend
 from llmrerank.testing.server import FakeLLMServer, overlap_responder
@@ -58,19 +61,41 @@ def backend(server: FakeLLMServer) -> OpenAIBackend:
     return OpenAIBackend("gpt-4o-mini", base_url=server.base_url, api_key="sk-bench", logprobs=False)
 
 
+@contextlib.contextmanager
+def server_process(latency: float) -> Iterator[str]:
+    """A FakeLLMServer in a process of its own (its threads then take no CPU from the client's); yields its base URL."""
+    code = (
+        "import sys\n"
+        "from llmrerank.testing.server import FakeLLMServer, overlap_responder\n"
+        f"server = FakeLLMServer(overlap_responder, latency={latency!r}).start()\n"
+        "print(server.base_url, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
 async def rounds(latency: float, repeats: int) -> list[str]:
     """Part 1 rows: median wall time of one rerank over one call's latency."""
     rows = []
-    with FakeLLMServer(overlap_responder, latency=latency) as server:
+    with server_process(latency) as url:
         for concurrency in (DEFAULT_MAX_CONCURRENCY, 8):
             setting = "default (32)" if concurrency == DEFAULT_MAX_CONCURRENCY else "old default (8)"
             cases = {
+                "listwise (one call)": Listwise(),
                 "pointwise": Pointwise(method="generate"),
                 "hybrid (keep 10, pointwise)": Hybrid(cross_encoder=StubScorer(), keep=10, llm="pointwise"),
                 "hybrid (keep 20, pointwise)": Hybrid(cross_encoder=StubScorer(), keep=20, llm="pointwise"),
             }
             for name, strategy in cases.items():
-                reranker = Reranker(strategy, backend(server), max_concurrency=concurrency)
+                client = OpenAIBackend("gpt-4o-mini", base_url=url, api_key="sk-bench", logprobs=False)
+                reranker = Reranker(strategy, client, max_concurrency=concurrency)
                 await reranker.arerank(QUERY, DOCS)  # warm the connections
                 walls, calls = [], 0
                 for _ in range(repeats):
