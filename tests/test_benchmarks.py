@@ -88,7 +88,9 @@ def test_overhead(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert overhead.main(["--sizes", "5", "--repeats", "2", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "overhead.json").read_text())["rows"]
     assert {(r["strategy"], r["api"]) for r in rows} == {
-        (s, api) for s in ("pointwise", "pairwise", "listwise", "hybrid") for api in ("rerank()", "await arerank()")
+        (s, api)
+        for s in ("pointwise", "pairwise", "listwise", "hybrid", "batch_score", "setwise")
+        for api in ("rerank()", "await arerank()")
     }
     assert all(r["calls"] >= 1 for r in rows)
     assert "overhead" in capsys.readouterr().out and (tmp_path / "overhead.md").is_file()
