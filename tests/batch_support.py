@@ -52,9 +52,12 @@ def write_jsonl(path: Path, rows: Iterable[Any]) -> Path:
     return path
 
 
-def mixed_input(path: Path, count: int = 12) -> tuple[Path, int]:
-    """Good rows with every kind of bad line among them; the file and its number of rows."""
-    lines: list[Any] = list(good_rows(count))
+def mixed_input(path: Path, count: int = 12, rows: list[dict[str, Any]] | None = None) -> tuple[Path, int]:
+    """Good rows (``rows`` or ``count`` of :func:`good_rows`) with every kind of bad line among them.
+
+    Returns the file and its number of rows.
+    """
+    lines: list[Any] = list(good_rows(count) if rows is None else rows)
     for n, (_, line) in enumerate(BAD_LINES):
         lines.insert(2 + 2 * n, line)
     write_jsonl(path, lines)
@@ -68,10 +71,12 @@ def records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def comparable(record: dict[str, Any]) -> dict[str, Any]:
-    """A results record without its timings (which differ from run to run)."""
-    usage = {k: v for k, v in record["usage"].items() if not k.endswith("_seconds")}
-    return {**record, "usage": usage}
+def comparable(path: Path) -> list[dict[str, Any]]:
+    """The records of results.jsonl in input order, without their timings (which differ from run to run)."""
+    out = []
+    for record in sorted(records(path), key=lambda r: r["row"]):
+        out.append({**record, "usage": {k: v for k, v in record["usage"].items() if not k.endswith("_seconds")}})
+    return out
 
 
 def assert_each_row_once(out: Path, total: int) -> None:

@@ -220,7 +220,7 @@ def test_parquet_input_gives_the_same_results_as_jsonl(tmp_path: Path) -> None:
     a = run_batch(tmp_path / "rows.parquet", tmp_path / "a", Reranker("pointwise", judge()))
     b = run_batch(tmp_path / "rows.jsonl", tmp_path / "b", Reranker("pointwise", judge()))
     assert a.results == 4
-    assert [comparable(r) for r in records(a.results_path)] == [comparable(r) for r in records(b.results_path)]
+    assert comparable(a.results_path) == comparable(b.results_path)
     assert a.trec_path.read_text() == b.trec_path.read_text()
 
 
@@ -307,7 +307,7 @@ def test_the_blocking_and_async_apis_write_the_same(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "rows.jsonl", good_rows(3))
     a = run_batch(path, tmp_path / "a", Reranker("pointwise", judge()))
     b = asyncio.run(arun_batch(path, tmp_path / "b", Reranker("pointwise", judge())))
-    assert [comparable(r) for r in records(a.results_path)] == [comparable(r) for r in records(b.results_path)]
+    assert comparable(a.results_path) == comparable(b.results_path)
 
 
 def test_usage_and_completion_tokens_add_up(tmp_path: Path) -> None:
