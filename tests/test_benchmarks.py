@@ -92,3 +92,13 @@ def test_overhead(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     }
     assert all(r["calls"] >= 1 for r in rows)
     assert "overhead" in capsys.readouterr().out and (tmp_path / "overhead.md").is_file()
+
+
+def test_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("openai")
+    batch = load("batch")
+    args = ["--engines", "local", "--rows", "6", "--docs", "3", "--latency", "0.01", "--concurrency", "2"]
+    assert batch.main(args) == 0
+    out = capsys.readouterr().out
+    assert table_rows(out) == ["local"]
+    assert "| local | 1 | 2 | 6 | 6 |" in out  # 6 listwise rows, one call each

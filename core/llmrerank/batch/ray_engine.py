@@ -32,6 +32,9 @@ FORWARDED_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "ANTHROPI
 """Environment variables the workers get when llmrerank starts or joins Ray itself."""
 CHUNK_ROWS = 10_000
 """Rows per Ray dataset: the driver holds at most this many rows to ship at once."""
+BLOCK_BATCHES = 4
+"""Batches per block: an actor task brings several, so the next rows start as soon as a row ends
+(Ray Data runs up to 4 batches of an async UDF at once; the actor's limiter keeps the bound)."""
 
 
 class RowReranker:
@@ -103,7 +106,9 @@ def run_ray(job: Job, factory: Callable[[], Reranker], *, concurrency: int, acto
         per_actor = max(1, math.ceil(concurrency / actors))
         for chunk in _chunks(job.rows_to_rerank(), CHUNK_ROWS):
             items = [{"row": json.dumps(row.to_json(), ensure_ascii=False)} for row in chunk]
-            dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_actor)))
+            dataset = ray.data.from_items(
+                items, override_num_blocks=max(1, math.ceil(len(items) / (per_actor * BLOCK_BATCHES)))
+            )
             reranked = dataset.map_batches(
                 RowReranker,
                 fn_constructor_args=(factory, per_actor, job.top_k),
