@@ -52,11 +52,83 @@ class RerankerSpec:
         return Reranker(self.strategy, make_backend(self.backend, self.model, self.base_url), **dict(self.options))
 
 
-def _check(engine: str, concurrency: int) -> None:
-    if engine not in ENGINES:
-        raise ConfigurationError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigurationError(f"concurrency must be an int >= 1, got {concurrency!r}")
+@dataclass(frozen=True)
+class _Call:
+    """The arguments of one :func:`run_batch` / :func:`arun_batch` call, checked."""
+
+    input: str | Path
+    output_dir: str | Path
+    reranker: RerankerSource
+    engine: str
+    top_k: int | None
+    concurrency: int
+    retry_errors: bool
+    run_name: str | None
+    progress: bool
+    prices: PriceSource
+    ray_actors: int | None
+    poll_interval: float
+    wait: bool
+    cancel: bool
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigurationError(f"unknown engine {self.engine!r}: use one of {', '.join(ENGINES)}")
+        concurrency = self.concurrency
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be an int >= 1, got {concurrency!r}")
+
+    def job(self, reranker: Reranker, discount: float = 1.0) -> Job:
+        """Open the output folder for ``reranker``'s settings."""
+        return Job(
+            self.input,
+            self.output_dir,
+            reranker,
+            engine=self.engine,
+            top_k=self.top_k,
+            retry_errors=self.retry_errors,
+            run_name=self.run_name,
+            progress=self.progress,
+            prices=self.prices,
+            discount=discount,
+        )
+
+
+async def _run(call: _Call) -> BatchSummary:
+    """The local and provider batch engines, on the running event loop."""
+    reranker = build_reranker(call.reranker)
+    provider = call.engine.endswith("-batch")
+    if provider:
+        from .provider import DISCOUNT, provider_for, run_provider
+
+        provider_for(call.engine, reranker.backend)  # refuse a mismatched backend before touching the folder
+    job = call.job(reranker, DISCOUNT if provider else 1.0)
+    pending: int = 0
+    batches: tuple[str, ...] = ()
+    try:
+        if provider:
+            pending, batches = await run_provider(
+                job, reranker, call.engine, poll_interval=call.poll_interval, wait=call.wait, cancel=call.cancel
+            )
+        else:
+            await run_local(job, reranker, call.concurrency)
+    finally:
+        summary = job.finish(pending=pending, provider_batches=batches)
+        await reranker.backend.aclose()
+    return summary
+
+
+def _run_on_ray(call: _Call) -> BatchSummary:
+    """The Ray engine (blocking: the driver reads Ray's output stream)."""
+    from .ray_engine import check_factory, run_ray
+
+    factory = check_factory(call.reranker)
+    job = call.job(build_reranker(factory))  # the job's settings (strategy, model) from one built here
+    try:
+        run_ray(job, factory, concurrency=call.concurrency, actors=call.ray_actors)
+    finally:
+        summary = job.finish()
+    return summary
 
 
 async def arun_batch(
@@ -77,55 +149,10 @@ async def arun_batch(
     cancel: bool = False,
 ) -> BatchSummary:
     """Rerank every row of ``input`` (JSONL or Parquet) into ``output_dir``; see :func:`run_batch`."""
-    _check(engine, concurrency)
-    if engine == "ray":
-        return await asyncio.to_thread(
-            run_batch,
-            input,
-            output_dir,
-            reranker,
-            engine=engine,
-            top_k=top_k,
-            concurrency=concurrency,
-            retry_errors=retry_errors,
-            run_name=run_name,
-            progress=progress,
-            prices=prices,
-            ray_actors=ray_actors,
-        )
-    built = build_reranker(reranker)
-    provider = engine.endswith("-batch")
-    if provider:
-        from .provider import DISCOUNT, provider_for
-
-        provider_for(engine, built.backend)  # refuse a mismatched backend before touching the folder
-    job = Job(
-        input,
-        output_dir,
-        built,
-        engine=engine,
-        top_k=top_k,
-        retry_errors=retry_errors,
-        run_name=run_name,
-        progress=progress,
-        prices=prices,
-        discount=DISCOUNT if provider else 1.0,
-    )
-    pending: int = 0
-    batches: tuple[str, ...] = ()
-    try:
-        if provider:
-            from .provider import run_provider
-
-            pending, batches = await run_provider(
-                job, built, engine, poll_interval=poll_interval, wait=wait, cancel=cancel
-            )
-        else:
-            await run_local(job, built, concurrency)
-    finally:
-        summary = job.finish(pending=pending, provider_batches=batches)
-        await built.backend.aclose()
-    return summary
+    call = _Call(**locals())
+    if call.engine == "ray":
+        return await asyncio.to_thread(_run_on_ray, call)
+    return await _run(call)
 
 
 def run_batch(
@@ -161,45 +188,10 @@ def run_batch(
     submits and returns (``summary.pending`` rows wait; rerun to collect); ``cancel`` cancels the
     folder's open provider batches and collects what they finished.
     """
-    _check(engine, concurrency)
-    if engine != "ray":
-        return run_blocking(
-            arun_batch(
-                input,
-                output_dir,
-                reranker,
-                engine=engine,
-                top_k=top_k,
-                concurrency=concurrency,
-                retry_errors=retry_errors,
-                run_name=run_name,
-                progress=progress,
-                prices=prices,
-                poll_interval=poll_interval,
-                wait=wait,
-                cancel=cancel,
-            )
-        )
-    from .ray_engine import check_factory, run_ray
-
-    factory = check_factory(reranker)
-    probe = build_reranker(factory)  # the job's settings (strategy, model) come from one built here
-    job = Job(
-        input,
-        output_dir,
-        probe,
-        engine=engine,
-        top_k=top_k,
-        retry_errors=retry_errors,
-        run_name=run_name,
-        progress=progress,
-        prices=prices,
-    )
-    try:
-        run_ray(job, factory, concurrency=concurrency, actors=ray_actors)
-    finally:
-        summary = job.finish()
-    return summary
+    call = _Call(**locals())
+    if call.engine == "ray":
+        return _run_on_ray(call)
+    return run_blocking(_run(call))
 
 
 __all__ = [

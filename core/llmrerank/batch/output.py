@@ -74,7 +74,7 @@ class AppendLog:
 
 
 def read_jsonl(path: Path, *, repair: bool = False) -> Iterator[dict[str, Any]]:
-    """The records of a job file written by :class:`AppendLog`.
+    """The records of a job file written by :class:`AppendLog`, read line by line.
 
     A last line without its newline is torn (the process died while writing it): it is dropped,
     and with ``repair=True`` cut off the file so that the next append starts a fresh line. A
@@ -82,24 +82,26 @@ def read_jsonl(path: Path, *, repair: bool = False) -> Iterator[dict[str, Any]]:
     """
     if not path.exists():
         return
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        logger.warning("llmrerank batch: %s ends in a torn line (%d bytes); dropped", path, len(data) - end)
-        if repair:
-            with open(path, "r+b") as f:
-                f.truncate(end)
-                os.fsync(f.fileno())
-    for number, line in enumerate(data[:end].splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            logger.warning("llmrerank batch: %s line %d is not JSON; ignored", path, number)
-            continue
-        if isinstance(record, dict):
-            yield record
+    offset = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                logger.warning("llmrerank batch: %s ends in a torn line (%d bytes); dropped", path, len(line))
+                break
+            offset += len(line)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                logger.warning("llmrerank batch: %s line %d is not JSON; ignored", path, number)
+                continue
+            if isinstance(record, dict):
+                yield record
+    if repair and offset < path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(offset)
+            os.fsync(f.fileno())
 
 
 @dataclass
@@ -172,8 +174,8 @@ class JobFolder:
             if log is not None:
                 log.close()
         self._results = self._errors = None
-        records = sorted(read_jsonl(self.results_path), key=lambda r: r.get("row", 0))
-        write_atomic(self.trec_path, "".join(line for r in records for line in trec_lines(r, run_name)))
+        runs = sorted((r.get("row", 0), "".join(trec_lines(r, run_name))) for r in read_jsonl(self.results_path))
+        write_atomic(self.trec_path, "".join(lines for _, lines in runs))
 
 
 def write_atomic(path: Path, text: str) -> None:
