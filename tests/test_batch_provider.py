@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from batch_support import BAD_LINES, assert_each_row_once, comparable, good_rows, mixed_input, records, write_jsonl
 
-from llmrerank import ConfigurationError, Listwise, Pairwise, Reranker
+from llmrerank import ConfigurationError, Hybrid, Listwise, Pairwise, Reranker
 from llmrerank.batch import run_batch
 from llmrerank.testing.batch_server import FakeBatchServer, overlap_reply
 from llmrerank.testing.server import Reply, ServerRequest
@@ -171,3 +171,39 @@ def test_cancel_stops_the_open_batch_and_collects_it(api: str, tmp_path: Path) -
         assert batch.status == "cancelled"
     assert (summary.results, summary.errors, summary.pending) == (0, 3, 0)
     assert all("cancel" in e["message"] for e in records(out / "errors.jsonl"))
+
+
+class WordScorer:
+    """A stand-in cross-encoder: the number of query words in the document."""
+
+    def predict(self, pairs: list[tuple[str, str]]) -> list[float]:
+        return [float(len(set(q.lower().split()) & set(d.lower().split()))) for q, d in pairs]
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_hybrid_prefilters_locally_and_batches_its_llm_step(api: str, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "rows.jsonl", good_rows(3, docs=6))
+    with FakeBatchServer(overlap_reply) as server:
+        strategy = Hybrid(cross_encoder=WordScorer(), keep=3, llm="pointwise")
+        summary = batch_run(api, server, path, tmp_path / "out", strategy)
+        (sent,) = server.batches.values()
+    assert len(sent.requests) == 9  # the LLM sees only the 3 kept of 6 candidates per row
+    assert summary.results == 3 and summary.degraded == 0 and summary.usage.calls == 9
+    assert all(len(r["candidates"]) == 6 for r in records(summary.results_path))
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_job_over_the_providers_limit_is_split_between_rows(
+    api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmrerank.batch import provider
+
+    monkeypatch.setattr(provider._OpenAI if api == "openai" else provider._Anthropic, "max_requests", 10)
+    path = write_jsonl(tmp_path / "rows.jsonl", good_rows(6, docs=3))
+    with FakeBatchServer(overlap_reply) as server:
+        summary = batch_run(api, server, path, tmp_path / "out")
+        sizes = [len(b.requests) for b in server.batches.values()]
+    assert sizes == [9, 9]  # three rows of three requests each; a row never spans two batches
+    assert summary.results == 6 and summary.degraded == 0
+    state = json.loads((tmp_path / "out" / "provider_batches.json").read_text())
+    assert [b["rows"] for b in state["batches"]] == [[1, 2, 3], [4, 5, 6]]

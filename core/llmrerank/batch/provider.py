@@ -456,6 +456,7 @@ async def run_provider(
     """Run the job through a provider batch API; return the rows still pending and the open batch ids."""
     provider = provider_for(engine, reranker.backend)
     state = _State.load(job.folder.path / STATE, provider.name)
+    requests_dir = job.folder.path / "provider"
     owner = {row: batch.id for batch in state.open for row in batch.rows}
     waiting: dict[str, list[Row]] = {batch.id: [] for batch in state.open}
     fresh: list[tuple[Row, list[tuple[str, dict[str, Any]]]]] = []
@@ -477,9 +478,9 @@ async def run_provider(
         fresh.append((row, list(bodies.items())))
     unsent = len(fresh)
     if fresh and not cancel:
-        for path, rows, count in _chunks(provider, job.folder.path / "provider", fresh):
+        for path, rows, count in _chunks(provider, requests_dir, fresh):
             batch_id = await provider.submit(path)
-            state.batches.append(_Batch(batch_id, [r.number for r in rows], count, str(path)))
+            state.batches.append(_Batch(batch_id, [r.number for r in rows], count, path.name))
             state.save()
             waiting[batch_id] = rows
         unsent = 0
@@ -497,7 +498,7 @@ async def run_provider(
                 job.record(await assemble(reranker, provider, row, job.top_k, results))
             batch.collected = True
             state.save()
-            await asyncio.to_thread(Path(batch.file).unlink, missing_ok=True)
+            await asyncio.to_thread((requests_dir / batch.file).unlink, missing_ok=True)
         if not state.open or not wait:
             break
         await asyncio.sleep(poll_interval)
