@@ -280,7 +280,8 @@ def test_reranker_spec_builds_the_cli_backend() -> None:
     assert reranker.strategy.name == "pairwise" and reranker.backend.model == "m" and reranker.max_concurrency == 3
 
 
-def test_ctrl_c_on_the_command_keeps_whole_lines_and_the_rerun_finishes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_a_stopped_command_keeps_whole_lines_and_the_rerun_finishes(tmp_path: Path, stop: signal.Signals) -> None:
     path, total = mixed_input(tmp_path / "rows.jsonl", count=30)
     out = tmp_path / "out"
     with FakeLLMServer(lambda r: overlap_judge(Prompt(r.system, r.user)), latency=0.05) as server:
@@ -292,10 +293,13 @@ def test_ctrl_c_on_the_command_keeps_whole_lines_and_the_rerun_finishes(tmp_path
         deadline = time.monotonic() + 60
         while len(records(out / "results.jsonl")) < 5 and time.monotonic() < deadline:
             time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         _, err = process.communicate(timeout=60)
-        assert process.returncode == 130, err
-        assert "rerun the same command to resume" in err
+        if stop == signal.SIGINT:
+            assert process.returncode == 130, err
+            assert "rerun the same command to resume" in err
+        else:
+            assert process.returncode == -signal.SIGKILL
         done = len(records(out / "results.jsonl"))  # every line whole: records() parses them all
         assert 5 <= done < 30
         again = run_batch(path, out, RerankerSpec("openai", "listwise", base_url=server.base_url))

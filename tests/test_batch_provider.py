@@ -207,3 +207,22 @@ def test_a_job_over_the_providers_limit_is_split_between_rows(
     assert summary.results == 6 and summary.degraded == 0
     state = json.loads((tmp_path / "out" / "provider_batches.json").read_text())
     assert [b["rows"] for b in state["batches"]] == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_cli_submits_exits_and_collects_on_the_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmrerank.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    path = write_jsonl(tmp_path / "rows.jsonl", good_rows(2, docs=3))
+    with FakeBatchServer(overlap_reply, batch_delay=3600) as server:
+        args = ["batch", str(path), "--out", str(tmp_path / "out"), "--engine", "openai-batch"]
+        args += ["--base-url", server.base_url, "--strategy", "pointwise", "--poll-interval", "0.02", "--no-progress"]
+        assert main([*args, "--no-wait"]) == 0
+        assert "0 reranked (0 degraded), 0 errors, 0 done before, 2 waiting" in capsys.readouterr().out
+        server.batch_delay = 0
+        assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "2 rows: 2 reranked (0 degraded), 0 errors, 0 done before, 0 waiting" in printed
+    assert "6 LLM calls" in printed and "still running" not in printed
