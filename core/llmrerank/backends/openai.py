@@ -91,17 +91,30 @@ class OpenAIBackend(SDKBackend):
 
     async def generate(self, prompt: Prompt) -> Completion:
         """One chat completion; with ``prompt.choices`` and log-probs, also the choices' log-probs."""
+        response = await self._request(self._current_client().chat.completions.create(**self.request_options(prompt)))
+        return self.completion_from(response, prompt)
+
+    def _wants_logprobs(self, prompt: Prompt) -> bool:
+        return bool(prompt.choices) and self.supports_logprobs
+
+    def request_options(self, prompt: Prompt) -> dict[str, Any]:
+        """The ``chat.completions.create`` arguments for ``prompt`` (also the body of a Batch API request)."""
         messages = [{"role": "user", "content": prompt.user}]
         if prompt.system:
             messages.insert(0, {"role": "system", "content": prompt.system})
         options: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": prompt.max_tokens}
         if self.temperature is not None:
             options["temperature"] = self.temperature
-        want_logprobs = bool(prompt.choices) and self.supports_logprobs
-        if want_logprobs:
+        if self._wants_logprobs(prompt):
             options.update(logprobs=True, top_logprobs=TOP_LOGPROBS, max_tokens=1)
-        response = await self._request(self._current_client().chat.completions.create(**options))
+        return options
 
+    def completion_from(self, response: Any, prompt: Prompt) -> Completion:
+        """The :class:`Completion` in a chat completion response (an SDK object) to ``prompt``.
+
+        Raises :class:`~llmrerank.errors.InvalidResponseError` when it is not one (no choices, an
+        HTML page, a JSON array) or its content is neither text nor text parts.
+        """
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices:
             raise InvalidResponseError(
@@ -116,7 +129,7 @@ class OpenAIBackend(SDKBackend):
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         lp = None
-        if want_logprobs and prompt.choices:
+        if self._wants_logprobs(prompt) and prompt.choices:
             content = getattr(getattr(first, "logprobs", None), "content", None)
             if content:
                 top = [(t.token, t.logprob) for t in (content[0].top_logprobs or ())]

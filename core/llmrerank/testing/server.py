@@ -257,6 +257,10 @@ class FakeLLMServer:
             return Reply(text=f"responder failed: {type(exc).__name__}: {exc}", status=500)
         return answer if isinstance(answer, Reply) else Reply(text=str(answer))
 
+    def _route(self, handler: _Handler, method: str, path: str, headers: Mapping[str, str], raw: bytes) -> bool:
+        """Answer an endpoint a subclass adds (see :mod:`llmrerank.testing.batch_server`); True when answered."""
+        return False
+
 
 _OPENAI_ERRORS = {
     400: ("invalid_request_error", None),
@@ -408,6 +412,8 @@ class _Handler(BaseHTTPRequestHandler):
         api: Api = "anthropic" if "anthropic-version" in headers else "openai"
         path = self.path.split("?", 1)[0].rstrip("/")
         self._record(ServerRequest(api=api, method="GET", path=self.path, headers=headers))
+        if self.server.owner._route(self, "GET", path, headers, b""):
+            return
         if path == "/v1/models":
             self._send(200, _models(api, self.server.owner.models))
         else:
@@ -418,6 +424,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         raw = self.rfile.read(int(headers.get("content-length") or 0))
         path = self.path.split("?", 1)[0].rstrip("/")
+        if owner._route(self, "POST", path, headers, raw):
+            return
         api: Api = "anthropic" if path == "/v1/messages" else "openai"
         try:
             body = json.loads(raw or b"{}")
