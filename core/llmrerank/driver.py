@@ -11,6 +11,7 @@ from typing import Any, Literal
 from .backends.base import Backend, Completion, Prompt
 from .cache import ResponseCache, lookup, store
 from .errors import BackendError, DeadlineExceededError, LLMRerankError
+from .limits import Limiter
 from .strategies.base import Plan, Predict, Ranking, Step
 from .types import Usage
 
@@ -60,7 +61,7 @@ class Driver:
     def __init__(
         self,
         backend: Backend,
-        limiter: asyncio.Semaphore,
+        limiter: Limiter,
         *,
         on_error: OnError = "degrade",
         deadline: float | None = None,

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import threading
 import time
-import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backends.base import Backend
 from .cache import ResponseCache
 from .driver import Driver, OnError
 from .errors import ConfigurationError, InvalidInputError
+from .limits import Limiter
 from .prompts import clean_query, domain_instruction
 from .runner import run_blocking
 from .strategies import Strategy, make_strategy
@@ -28,6 +26,9 @@ from .types import (
     document_list,
     normalize_documents,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 logger = logging.getLogger("llmrerank")
 
@@ -107,21 +108,34 @@ class Reranker:
         self.strict = strict
         self.deadline = deadline
         self.cache = cache
-        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._lock = threading.Lock()
+        self._limits = Limiter(max_concurrency)
 
     def __repr__(self) -> str:
         return f"Reranker(strategy={self.strategy!r}, backend={self.backend!r})"
 
-    def _limiter(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            limiter = self._limiters.get(loop)
-            if limiter is None:
-                limiter = self._limiters[loop] = asyncio.Semaphore(self.max_concurrency)
-            return limiter
+    def _limiter(self) -> Limiter:
+        # One bound for every thread and event loop this reranker is used from.
+        return self._limits
+
+    async def aclose(self) -> None:
+        """Close the backend's clients and connections (:meth:`Backend.aclose`); the reranker stays usable."""
+        await self.backend.aclose()
+
+    def close(self) -> None:
+        """Blocking :meth:`aclose`."""
+        self.backend.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def arerank(self, query: str, documents: Sequence[Any], top_k: int | None = None) -> RerankResult:
         """Rerank ``documents`` for ``query``; return the best ``top_k`` (all when None).

