@@ -183,6 +183,8 @@ class Reranker:
         diagnostics = list(ranking.diagnostics)
         if meter.deadline_hit:
             diagnostics.append(Diagnostic("deadline_exceeded", f"deadline of {self.deadline}s passed"))
+        if meter.circuit_open:
+            diagnostics.append(Diagnostic("circuit_open", "calls kept timing out; the rest were not sent"))
         if degraded:
             logger.warning(
                 "llmrerank: %s rerank degraded (%d of %d calls failed); fallback order used",

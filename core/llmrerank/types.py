@@ -132,11 +132,12 @@ class Usage:
     """What a rerank spent: LLM calls, tokens and time."""
 
     calls: int = 0
-    """LLM calls that reached the backend (cache hits excluded)."""
+    """LLM calls that reached the backend (cache hits excluded); calls cut off by the deadline count
+    here once, and once in :attr:`failed_calls`, so ``failed_calls <= calls``."""
     cached_calls: int = 0
     """Calls answered from the response cache."""
     failed_calls: int = 0
-    """Calls that ended in an error after the SDK's retries."""
+    """Calls that ended in an error after the SDK's retries, or were cut off by the deadline."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     llm_seconds: float = 0.0

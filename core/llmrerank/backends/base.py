@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -10,6 +11,12 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+
+RERANK_ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar("llmrerank_rerank_ends", default=None)
+"""``time.monotonic()`` at which the rerank in progress reaches its ``deadline`` (None: no deadline).
+
+Set by the driver; a backend may use it to give up early on waits that would outlast the rerank."""
 
 
 @dataclass(frozen=True)

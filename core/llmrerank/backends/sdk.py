@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import email.utils
 import importlib
@@ -20,7 +21,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from ..errors import BackendError, BackendTimeoutError, ConfigurationError, RateLimitError
-from .base import Backend
+from .base import RERANK_ENDS, Backend
 
 T = TypeVar("T")
 logger = logging.getLogger("llmrerank")
@@ -135,6 +136,18 @@ class ClientPerLoop:
 
 _background_tasks: set[asyncio.Task[None]] = set()
 
+_CALL_ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar("llmrerank_call_ends", default=None)
+"""``time.monotonic()`` by which the SDK call in progress must end (its timeout or the rerank's deadline)."""
+
+
+async def _refuse_late_retry(response: Any) -> None:
+    """httpx response hook: a ``retry-after`` that ends past the call's end gets ``x-should-retry: false``,
+    which both SDKs obey, so they raise the error at once instead of sleeping through the budget."""
+    wait = retry_after(response.headers)
+    ends = _CALL_ENDS.get()
+    if wait is not None and ends is not None and time.monotonic() + wait > ends:
+        response.headers["x-should-retry"] = "false"
+
 
 async def _close(client: Any) -> None:
     try:
@@ -248,6 +261,8 @@ class SDKBackend(Backend):
                 timeout=self.timeout,
                 max_retries=self.max_retries,
                 default_headers=self.default_headers,
+                # The SDK's own HTTP client, plus a hook that stops retries which could not finish in time.
+                http_client=self._sdk.DefaultAsyncHttpxClient(event_hooks={"response": [_refuse_late_retry]}),
             )
         except (self.sdk_error, ValueError) as exc:  # e.g. no API key anywhere
             raise ConfigurationError(f"cannot create the {self.title} client: {exc}") from exc
@@ -295,13 +310,27 @@ class SDKBackend(Backend):
         return self._client if self._client is not None else self._clients.get()
 
     async def _request(self, call: Awaitable[T]) -> T:
-        """Await an SDK call; its errors become typed llmrerank errors."""
+        """Await an SDK call, retries included, for at most :attr:`timeout` seconds; its errors become
+        typed llmrerank errors.
+
+        The SDK's own timeout bounds each network operation (a server dripping bytes passes it); this
+        bounds the whole call. A retry the server asks to wait for (``retry-after``) past the end of
+        the call or of the rerank's deadline is not waited for: the call fails at once with a
+        :class:`~llmrerank.errors.RateLimitError` carrying ``retry_after``.
+        """
+        ends = time.monotonic() + self.timeout
+        deadline = RERANK_ENDS.get()
+        token = _CALL_ENDS.set(ends if deadline is None else min(ends, deadline))
         try:
-            return await call
+            return await asyncio.wait_for(call, self.timeout)
+        except asyncio.TimeoutError:
+            raise BackendTimeoutError(f"no complete answer within timeout={self.timeout}s", backend=self.name) from None
         except self.sdk_error as exc:
             raise self._error(exc) from exc
         except ValueError as exc:  # a body the SDK could not decode
             raise BackendError(f"invalid response: {exc}", backend=self.name) from exc
+        finally:
+            _CALL_ENDS.reset(token)
 
     def _is_rate_limit(self, exc: Exception) -> bool:
         """Whether ``exc`` asks the caller to slow down (the SDK's RateLimitError; subclasses add more)."""
