@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from .backends.base import RERANK_ENDS, Backend, Completion, Prompt
 from .cache import ResponseCache, lookup, store
-from .errors import BackendError, BackendTimeoutError, DeadlineExceededError, LLMRerankError
+from .errors import BackendError, BackendTimeoutError, ConfigurationError, DeadlineExceededError, LLMRerankError
 from .limits import Limiter
 from .strategies.base import Plan, Predict, Ranking, Step
 from .types import Usage
@@ -117,6 +117,8 @@ class Driver:
             if self.on_error == "raise":
                 raise DeadlineExceededError(f"deadline of {self.deadline}s passed in the prefilter") from None
             return DeadlineExceededError(f"deadline of {self.deadline}s passed in the prefilter")
+        except ConfigurationError:
+            raise  # a missing sentence-transformers or model file is not a passing fault
         except Exception as exc:
             if self.on_error == "raise":
                 raise BackendError(f"prefilter failed: {type(exc).__name__}: {exc}") from exc

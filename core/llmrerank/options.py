@@ -45,7 +45,7 @@ def check_options(
     cache: object | None = None,
 ) -> None:
     """Raise :class:`~llmrerank.errors.ConfigurationError` for settings that cannot work together."""
-    check_settings(max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain)
+    check_settings(max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain, cache=cache)
     if model is not None and backend is not None:
         raise ConfigurationError("pass either model= or backend=, not both")
     if isinstance(strategy, str) and strategy.lower() not in STRATEGIES:
@@ -54,8 +54,6 @@ def check_options(
         raise ConfigurationError("with a strategy object, set system_prompt/template on the object")
     if template is not None and strategy is None:
         raise ConfigurationError("template= needs strategy= (its placeholders depend on the strategy)")
-    if cache is not None and not (hasattr(cache, "get") and hasattr(cache, "set")):
-        raise ConfigurationError("cache must have get() and set(), e.g. llmrerank.MemoryCache()")
 
 
 def api_backend(model: str) -> Backend:

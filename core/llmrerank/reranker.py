@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -56,15 +57,35 @@ def default_backend() -> Backend:
     return LocalBackend()
 
 
-def check_settings(*, max_concurrency: int, on_error: str, deadline: float | None, domain: str | None) -> None:
-    """Raise :class:`~llmrerank.errors.ConfigurationError` for a :class:`Reranker` setting out of range."""
-    if max_concurrency < 1:
-        raise ConfigurationError("max_concurrency must be >= 1")
-    if on_error not in ("degrade", "raise"):
-        raise ConfigurationError("on_error must be 'degrade' or 'raise'")
-    if deadline is not None and deadline <= 0:
-        raise ConfigurationError("deadline must be > 0 seconds")
+def check_settings(
+    *,
+    max_concurrency: int,
+    on_error: str,
+    deadline: float | None,
+    domain: str | None,
+    strict: bool = False,
+    cache: object | None = None,
+) -> None:
+    """Raise :class:`~llmrerank.errors.ConfigurationError` for a :class:`Reranker` setting of the wrong
+    type or out of range (``max_concurrency="8"``, ``domain=5``, ``deadline=float("nan")``, ``True``
+    where a number is expected)."""
+    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+        raise ConfigurationError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+    if not isinstance(on_error, str) or on_error not in ("degrade", "raise"):
+        raise ConfigurationError(f"on_error must be 'degrade' or 'raise', got {on_error!r}")
+    if deadline is not None and not (_is_real(deadline) and 0 < deadline < math.inf):
+        raise ConfigurationError(f"deadline must be a finite number of seconds > 0 (or None), got {deadline!r}")
+    if domain is not None and not isinstance(domain, str):
+        raise ConfigurationError(f"domain must be a str or None, got {type(domain).__name__}")
+    if not isinstance(strict, bool):
+        raise ConfigurationError(f"strict must be True or False, got {strict!r}")
+    if cache is not None and not (callable(getattr(cache, "get", None)) and callable(getattr(cache, "set", None))):
+        raise ConfigurationError("cache must have get() and set(), e.g. llmrerank.MemoryCache()")
     domain_instruction(domain)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class Reranker:
@@ -97,7 +118,14 @@ class Reranker:
         deadline: float | None = None,
         cache: ResponseCache | None = None,
     ) -> None:
-        check_settings(max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain)
+        check_settings(
+            max_concurrency=max_concurrency,
+            on_error=on_error,
+            deadline=deadline,
+            domain=domain,
+            strict=strict,
+            cache=cache,
+        )
         if backend is not None and not isinstance(backend, Backend):
             raise ConfigurationError(f"backend must be a llmrerank Backend, got {type(backend).__name__}")
         self.backend = backend if backend is not None else default_backend()

@@ -16,7 +16,7 @@ from typing import ClassVar
 from ..backends.base import Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import parse_permutation
-from ..prompts import clip, document_block, render, system_prompt
+from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document
 from .base import Context, Plan, Ranking, Strategy, failure
 
@@ -50,6 +50,7 @@ class Listwise(Strategy):
             raise ConfigurationError(f"need window >= 2 and 1 <= step <= window (got {self.window}, {self.step})")
         if self.max_doc_chars < 1:
             raise ConfigurationError("max_doc_chars must be >= 1")
+        check_template(self.template, ("query", "documents"), "Listwise")
 
     def calls(self, n: int) -> int:
         """How many LLM calls ranking ``n`` documents takes."""
