@@ -171,6 +171,16 @@ class LazyReranker:
         backend: Backend | None = getattr(self, "backend", None)
         return backend
 
+    def close(self) -> None:
+        """Close the reranker's backend connections, if the reranker was built (:meth:`Reranker.close`)."""
+        if self._slot.reranker is not None:
+            self._slot.reranker.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        if self._slot.reranker is not None:
+            await self._slot.reranker.aclose()
+
     @property
     def reranker(self) -> Reranker:
         """The :class:`~llmrerank.Reranker` built from the fields on first use (again after a field changes)."""

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
+import functools
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+T = TypeVar("T")
 
 
 RERANK_ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar("llmrerank_rerank_ends", default=None)
@@ -112,3 +117,41 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
+
+
+class WorkerThreads:
+    """A backend's own threads for blocking calls (a framework model's ``invoke`` / ``chat``).
+
+    ``asyncio.to_thread`` would share the event loop's default executor (``min(32, cpus + 4)``
+    threads for the whole process), capping concurrent calls below ``max_concurrency``. Started on
+    first use; :meth:`shutdown` lets the threads end. Copies and unpickled ones start unstarted.
+    """
+
+    def __init__(self, max_workers: int) -> None:
+        self.max_workers = max_workers
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in one of the threads, in a copy of the caller's context."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self.max_workers, thread_name_prefix="llmrerank-call"
+                )
+            pool = self._pool
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+    def shutdown(self) -> None:
+        """Let the threads end once their calls are done (new calls start new ones)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def __reduce__(self) -> tuple[type[WorkerThreads], tuple[int]]:
+        return (WorkerThreads, (self.max_workers,))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> WorkerThreads:
+        return WorkerThreads(self.max_workers)
