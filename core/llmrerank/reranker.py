@@ -7,9 +7,9 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .backends.base import Backend
+from .backends.base import Backend, Closing
 from .cache import ResponseCache
 from .driver import Driver, OnError
 from .errors import ConfigurationError, InvalidInputError
@@ -27,9 +27,6 @@ from .types import (
     document_list,
     normalize_documents,
 )
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
 
 logger = logging.getLogger("llmrerank")
 
@@ -88,7 +85,7 @@ def _is_real(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-class Reranker:
+class Reranker(Closing):
     """Reorder documents by relevance to a query with an LLM.
 
     >>> r = Reranker(strategy="listwise", backend=OpenAIBackend(model="gpt-4o-mini"))  # doctest: +SKIP
@@ -152,18 +149,6 @@ class Reranker:
     def close(self) -> None:
         """Blocking :meth:`aclose`."""
         self.backend.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     async def arerank(self, query: str, documents: Sequence[Any], top_k: int | None = None) -> RerankResult:
         """Rerank ``documents`` for ``query``; return the best ``top_k`` (all when None).

@@ -63,7 +63,29 @@ def counts_for_choice(text: str, key: str) -> bool:
     return len(text) == len(key) or not (key[-1].isalpha() and text[len(key)].isalpha())
 
 
-class Backend(ABC):
+class Closing:
+    """``with`` / ``async with`` in terms of the class's ``close()`` / ``aclose()``."""
+
+    def close(self) -> None:
+        """Release what the object holds."""
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class Backend(Closing, ABC):
     """An LLM that answers prompts. Subclasses implement :meth:`generate`.
 
     Retries and per-call timeouts are the SDK's business (``max_retries``, ``timeout``);
@@ -94,7 +116,7 @@ class Backend(ABC):
         address, sampling settings): part of every response-cache key. JSON-able values."""
         return {}
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:
         """Release clients and connections; optional. The backend stays usable (clients are made again)."""
 
     def close(self) -> None:
@@ -102,18 +124,6 @@ class Backend(ABC):
         from ..runner import run_blocking
 
         run_blocking(self.aclose())
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
