@@ -33,6 +33,7 @@ class AnthropicBackend(SDKBackend):
     client_class = "AsyncAnthropic"
     error_class = "AnthropicError"
     title = "Anthropic"
+    base_url_env = "ANTHROPIC_BASE_URL"
     supports_logprobs = False
 
     def __init__(

@@ -62,6 +62,7 @@ class OpenAIBackend(SDKBackend):
     client_class = "AsyncOpenAI"
     error_class = "OpenAIError"
     title = "OpenAI"
+    base_url_env = "OPENAI_BASE_URL"
 
     def __init__(
         self,
@@ -88,6 +89,10 @@ class OpenAIBackend(SDKBackend):
             default_headers=default_headers,
         )
         self.supports_logprobs = True if logprobs is None else logprobs
+
+    def cache_identity(self) -> dict[str, object]:
+        """Base URL, temperature, and whether log-probs are asked for."""
+        return {**super().cache_identity(), "logprobs": self.supports_logprobs}
 
     async def generate(self, prompt: Prompt) -> Completion:
         """One chat completion; with ``prompt.choices`` and log-probs, also the choices' log-probs."""
