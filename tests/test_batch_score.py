@@ -35,6 +35,7 @@ DOCS = [
         ("Doc: 1, Relevance: 7\nDoc: 2, Relevance: 2", {0: 7.0, 1: 2.0}, 0, 0),
         ("1. 7\n2. 3\n3. 5", {0: 7.0, 1: 3.0, 2: 5.0}, 0, 0),
         ("Document 1: 7/10\nDocument 3: 3/10", {0: 7.0, 2: 3.0}, 0, 0),
+        ("［１］ ７\n［２］ ３", {0: 7.0, 1: 3.0}, 0, 0),  # full-width digits
         # Repeated labels keep their first score; unknown labels and out-of-range scores are dropped.
         ("[1] 7\n[1] 8\n[9] 3\n[2] 12", {0: 7.0}, 1, 1),
         ("[3] > [1] > [2]", {}, 0, 0),
@@ -154,6 +155,14 @@ def test_hybrid_over_batch_scores_in_one_call_and_accepts_min_score() -> None:
 def test_bad_batch_size_is_a_configuration_error(batch_size: object) -> None:
     with pytest.raises(ConfigurationError):
         BatchScore(batch_size=batch_size)  # type: ignore[arg-type]
+
+
+def test_a_custom_template_must_keep_the_query_and_the_documents() -> None:
+    with pytest.raises(ConfigurationError, match="documents"):
+        BatchScore(template="Rate these for {query}.")
+    backend = FakeBackend(["[1] 3\n[2] 8"])
+    result = Reranker(BatchScore(template="{documents}\nQ={query}"), backend).rerank(QUERY, DOCS[:2])
+    assert backend.calls[0].user.startswith('<document id="[1]">') and result.indices == [1, 0]
 
 
 def test_batch_scoring_through_the_openai_sdk() -> None:

@@ -124,3 +124,13 @@ def test_cost(data: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert calls[bench.LABELS["batch_score"]] == 1.0  # 8 documents, 10 a call
     assert 0 < calls[bench.LABELS["setwise"]] < calls[bench.LABELS["pairwise_sort"]]
     assert "degraded" not in captured.err
+
+
+def test_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("openai")
+    batch = load("batch")
+    args = ["--engines", "local", "--rows", "6", "--docs", "3", "--latency", "0.01", "--concurrency", "2"]
+    assert batch.main(args) == 0
+    out = capsys.readouterr().out
+    assert table_rows(out) == ["local"]
+    assert "| local | 1 | 2 | 6 | 6 |" in out  # 6 listwise rows, one call each

@@ -135,6 +135,11 @@ def test_bad_set_size_is_a_configuration_error(set_size: object) -> None:
         Setwise(set_size=set_size)  # type: ignore[arg-type]
 
 
+def test_a_custom_template_must_keep_the_query_and_the_documents() -> None:
+    with pytest.raises(ConfigurationError, match="documents"):
+        Setwise(template="Best for {query}?")
+
+
 def test_one_document_needs_no_call() -> None:
     backend = FakeBackend()
     result = Reranker(Setwise(), backend).rerank(QUERY, ["only one"])

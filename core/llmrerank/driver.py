@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .adaptive import CALL, AdaptiveLimiter
-from .backends.base import Backend, Completion, Prompt
+from .backends.base import RERANK_ENDS, Backend, Completion, Prompt
 from .cache import ResponseCache, lookup, store
 from .errors import (
     BackendError,
+    BackendTimeoutError,
     ConfigurationError,
     ContextLengthError,
     DeadlineExceededError,
@@ -35,6 +36,10 @@ OnError = Literal["degrade", "degrade_all", "raise"]
 Configuration errors (a missing API key or package) always raise.
 """
 
+CIRCUIT_TIMEOUTS = 2
+"""After this many timed-out calls in a row, a rerank sends no more calls: a server that does not
+answer would make every later call wait for its full timeout too."""
+
 
 @dataclass
 class Meter:
@@ -52,6 +57,9 @@ class Meter:
     """The failures, in the order they happened."""
     diagnostics: list[Diagnostic] = field(default_factory=list)
     """What the driver itself did (``context_shrunk``)."""
+    timeouts_in_a_row: int = 0
+    circuit_open: bool = False
+    """Set once :data:`CIRCUIT_TIMEOUTS` calls in a row timed out: later calls of the rerank are not sent."""
 
     def usage(self, wall_seconds: float) -> Usage:
         """Freeze the counters."""
@@ -115,6 +123,7 @@ class Driver:
         """Drive ``plan`` to its :class:`Ranking`."""
         loop = asyncio.get_running_loop()
         self._ends_at = None if self.deadline is None else loop.time() + self.deadline
+        ends = RERANK_ENDS.set(None if self.deadline is None else time.monotonic() + self.deadline)
         try:
             step: Step = next(plan)
             while True:
@@ -125,6 +134,7 @@ class Driver:
             return ranking
         finally:
             plan.close()
+            RERANK_ENDS.reset(ends)
 
     def _remaining(self) -> float | None:
         if self._ends_at is None:
@@ -203,6 +213,10 @@ class Driver:
     async def _call(self, prompts: list[Prompt]) -> list[Completion | BaseException]:
         """One backend call (or batch) under the limiter; failures become answers unless fatal."""
         slot = await self.limiter.take()
+        if self.meter.circuit_open:
+            self.limiter.give(slot)
+            skipped = BackendError("not sent: earlier calls of this rerank timed out", backend=self.backend.name)
+            return [skipped] * len(prompts)
         token = CALL.set((self.limiter, slot))  # for the SDK's HTTP hooks (llmrerank.adaptive)
         start = time.perf_counter()
         try:
@@ -223,6 +237,9 @@ class Driver:
             self.limiter.succeeded(slot)
         out: list[Completion | BaseException] = []
         for prompt, result in zip(prompts, results, strict=True):
+            timed_out = isinstance(result, BackendTimeoutError)
+            self.meter.timeouts_in_a_row = self.meter.timeouts_in_a_row + 1 if timed_out else 0
+            self.meter.circuit_open |= self.meter.timeouts_in_a_row >= CIRCUIT_TIMEOUTS
             if isinstance(result, Exception):
                 failure = _as_failure(result, self.backend)
                 self.meter.calls += 1

@@ -53,6 +53,7 @@ class AnthropicBackend(SDKBackend):
     client_class = "AsyncAnthropic"
     error_class = "AnthropicError"
     title = "Anthropic"
+    base_url_env = "ANTHROPIC_BASE_URL"
     supports_logprobs = False
 
     def __init__(
@@ -83,6 +84,11 @@ class AnthropicBackend(SDKBackend):
 
     async def generate(self, prompt: Prompt) -> Completion:
         """One message; the text is the concatenation of the reply's text blocks."""
+        message = await self._request(self._current_client().messages.create(**self.request_options(prompt)))
+        return self.completion_from(message, prompt)
+
+    def request_options(self, prompt: Prompt) -> dict[str, Any]:
+        """The ``messages.create`` arguments for ``prompt`` (merge ``extra_body`` in for a Message Batches request)."""
         options: dict[str, Any] = {
             "model": self.model,
             "max_tokens": prompt.max_tokens,
@@ -94,8 +100,13 @@ class AnthropicBackend(SDKBackend):
             # anthropic>=2 dropped sampling parameters from messages.create(); older API versions
             # and compatible servers still read the body field.
             options["extra_body"] = {"temperature": self.temperature}
-        message = await self._request(self._current_client().messages.create(**options))
+        return options
 
+    def completion_from(self, message: Any, prompt: Prompt) -> Completion:
+        """The :class:`Completion` in a Messages API response (an SDK object) to ``prompt``.
+
+        Raises :class:`~llmrerank.errors.InvalidResponseError` when it is not a message.
+        """
         blocks = getattr(message, "content", None)
         if not isinstance(blocks, list):
             raise InvalidResponseError(

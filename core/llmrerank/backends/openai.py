@@ -62,6 +62,7 @@ class OpenAIBackend(SDKBackend):
     client_class = "AsyncOpenAI"
     error_class = "OpenAIError"
     title = "OpenAI"
+    base_url_env = "OPENAI_BASE_URL"
 
     def __init__(
         self,
@@ -89,19 +90,36 @@ class OpenAIBackend(SDKBackend):
         )
         self.supports_logprobs = True if logprobs is None else logprobs
 
+    def cache_identity(self) -> dict[str, object]:
+        """Base URL, temperature, and whether log-probs are asked for."""
+        return {**super().cache_identity(), "logprobs": self.supports_logprobs}
+
     async def generate(self, prompt: Prompt) -> Completion:
         """One chat completion; with ``prompt.choices`` and log-probs, also the choices' log-probs."""
+        response = await self._request(self._current_client().chat.completions.create(**self.request_options(prompt)))
+        return self.completion_from(response, prompt)
+
+    def _wants_logprobs(self, prompt: Prompt) -> bool:
+        return bool(prompt.choices) and self.supports_logprobs
+
+    def request_options(self, prompt: Prompt) -> dict[str, Any]:
+        """The ``chat.completions.create`` arguments for ``prompt`` (also the body of a Batch API request)."""
         messages = [{"role": "user", "content": prompt.user}]
         if prompt.system:
             messages.insert(0, {"role": "system", "content": prompt.system})
         options: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": prompt.max_tokens}
         if self.temperature is not None:
             options["temperature"] = self.temperature
-        want_logprobs = bool(prompt.choices) and self.supports_logprobs
-        if want_logprobs:
+        if self._wants_logprobs(prompt):
             options.update(logprobs=True, top_logprobs=TOP_LOGPROBS, max_tokens=1)
-        response = await self._request(self._current_client().chat.completions.create(**options))
+        return options
 
+    def completion_from(self, response: Any, prompt: Prompt) -> Completion:
+        """The :class:`Completion` in a chat completion response (an SDK object) to ``prompt``.
+
+        Raises :class:`~llmrerank.errors.InvalidResponseError` when it is not one (no choices, an
+        HTML page, a JSON array) or its content is neither text nor text parts.
+        """
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices:
             raise InvalidResponseError(
@@ -117,7 +135,7 @@ class OpenAIBackend(SDKBackend):
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         cached_tokens = int(getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0)
         lp = None
-        if want_logprobs and prompt.choices:
+        if self._wants_logprobs(prompt) and prompt.choices:
             content = getattr(getattr(first, "logprobs", None), "content", None)
             if content:
                 top = [(t.token, t.logprob) for t in (content[0].top_logprobs or ())]

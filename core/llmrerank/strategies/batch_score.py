@@ -17,7 +17,7 @@ from typing import ClassVar
 from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import parse_labelled_scores
-from ..prompts import clip, document_block, render, system_prompt
+from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document
 from .base import Context, Plan, Ranking, Strategy, failure, shrinkable
 
@@ -64,6 +64,7 @@ class BatchScore(Strategy):
             raise ConfigurationError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
         if self.max_doc_chars < 1:
             raise ConfigurationError("max_doc_chars must be >= 1")
+        check_template(self.template, ("query", "documents"), "BatchScore")
 
     def absolute_scores(self, ctx: Context) -> bool:
         """Batch scores are 0-10 ratings: yes."""

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
-from ..prompts import clip, document_block, render, system_prompt
+from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document
 from .base import Context, Plan, Ranking, Step, Strategy, failure, shrinkable
 
@@ -70,6 +70,7 @@ class Setwise(Strategy):
             raise ConfigurationError(f"set_size must be an int from 2 to {MAX_SET_SIZE}, got {size!r}")
         if self.max_doc_chars < 1:
             raise ConfigurationError("max_doc_chars must be >= 1")
+        check_template(self.template, ("query", "documents"), "Setwise")
 
     def prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
         """The prompt asking which of ``texts`` is the most relevant; it can shrink to texts cut to half."""

@@ -54,6 +54,8 @@ class Reply:
     delay: float = 0.0
     raw_body: bytes | str | None = None
     reset: bool = False
+    drip: float = 0.0
+    """Seconds between the body's bytes: a server that keeps the connection alive but never finishes."""
 
 
 @dataclass(frozen=True)
@@ -337,6 +339,10 @@ class FakeLLMServer:
         with self._lock:
             self._prefixes.update(prefixes)
 
+    def _route(self, handler: _Handler, method: str, path: str, headers: Mapping[str, str], raw: bytes) -> bool:
+        """Answer an endpoint a subclass adds (see :mod:`llmrerank.testing.batch_server`); True when answered."""
+        return False
+
 
 _OPENAI_ERRORS = {
     400: ("invalid_request_error", None),
@@ -505,6 +511,8 @@ class _Handler(BaseHTTPRequestHandler):
         api: Api = "anthropic" if "anthropic-version" in headers else "openai"
         path = self.path.split("?", 1)[0].rstrip("/")
         self._record(ServerRequest(api=api, method="GET", path=self.path, headers=headers))
+        if self.server.owner._route(self, "GET", path, headers, b""):
+            return
         if path == "/v1/models":
             self._send(200, _models(api, self.server.owner.models))
         else:
@@ -515,6 +523,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         raw = self.rfile.read(int(headers.get("content-length") or 0))
         path = self.path.split("?", 1)[0].rstrip("/")
+        if owner._route(self, "POST", path, headers, raw):
+            return
         api: Api = "anthropic" if path == "/v1/messages" else "openai"
         try:
             body = json.loads(raw or b"{}")
@@ -564,10 +574,12 @@ class _Handler(BaseHTTPRequestHandler):
                 message = reply.text or _phrase(reply.status)
                 self._send(reply.status, _error_body(api, reply.status, message), reply.headers)
             elif api == "anthropic":
-                self._send(reply.status, _anthropic_message(request, reply, cached, written), reply.headers)
+                self._send(
+                    reply.status, _anthropic_message(request, reply, cached, written), reply.headers, drip=reply.drip
+                )
                 owner._remember(prefixes)
             else:
-                self._send(reply.status, _openai_completion(request, reply, cached), reply.headers)
+                self._send(reply.status, _openai_completion(request, reply, cached), reply.headers, drip=reply.drip)
                 owner._remember(prefixes)
         finally:
             with owner._lock:
@@ -577,7 +589,14 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.owner._lock:
             self.server.owner._requests.append(request)
 
-    def _send(self, status: int, body: Mapping[str, Any] | bytes, headers: Mapping[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: Mapping[str, Any] | bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        drip: float = 0.0,
+    ) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         try:
             self.send_response(status)
@@ -588,6 +607,15 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
             self.end_headers()
+            if drip > 0:
+                self.wfile.flush()
+                for i in range(len(data)):
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    if self.server.owner._stopping.wait(drip):
+                        self.close_connection = True
+                        return
+                return
             self.wfile.write(data)
             self.wfile.flush()
         except OSError:
