@@ -93,6 +93,15 @@ def test_log_probabilities_over_the_labels_pick_the_winner() -> None:
     assert all(p.choices is None for p in text_only.calls)
 
 
+def test_equally_likely_labels_keep_the_first_stage_order() -> None:
+    docs = ["Birds sing.", "Cats sleep.", "Dogs bark at night.", "Trains run.", "Dogs bark at night!", "Dogs bark."]
+    for order in (list(range(6)), [5, 4, 3, 2, 1, 0]):
+        backend = FakeBackend(respond=lambda p: "A", logprobs=overlap_logprobs)
+        result = Reranker(Setwise(set_size=3), backend).rerank(QUERY, [docs[i] for i in order], top_k=2)
+        tied = [order.index(2), order.index(4)]  # the same words: the same probability
+        assert result.indices == sorted(tied)
+
+
 def test_unreadable_answers_decide_nothing_and_say_so() -> None:
     docs = [f"document number {i}" for i in range(9)]
     result = Reranker(Setwise(), FakeBackend(respond=lambda p: "I cannot tell.")).rerank(QUERY, docs, top_k=3)

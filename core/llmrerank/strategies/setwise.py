@@ -152,7 +152,15 @@ class Setwise(Strategy):
         assert isinstance(answer, Completion)
         labels = LETTERS[: len(ids)]
         probs = choice_distribution(answer.choice_logprobs, labels)
-        choice = max(probs, key=probs.__getitem__) if probs else parse_choice(answer.text, labels)
+        if probs:
+            # Labels the model finds equally likely keep the first-stage order.
+            top = max(probs.values())
+            choice: str | None = min(
+                (label for label, p in probs.items() if p >= top * (1 - 1e-9)),
+                key=lambda label: ids[labels.index(label)],
+            )
+        else:
+            choice = parse_choice(answer.text, labels)
         if choice is None:
             if ctx.strict:
                 raise ParseError("no label of the set in the answer", output=answer.text)
