@@ -26,14 +26,14 @@ BATCH_TEMPLATE = (
     "Judge each document on its own.\n\n"
     "Query: {query}\n\n"
     "{documents}\n\n"
-    "Answer with {count} lines, one per document: its id in brackets, then its score, like this:\n"
-    "{example}\n"
-    "Write nothing else."
+    "Answer with {count} lines, one per document: the document's id in brackets, then its score from 0 "
+    "to 10. Write nothing else."
 )
-"""User prompt; placeholders ``{query}``, ``{documents}``, ``{count}`` and ``{example}`` (the answer's form).
+"""User prompt; placeholders ``{query}``, ``{documents}`` and ``{count}``.
 
 What every call of one rerank shares (instructions, query) comes before the documents, so a
-provider's prefix cache can reuse it."""
+provider's prefix cache can reuse it. The answer's form is described, not shown: a small model
+copies an example's scores."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class BatchScore(Strategy):
     system_prompt: str | None = None
     """Replaces the built-in system prompt (the domain instruction is still appended)."""
     template: str | None = None
-    """Replaces the user prompt; placeholders ``{query}``, ``{documents}``, ``{count}``, ``{example}``."""
+    """Replaces the user prompt; placeholders ``{query}``, ``{documents}``, ``{count}``."""
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -85,10 +85,7 @@ class BatchScore(Strategy):
 
     def _prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
         blocks = "\n".join(document_block(f"[{k + 1}]", t) for k, t in enumerate(texts))
-        example = "\n".join(f"[{k + 1}] {s}" for k, s in zip(range(min(2, len(texts))), (4, 9), strict=False))
-        user = render(
-            self.template or BATCH_TEMPLATE, query=query, documents=blocks, count=str(len(texts)), example=example
-        )
+        user = render(self.template or BATCH_TEMPLATE, query=query, documents=blocks, count=str(len(texts)))
         # About 5 tokens a line ("[10] 7\n"), with room for a preamble.
         return Prompt(system_prompt(self.system_prompt, ctx.domain), user, max_tokens=6 * len(texts) + 16)
 
