@@ -44,6 +44,9 @@ class Meter:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     llm_seconds: float = 0.0
+    reasoning_tokens: int = 0
+    model: str | None = None
+    """The first model name an answer carried."""
     deadline_hit: bool = False
     errors: list[BaseException] = field(default_factory=list)
     """The failures, in the order they happened."""
@@ -60,6 +63,7 @@ class Meter:
             completion_tokens=self.completion_tokens,
             llm_seconds=self.llm_seconds,
             wall_seconds=wall_seconds,
+            reasoning_tokens=self.reasoning_tokens,
         )
 
 
@@ -231,6 +235,8 @@ class Driver:
             self.meter.calls += 1
             self.meter.prompt_tokens += result.prompt_tokens
             self.meter.completion_tokens += result.completion_tokens
+            self.meter.reasoning_tokens += result.reasoning_tokens
+            self.meter.model = self.meter.model or result.model
             if self.cache is not None:
                 store(self.cache, self.backend, prompt, result)
             out.append(result)

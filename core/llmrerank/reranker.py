@@ -266,6 +266,7 @@ class Reranker:
             degraded_reasons=reasons,
             status=status,
             dropped=tuple(dropped),
+            model=meter.model,
         )
 
     def rerank(

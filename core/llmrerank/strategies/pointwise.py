@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
-from ..parsing import choice_distribution, parse_reason, parse_score
+from ..parsing import choice_distribution, choice_mass, parse_reason, parse_score
 from ..prompts import clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
 from .base import Context, Plan, Ranking, Strategy, failure
@@ -124,6 +125,8 @@ class Pointwise(Strategy):
                 continue
             scores[i] = score
             diagnostics.append(Diagnostic(how, f"{score:.3g}", i))
+            if how == "score_from_logprobs":
+                diagnostics += logprob_doubts(answer, method, i)
             if self.with_reason:
                 reason = parse_reason(answer.text)
                 if reason:
@@ -132,6 +135,32 @@ class Pointwise(Strategy):
         unscored = [i for i in range(len(docs)) if i not in scores]
         kind: ScoreKind = "logprob" if method in ("expected", "yes_no") else "relevance"
         return Ranking(scored + unscored, kind, scores, reasons, diagnostics, set(unscored))
+
+
+MASS_LOW = 0.5
+"""Below this share of the probability on valid answers, a log-prob score gets ``score_mass_low``."""
+UNRESOLVED_NOTABLE = 0.1
+"""From this probability on, a first token whose continuation was unseen gets ``score_prefix_unresolved``."""
+
+
+def logprob_doubts(answer: Completion, method: str, index: int) -> list[Diagnostic]:
+    """What makes a log-prob score less sure: little probability on valid answers (``score_mass_low``;
+    the score is renormalised over what there was) and a ``"1"`` that may have been ``"10"``
+    (``score_prefix_unresolved``; counted as 1, see :func:`~llmrerank.backends.openai.chained_logprobs`)."""
+    choices = SCALE if method == "expected" else ("Yes", "No")
+    doubts = []
+    mass = choice_mass(answer.choice_logprobs, choices)
+    if mass < MASS_LOW:
+        doubts.append(
+            Diagnostic("score_mass_low", f"valid answers hold {mass:.0%} of the probability; renormalised", index)
+        )
+    logprobs = answer.choice_logprobs or {}
+    if method == "expected" and "10" in answer.unresolved and "1" in logprobs:
+        share = math.exp(min(logprobs["1"], 0.0))
+        if share >= UNRESOLVED_NOTABLE:
+            message = f"P('1') = {share:.2f} may include '10' (the server showed no continuation); counted as 1"
+            doubts.append(Diagnostic("score_prefix_unresolved", message, index))
+    return doubts
 
 
 def read_score(answer: Completion, method: str) -> tuple[float | None, str]:

@@ -1,0 +1,256 @@
+"""Issue 15: the models people run. Each behaviour is reproduced by a loopback server (FakeLLMServer
+with a flavor) and driven through the real OpenAI and Anthropic SDKs.
+
+- digit-splitting tokenizers (SmolLM2, Qwen: "10" is "1", "0") behind pointwise log-prob scores;
+- reasoning and thinking models: their parameters, budgets, thinking never read as the answer;
+- the model name a server answers with.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from llmrerank import Listwise, Pointwise, Reranker
+from llmrerank.errors import BadRequestError, ConfigurationError
+from llmrerank.parsing import choice_mass, parse_permutation, strip_thinking
+from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, digit_split_reply
+
+pytest.importorskip("openai")
+pytest.importorskip("anthropic")
+
+from llmrerank.backends.anthropic import AnthropicBackend
+from llmrerank.backends.openai import OpenAIBackend, chained_logprobs
+
+QUERY = "what causes the northern lights?"
+DOCS = [
+    "Bread rises thanks to yeast.",
+    "The aurora borealis: charged particles from the sun strike gases in the upper atmosphere.",
+    "Wind turbines turn moving air into electricity.",
+]
+
+
+def openai(srv: FakeLLMServer, model: str = "gpt-test", **options: object) -> OpenAIBackend:
+    return OpenAIBackend(model, base_url=srv.base_url, api_key="sk-test", max_retries=0, **options)  # type: ignore[arg-type]
+
+
+def posts(srv: FakeLLMServer) -> list[ServerRequest]:
+    return [r for r in srv.requests if r.method == "POST"]
+
+
+# --- multi-token numbers ----------------------------------------------------------------------------
+
+
+def rate(aurora: dict[int, float], other: dict[int, float] | None = None) -> object:
+    """A responder of a digit-splitting server: the aurora document gets ``aurora``, the rest ``other``."""
+
+    def respond(request: ServerRequest) -> Reply:
+        return digit_split_reply(aurora if "aurora" in request.user else (other or {2: 1.0}))
+
+    return respond
+
+
+def test_a_ten_split_into_two_tokens_scores_ten_not_one() -> None:
+    with FakeLLMServer(rate({10: 0.9, 9: 0.1}), flavor="llama.cpp") as srv:
+        expected = Reranker(Pointwise(method="expected"), openai(srv)).rerank(QUERY, DOCS)
+        generated = Reranker(Pointwise(method="generate"), openai(srv, logprobs=False)).rerank(QUERY, DOCS)
+        sent = posts(srv)
+    assert expected.indices[0] == 1 and generated.indices[0] == 1
+    # The first token alone says "1" with P = 1.0; the second position tells 10 from 1.
+    assert expected[0].score == pytest.approx(10 * 0.9 + 9 * 0.1)
+    assert generated[0].score == 10.0
+    assert expected[1].score == pytest.approx(2.0)
+    logprob_calls = [r for r in sent if r.logprobs]
+    assert len(logprob_calls) == 3 and all(r.max_tokens == 2 for r in logprob_calls)
+    codes = {d.code for d in expected.diagnostics}
+    assert "score_mass_low" not in codes and "score_prefix_unresolved" not in codes
+
+
+def test_a_one_that_stays_one_is_not_read_as_ten() -> None:
+    with FakeLLMServer(rate({1: 0.8, 10: 0.2}), flavor="llama.cpp") as srv:
+        result = Reranker(Pointwise(method="expected"), openai(srv)).rerank(QUERY, DOCS)
+    aurora = next(item for item in result if item.index == 1)
+    assert aurora.score == pytest.approx(1 * 0.8 + 10 * 0.2)
+
+
+def test_an_unsampled_one_is_counted_as_one_and_said() -> None:
+    """The approximation: only the sampled path's second token is visible."""
+    with FakeLLMServer(rate({8: 0.6, 10: 0.4}), flavor="llama.cpp") as srv:
+        result = Reranker(Pointwise(method="expected"), openai(srv)).rerank(QUERY, DOCS)
+    aurora = next(item for item in result if item.index == 1)
+    assert aurora.score == pytest.approx(8 * 0.6 + 1 * 0.4)
+    (doubt,) = [d for d in aurora.diagnostics if d.code == "score_prefix_unresolved"]
+    assert "0.40" in doubt.message and not result.degraded
+
+
+def test_little_probability_on_valid_scores_is_diagnosed_not_hidden() -> None:
+    def respond(request: ServerRequest) -> Reply:
+        return digit_split_reply({7: 0.07}, other={"The": 0.6, "Based": 0.33})
+
+    with FakeLLMServer(respond, flavor="vllm", models=["gpt-test"]) as srv:
+        result = Reranker(Pointwise(method="expected"), openai(srv)).rerank(QUERY, DOCS[:1])
+    (item,) = result
+    assert item.score == pytest.approx(7.0)  # renormalised over what there was...
+    (low,) = [d for d in item.diagnostics if d.code == "score_mass_low"]
+    assert "7%" in low.message  # ... and said
+
+
+def test_chained_logprobs_read_the_sampled_path() -> None:
+    first = ("1", math.log(0.6), [("1", math.log(0.6)), (" 1", math.log(0.1)), ("2", math.log(0.3))])
+    second = ("0", math.log(0.5), [("0", math.log(0.5)), ("<|im_end|>", math.log(0.5))])
+    found, unresolved = chained_logprobs([first, second], ("1", "2", "10"))
+    assert math.exp(found["1"]) == pytest.approx(0.7)  # "1" counts every answer starting with it
+    assert math.exp(found["10"]) == pytest.approx(0.35)
+    assert math.exp(found["2"]) == pytest.approx(0.3)
+    assert unresolved == ()
+    # One position only: "10" cannot be told from "1".
+    assert chained_logprobs([first], ("1", "10"))[1] == ("10",)
+    # A tokenizer with a "10" token needs no chain.
+    one_token = ("10", math.log(0.7), [("10", math.log(0.7)), ("1", math.log(0.3))])
+    found, unresolved = chained_logprobs([one_token], ("1", "10"))
+    assert math.exp(found["10"]) == pytest.approx(0.7) and math.exp(found["1"]) == pytest.approx(1.0)
+    assert unresolved == ()
+
+
+def test_choice_mass_counts_a_longer_choice_once() -> None:
+    logprobs = {"1": math.log(0.5), "10": math.log(0.4), "3": math.log(0.2)}
+    assert choice_mass(logprobs, tuple(str(i) for i in range(11))) == pytest.approx(0.7)
+    assert choice_mass(None, ("Yes", "No")) == 0.0
+
+
+def test_yes_no_still_asks_for_one_token() -> None:
+    with FakeLLMServer(Reply(text="Yes", top_logprobs={"Yes": -0.1, "No": -2.4})) as srv:
+        Reranker(Pointwise(method="yes_no"), openai(srv)).rerank(QUERY, DOCS[:1])
+        (request,) = posts(srv)
+    assert request.max_tokens == 1
+
+
+# --- reasoning models --------------------------------------------------------------------------------
+
+
+def test_openai_reasoning_model_gets_its_own_parameters() -> None:
+    with FakeLLMServer(Reply(text="7", reasoning_tokens=120), reasoning_models=["o4-mini"]) as srv:
+        backend = openai(srv, "o4-mini", reasoning_effort="low")
+        assert backend.reasoning and not backend.supports_logprobs
+        result = Reranker(Pointwise(), backend).rerank(QUERY, DOCS)
+        sent = posts(srv)
+    assert not result.degraded and result.score_kind == "relevance"
+    for request in sent:
+        assert "max_tokens" not in request.body and "temperature" not in request.body
+        assert "logprobs" not in request.body
+        assert request.body["max_completion_tokens"] == 8 + backend.reasoning_budget
+        assert request.body["reasoning_effort"] == "low"
+    assert result.usage.reasoning_tokens == 3 * 120
+    assert result.usage.completion_tokens == 3 * (120 + 1)
+
+
+def test_the_fake_rejects_what_openai_rejects() -> None:
+    """The control: sent as to a chat model, the reasoning model answers 400 as OpenAI's API does."""
+    with (
+        FakeLLMServer("7", reasoning_models=["o4-mini"]) as srv,
+        pytest.raises(BadRequestError, match="max_completion_tokens"),
+    ):
+        Reranker(Pointwise(), openai(srv, "o4-mini", reasoning=False, logprobs=False)).rerank(QUERY, DOCS)
+
+
+def test_reasoning_budget_sits_on_top_of_the_listwise_answer_budget() -> None:
+    with FakeLLMServer("[2] > [1] > [3]", reasoning_models=["gpt-5-mini"]) as srv:
+        backend = openai(srv, "gpt-5-mini", reasoning_budget=2000)
+        result = Reranker(Listwise(), backend).rerank(QUERY, DOCS)
+        (request,) = posts(srv)
+    assert result.indices == [1, 0, 2]
+    assert request.body["max_completion_tokens"] == 6 * 3 + 16 + 2000
+
+
+def test_a_thinking_model_on_another_server_gets_max_tokens_with_the_budget() -> None:
+    with FakeLLMServer("[2] > [1] > [3]", flavor="vllm", models=["Qwen/Qwen3-8B"]) as srv:
+        backend = openai(srv, "Qwen/Qwen3-8B", reasoning=True, reasoning_budget=1000)
+        Reranker(Listwise(), backend).rerank(QUERY, DOCS)
+        (request,) = posts(srv)
+    assert request.body["max_tokens"] == 6 * 3 + 16 + 1000
+    assert "temperature" not in request.body and "max_completion_tokens" not in request.body
+
+
+def test_chat_models_are_not_reasoning_models() -> None:
+    from llmrerank.backends.servers import is_reasoning_model
+
+    assert all(map(is_reasoning_model, ["o1", "o3-mini", "o4-mini", "gpt-5", "gpt-5-nano", "openai/gpt-oss-20b"]))
+    assert not any(map(is_reasoning_model, ["gpt-4o-mini", "gpt-4.1", "gpt-5-chat-latest", "omni", "claude-x"]))
+
+
+def test_anthropic_extended_thinking_leaves_room_for_the_answer() -> None:
+    reply = Reply(text="[2] > [1] > [3]", reasoning="Maybe [1] > [3] > [2]? No.", reasoning_tokens=300)
+    with FakeLLMServer(reply) as srv:
+        backend = AnthropicBackend(
+            "claude-test", base_url=srv.anthropic_base_url, api_key="k", max_retries=0, reasoning_effort="low"
+        )
+        result = Reranker(Listwise(), backend).rerank(QUERY, DOCS)
+        (request,) = posts(srv)
+    assert result.indices == [1, 0, 2] and not result.degraded  # the thinking block is not the answer
+    assert request.body["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert request.body["max_tokens"] == 6 * 3 + 16 + 1024
+    assert result.usage.reasoning_tokens == 300
+
+
+def test_anthropic_thinking_settings_are_checked() -> None:
+    with pytest.raises(ConfigurationError, match="1024"):
+        AnthropicBackend(api_key="k", reasoning_budget=100)
+    with pytest.raises(ConfigurationError, match="temperature"):
+        AnthropicBackend(api_key="k", reasoning_budget=2048, temperature=0.0)
+    with pytest.raises(ConfigurationError, match="reasoning_effort"):
+        AnthropicBackend(api_key="k", reasoning_effort="extreme")
+
+
+# --- thinking text is never the answer ----------------------------------------------------------------
+
+
+def test_reasoning_content_is_not_the_answer() -> None:
+    reply = Reply(text="[2] > [1] > [3]", reasoning="[3] > [1] > [2] is what I first thought")
+    with FakeLLMServer(reply, flavor="vllm", models=["gpt-test"]) as srv:
+        result = Reranker(Listwise(), openai(srv)).rerank(QUERY, DOCS)
+    assert result.indices == [1, 0, 2] and result.reranked
+
+
+def test_a_budget_spent_on_thinking_is_an_unreadable_answer() -> None:
+    reply = Reply(text="", reasoning="Let me compare [1] with [2]. Doc [3] ...", finish_reason="length")
+    with FakeLLMServer(reply, flavor="vllm", models=["gpt-test"]) as srv:
+        result = Reranker(Listwise(), openai(srv)).rerank(QUERY, DOCS)
+    assert result.status == "fallback" and result.degraded_reasons == ("unreadable_answer",)
+    assert result.indices == [0, 1, 2] and all(item.fallback for item in result)
+
+
+@pytest.mark.parametrize("tag", ["think", "thinking", "reasoning"])
+def test_an_unclosed_thinking_block_holds_no_ranking(tag: str) -> None:
+    text = f"<{tag}>Let me compare [1] with [2]. Doc [4] is about auroras, then [3] and [5]"
+    assert strip_thinking(text) == ""
+    assert parse_permutation(text, 5).parsed == 0
+    with FakeLLMServer(text) as srv:
+        result = Reranker(Listwise(), openai(srv)).rerank(QUERY, [*DOCS, "Fifth.", "Sixth."][:5])
+    assert result.status == "fallback" and result.indices == [0, 1, 2, 3, 4]
+    (unreadable,) = [d for d in result.diagnostics if d.code == "fallback_input_order"]
+    assert f"<{tag}>Let me compare" in unreadable.message
+
+
+def test_text_after_a_closed_thinking_block_is_the_answer() -> None:
+    assert parse_permutation("<think>[3] > [1]?</think>\n[2] > [1] > [3]", 3).order == (1, 0, 2)
+    assert parse_permutation("[2] > [3] > [1]<think>but maybe", 3).order == (1, 2, 0)
+    assert parse_permutation("weighing [1] against [3]...</think>[3] > [2] > [1]", 3).order == (2, 1, 0)
+
+
+# --- the model that answered ---------------------------------------------------------------------------
+
+
+def test_result_names_the_model_the_server_answered_with() -> None:
+    with FakeLLMServer("[2] > [1] > [3]", flavor="llama.cpp", served_model="smollm2") as srv:
+        result = Reranker(Listwise(), openai(srv, "gpt-4o-mini")).rerank(QUERY, DOCS)
+        (request,) = posts(srv)
+    assert request.model == "gpt-4o-mini"  # what was asked ...
+    assert result.model == "smollm2"  # ... is not what answered
+    assert result.summary()["model"] == "smollm2"
+
+
+def test_anthropic_result_names_its_model() -> None:
+    with FakeLLMServer("[1] > [2] > [3]") as srv:
+        backend = AnthropicBackend("claude-haiku-4-5", base_url=srv.anthropic_base_url, api_key="k", max_retries=0)
+        assert Reranker(Listwise(), backend).rerank(QUERY, DOCS).model == "claude-haiku-4-5"
