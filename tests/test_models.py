@@ -8,7 +8,9 @@ with a flavor) and driven through the real OpenAI and Anthropic SDKs.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -254,3 +256,168 @@ def test_anthropic_result_names_its_model() -> None:
     with FakeLLMServer("[1] > [2] > [3]") as srv:
         backend = AnthropicBackend("claude-haiku-4-5", base_url=srv.anthropic_base_url, api_key="k", max_retries=0)
         assert Reranker(Listwise(), backend).rerank(QUERY, DOCS).model == "claude-haiku-4-5"
+
+
+# --- provider routing ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_keys(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for provider in ("OPENAI", "ANTHROPIC"):
+        for name in ("API_KEY", "BASE_URL", "AUTH_TOKEN"):
+            monkeypatch.delenv(f"{provider}_{name}", raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("model", "kind", "name"),
+    [
+        ("openai:gpt-4.1-mini", OpenAIBackend, "gpt-4.1-mini"),
+        ("anthropic:claude-haiku-4-5", AnthropicBackend, "claude-haiku-4-5"),
+        ("gpt-4.1-mini", OpenAIBackend, "gpt-4.1-mini"),
+        ("o3-mini", OpenAIBackend, "o3-mini"),
+        ("chatgpt-4o-latest", OpenAIBackend, "chatgpt-4o-latest"),
+        ("claude-haiku-4-5", AnthropicBackend, "claude-haiku-4-5"),
+        ("openai:claude-haiku-4-5", OpenAIBackend, "claude-haiku-4-5"),  # a gateway that serves Claude
+    ],
+)
+def test_model_names_route_to_their_provider(no_keys: pytest.MonkeyPatch, model: str, kind: type, name: str) -> None:
+    from llmrerank import backend_for
+
+    no_keys.setenv("OPENAI_API_KEY", "sk-test")
+    no_keys.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    backend = backend_for(model)
+    assert type(backend) is kind and backend.model == name
+
+
+def test_a_claude_model_with_only_an_openai_key_is_not_sent_to_openai(no_keys: pytest.MonkeyPatch) -> None:
+    from llmrerank.options import build_reranker
+
+    no_keys.setenv("OPENAI_API_KEY", "sk-test")
+    with pytest.raises(ConfigurationError, match="ANTHROPIC_API_KEY"):
+        build_reranker(None, model="claude-haiku-4-5")
+    no_keys.delenv("OPENAI_API_KEY")
+    no_keys.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        build_reranker(None, model="gpt-4.1-mini")
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        Reranker(backend="openai:gpt-4.1-mini")
+
+
+def test_an_unknown_name_goes_to_the_one_provider_configured_or_is_ambiguous(no_keys: pytest.MonkeyPatch) -> None:
+    from llmrerank import backend_for
+
+    with pytest.raises(ConfigurationError, match="needs a provider"):
+        backend_for("my-finetune")
+    no_keys.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    assert isinstance(backend_for("my-finetune"), AnthropicBackend)
+    no_keys.setenv("OPENAI_API_KEY", "sk-test")
+    with pytest.raises(ConfigurationError, match="'openai:my-finetune' or 'anthropic:my-finetune'"):
+        backend_for("my-finetune")
+    no_keys.setenv("OPENAI_BASE_URL", "http://localhost:11434/v1")  # an OpenAI-compatible server names its own
+    assert isinstance(backend_for("qwen2.5:7b"), OpenAIBackend)
+    assert backend_for("qwen2.5:7b").model == "qwen2.5:7b"  # a colon that names no provider stays
+
+
+def test_reranker_and_adapter_take_a_routed_name(no_keys: pytest.MonkeyPatch) -> None:
+    from llmrerank.options import build_reranker
+
+    with FakeLLMServer("[2] > [1] > [3]") as srv:
+        no_keys.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+        no_keys.setenv("ANTHROPIC_BASE_URL", srv.anthropic_base_url)
+        result = build_reranker(None, model="anthropic:claude-haiku-4-5", strategy="listwise").rerank(QUERY, DOCS)
+        reranker = Reranker("listwise", backend="claude-haiku-4-5")
+        assert isinstance(reranker.backend, AnthropicBackend)
+        (request,) = posts(srv)
+    assert request.api == "anthropic" and request.model == "claude-haiku-4-5"
+    assert result.indices == [1, 0, 2]
+
+
+# --- no price for servers of your own -----------------------------------------------------------------
+
+
+def test_servers_of_your_own_and_unknown_models_have_no_price() -> None:
+    from llmrerank.pricing import cost_basis, estimate_cost
+    from llmrerank.types import Usage
+
+    usage = Usage(prompt_tokens=1_000_000, completion_tokens=1_000_000)
+    assert estimate_cost("gpt-4o-mini", usage, backend="openai") == pytest.approx(0.75)
+    assert estimate_cost("gpt-4o-mini", usage, backend="openai", server_url="https://api.openai.com/v1") > 0
+    price, note = cost_basis("gpt-4o-mini", backend="openai", server_url="http://127.0.0.1:8080/v1")
+    assert price is None and note.startswith("n/a: a server of your own at http://127.0.0.1:8080/v1")
+    price, note = cost_basis("gpt-4o-mini", backend="openai", server_url="https://gateway.example.com/v1")
+    assert price is None and "api.openai.com" in note
+    price, note = cost_basis("smollm2", backend="openai")
+    assert price is None and "no known price for model 'smollm2'" in note
+    mine = {"smollm2": {"input": 1, "output": 1}}
+    assert estimate_cost("smollm2", usage, mine, backend="openai", server_url="http://127.0.0.1:8080/v1") == 2.0
+
+
+def test_local_addresses() -> None:
+    from llmrerank.backends.servers import call_defaults, is_local_url
+
+    local = ["http://localhost:8000/v1", "http://127.0.0.1:11434/v1", "http://[::1]:8080", "http://192.168.1.20/v1"]
+    local += [
+        "http://10.0.0.5:8000",
+        "http://172.20.0.2:8000",
+        "http://gpu-box.local:8000",
+        "http://host.docker.internal",
+    ]
+    assert all(map(is_local_url, local))
+    assert not any(map(is_local_url, [None, "", "https://api.openai.com/v1", "https://example.com", "http://8.8.8.8"]))
+    assert call_defaults("http://localhost:8000/v1", None, None) == (300.0, 0)
+    assert call_defaults("https://api.openai.com/v1", None, None) == (60.0, 2)
+    assert call_defaults("http://localhost:8000/v1", 30.0, 1) == (30.0, 1)
+
+
+SLICE = Path(__file__).parent / "data" / "scifact-slice"
+
+
+@pytest.mark.parametrize("flavor", ["llama.cpp", "vllm"])
+def test_eval_against_a_server_of_your_own_names_its_model_and_no_price(
+    flavor: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmrerank.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    served = "smollm2" if flavor == "llama.cpp" else "Qwen/Qwen2.5-7B-Instruct"
+    options = {"served_model": served} if flavor == "llama.cpp" else {"models": [served]}
+    with FakeLLMServer("[2] > [1]", flavor=flavor, **options) as srv:  # type: ignore[arg-type]
+        argv = ["eval", "--data", str(SLICE), "--base-url", srv.base_url, "--strategy", "listwise"]
+        argv += ["--queries", "2", "--depth", "5", "--no-progress", "--out", str(tmp_path)]
+        assert main(argv) == 0
+        asked = {r.model for r in posts(srv)}
+        url = srv.base_url
+    printed = capsys.readouterr().out
+    assert asked == {served}  # --model left out: the one model the server lists
+    assert f"backend openai, model {served};" in printed and "gpt-4o-mini" not in printed
+    assert f"USD/1k q n/a: a server of your own at {url}" in printed
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["model"] == served and report["results"][1]["cost_usd"] is None
+    assert report["results"][1]["cost_note"].startswith("n/a: a server of your own")
+
+
+def test_eval_reports_the_model_that_answered_over_the_one_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmrerank.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with FakeLLMServer("[2] > [1]", flavor="llama.cpp", served_model="smollm2") as srv:
+        argv = ["eval", "--data", str(SLICE), "--base-url", srv.base_url, "--model", "gpt-4o-mini"]
+        argv += ["--strategy", "listwise", "--queries", "2", "--depth", "5", "--no-progress"]
+        assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "model smollm2 (asked for gpt-4o-mini)" in printed and "n/a" in printed
+
+
+def test_cli_model_names_its_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmrerank.cli import backend_kind
+
+    assert backend_kind(None, "anthropic:claude-haiku-4-5", None) == ("anthropic", "claude-haiku-4-5")
+    assert backend_kind(None, "claude-haiku-4-5", None) == ("anthropic", "claude-haiku-4-5")
+    assert backend_kind(None, "Qwen/Qwen2.5-7B-Instruct", "http://localhost:8000/v1")[0] == "openai"
+    assert backend_kind(None, None, None) == ("local", None)
+    assert backend_kind("openai", "claude-x", "http://proxy/v1") == ("openai", "claude-x")
+    with pytest.raises(ConfigurationError, match="names provider 'anthropic'"):
+        backend_kind("openai", "anthropic:claude-haiku-4-5", None)

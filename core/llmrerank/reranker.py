@@ -90,7 +90,9 @@ class Reranker:
 
     ``strategy``: ``"pointwise"``, ``"pairwise"``, ``"listwise"``, ``"hybrid"`` or a strategy object
     (for options); None picks the backend's preferred one (listwise for API models, pointwise with
-    log-probs for the local model). ``backend``: None picks one from the environment
+    log-probs for the local model). ``backend``: a backend, a model name routed to its provider
+    (``"openai:gpt-4.1-mini"``, ``"anthropic:claude-haiku-4-5"``, ``"claude-haiku-4-5"``: see
+    :func:`~llmrerank.routing.backend_for`), or None to pick one from the environment
     (:func:`default_backend`). ``domain``: ``"legal"``, ``"medical"``, ``"ecommerce"`` or your own
     instruction. ``max_concurrency`` bounds LLM calls in flight across all concurrent reranks of
     this object. ``on_error`` (:data:`~llmrerank.driver.OnError`): ``"degrade"`` (default) returns a
@@ -107,7 +109,7 @@ class Reranker:
     def __init__(
         self,
         strategy: str | Strategy | None = None,
-        backend: Backend | None = None,
+        backend: Backend | str | None = None,
         *,
         domain: str | None = None,
         max_concurrency: int = 8,
@@ -120,6 +122,10 @@ class Reranker:
         check_settings(
             max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain, min_score=min_score
         )
+        if isinstance(backend, str):
+            from .routing import backend_for
+
+            backend = backend_for(backend)
         if backend is not None and not isinstance(backend, Backend):
             raise ConfigurationError(f"backend must be a llmrerank Backend, got {type(backend).__name__}")
         self.backend = backend if backend is not None else default_backend()

@@ -74,7 +74,8 @@ class AnthropicBackend(SDKBackend):
             raise ConfigurationError(f"reasoning_budget must be >= {MIN_THINKING_BUDGET} tokens (the API's minimum)")
         if budget is not None and temperature is not None:
             raise ConfigurationError("extended thinking takes no temperature: leave temperature=None")
-        timeout, max_retries = call_defaults(base_url or os.environ.get("ANTHROPIC_BASE_URL"), timeout, max_retries)
+        url = base_url or os.environ.get("ANTHROPIC_BASE_URL")
+        timeout, max_retries = call_defaults(url, timeout, max_retries)
         super().__init__(
             require("anthropic", "anthropic"),
             model,
@@ -86,6 +87,8 @@ class AnthropicBackend(SDKBackend):
             temperature=temperature,
             default_headers=default_headers,
         )
+        self.server_url = url
+        """The server's base URL (None: Anthropic's API)."""
         self.reasoning_effort = reasoning_effort
         self.reasoning_budget = budget
         """Extended-thinking budget in tokens; None: no thinking."""

@@ -99,6 +99,19 @@ def _get_json(url: str, api_key: str | None, timeout: float) -> Any:
         return json.loads(response.read())
 
 
+def served_models(base_url: str, api_key: str | None, timeout: float = DISCOVERY_TIMEOUT) -> list[str] | None:
+    """The model ids an OpenAI-compatible server lists at ``GET /v1/models``, or None when it cannot say."""
+    try:
+        listing = _get_json(f"{base_url.rstrip('/')}/models", api_key, timeout)
+    except Exception as exc:  # a server without the endpoint, or down: the caller decides
+        logger.debug("llmrerank: no model list at %s: %s: %s", base_url, type(exc).__name__, exc)
+        return None
+    data = listing.get("data") if isinstance(listing, dict) else None
+    if not isinstance(data, list):
+        return None
+    return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
+
+
 def context_from_props(props: Any) -> int | None:
     """``n_ctx`` from llama.cpp's ``GET /props`` (top level, or under ``default_generation_settings``)."""
     if not isinstance(props, dict):
@@ -159,4 +172,5 @@ __all__ = [
     "is_openai_api",
     "is_openai_reasoning_model",
     "is_reasoning_model",
+    "served_models",
 ]
