@@ -21,6 +21,14 @@ def judge(request: ServerRequest) -> str:
     return overlap_judge(Prompt(system=request.system, user=request.user))
 
 
+def run_example(example: str, server: FakeLLMServer) -> subprocess.CompletedProcess[str]:
+    """Run an example as a user would, its LLM taken from the environment: the loopback server."""
+    env = {**os.environ, "OPENAI_API_KEY": "test", "OPENAI_BASE_URL": server.base_url}
+    env.pop("ANTHROPIC_API_KEY", None)
+    command = [sys.executable, str(ROOT / "examples" / example)]
+    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.parametrize(
     ("example", "framework"),
     [("langchain_retriever.py", "langchain_classic"), ("llamaindex_query_engine.py", "llama_index.core")],
@@ -29,16 +37,7 @@ def test_example_runs_against_an_openai_compatible_server(example: str, framewor
     pytest.importorskip(framework)
     pytest.importorskip("openai")
     with FakeLLMServer(judge) as server:
-        env = {**os.environ, "OPENAI_API_KEY": "test", "OPENAI_BASE_URL": server.base_url}
-        env.pop("ANTHROPIC_API_KEY", None)
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "examples" / example)],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_example(example, server)
         requests = [r for r in server.requests if r.method == "POST"]
     assert done.returncode == 0, done.stderr
     out = done.stdout
@@ -59,16 +58,7 @@ def test_example_runs_against_an_openai_compatible_server(example: str, framewor
 def test_example_shows_a_fallback_as_a_fallback(example: str, framework: str) -> None:
     pytest.importorskip(framework)
     with FakeLLMServer(Reply(status=503, text="upstream down")) as server:
-        env = {**os.environ, "OPENAI_API_KEY": "test", "OPENAI_BASE_URL": server.base_url}
-        env.pop("ANTHROPIC_API_KEY", None)
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "examples" / example)],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_example(example, server)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("FALLBACK: not placed by the model") == 3
     assert "Status: fallback (call_failed)" in done.stdout

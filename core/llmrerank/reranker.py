@@ -77,9 +77,16 @@ def check_settings(
         raise ConfigurationError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if deadline is not None and deadline <= 0:
         raise ConfigurationError("deadline must be > 0 seconds")
-    if min_score is not None and not (isinstance(min_score, int | float) and 0 <= min_score <= 10):
-        raise ConfigurationError(f"min_score must be a number from 0 to 10, got {min_score!r}")
+    check_min_score(min_score)
     domain_instruction(domain)
+
+
+def check_min_score(min_score: float | None) -> None:
+    """Raise :class:`~llmrerank.errors.ConfigurationError` unless ``min_score`` is None or a number in 0-10."""
+    if min_score is not None and not (
+        isinstance(min_score, int | float) and not isinstance(min_score, bool) and 0 <= min_score <= 10
+    ):
+        raise ConfigurationError(f"min_score must be a number from 0 to 10, got {min_score!r}")
 
 
 class Reranker:
@@ -119,9 +126,7 @@ class Reranker:
         cache: ResponseCache | None = None,
         min_score: float | None = None,
     ) -> None:
-        check_settings(
-            max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain, min_score=min_score
-        )
+        check_settings(max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain)
         if isinstance(backend, str):
             from .routing import backend_for
 
@@ -136,12 +141,7 @@ class Reranker:
         self.strict = strict
         self.deadline = deadline
         self.cache = cache
-        self.min_score = min_score
-        if min_score is not None and not self.strategy.absolute_scores(self._context(None)):
-            raise ConfigurationError(
-                f"min_score needs 0-10 scores; {self.strategy.name} gives {self._score_scale()}: "
-                "use Pointwise (or Hybrid(llm='pointwise')), or filter on rank with top_k"
-            )
+        self.min_score = self._check_min_score(min_score)
         self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -160,11 +160,21 @@ class Reranker:
             preferred_strategy=self.backend.preferred_strategy,
         )
 
-    def _score_scale(self) -> str:
-        return {
-            "listwise": "an order (or window-relative probabilities), not ratings",
-            "pairwise": "win rates or an order, not ratings",
-        }.get(self.strategy.name, "no 0-10 ratings")
+    def _check_min_score(self, min_score: float | None) -> float | None:
+        """``min_score`` if it is in range and this strategy gives 0-10 ratings; else ConfigurationError."""
+        check_min_score(min_score)
+        if min_score is None:
+            return None
+        if not self.strategy.absolute_scores(self._context(None)):
+            scale = {
+                "listwise": "an order (or window-relative probabilities), not ratings",
+                "pairwise": "win rates or an order, not ratings",
+            }.get(self.strategy.name, "no 0-10 ratings")
+            raise ConfigurationError(
+                f"min_score needs 0-10 scores; {self.strategy.name} gives {scale}: "
+                "use Pointwise (or Hybrid(llm='pointwise')), or filter on rank with top_k"
+            )
+        return min_score
 
     def _limiter(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -199,18 +209,7 @@ class Reranker:
         started = time.perf_counter()
         query = check_query(query)
         top_k = check_top_k(top_k)
-        if min_score is not None:
-            check_settings(
-                max_concurrency=self.max_concurrency,
-                on_error=self.on_error,
-                deadline=self.deadline,
-                domain=None,
-                min_score=min_score,
-            )
-            if not self.strategy.absolute_scores(self._context(top_k)):
-                scale = self._score_scale()
-                raise ConfigurationError(f"min_score needs 0-10 scores; {self.strategy.name} gives {scale}")
-        threshold = self.min_score if min_score is None else min_score
+        threshold = self.min_score if min_score is None else self._check_min_score(min_score)
         originals = document_list(documents)
         docs = normalize_documents(originals)
         prompt_query = clean_query(query)
