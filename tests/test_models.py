@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -421,3 +422,160 @@ def test_cli_model_names_its_provider(monkeypatch: pytest.MonkeyPatch) -> None:
     assert backend_kind("openai", "claude-x", "http://proxy/v1") == ("openai", "claude-x")
     with pytest.raises(ConfigurationError, match="names provider 'anthropic'"):
         backend_kind("openai", "anthropic:claude-haiku-4-5", None)
+
+
+# --- context size -----------------------------------------------------------------------------------
+
+BLOCK = re.compile(r'<document id="\[(\w+)\]">\n(.*?)\n</document>', re.DOTALL)
+LONG_DOCS = [
+    (f"Abstract {i}: a study of soil, rivers and weather patterns over many years. " * 16)[:1200] for i in range(20)
+]
+LONG_DOCS[13] = "The aurora borealis comes from charged particles of the sun. " + LONG_DOCS[13]
+
+
+def aurora_first(request: ServerRequest) -> str:
+    """A listwise judge: documents that mention the aurora first, the others in their order."""
+    blocks = BLOCK.findall(request.user)
+    ranked = sorted(blocks, key=lambda block: "aurora" not in block[1])
+    return " > ".join(f"[{label}]" for label, _ in ranked) or "no documents"
+
+
+def prompt_tokens(request: ServerRequest) -> int:
+    from llmrerank.testing.server import estimate_tokens
+
+    return estimate_tokens(request.system + request.user)
+
+
+def test_default_window_does_not_fit_a_4096_token_server() -> None:
+    """The issue's failure, reproduced: 20 documents of 1,200 characters are over 6,000 tokens."""
+    with FakeLLMServer(aurora_first, flavor="llama.cpp", context_tokens=4096) as srv:
+        result = Reranker(Listwise(), openai(srv), on_error="degrade_all").rerank(QUERY, LONG_DOCS)
+        first = posts(srv)[0]
+    assert prompt_tokens(first) > 4096
+    assert "context_shrunk" in {d.code for d in result.diagnostics}  # the last resort: documents cut to half
+
+
+@pytest.mark.parametrize("flavor", ["llama.cpp", "vllm"])
+@pytest.mark.parametrize("configured", [4096, "auto"])
+def test_windows_fit_a_known_context(flavor: str, configured: int | str) -> None:
+    with FakeLLMServer(aurora_first, flavor=flavor, context_tokens=4096, models=["gpt-test"]) as srv:  # type: ignore[arg-type]
+        backend = openai(srv, context_tokens=configured)
+        result = Reranker(Listwise(), backend).rerank(QUERY, LONG_DOCS)
+        sent = posts(srv)
+        asked = [r.path for r in srv.requests if r.method == "GET"]
+    assert backend.context_tokens == 4096
+    assert result.reranked and result.indices[0] == 13
+    assert len(sent) > 1 and all(prompt_tokens(r) + (r.max_tokens or 0) <= 4096 for r in sent)  # no 400 at all
+    (fitted,) = [d for d in result.diagnostics if d.code == "context_fitted"]
+    assert "4096 tokens of context" in fitted.message
+    assert "context_shrunk" not in {d.code for d in result.diagnostics}
+    if configured == "auto":
+        assert ("/props" in asked) and ("/v1/models" in asked)  # asked once, together
+        Reranker(Listwise(), backend).rerank(QUERY, LONG_DOCS[:3])
+        assert [r.path for r in srv.requests if r.method == "GET"] == asked  # cached
+    else:
+        assert asked == []
+
+
+def test_discovery_is_time_boxed_and_optional() -> None:
+    with FakeLLMServer(aurora_first) as srv:  # OpenAI-like: no /props, no max_model_len
+        backend = openai(srv, context_tokens="auto")
+        result = Reranker(Listwise(window=5), backend).rerank(QUERY, LONG_DOCS[:5])
+    assert backend.context_tokens is None and result.reranked
+
+
+def test_the_context_a_400_states_is_learned_for_the_next_rerank() -> None:
+    with FakeLLMServer(aurora_first, flavor="llama.cpp", context_tokens=4096) as srv:
+        backend = openai(srv)
+        first = Reranker(Listwise(), backend).rerank(QUERY, LONG_DOCS)
+        assert backend.context_tokens == 4096  # "exceeds the available context size (4096 tokens)"
+        srv.clear()
+        second = Reranker(Listwise(), backend).rerank(QUERY, LONG_DOCS)
+        sent = posts(srv)
+    assert "context_shrunk" in {d.code for d in first.diagnostics} and first.reranked
+    assert second.reranked and all(prompt_tokens(r) <= 4096 for r in sent)
+    assert "context_shrunk" not in {d.code for d in second.diagnostics}
+
+
+def test_two_documents_too_long_for_the_context_are_cut_to_fit() -> None:
+    docs = ["aurora " + "x" * 9000, "y" * 9000, "z " * 4000]
+    with FakeLLMServer(aurora_first, flavor="vllm", context_tokens=1024, models=["gpt-test"]) as srv:
+        result = Reranker(Listwise(max_doc_chars=20000), openai(srv, context_tokens=1024)).rerank(QUERY, docs)
+        sent = posts(srv)
+    assert result.reranked and result.indices[0] == 0
+    assert all(prompt_tokens(r) + (r.max_tokens or 0) <= 1024 for r in sent)
+    assert any("characters to fit" in d.message for d in result.diagnostics if d.code == "context_fitted")
+
+
+@pytest.mark.parametrize("strategy", ["pointwise", "pairwise"])
+def test_pointwise_and_pairwise_prompts_fit_too(strategy: str) -> None:
+    docs = ["aurora " * 1500, "rivers " * 1500]
+    with FakeLLMServer("7", flavor="llama.cpp", context_tokens=512) as srv:
+        reranker = Reranker(strategy, openai(srv, context_tokens=512, logprobs=False))
+        result = reranker.rerank(QUERY, docs)
+        sent = posts(srv)
+    assert sent and all(prompt_tokens(r) <= 512 for r in sent)
+    assert "context_fitted" in {d.code for d in result.diagnostics}
+
+
+def test_stated_context_sizes() -> None:
+    from llmrerank.backends.servers import stated_context
+
+    llama = "request (5000 tokens) exceeds the available context size (4096 tokens), try increasing it"
+    assert stated_context(llama) == 4096
+    assert stated_context("{'code': 400, 'type': 'exceed_context_size_error', 'n_prompt_tokens': 5000, 'n_ctx': 2048}")
+    assert stated_context("This model's maximum context length is 8192 tokens. However, you requested 9000") == 8192
+    assert stated_context("The decoder prompt (length 5000) is longer than the maximum model length of 4096.") == 4096
+    assert stated_context("prompt is too long: 210000 tokens > 200000 maximum") == 200000
+    assert stated_context("Context size has been exceeded.") is None
+
+
+def test_ollama_cuts_a_long_prompt_silently_unless_the_context_is_configured() -> None:
+    seen: list[str] = []
+
+    def judge(request: ServerRequest) -> str:
+        seen.append(request.user)
+        return aurora_first(request)
+
+    with FakeLLMServer(judge, flavor="ollama", context_tokens=2048, models=["qwen2.5:7b"]) as srv:
+        Reranker(Listwise(), openai(srv, "qwen2.5:7b")).rerank(QUERY, LONG_DOCS)
+        assert not seen[0].startswith("Query:")  # no error: the model saw the end of the prompt only
+        seen.clear()
+        result = Reranker(Listwise(), openai(srv, "qwen2.5:7b", context_tokens=2048)).rerank(QUERY, LONG_DOCS)
+    assert all(text.startswith("Query:") for text in seen)  # every window whole
+    assert result.reranked and result.indices[0] == 13
+
+
+# --- slow local servers: fail fast, name the first cause -----------------------------------------------
+
+
+def test_local_server_defaults_fail_fast() -> None:
+    backend = OpenAIBackend("m", base_url="http://127.0.0.1:8080/v1", api_key="k")
+    assert (backend.timeout, backend.max_retries) == (300.0, 0)
+    hosted = OpenAIBackend("m", api_key="k")
+    assert (hosted.timeout, hosted.max_retries) == (60.0, 2)
+    mine = OpenAIBackend("m", base_url="http://127.0.0.1:8080/v1", api_key="k", timeout=20, max_retries=1)
+    assert (mine.timeout, mine.max_retries) == (20, 1)
+
+
+def test_a_timeout_after_a_context_error_names_the_400_first(caplog: pytest.LogCaptureFixture) -> None:
+    from llmrerank.errors import BackendTimeoutError, ContextLengthError
+
+    slow = Reply(text="[1] > [2]", delay=2.0)
+    with FakeLLMServer(slow, flavor="llama.cpp", context_tokens=4096) as srv:
+        backend = OpenAIBackend("m", base_url=srv.base_url, api_key="k", timeout=0.3)  # local: no retry
+        with caplog.at_level("WARNING", logger="llmrerank"):
+            result = Reranker(Listwise(), backend, on_error="degrade_all").rerank(QUERY, LONG_DOCS)
+        assert len(posts(srv)) == 2  # the 400, then the shorter resend that timed out; no retries
+        with pytest.raises(BackendTimeoutError) as raised:
+            Reranker(
+                Listwise(), OpenAIBackend("m", base_url=srv.base_url, api_key="k", timeout=0.3), on_error="raise"
+            ).rerank(QUERY, LONG_DOCS)
+    assert result.status == "fallback" and result.degraded_reasons == ("call_failed",)
+    (warning,) = [r.getMessage() for r in caplog.records if "degraded" in r.getMessage()]
+    assert "first BackendTimeoutError" in warning
+    assert "after ContextLengthError (HTTP 400)" in warning and "exceeds the available context size" in warning
+    assert isinstance(raised.value.earlier, ContextLengthError) and raised.value.earlier.status_code == 400
+    assert "exceeds the available context size (4096 tokens)" in str(raised.value)
+    (failed,) = [d for d in result.diagnostics if d.code == "call_failed"]
+    assert "HTTP 400" in failed.message

@@ -78,6 +78,16 @@ def _as_failure(exc: Exception, backend: Backend) -> LLMRerankError:
     return error
 
 
+def learn_context(backend: Backend, error: ContextLengthError) -> None:
+    """Keep the context size a context-length error states (llama.cpp and vLLM say it) on the
+    backend, so that the next reranks fit their prompts to it."""
+    from .backends.servers import stated_context
+
+    stated = stated_context(str(error))
+    if stated is not None and (backend.context_tokens is None or stated < backend.context_tokens):
+        backend.context_tokens = stated
+
+
 def is_fatal(error: BaseException, on_error: OnError) -> bool:
     """Whether ``error`` must end the rerank under ``on_error`` instead of degrading it."""
     if not isinstance(error, BackendError):
@@ -200,8 +210,12 @@ class Driver:
                 answers[i] = answer
         return [a for a in answers if a is not None]
 
-    async def _call(self, prompts: list[Prompt]) -> list[Completion | BaseException]:
-        """One backend call (or batch) under the limiter; failures become answers unless fatal."""
+    async def _call(self, prompts: list[Prompt], after: BackendError | None = None) -> list[Completion | BaseException]:
+        """One backend call (or batch) under the limiter; failures become answers unless fatal.
+
+        ``after``: the context-length error these prompts are the shorter resend of; a failure of
+        theirs names it as its first cause (:attr:`~llmrerank.errors.BackendError.earlier`).
+        """
         async with self.limiter:
             start = time.perf_counter()
             try:
@@ -218,11 +232,15 @@ class Driver:
             if isinstance(result, Exception):
                 failure = _as_failure(result, self.backend)
                 self.meter.calls += 1
-                if isinstance(failure, ContextLengthError) and prompt.shrink is not None:
+                if isinstance(failure, BackendError) and after is not None and failure is not after:
+                    failure.earlier = after
+                if isinstance(failure, ContextLengthError):
+                    learn_context(self.backend, failure)
+                if isinstance(failure, ContextLengthError) and prompt.shrink is not None and after is None:
                     self.meter.diagnostics.append(
                         Diagnostic("context_shrunk", f"prompt too long for the model, resent shorter: {failure}")
                     )
-                    out += await self._call([prompt.shrink()])
+                    out += await self._call([prompt.shrink()], after=failure)
                     continue
                 self.meter.failed_calls += 1
                 self.meter.errors.append(failure)

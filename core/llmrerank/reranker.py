@@ -158,6 +158,7 @@ class Reranker:
             domain=self.domain,
             pointwise_method=getattr(self.backend, "pointwise_method", "expected"),
             preferred_strategy=self.backend.preferred_strategy,
+            context_tokens=self.backend.prompt_room(),
         )
 
     def _check_min_score(self, min_score: float | None) -> float | None:
@@ -218,6 +219,7 @@ class Reranker:
         name = self.strategy.name
         if not docs:
             return RerankResult((), query, name, "input_order")
+        await self.backend.discover()  # once per backend: its context size, where the server reports it
         driver = Driver(self.backend, self._limiter(), on_error=self.on_error, deadline=self.deadline, cache=self.cache)
         ranking = await driver.run(self.strategy.plan(prompt_query, docs, self._context(top_k)))
         ranking = _complete(ranking, len(docs))
@@ -314,18 +316,24 @@ def degraded_reasons(calls_failed: bool, deadline_hit: bool, diagnostics: Sequen
     return tuple(code for code in DEGRADED_REASONS if found[code])
 
 
+def _cause(error: BaseException) -> str:
+    """``Class (HTTP status): message``, the message cut to 160 characters (without its earlier cause)."""
+    status = getattr(error, "status_code", None)
+    return f"{type(error).__name__}" + (f" (HTTP {status})" if status else "") + f": {Exception.__str__(error)[:160]}"
+
+
 def describe_degraded(
     strategy: str, reasons: Sequence[str], meter: Meter, diagnostics: Sequence[Diagnostic], unjudged: int, n: int
 ) -> str:
-    """One line naming why a rerank degraded: the first error's class and status, the start of an unreadable answer."""
+    """One line naming why a rerank degraded: the first error's class and status (and the error it
+    followed, when it was the retry of a context-length error), the start of an unreadable answer."""
     parts = []
     if meter.errors:
         first = meter.errors[0]
-        status = getattr(first, "status_code", None)
+        earlier = getattr(first, "earlier", None)
         parts.append(
-            f"{meter.failed_calls} of {meter.calls} calls failed, first {type(first).__name__}"
-            + (f" (HTTP {status})" if status else "")
-            + f": {str(first)[:160]}"
+            f"{meter.failed_calls} of {meter.calls} calls failed, first {_cause(first)}"
+            + (f", after {_cause(earlier)}" if earlier is not None else "")
         )
     unreadable = [d for d in diagnostics if d.code in UNREADABLE_CODES]
     if unreadable:

@@ -112,6 +112,24 @@ def served_models(base_url: str, api_key: str | None, timeout: float = DISCOVERY
     return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
 
 
+_STATED_CONTEXT = re.compile(
+    r"available context size \((\d+) tokens\)|n_ctx\W{1,4}(\d+)|maximum context length is (\d+)"
+    r"|maximum model length of (\d+)|tokens > (\d+) maximum",
+    re.IGNORECASE,
+)
+
+
+def stated_context(message: str) -> int | None:
+    """The context size a context-length error states, or None: llama.cpp ("exceeds the available
+    context size (4096 tokens)", ``n_ctx``), OpenAI and vLLM ("maximum context length is 4096
+    tokens", "maximum model length of 4096"), Anthropic ("210000 tokens > 200000 maximum")."""
+    found = _STATED_CONTEXT.search(message or "")
+    if found is None:
+        return None
+    value = int(next(group for group in found.groups() if group))
+    return value if value > 0 else None
+
+
 def context_from_props(props: Any) -> int | None:
     """``n_ctx`` from llama.cpp's ``GET /props`` (top level, or under ``default_generation_settings``)."""
     if not isinstance(props, dict):
@@ -173,4 +191,5 @@ __all__ = [
     "is_openai_reasoning_model",
     "is_reasoning_model",
     "served_models",
+    "stated_context",
 ]

@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, choice_mass, parse_reason, parse_score
-from ..prompts import clip, document_block, render, system_prompt
+from ..prompts import clip, document_block, fit_chars, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
 from .base import Context, Plan, Ranking, Strategy, failure
 
@@ -76,12 +76,15 @@ class Pointwise(Strategy):
         """Pointwise scores are 0-10 ratings: yes."""
         return True
 
-    def prompt(self, query: str, doc: Document, method: str, ctx: Context) -> tuple[Prompt, bool]:
-        """Build the prompt for one document; also says whether the document was truncated.
+    def prompt(
+        self, query: str, doc: Document, method: str, ctx: Context, max_chars: int | None = None
+    ) -> tuple[Prompt, bool]:
+        """Build the prompt for one document (cut to ``max_chars``, default :attr:`max_doc_chars`);
+        also says whether the document was truncated.
 
         For a model whose context it exceeds, the prompt can shrink to the document cut to half.
         """
-        clipped = clip(doc.text, self.max_doc_chars)
+        clipped = clip(doc.text, max_chars or self.max_doc_chars)
 
         def shrink() -> Prompt:
             return self._prompt(query, clip(clipped.text, max(1, len(clipped.text) // 2)).text, method, ctx)
@@ -103,9 +106,18 @@ class Pointwise(Strategy):
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
         """One step: a prompt per document."""
         method = self.resolve_method(ctx)
-        built = [self.prompt(query, doc, method, ctx) for doc in docs]
-        diagnostics = [
-            Diagnostic("truncated", f"cut to {self.max_doc_chars} characters", i)
+        limit = self.max_doc_chars
+        diagnostics: list[Diagnostic] = []
+        if ctx.context_tokens is not None and docs:
+            longest = max((clip(d.text, limit).text for d in docs), key=len)
+            cap = fit_chars(lambda c: self._prompt(query, longest[:c], method, ctx), len(longest), ctx.context_tokens)
+            if cap is not None:
+                limit = cap
+                note = f"documents cut to {cap} characters to fit {ctx.context_tokens} tokens of context"
+                diagnostics.append(Diagnostic("context_fitted", note))
+        built = [self.prompt(query, doc, method, ctx, limit) for doc in docs]
+        diagnostics += [
+            Diagnostic("truncated", f"cut to {limit} characters", i)
             for i, (_, truncated) in enumerate(built)
             if truncated
         ]
