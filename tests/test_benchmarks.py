@@ -107,3 +107,13 @@ def test_listwise_scores(data: str, capsys: pytest.CaptureFixture[str]) -> None:
     ]
     kinds = [line.rsplit("|", 2)[1].strip() for line in out.splitlines() if line.startswith("| ")][1:]
     assert kinds == ["-", "rank", "first_token", "logprob"]
+
+
+def test_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("openai")
+    batch = load("batch")
+    args = ["--engines", "local", "--rows", "6", "--docs", "3", "--latency", "0.01", "--concurrency", "2"]
+    assert batch.main(args) == 0
+    out = capsys.readouterr().out
+    assert table_rows(out) == ["local"]
+    assert "| local | 1 | 2 | 6 | 6 |" in out  # 6 listwise rows, one call each

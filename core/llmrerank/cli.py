@@ -1,9 +1,10 @@
-"""The ``llmrerank`` command: ``llmrerank eval`` (quality, cost and speed per strategy) and ``llmrerank demo``.
+"""The ``llmrerank`` command: ``eval`` (quality, cost, speed per strategy), ``batch`` (rerank a file), ``demo``.
 
 ::
 
     llmrerank eval --strategy bm25 pointwise listwise --backend local --depth 20 --queries 50 --out runs/local
     llmrerank eval --backend openai --model gpt-4o-mini --strategy listwise pairwise --queries 100
+    llmrerank batch rows.jsonl --out runs/batch --backend openai --strategy pointwise --concurrency 16
     llmrerank demo
 """
 
@@ -24,10 +25,35 @@ STRATEGY_NAMES = ("pointwise", "pairwise", "listwise", "hybrid")
 BACKENDS = ("local", "openai", "anthropic", "fake")
 
 
+def add_reranker_options(parser: argparse.ArgumentParser, *, batch: bool = False) -> None:
+    """The options that build a Reranker: backend, model, listwise window, domain, call bound, prices."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="LLM backend (default: the provider --model names or implies, openai with --base-url, else local"
+        + ("; openai or anthropic for their batch engines)" if batch else ", offline)"),
+    )
+    parser.add_argument(
+        "--model",
+        help="model name, optionally with its provider: openai:gpt-4.1-mini, anthropic:claude-haiku-4-5 "
+        "(default: the backend's own)",
+    )
+    parser.add_argument("--base-url", help="API base URL for openai/anthropic (an OpenAI-compatible server, a proxy)")
+    parser.add_argument("--window", type=int, help="listwise window (default: 20)")
+    parser.add_argument("--step", type=int, help="listwise step (default: 10)")
+    parser.add_argument("--domain", help="domain instruction: legal, medical, ecommerce or your own sentence")
+    parser.add_argument(
+        "--max-concurrency", type=int, default=8, help="LLM calls in flight over all concurrent reranks (default: 8)"
+    )
+    parser.add_argument(
+        "--prices", help="JSON file of model -> {input, output} USD per 1M tokens, over the built-in table"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``llmrerank`` command."""
     parser = argparse.ArgumentParser(prog="llmrerank", description="Rerank retrieved documents with LLMs.")
-    sub = parser.add_subparsers(dest="command", metavar="{eval,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{eval,batch,demo}")
     ev = sub.add_parser(
         "eval",
         help="compare reranking strategies on a BEIR collection: quality, LLM calls, tokens, cost, latency",
@@ -49,30 +75,58 @@ def build_parser() -> argparse.ArgumentParser:
         help="one or more of bm25 (= none), pointwise, pairwise, listwise, hybrid; comma-separated or repeated "
         "(default: bm25 and the backend's preferred strategy)",
     )
-    ev.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        help="LLM backend (default: the provider of --model, openai with --base-url, else local, offline)",
-    )
-    ev.add_argument(
-        "--model",
-        help="model name, optionally with its provider: openai:gpt-4.1-mini, anthropic:claude-haiku-4-5 "
-        "(default: the backend's own)",
-    )
-    ev.add_argument("--base-url", help="API base URL for openai/anthropic (an OpenAI-compatible server, a proxy)")
+    add_reranker_options(ev)
     ev.add_argument("--depth", type=int, default=20, help="BM25 documents reranked per query (default: 20)")
     ev.add_argument("--queries", type=int, help="evaluate the first N judged queries (default: all)")
     ev.add_argument("--k", type=int, default=10, help="recall cutoff for R@k (default: 10)")
-    ev.add_argument("--window", type=int, help="listwise window (default: 20)")
-    ev.add_argument("--step", type=int, help="listwise step (default: 10)")
-    ev.add_argument("--domain", help="domain instruction: legal, medical, ecommerce or your own sentence")
-    ev.add_argument("--max-concurrency", type=int, default=8, help="LLM calls in flight per query (default: 8)")
     ev.add_argument("--concurrency", type=int, default=1, help="queries reranked at once (default: 1)")
-    ev.add_argument("--prices", help="JSON file of model -> {input, output} USD per 1M tokens, over the built-in table")
     ev.add_argument("--out", help="folder for report.json and plot.png")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_batch_parser(sub)
     sub.add_parser("demo", help="a short offline demonstration (arguments go to the demo)", add_help=False)
     return parser
+
+
+def add_batch_parser(sub: Any) -> None:
+    """``llmrerank batch``: its arguments."""
+    from .batch import ENGINES
+
+    ba = sub.add_parser(
+        "batch",
+        help="rerank a JSONL or Parquet file of (query, candidates) rows into results, errors and a TREC run",
+        description=(
+            'Rows: {"query_id": ..., "query": "...", "candidates": [{"id": ..., "text": "...", "score": 1.2}]}. '
+            "Writes OUT/results.jsonl, OUT/errors.jsonl (rows that could not be reranked) and OUT/run.trec. "
+            "Rerunning the same command skips the rows already written (resume after Ctrl-C or a crash)."
+        ),
+    )
+    ba.add_argument("input", help="JSONL or Parquet (.parquet) file of rows")
+    ba.add_argument("--out", required=True, help="output folder (created; a rerun resumes it)")
+    ba.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local (asyncio, default), ray (Ray Data; RAY_ADDRESS for a cluster), openai-batch / anthropic-batch "
+        "(the providers' batch APIs at half price; one-round strategies only)",
+    )
+    ba.add_argument("--strategy", choices=STRATEGY_NAMES, help="strategy (default: the backend's preferred one)")
+    add_reranker_options(ba, batch=True)
+    ba.add_argument("--top-k", type=int, help="keep the best K candidates of each row (default: all)")
+    ba.add_argument("--concurrency", type=int, default=8, help="rows reranked at once (default: 8)")
+    ba.add_argument(
+        "--on-error",
+        choices=("degrade", "raise"),
+        default="degrade",
+        help="a failed LLM call: degrade (default; the row is written with degraded=true) or raise (the row goes "
+        "to errors.jsonl, and --retry-errors tries it again)",
+    )
+    ba.add_argument("--retry-errors", action="store_true", help="try the rows in errors.jsonl again")
+    ba.add_argument("--run-name", help="last column of the TREC run (default: llmrerank-STRATEGY)")
+    ba.add_argument("--ray-actors", type=int, help="ray: actors in the pool (default: the cluster's CPUs)")
+    ba.add_argument("--poll-interval", type=float, default=30.0, help="provider batch: seconds between checks")
+    ba.add_argument("--no-wait", action="store_true", help="provider batch: submit and exit; rerun to collect")
+    ba.add_argument("--cancel", action="store_true", help="provider batch: cancel the open batches, keep what ended")
+    ba.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def strategies_from(values: Sequence[str] | None) -> list[str]:
@@ -337,6 +391,54 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def run_batch_cli(args: argparse.Namespace) -> int:
+    """``llmrerank batch``."""
+    from .batch import RerankerSpec, run_batch
+    from .pricing import PRICES_AS_OF
+
+    backend = args.backend or {"openai-batch": "openai", "anthropic-batch": "anthropic"}.get(args.engine)
+    spec = RerankerSpec(
+        backend,
+        make_strategy_object(args.strategy, args) if args.strategy else None,
+        args.model,
+        args.base_url,
+        {"domain": args.domain, "max_concurrency": args.max_concurrency, "on_error": args.on_error},
+    )
+    try:
+        summary = run_batch(
+            args.input,
+            args.out,
+            spec,
+            engine=args.engine,
+            top_k=args.top_k,
+            concurrency=args.concurrency,
+            retry_errors=args.retry_errors,
+            run_name=args.run_name,
+            progress=not args.no_progress,
+            prices=args.prices,
+            ray_actors=args.ray_actors,
+            poll_interval=args.poll_interval,
+            wait=not args.no_wait,
+            cancel=args.cancel,
+        )
+    except KeyboardInterrupt:
+        print(f"llmrerank: interrupted; rerun the same command to resume {args.out}", file=sys.stderr)
+        return 130
+    cost = "n/a" if summary.cost is None else f"~${summary.cost:.4f}"
+    print(
+        f"{summary.rows} rows: {summary.results} reranked ({summary.degraded} degraded), {summary.errors} errors, "
+        f"{summary.skipped} done before, {summary.pending} waiting; {summary.rows_per_second:.1f} rows/s"
+    )
+    print(
+        f"{summary.usage.calls} LLM calls, {summary.usage.prompt_tokens} prompt + {summary.usage.completion_tokens} "
+        f"completion tokens, {cost} (estimated, prices as of {PRICES_AS_OF})"
+    )
+    if summary.pending:
+        print(f"provider batches {', '.join(summary.provider_batches)} still running: rerun the same command")
+    print(f"wrote {summary.results_path}, {summary.errors_path}, {summary.trec_path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmrerank`` console script; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -353,6 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command == "batch":
+            return run_batch_cli(args)
         return run_eval(args, args_list)
     except LLMRerankError as exc:
         print(f"llmrerank: error: {exc}", file=sys.stderr)

@@ -100,7 +100,7 @@ class AnthropicBackend(SDKBackend):
         return self.completion_from(message, prompt)
 
     def request_options(self, prompt: Prompt) -> dict[str, Any]:
-        """The ``messages.create`` arguments for ``prompt``."""
+        """The ``messages.create`` arguments for ``prompt`` (merge ``extra_body`` in for a Message Batches request)."""
         options: dict[str, Any] = {
             "model": self.model,
             "max_tokens": prompt.max_tokens + (self.reasoning_budget or 0),
@@ -117,7 +117,10 @@ class AnthropicBackend(SDKBackend):
         return options
 
     def completion_from(self, message: Any, prompt: Prompt) -> Completion:
-        """The :class:`Completion` in a Messages API response (an SDK object) to ``prompt``."""
+        """The :class:`Completion` in a Messages API response (an SDK object) to ``prompt``.
+
+        Raises :class:`~llmrerank.errors.InvalidResponseError` when it is not a message.
+        """
         blocks = getattr(message, "content", None)
         if not isinstance(blocks, list):
             raise InvalidResponseError(

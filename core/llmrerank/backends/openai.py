@@ -221,7 +221,7 @@ class OpenAIBackend(SDKBackend):
         return bool(prompt.choices) and self.supports_logprobs
 
     def request_options(self, prompt: Prompt) -> dict[str, Any]:
-        """The ``chat.completions.create`` arguments for ``prompt``."""
+        """The ``chat.completions.create`` arguments for ``prompt`` (also the body of a Batch API request)."""
         messages = [{"role": "user", "content": prompt.user}]
         if prompt.system:
             messages.insert(0, {"role": "system", "content": prompt.system})
@@ -245,6 +245,9 @@ class OpenAIBackend(SDKBackend):
         """The :class:`Completion` in a chat completion response (an SDK object) to ``prompt``.
 
         Only the message's ``content`` is the answer: ``reasoning_content`` (vLLM, DeepSeek) is not.
+
+        Raises :class:`~llmrerank.errors.InvalidResponseError` when it is not one (no choices, an
+        HTML page, a JSON array) or its content is neither text nor text parts.
         """
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices:

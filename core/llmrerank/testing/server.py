@@ -416,6 +416,10 @@ class FakeLLMServer:
             return Reply(text=f"responder failed: {type(exc).__name__}: {exc}", status=500)
         return answer if isinstance(answer, Reply) else Reply(text=str(answer))
 
+    def _route(self, handler: _Handler, method: str, path: str, headers: Mapping[str, str], raw: bytes) -> bool:
+        """Answer an endpoint a subclass adds (see :mod:`llmrerank.testing.batch_server`); True when answered."""
+        return False
+
 
 _OPENAI_ERRORS = {
     400: ("invalid_request_error", None),
@@ -482,7 +486,9 @@ def _position(top_logprobs: Mapping[str, float], count: int, fallback: str) -> d
     return {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": top}
 
 
-def _openai_completion(request: ServerRequest, reply: Reply, model: str, flavor: Flavor) -> dict[str, Any]:
+def _openai_completion(
+    request: ServerRequest, reply: Reply, model: str | None = None, flavor: Flavor = "openai"
+) -> dict[str, Any]:
     logprobs: dict[str, Any] | None = None
     if request.logprobs and reply.top_logprobs is not None and flavor != "ollama":
         positions = [reply.top_logprobs, *reply.more_logprobs][: max(1, request.max_tokens or 1)]
@@ -504,7 +510,7 @@ def _openai_completion(request: ServerRequest, reply: Reply, model: str, flavor:
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": model,
+        "model": model or request.model,
         "choices": [
             {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": reply.finish_reason or "stop"}
         ],
@@ -596,6 +602,8 @@ class _Handler(BaseHTTPRequestHandler):
         api: Api = "anthropic" if "anthropic-version" in headers else "openai"
         path = self.path.split("?", 1)[0].rstrip("/")
         self._record(ServerRequest(api=api, method="GET", path=self.path, headers=headers))
+        if self.server.owner._route(self, "GET", path, headers, b""):
+            return
         owner = self.server.owner
         if path == "/v1/models":
             names = owner.models
@@ -612,6 +620,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         raw = self.rfile.read(int(headers.get("content-length") or 0))
         path = self.path.split("?", 1)[0].rstrip("/")
+        if owner._route(self, "POST", path, headers, raw):
+            return
         api: Api = "anthropic" if path == "/v1/messages" else "openai"
         try:
             body = json.loads(raw or b"{}")
