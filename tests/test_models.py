@@ -579,3 +579,15 @@ def test_a_timeout_after_a_context_error_names_the_400_first(caplog: pytest.LogC
     assert "exceeds the available context size (4096 tokens)" in str(raised.value)
     (failed,) = [d for d in result.diagnostics if d.code == "call_failed"]
     assert "HTTP 400" in failed.message
+
+
+def test_a_batch_job_on_a_server_of_your_own_has_no_price(tmp_path: Path) -> None:
+    from batch_support import good_rows, write_jsonl
+
+    from llmrerank.batch import run_batch
+
+    path = write_jsonl(tmp_path / "rows.jsonl", good_rows(2, docs=3))
+    with FakeLLMServer("[2] > [1] > [3]", flavor="llama.cpp", served_model="smollm2") as srv:
+        summary = run_batch(path, tmp_path / "out", Reranker("listwise", openai(srv, "gpt-4o-mini")), progress=False)
+    assert summary.results == 2 and summary.usage.calls == 2
+    assert summary.cost is None  # gpt-4o-mini's list price does not apply to a server on 127.0.0.1
