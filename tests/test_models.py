@@ -18,6 +18,7 @@ import pytest
 from llmrerank import Listwise, Pointwise, Reranker
 from llmrerank.errors import BadRequestError, ConfigurationError
 from llmrerank.parsing import choice_mass, parse_permutation, strip_thinking
+from llmrerank.strategies.base import Context
 from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, digit_split_reply
 
 pytest.importorskip("openai")
@@ -591,3 +592,85 @@ def test_a_batch_job_on_a_server_of_your_own_has_no_price(tmp_path: Path) -> Non
         summary = run_batch(path, tmp_path / "out", Reranker("listwise", openai(srv, "gpt-4o-mini")), progress=False)
     assert summary.results == 2 and summary.usage.calls == 2
     assert summary.cost is None  # gpt-4o-mini's list price does not apply to a server on 127.0.0.1
+
+
+# --- the README's recipes, run against servers that behave like the ones they start ------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def recipe(marker: str) -> tuple[str, str]:
+    """The bash block before the python block that starts with ``# <marker>``, and that python block."""
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"^```(bash|python)\n(.*?)^```", text, re.DOTALL | re.MULTILINE)
+    for k, (kind, body) in enumerate(blocks):
+        if kind == "python" and body.startswith(f"# {marker}\n"):
+            assert k > 0 and blocks[k - 1][0] == "bash", f"README: no command before the {marker} recipe"
+            return blocks[k - 1][1], body
+    raise AssertionError(f"README.md has no python block starting with '# {marker}'")
+
+
+def run_recipe(code: str, srv: FakeLLMServer, documents: list[str]) -> dict[str, object]:
+    code = re.sub(r"http://(localhost|127\.0\.0\.1):\d+/v1", srv.base_url, code)
+    namespace: dict[str, object] = {"__name__": "readme", "documents": documents}
+    exec(compile(code, str(README), "exec"), namespace)
+    return namespace
+
+
+def test_readme_vllm_recipe() -> None:
+    command, code = recipe("vLLM")
+    model = re.search(r"vllm serve (\S+)", command).group(1)  # type: ignore[union-attr]
+    limit = int(re.search(r"--max-model-len (\d+)", command).group(1))  # type: ignore[union-attr]
+    with FakeLLMServer(aurora_first, flavor="vllm", models=[model], context_tokens=limit) as srv:
+        result = run_recipe(code, srv, LONG_DOCS)["result"]
+        sent = posts(srv)
+    assert result.reranked and result.documents[0] == LONG_DOCS[13]  # type: ignore[attr-defined]
+    assert all(r.model == model and prompt_tokens(r) + (r.max_tokens or 0) <= limit for r in sent)
+
+
+def test_readme_ollama_recipe() -> None:
+    command, code = recipe("Ollama")
+    model = re.search(r"ollama pull (\S+)", command).group(1)  # type: ignore[union-attr]
+    limit = int(re.search(r"OLLAMA_CONTEXT_LENGTH=(\d+)", command).group(1))  # type: ignore[union-attr]
+    seen: list[str] = []
+
+    def judge(request: ServerRequest) -> str:
+        seen.append(request.user)  # what the model saw, after Ollama's silent cut
+        return aurora_first(request)
+
+    with FakeLLMServer(judge, flavor="ollama", models=[model], context_tokens=limit) as srv:
+        result = run_recipe(code, srv, LONG_DOCS)["result"]
+    assert result.reranked and result.documents[0] == LONG_DOCS[13]  # type: ignore[attr-defined]
+    assert len(seen) > 1 and all(text.startswith("Query:") for text in seen)  # no prompt was cut
+
+
+def test_readme_llama_cpp_recipe(capsys: pytest.CaptureFixture[str]) -> None:
+    command, code = recipe("llama.cpp")
+    gguf = re.search(r"-m (\S+)", command).group(1)  # type: ignore[union-attr]
+    limit = int(re.search(r" -c (\d+)", command).group(1))  # type: ignore[union-attr]
+    responder = rate({10: 0.9, 9: 0.1}, {2: 0.7, 3: 0.3})
+    with FakeLLMServer(responder, flavor="llama.cpp", served_model=gguf, context_tokens=limit) as srv:
+        result = run_recipe(code, srv, DOCS)["result"]
+    assert result.documents[0] == DOCS[1] and result[0].score == pytest.approx(9.9)  # type: ignore[attr-defined]
+    assert result.model == gguf and capsys.readouterr().out.strip() == gguf  # type: ignore[attr-defined]
+
+
+def test_readme_reasoning_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    text = README.read_text(encoding="utf-8")
+    (code,) = [b for b in re.findall(r"^```python\n(.*?)^```", text, re.DOTALL | re.MULTILINE) if "reasoning=True" in b]
+    namespace: dict[str, object] = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    window = Listwise().prompt(QUERY, DOCS, Context())
+    o_series, claude, qwen3 = (namespace[name].backend for name in ("o_series", "claude", "qwen3"))  # type: ignore[attr-defined]
+    sent = o_series.request_options(window)
+    assert sent["max_completion_tokens"] == window.max_tokens + 4096 and sent["reasoning_effort"] == "low"
+    assert "temperature" not in sent and "max_tokens" not in sent
+    sent = claude.request_options(window)
+    assert (
+        sent["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+        and sent["max_tokens"] == window.max_tokens + 1024
+    )
+    sent = qwen3.request_options(window)
+    assert sent["max_tokens"] == window.max_tokens + 4096 and "temperature" not in sent
