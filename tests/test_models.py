@@ -8,6 +8,7 @@ with a flavor) and driven through the real OpenAI and Anthropic SDKs.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -319,6 +320,11 @@ def test_an_unknown_name_goes_to_the_one_provider_configured_or_is_ambiguous(no_
     no_keys.setenv("OPENAI_BASE_URL", "http://localhost:11434/v1")  # an OpenAI-compatible server names its own
     assert isinstance(backend_for("qwen2.5:7b"), OpenAIBackend)
     assert backend_for("qwen2.5:7b").model == "qwen2.5:7b"  # a colon that names no provider stays
+    assert backend_for("ft:gpt-4o-mini:acme::abc").model == "ft:gpt-4o-mini:acme::abc"
+    if importlib.util.find_spec("torch") is not None:
+        from llmrerank.backends.local import LocalBackend
+
+        assert isinstance(backend_for("local:"), LocalBackend)  # the demo model; no key needed
 
 
 def test_reranker_and_adapter_take_a_routed_name(no_keys: pytest.MonkeyPatch) -> None:
