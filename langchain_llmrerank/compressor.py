@@ -111,7 +111,7 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
 
     def _backend(self) -> Backend | None:
         if isinstance(self.backend, BaseChatModel):
-            return ChatModelBackend(self.backend)
+            return ChatModelBackend(self.backend, max_workers=self.max_concurrency)
         return self.backend
 
     def rerank(

@@ -7,14 +7,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.llms import LLM
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
-from pydantic import InstanceOf
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
+from pydantic import AliasChoices, InstanceOf
 
 from llmrerank import (
     Backend,
@@ -46,6 +46,28 @@ class LLMRerankEndEvent(ReRankEndEvent):
 
 def _plus(keys: list[str], fields: dict[str, Any]) -> list[str]:
     return [*keys, *(k for k in fields if k not in keys)]
+
+
+def text_limit(strategy: Strategy) -> int | None:
+    """The fewest characters of a document any LLM prompt of ``strategy`` keeps (None: no limit known)."""
+    limits = [getattr(s, "max_doc_chars", None) for s in (strategy, getattr(strategy, "llm", None))]
+    found = [n for n in limits if isinstance(n, int)]
+    return min(found) if found else None
+
+
+def node_text(node: BaseNode, mode: MetadataMode, limit: int | None) -> str:
+    """The node's text for the LLM: its metadata (for ``mode``) cut first, so that the content itself
+    always fits in ``limit`` characters when it can; the strategy cuts the content only when it alone
+    is longer."""
+    content = node.get_content(metadata_mode=MetadataMode.NONE)
+    metadata = node.get_metadata_str(mode=mode) if mode != MetadataMode.NONE else ""
+    if not metadata:
+        return content
+    template = getattr(node, "text_template", "{metadata_str}\n\n{content}")
+    room = len(metadata) if limit is None else limit - len(template.format(metadata_str="", content=content))
+    if room < min(len(metadata), 20):  # no room for a useful part of it
+        return content
+    return template.format(metadata_str=metadata[:room].rstrip(), content=content)
 
 
 T = TypeVar("T")
@@ -83,9 +105,14 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     None uses the backend's preferred strategy: listwise for API models and LlamaIndex LLMs, pointwise
     with log-probabilities for the local model."""
 
-    backend: InstanceOf[Backend] | InstanceOf[LLM] | None = Field(default=None, exclude=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    backend: InstanceOf[Backend] | InstanceOf[LLM] | None = Field(
+        default=None, exclude=True, validation_alias=AliasChoices("backend", "llm")
+    )
     """The LLM: an llmrerank backend (``OpenAIBackend(...)``, ``AnthropicBackend(...)``, ``LocalBackend()``)
-    or any LlamaIndex ``LLM``. None picks one from the environment (:func:`llmrerank.default_backend`)."""
+    or any LlamaIndex ``LLM``; also accepted as ``llm=``, the name LlamaIndex's own rerankers use. None
+    picks one from the environment (:func:`llmrerank.default_backend`)."""
 
     model: str | None = None
     """Shortcut for the environment's API backend with another model: ``"gpt-4.1-mini"`` with
@@ -146,13 +173,14 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
 
     def _backend(self) -> Backend | None:
         if isinstance(self.backend, LLM):
-            return LlamaIndexLLMBackend(self.backend)
+            return LlamaIndexLLMBackend(self.backend, max_workers=self.max_concurrency)
         return self.backend
 
     def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> tuple[str, list[str]]:
         if query_bundle is None:
             raise InvalidInputError("LLMRerankPostprocessor needs the query: pass query_bundle or query_str")
-        return query_bundle.query_str, [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
+        limit = text_limit(self.reranker.strategy) if nodes else None
+        return query_bundle.query_str, [node_text(n.node, self.metadata_mode, limit) for n in nodes]
 
     def _event_payload(self, nodes: list[NodeWithScore], query: str, model_name: str) -> dict[str, Any]:
         return {

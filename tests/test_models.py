@@ -680,3 +680,18 @@ def test_readme_reasoning_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     sent = qwen3.request_options(window)
     assert sent["max_tokens"] == window.max_tokens + 4096 and "temperature" not in sent
+
+
+@pytest.mark.parametrize("cache_kind", ["memory", "disk"])
+def test_a_cached_answer_keeps_the_model_and_what_was_unresolved(cache_kind: str, tmp_path: Path) -> None:
+    from llmrerank import DiskCache, MemoryCache
+
+    cache = MemoryCache() if cache_kind == "memory" else DiskCache(tmp_path / "cache")
+    with FakeLLMServer(rate({8: 0.6, 10: 0.4}), flavor="llama.cpp", served_model="smollm2") as srv:
+        reranker = Reranker(Pointwise(method="expected"), openai(srv), cache=cache)
+        first, again = reranker.rerank(QUERY, DOCS), reranker.rerank(QUERY, DOCS)
+        assert len(posts(srv)) == 3
+    assert again.usage.cached_calls == 3 and again.model == first.model == "smollm2"
+    assert [item.score for item in again] == [item.score for item in first]
+    unresolved = [d.code for d in again.diagnostics if d.code == "score_prefix_unresolved"]
+    assert unresolved == ["score_prefix_unresolved"]

@@ -8,16 +8,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .backends.base import Backend, Completion, Prompt
+from .backends.base import RERANK_ENDS, Backend, Completion, Prompt
 from .cache import ResponseCache, lookup, store
 from .errors import (
     BackendError,
+    BackendTimeoutError,
     ConfigurationError,
     ContextLengthError,
     DeadlineExceededError,
     LLMRerankError,
     error_from_status,
 )
+from .limits import Limiter
 from .strategies.base import Plan, Predict, Ranking, Step
 from .types import Diagnostic, Usage
 
@@ -32,6 +34,10 @@ OnError = Literal["degrade", "degrade_all", "raise"]
 
 Configuration errors (a missing API key or package) always raise.
 """
+
+CIRCUIT_TIMEOUTS = 2
+"""After this many timed-out calls in a row, a rerank sends no more calls: a server that does not
+answer would make every later call wait for its full timeout too."""
 
 
 @dataclass
@@ -52,6 +58,9 @@ class Meter:
     """The failures, in the order they happened."""
     diagnostics: list[Diagnostic] = field(default_factory=list)
     """What the driver itself did (``context_shrunk``)."""
+    timeouts_in_a_row: int = 0
+    circuit_open: bool = False
+    """Set once :data:`CIRCUIT_TIMEOUTS` calls in a row timed out: later calls of the rerank are not sent."""
 
     def usage(self, wall_seconds: float) -> Usage:
         """Freeze the counters."""
@@ -107,7 +116,7 @@ class Driver:
     def __init__(
         self,
         backend: Backend,
-        limiter: asyncio.Semaphore,
+        limiter: Limiter,
         *,
         on_error: OnError = "degrade",
         deadline: float | None = None,
@@ -125,6 +134,7 @@ class Driver:
         """Drive ``plan`` to its :class:`Ranking`."""
         loop = asyncio.get_running_loop()
         self._ends_at = None if self.deadline is None else loop.time() + self.deadline
+        ends = RERANK_ENDS.set(None if self.deadline is None else time.monotonic() + self.deadline)
         try:
             step: Step = next(plan)
             while True:
@@ -135,6 +145,7 @@ class Driver:
             return ranking
         finally:
             plan.close()
+            RERANK_ENDS.reset(ends)
 
     def _remaining(self) -> float | None:
         if self._ends_at is None:
@@ -170,6 +181,7 @@ class Driver:
             if hit is not None:
                 answers[i] = hit
                 self.meter.cached_calls += 1
+                self.meter.model = self.meter.model or hit.model
             else:
                 todo.append(i)
         size = max(1, self.backend.batch_size)
@@ -217,6 +229,9 @@ class Driver:
         theirs names it as its first cause (:attr:`~llmrerank.errors.BackendError.earlier`).
         """
         async with self.limiter:
+            if self.meter.circuit_open:
+                skipped = BackendError("not sent: earlier calls of this rerank timed out", backend=self.backend.name)
+                return [skipped] * len(prompts)
             start = time.perf_counter()
             try:
                 if len(prompts) == 1 and self.backend.batch_size <= 1:
@@ -229,6 +244,9 @@ class Driver:
                 self.meter.llm_seconds += time.perf_counter() - start
         out: list[Completion | BaseException] = []
         for prompt, result in zip(prompts, results, strict=True):
+            timed_out = isinstance(result, BackendTimeoutError)
+            self.meter.timeouts_in_a_row = self.meter.timeouts_in_a_row + 1 if timed_out else 0
+            self.meter.circuit_open |= self.meter.timeouts_in_a_row >= CIRCUIT_TIMEOUTS
             if isinstance(result, Exception):
                 failure = _as_failure(result, self.backend)
                 self.meter.calls += 1

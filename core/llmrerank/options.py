@@ -48,7 +48,12 @@ def check_options(
 ) -> None:
     """Raise :class:`~llmrerank.errors.ConfigurationError` for settings that cannot work together."""
     check_settings(
-        max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain, min_score=min_score
+        max_concurrency=max_concurrency,
+        on_error=on_error,
+        deadline=deadline,
+        domain=domain,
+        cache=cache,
+        min_score=min_score,
     )
     if model is not None and backend is not None:
         raise ConfigurationError("pass either model= or backend=, not both")
@@ -58,8 +63,6 @@ def check_options(
         raise ConfigurationError("with a strategy object, set system_prompt/template on the object")
     if template is not None and strategy is None:
         raise ConfigurationError("template= needs strategy= (its placeholders depend on the strategy)")
-    if cache is not None and not (hasattr(cache, "get") and hasattr(cache, "set")):
-        raise ConfigurationError("cache must have get() and set(), e.g. llmrerank.MemoryCache()")
     if min_score is not None and strategy is not None:
         chosen = make_strategy(strategy)
         if not isinstance(chosen, Hybrid) and not chosen.absolute_scores(Context()):
@@ -179,6 +182,16 @@ class LazyReranker:
         """The ``backend`` field as an llmrerank backend (None: chosen by :func:`build_reranker`)."""
         backend: Backend | None = getattr(self, "backend", None)
         return backend
+
+    def close(self) -> None:
+        """Close the reranker's backend connections, if the reranker was built (:meth:`Reranker.close`)."""
+        if self._slot.reranker is not None:
+            self._slot.reranker.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        if self._slot.reranker is not None:
+            await self._slot.reranker.aclose()
 
     @property
     def reranker(self) -> Reranker:

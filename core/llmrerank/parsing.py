@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 _OPEN = re.compile(r"<(think|thinking|reasoning)>", re.IGNORECASE)
 _CLOSE = {tag: re.compile(rf"</{tag}>", re.IGNORECASE) for tag in ("think", "thinking", "reasoning")}
 _NUMBER = r"[-+]?\d+(?:[.,]\d+)?"
+_BRACKETED = re.compile(r"\[\s*(-?\d+)\s*\]")
+# An answer cut off inside its last id ("[3] > [1] > [5"): only the tail is searched, so this stays O(1).
+_CUT_ID = re.compile(r"\[\s{0,3}(-?\d{1,12})\s{0,3}$")
+# "Doc: 2", "Document #3", "passage 4": bounded separators keep the scan linear.
+_LABELLED = re.compile(r"(?<![a-z])(?:doc(?:ument)?|passage)s?[ \t:#_]{0,6}(-?\d+)(?!\d|\.\d)", re.IGNORECASE)
+_BARE = re.compile(r"(?<![\w.])-?\d+(?!\d|\.\d)")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
 def strip_thinking(text: str) -> str:
@@ -118,17 +127,54 @@ class Permutation:
         return not (self.duplicates or self.out_of_range or self.missing)
 
 
+@functools.lru_cache(maxsize=1024)
+def _ascii_form(char: str) -> str:
+    """ASCII stand-in for one character: circled, parenthesised, dingbat, superscript and subscript
+    numbers become their digits (enclosed ones padded with spaces, so ``③①`` stays two ids); full-width
+    ASCII forms (``［３］``) become ASCII; anything else is kept."""
+    if unicodedata.category(char) == "No":
+        value = unicodedata.numeric(char, -1.0)
+        if value < 0 or value != int(value):
+            return char  # fractions and the like
+        digits = str(int(value))
+        name = unicodedata.name(char, "")
+        return digits if "SUPERSCRIPT" in name or "SUBSCRIPT" in name else f" {digits} "
+    if "\uff01" <= char <= "\uff5e":
+        return chr(ord(char) - 0xFEE0)
+    return char
+
+
+def normalize_digits(text: str) -> str:
+    """Spell numbers written with Unicode digit forms (``③``, ``➌``, ``²``, ``₃``, ``［３］``) in ASCII.
+
+    Decimal digits of other scripts (``٣``) are left alone: ``int`` reads them already.
+    """
+    if text.isascii():
+        return text
+    return _NON_ASCII.sub(lambda m: _ascii_form(m.group()), text)
+
+
+def _id_tokens(text: str) -> list[str]:
+    """The id tokens of a listwise answer, by the most specific form present: ``[N]`` (plus an id cut
+    off at the very end, ``... > [5``), else labelled ids (``Doc: N``, ``Document #N``, ``passage N``),
+    else bare numbers."""
+    tokens = _BRACKETED.findall(text)
+    if tokens:
+        cut = _CUT_ID.search(text[-32:])
+        return [*tokens, cut.group(1)] if cut else tokens
+    return _LABELLED.findall(text) or _BARE.findall(text)
+
+
 def parse_permutation(text: str, n: int) -> Permutation:
     """Read an ordering of ``n`` items labelled ``[1]..[n]`` from text like ``[3] > [1] > [2]`` or ``3,1,2``.
 
-    Bracketed ids win over bare numbers when any are present (so prose numbers are ignored);
-    ids outside ``1..n`` (including 0, negatives and absurdly long digit runs) are dropped, duplicates keep their first
-    place, and missing ids are appended in input order.
+    Bracketed ids win over labelled ones (``Doc: 2``, ``passage 4``), which win over bare numbers
+    (so prose numbers such as ``Relevance: 8`` are ignored); an answer cut off inside its last
+    bracketed id (``[3] > [1] > [5``) keeps that id; circled, dingbat, superscript, subscript and
+    full-width digits count as digits. Ids outside ``1..n`` (including 0, negatives and absurdly long
+    digit runs) are dropped, duplicates keep their first place, and missing ids are appended in input order.
     """
-    text = strip_thinking(text)
-    tokens = re.findall(r"\[\s*(-?\d+)\s*\]", text)
-    if not tokens:
-        tokens = re.findall(r"(?<![\w.])-?\d+(?!\d|\.\d)", text)
+    tokens = _id_tokens(normalize_digits(strip_thinking(text)))
     seen: list[int] = []
     duplicates = out_of_range = 0
     for token in tokens:

@@ -140,6 +140,22 @@ def document_block(label: str, text: str) -> str:
     return f'<document id="{label}">\n{text or "(empty document)"}\n</document>'
 
 
+def check_template(template: object, required: tuple[str, ...], strategy: str) -> None:
+    """Raise :class:`ConfigurationError` when a custom ``template`` is not a str or lacks a required
+    ``{placeholder}`` (a prompt without its documents would rank nothing)."""
+    if template is None:
+        return
+    if not isinstance(template, str):
+        raise ConfigurationError(f"{strategy} template must be a str, got {type(template).__name__}")
+    present = set(re.findall(r"\{(\w+)\}", template))
+    missing = [name for name in required if name not in present]
+    if missing:
+        names = ", ".join("{" + name + "}" for name in missing)
+        raise ConfigurationError(
+            f"{strategy} template lacks {names} (needs {', '.join('{' + r + '}' for r in required)})"
+        )
+
+
 def render(template: str, **values: str) -> str:
     """Fill ``{name}`` placeholders without touching other braces (documents may contain ``{``)."""
     return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)

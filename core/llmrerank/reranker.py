@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import math
 import os
-import threading
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 
-from .backends.base import Backend
+from .backends.base import Backend, Closing
 from .cache import ResponseCache
 from .driver import Driver, Meter, OnError
 from .errors import ConfigurationError, InvalidInputError
+from .limits import Limiter
 from .prompts import clean_query, domain_instruction
 from .runner import run_blocking
 from .strategies import Strategy, make_strategy
@@ -68,28 +67,40 @@ def check_settings(
     on_error: str,
     deadline: float | None,
     domain: str | None,
+    strict: bool = False,
+    cache: object | None = None,
     min_score: float | None = None,
 ) -> None:
-    """Raise :class:`~llmrerank.errors.ConfigurationError` for a :class:`Reranker` setting out of range."""
-    if max_concurrency < 1:
-        raise ConfigurationError("max_concurrency must be >= 1")
-    if on_error not in ON_ERROR:
+    """Raise :class:`~llmrerank.errors.ConfigurationError` for a :class:`Reranker` setting of the wrong
+    type or out of range (``max_concurrency="8"``, ``domain=5``, ``deadline=float("nan")``, ``True``
+    where a number is expected)."""
+    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+        raise ConfigurationError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+    if not isinstance(on_error, str) or on_error not in ON_ERROR:
         raise ConfigurationError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    if deadline is not None and deadline <= 0:
-        raise ConfigurationError("deadline must be > 0 seconds")
+    if deadline is not None and not (_is_real(deadline) and 0 < deadline < math.inf):
+        raise ConfigurationError(f"deadline must be a finite number of seconds > 0 (or None), got {deadline!r}")
+    if domain is not None and not isinstance(domain, str):
+        raise ConfigurationError(f"domain must be a str or None, got {type(domain).__name__}")
+    if not isinstance(strict, bool):
+        raise ConfigurationError(f"strict must be True or False, got {strict!r}")
+    if cache is not None and not (callable(getattr(cache, "get", None)) and callable(getattr(cache, "set", None))):
+        raise ConfigurationError("cache must have get() and set(), e.g. llmrerank.MemoryCache()")
     check_min_score(min_score)
     domain_instruction(domain)
 
 
 def check_min_score(min_score: float | None) -> None:
     """Raise :class:`~llmrerank.errors.ConfigurationError` unless ``min_score`` is None or a number in 0-10."""
-    if min_score is not None and not (
-        isinstance(min_score, int | float) and not isinstance(min_score, bool) and 0 <= min_score <= 10
-    ):
+    if min_score is not None and not (_is_real(min_score) and 0 <= min_score <= 10):
         raise ConfigurationError(f"min_score must be a number from 0 to 10, got {min_score!r}")
 
 
-class Reranker:
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class Reranker(Closing):
     """Reorder documents by relevance to a query with an LLM.
 
     >>> r = Reranker(strategy="listwise", backend=OpenAIBackend(model="gpt-4o-mini"))  # doctest: +SKIP
@@ -126,7 +137,14 @@ class Reranker:
         cache: ResponseCache | None = None,
         min_score: float | None = None,
     ) -> None:
-        check_settings(max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain)
+        check_settings(
+            max_concurrency=max_concurrency,
+            on_error=on_error,
+            deadline=deadline,
+            domain=domain,
+            strict=strict,
+            cache=cache,
+        )
         if isinstance(backend, str):
             from .routing import backend_for
 
@@ -142,10 +160,7 @@ class Reranker:
         self.deadline = deadline
         self.cache = cache
         self.min_score = self._check_min_score(min_score)
-        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._lock = threading.Lock()
+        self._limits = Limiter(max_concurrency)
 
     def __repr__(self) -> str:
         return f"Reranker(strategy={self.strategy!r}, backend={self.backend!r})"
@@ -177,13 +192,17 @@ class Reranker:
             )
         return min_score
 
-    def _limiter(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            limiter = self._limiters.get(loop)
-            if limiter is None:
-                limiter = self._limiters[loop] = asyncio.Semaphore(self.max_concurrency)
-            return limiter
+    def _limiter(self) -> Limiter:
+        # One bound for every thread and event loop this reranker is used from.
+        return self._limits
+
+    async def aclose(self) -> None:
+        """Close the backend's clients and connections (:meth:`Backend.aclose`); the reranker stays usable."""
+        await self.backend.aclose()
+
+    def close(self) -> None:
+        """Blocking :meth:`aclose`."""
+        self.backend.close()
 
     async def arerank(
         self, query: str, documents: Sequence[D], top_k: int | None = None, *, min_score: float | None = None
@@ -227,6 +246,8 @@ class Reranker:
         diagnostics = list(ranking.diagnostics) + meter.diagnostics
         if meter.deadline_hit:
             diagnostics.append(Diagnostic("deadline_exceeded", f"deadline of {self.deadline}s passed"))
+        if meter.circuit_open:
+            diagnostics.append(Diagnostic("circuit_open", "calls kept timing out; the rest were not sent"))
         reasons = degraded_reasons(bool(meter.errors), meter.deadline_hit, diagnostics)
         unjudged = ranking.unjudged & set(range(len(docs)))
         degraded = bool(reasons) or bool(unjudged)

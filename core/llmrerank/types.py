@@ -97,9 +97,38 @@ def document_list(documents: Any) -> Sequence[Any]:
     """
     if documents is None:
         raise InvalidInputError("documents is None: pass a list of documents (an empty list gives an empty result)")
+    rows = _table_rows(documents)
+    if rows is not None:
+        return rows
     if isinstance(documents, str | bytes | bytearray | Mapping) or not isinstance(documents, Iterable):
         raise InvalidInputError(f"documents must be a list, got {type(documents).__name__}")
+    ndim = getattr(documents, "ndim", 1)
+    if ndim != 1:  # a numpy array of rows would iterate its rows as arrays
+        raise InvalidInputError(f"documents must be one-dimensional, got {ndim} dimensions")
     return documents if isinstance(documents, Sequence) else list(documents)
+
+
+TEXT_COLUMNS = ("content", "text", "page_content")
+
+
+def _table_rows(documents: Any) -> list[dict[str, Any]] | None:
+    """The rows of a data frame (pandas, polars) as dicts, or None for anything else.
+
+    Iterating a data frame yields its column names, not its rows: it is read row by row instead,
+    and one without a ``content``, ``text`` or ``page_content`` column raises.
+    """
+    columns = getattr(documents, "columns", None)
+    if columns is None or not type(documents).__name__.endswith("DataFrame"):
+        return None
+    names = [str(c) for c in columns]
+    if not any(name in names for name in TEXT_COLUMNS):
+        raise InvalidInputError(
+            f"documents is a {type(documents).__name__} without a text column: name one of {TEXT_COLUMNS} "
+            f"(columns: {names[:10]})"
+        )
+    if callable(getattr(documents, "to_dicts", None)):  # polars
+        return list(documents.to_dicts())
+    return list(documents.to_dict("records"))
 
 
 def normalize_documents(documents: Sequence[Any]) -> list[Document]:
@@ -157,11 +186,12 @@ class Usage:
     """What a rerank spent: LLM calls, tokens and time."""
 
     calls: int = 0
-    """LLM calls that reached the backend (cache hits excluded)."""
+    """LLM calls that reached the backend (cache hits excluded); calls cut off by the deadline count
+    here once, and once in :attr:`failed_calls`, so ``failed_calls <= calls``."""
     cached_calls: int = 0
     """Calls answered from the response cache."""
     failed_calls: int = 0
-    """Calls that ended in an error after the SDK's retries."""
+    """Calls that ended in an error after the SDK's retries, or were cut off by the deadline."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     llm_seconds: float = 0.0

@@ -48,6 +48,7 @@ class AnthropicBackend(SDKBackend):
     client_class = "AsyncAnthropic"
     error_class = "AnthropicError"
     title = "Anthropic"
+    base_url_env = "ANTHROPIC_BASE_URL"
     supports_logprobs = False
 
     def __init__(
@@ -142,6 +143,13 @@ class AnthropicBackend(SDKBackend):
             model=model if isinstance(model, str) and model else None,
             reasoning_tokens=int(getattr(details, "thinking_tokens", 0) or 0),
         )
+
+    def cache_identity(self) -> dict[str, object]:
+        """Base URL, temperature and the extended-thinking budget."""
+        identity = super().cache_identity()
+        if self.reasoning_budget is not None:
+            identity["thinking_budget"] = self.reasoning_budget
+        return identity
 
     def _is_rate_limit(self, exc: Exception) -> bool:
         """429, and 529 "overloaded" too: both ask the caller to slow down."""

@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+T = TypeVar("T")
+
+
+RERANK_ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar("llmrerank_rerank_ends", default=None)
+"""``time.monotonic()`` at which the rerank in progress reaches its ``deadline`` (None: no deadline).
+
+Set by the driver; a backend may use it to give up early on waits that would outlast the rerank."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,29 @@ def counts_for_choice(text: str, key: str) -> bool:
     return len(text) == len(key) or not (key[-1].isalpha() and text[len(key)].isalpha())
 
 
-class Backend(ABC):
+class Closing:
+    """``with`` / ``async with`` in terms of the class's ``close()`` / ``aclose()``."""
+
+    def close(self) -> None:
+        """Release what the object holds."""
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class Backend(Closing, ABC):
     """An LLM that answers prompts. Subclasses implement :meth:`generate`.
 
     Retries and per-call timeouts are the SDK's business (``max_retries``, ``timeout``);
@@ -94,7 +132,7 @@ class Backend(ABC):
             return None
         return max(self.context_tokens - self.answer_reserve, 1)
 
-    async def discover(self) -> None:  # noqa: B027 - optional hook
+    async def discover(self) -> None:
         """Ask the server, once, what it reports about itself (its context size); optional, never raises.
 
         Called before each rerank; a backend caches what it learned.
@@ -108,8 +146,57 @@ class Backend(ABC):
         """Answer several prompts; an entry is an exception when that prompt failed."""
         return list(await asyncio.gather(*(self.generate(p) for p in prompts), return_exceptions=True))
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release clients and connections; optional."""
+    def cache_identity(self) -> dict[str, object]:
+        """What besides :attr:`name` and :attr:`model` makes this backend answer differently (server
+        address, sampling settings): part of every response-cache key. JSON-able values."""
+        return {}
+
+    async def aclose(self) -> None:
+        """Release clients and connections; optional. The backend stays usable (clients are made again)."""
+
+    def close(self) -> None:
+        """Blocking :meth:`aclose`, run on llmrerank's background event loop."""
+        from ..runner import run_blocking
+
+        run_blocking(self.aclose())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
+
+
+class WorkerThreads:
+    """A backend's own threads for blocking calls (a framework model's ``invoke`` / ``chat``).
+
+    ``asyncio.to_thread`` would share the event loop's default executor (``min(32, cpus + 4)``
+    threads for the whole process), capping concurrent calls below ``max_concurrency``. Started on
+    first use; :meth:`shutdown` lets the threads end. Copies and unpickled ones start unstarted.
+    """
+
+    def __init__(self, max_workers: int) -> None:
+        self.max_workers = max_workers
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in one of the threads, in a copy of the caller's context."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self.max_workers, thread_name_prefix="llmrerank-call"
+                )
+            pool = self._pool
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+    def shutdown(self) -> None:
+        """Let the threads end once their calls are done (new calls start new ones)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def __reduce__(self) -> tuple[type[WorkerThreads], tuple[int]]:
+        return (WorkerThreads, (self.max_workers,))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> WorkerThreads:
+        return WorkerThreads(self.max_workers)

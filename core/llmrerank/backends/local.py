@@ -293,6 +293,14 @@ class LocalBackend(Backend):
     def __repr__(self) -> str:
         return f"LocalBackend(model={self.model!r}, pointwise_method={self.pointwise_method!r})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The loaded model stays in this process (shared by its backends); a copy loads on first use.
+        return {**self.__dict__, "_loaded": None, "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def _get(self) -> _Loaded:
         if self._loaded is None:
             with self._lock:

@@ -148,6 +148,7 @@ class OpenAIBackend(SDKBackend):
     client_class = "AsyncOpenAI"
     error_class = "OpenAIError"
     title = "OpenAI"
+    base_url_env = "OPENAI_BASE_URL"
 
     def __init__(
         self,
@@ -211,6 +212,13 @@ class OpenAIBackend(SDKBackend):
             found = await discover_context(self.server_url, self.model, key)
             if found is not None and self.context_tokens is None:
                 self.context_tokens = found
+
+    def cache_identity(self) -> dict[str, object]:
+        """Base URL, temperature, whether log-probs are asked for, and the reasoning settings."""
+        identity = {**super().cache_identity(), "logprobs": self.supports_logprobs}
+        if self.reasoning:
+            identity.update(reasoning_effort=self.reasoning_effort, reasoning_budget=self.reasoning_budget)
+        return identity
 
     async def generate(self, prompt: Prompt) -> Completion:
         """One chat completion; with ``prompt.choices`` and log-probs, also the choices' log-probs."""

@@ -6,6 +6,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..backends.cross_encoder import checked
 from ..errors import ConfigurationError
 from ..types import Diagnostic, Document
 from .base import Context, Plan, Predict, Ranking, Strategy, failure
@@ -71,7 +72,7 @@ class Hybrid(Strategy):
         n = len(docs)
         diagnostics: list[Diagnostic] = []
         pairs = [(query, d.text[: self.max_doc_chars]) for d in docs]
-        predicted = yield Predict(self.scorer.predict, pairs)
+        predicted = yield Predict(checked(self.scorer), pairs)
         error = failure(predicted)
         if error is None and len(predicted) != n:
             error = ConfigurationError(f"cross-encoder returned {len(predicted)} scores for {n} documents")

@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_permutation
-from ..prompts import clip, document_block, fit_chars, fits, render, system_prompt
+from ..prompts import check_template, clip, document_block, fit_chars, fits, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
 from .base import Context, Plan, Ranking, Strategy, failure
 
@@ -77,6 +77,7 @@ class Listwise(Strategy):
             raise ConfigurationError(f"unknown listwise method {self.method!r}: use 'generate' or 'first_token'")
         if self.method == "first_token" and self.window > len(LETTERS):
             raise ConfigurationError(f"method='first_token' labels documents A-Z: window must be <= {len(LETTERS)}")
+        check_template(self.template, ("query", "documents"), "Listwise")
 
     @property
     def stride(self) -> int:

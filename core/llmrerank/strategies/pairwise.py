@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
-from ..prompts import clip, document_block, fit_chars, render, system_prompt
+from ..prompts import check_template, clip, document_block, fit_chars, render, system_prompt
 from ..types import Diagnostic, Document
 from .base import Context, Plan, Ranking, Step, Strategy, failure
 
@@ -50,6 +50,7 @@ class Pairwise(Strategy):
             raise ConfigurationError(f"unknown pairwise mode {self.mode!r}")
         if self.max_doc_chars < 1 or self.all_pairs_max < 2:
             raise ConfigurationError("max_doc_chars must be >= 1 and all_pairs_max >= 2")
+        check_template(self.template, ("query", "document_a", "document_b"), "Pairwise")
 
     def prompt(self, query: str, a: str, b: str, ctx: Context) -> Prompt:
         """The prompt comparing clipped texts ``a`` and ``b``."""

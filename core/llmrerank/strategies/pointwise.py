@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, choice_mass, parse_reason, parse_score
-from ..prompts import clip, document_block, fit_chars, render, system_prompt
+from ..prompts import check_template, clip, document_block, fit_chars, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
 from .base import Context, Plan, Ranking, Strategy, failure
 
@@ -63,6 +63,7 @@ class Pointwise(Strategy):
             raise ConfigurationError(f"unknown pointwise method {self.method!r}")
         if self.max_doc_chars < 1:
             raise ConfigurationError("max_doc_chars must be >= 1")
+        check_template(self.template, ("query", "document"), "Pointwise")
 
     def resolve_method(self, ctx: Context) -> str:
         """The method this plan will use given the backend's capabilities."""

@@ -90,6 +90,8 @@ class Reply:
     reasoning: str | None = None
     reasoning_tokens: int = 0
     finish_reason: str | None = None
+    drip: float = 0.0
+    """Seconds between the body's bytes: a server that keeps the connection alive but never finishes."""
 
 
 @dataclass(frozen=True)
@@ -667,10 +669,10 @@ class _Handler(BaseHTTPRequestHandler):
                 message = reply.text or _phrase(reply.status)
                 self._send(reply.status, _error_body(api, reply.status, message), reply.headers)
             elif api == "anthropic":
-                self._send(reply.status, _anthropic_message(request, reply), reply.headers)
+                self._send(reply.status, _anthropic_message(request, reply), reply.headers, drip=reply.drip)
             else:
                 body = _openai_completion(request, reply, owner.answering_model(request), owner.flavor)
-                self._send(reply.status, body, reply.headers)
+                self._send(reply.status, body, reply.headers, drip=reply.drip)
         finally:
             with owner._lock:
                 owner.in_flight -= 1
@@ -679,7 +681,14 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.owner._lock:
             self.server.owner._requests.append(request)
 
-    def _send(self, status: int, body: Mapping[str, Any] | bytes, headers: Mapping[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: Mapping[str, Any] | bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        drip: float = 0.0,
+    ) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         try:
             self.send_response(status)
@@ -690,6 +699,15 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
             self.end_headers()
+            if drip > 0:
+                self.wfile.flush()
+                for i in range(len(data)):
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    if self.server.owner._stopping.wait(drip):
+                        self.close_connection = True
+                        return
+                return
             self.wfile.write(data)
             self.wfile.flush()
         except OSError:
