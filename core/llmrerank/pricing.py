@@ -149,10 +149,10 @@ def cost_basis(
     host = PROVIDER_HOSTS.get(backend or "")
     if server_url and host and (urlsplit(server_url).hostname or "").lower() != host:
         where = "a server of your own" if is_local_url(server_url) else "an API other than " + host
-        return None, f"n/a: {where} at {server_url}; list prices do not apply (give your own with prices=)"
+        return None, f"n/a: {where} at {server_url}; list prices do not apply (give yours with prices= / --prices)"
     price = price_of(model, prices)
     if price is None:
-        return None, f"n/a: no known price for model {model!r} (give one with prices=)"
+        return None, f"n/a: no known price for model {model!r} (give one with prices= / --prices)"
     return price, f"estimated, prices as of {PRICES_AS_OF}"
 
 
