@@ -10,11 +10,10 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_examples import judge
 
 from llmrerank import AnthropicBackend, LocalBackend, MissingDependencyError, OpenAIBackend
 from llmrerank.backends.cross_encoder import BiEncoderScorer
@@ -86,16 +85,6 @@ def test_a_missing_extra_raises_with_its_install_line(extra: str, monkeypatch: p
     assert isinstance(caught.value, ImportError)
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLMServer]:
-    pytest.importorskip("openai")
-    with FakeLLMServer(judge) as srv:
-        monkeypatch.setenv("OPENAI_API_KEY", "test")
-        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
-        monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-        yield srv
-
-
 def retriever_header(out: str) -> str:
     """The demo's column header, left (retriever) side."""
     (header,) = [line for line in out.splitlines() if line.lstrip().startswith("#  doc")]
@@ -103,7 +92,10 @@ def retriever_header(out: str) -> str:
 
 
 def test_demo_without_scifact_labels_its_word_overlap_column(
-    server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    openai_env_server: FakeLLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from llmrerank import demo
 
@@ -116,7 +108,10 @@ def test_demo_without_scifact_labels_its_word_overlap_column(
 
 
 def test_demo_on_scifact_labels_its_bm25_column(
-    server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    openai_env_server: FakeLLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     pytest.importorskip("bm25s")
     from llmrerank import demo

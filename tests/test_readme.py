@@ -11,13 +11,11 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-from test_examples import judge
 
 from llmrerank.testing.server import FakeLLMServer
 
@@ -59,33 +57,25 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLMServer]:
-    pytest.importorskip("openai")
-    with FakeLLMServer(judge) as srv:
-        monkeypatch.setenv("OPENAI_API_KEY", "test")
-        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
-        monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-        yield srv
-
-
 def llm_calls(server: FakeLLMServer) -> list[str]:
     return [r.user for r in server.requests if r.method == "POST"]
 
 
-def test_use_snippet_reranks_with_the_openai_backend(server: FakeLLMServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_use_snippet_reranks_with_the_openai_backend(
+    openai_env_server: FakeLLMServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     use = run_snippet("from llmrerank import Reranker, OpenAIBackend", "result = reranker.rerank(", documents=DOCUMENTS)
     result = use["result"]
     assert not result.degraded and result.strategy == "listwise"
     assert len(result.items) == 5 and result.items[0].document == AURORA
     assert [item.rank for item in result.items] == [1, 2, 3, 4, 5]
-    (call,) = llm_calls(server)
+    (call,) = llm_calls(openai_env_server)
     assert "what causes the northern lights?" in call
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith(f"1 {DOCUMENTS.index(AURORA)} ") and printed[0].endswith(AURORA)
 
 
-def test_langchain_snippet_reranks_a_retriever(server: FakeLLMServer) -> None:
+def test_langchain_snippet_reranks_a_retriever(openai_env_server: FakeLLMServer) -> None:
     pytest.importorskip("langchain_classic")
     from langchain_core.documents import Document
 
@@ -97,11 +87,13 @@ def test_langchain_snippet_reranks_a_retriever(server: FakeLLMServer) -> None:
     assert len(docs) == 3 and docs[0].page_content == SOLAR
     assert [d.metadata["rerank_rank"] for d in docs] == [1, 2, 3]
     assert not any(d.metadata["rerank_fallback"] for d in docs)  # placed by the model, not by a fallback
-    (call,) = llm_calls(server)
+    (call,) = llm_calls(openai_env_server)
     assert "how do solar panels work?" in call and all(text in call for text in DOCUMENTS)
 
 
-def test_llamaindex_snippet_reranks_in_a_query_engine(server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_llamaindex_snippet_reranks_in_a_query_engine(
+    openai_env_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("llama_index.core")
     from llama_index.core import Settings, VectorStoreIndex
     from llama_index.core.embeddings import MockEmbedding
@@ -116,5 +108,5 @@ def test_llamaindex_snippet_reranks_in_a_query_engine(server: FakeLLMServer, mon
     response = engine.query("How do solar panels work?")
     ranked = [n.node.get_content() for n in response.source_nodes]
     assert ranked[0] == SOLAR and len(ranked) == 5
-    (call,) = llm_calls(server)
+    (call,) = llm_calls(openai_env_server)
     assert "How do solar panels work?" in call and all(text in call for text in DOCUMENTS)
