@@ -198,6 +198,9 @@ class Usage:
     """Sum of the latencies of the LLM calls (overlapping calls count in full)."""
     wall_seconds: float = 0.0
     """Wall-clock time of the whole rerank."""
+    reasoning_tokens: int = 0
+    """Completion tokens spent thinking (reasoning models), as far as the server reports them;
+    already part of ``completion_tokens``."""
 
     @property
     def total_tokens(self) -> int:
@@ -213,6 +216,7 @@ class Usage:
             completion_tokens=self.completion_tokens + other.completion_tokens,
             llm_seconds=self.llm_seconds + other.llm_seconds,
             wall_seconds=self.wall_seconds + other.wall_seconds,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
         )
 
 
@@ -264,6 +268,9 @@ class RerankResult(Sequence[RankedDocument[D]]):
     documents were placed by the model. ``fallback``: nothing was reranked."""
     dropped: tuple[RankedDocument[D], ...] = ()
     """Documents judged below ``min_score``, best first; not in :attr:`items`."""
+    model: str | None = None
+    """The model that answered, as the server named it in its responses (a llama.cpp server
+    answers with its own name whatever was asked); None when no answer named one."""
 
     @overload
     def __getitem__(self, i: int) -> RankedDocument[D]: ...
@@ -294,10 +301,11 @@ class RerankResult(Sequence[RankedDocument[D]]):
         return self.status == "reranked"
 
     def summary(self) -> dict[str, Any]:
-        """What the rerank did, as JSON-able data (no documents): strategy, score kind, status,
+        """What the rerank did, as JSON-able data (no documents): strategy, model, score kind, status,
         degraded and why, usage, diagnostics, and the input positions in the new order."""
         return {
             "strategy": self.strategy,
+            "model": self.model,
             "score_kind": self.score_kind,
             "status": self.status,
             "degraded": self.degraded,

@@ -43,6 +43,9 @@ class Context:
     """The backend's preferred log-prob scoring for pointwise (``expected`` or ``yes_no``)."""
     preferred_strategy: str = "listwise"
     """The backend's preferred strategy, for a hybrid strategy whose ``llm`` is None."""
+    context_tokens: int | None = None
+    """Tokens a prompt and its answer may take together (the model's context less what the backend
+    adds to every answer); None when unknown. Strategies fit their prompts into it."""
 
 
 @dataclass
