@@ -59,7 +59,8 @@ class FixedLimiter(AdaptiveLimiter):
 
 
 def backend(server: FakeLLMServer) -> OpenAIBackend:
-    return OpenAIBackend("gpt-4o-mini", base_url=server.base_url, api_key="sk-bench", logprobs=False)
+    # A hosted API's retry setting: for a server on this machine the SDK would not retry by default.
+    return OpenAIBackend("gpt-4o-mini", base_url=server.base_url, api_key="sk-bench", logprobs=False, max_retries=2)
 
 
 @contextlib.contextmanager

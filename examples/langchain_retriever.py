@@ -16,10 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 from langchain_classic.retrievers import ContextualCompressionRetriever
-from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
-from langchain_core.embeddings import DeterministicFakeEmbedding
-from langchain_core.vectorstores import InMemoryVectorStore
+from langchain_core.retrievers import BaseRetriever
 
 from langchain_llmrerank import LLMRerankCompressor
 
@@ -46,18 +45,29 @@ class RerankReport(BaseCallbackHandler):
             self.results.append(data)
 
 
+class StoredOrderRetriever(BaseRetriever):
+    """A stand-in for your vector store's retriever: the first ``k`` documents in stored order.
+
+    (LangChain's in-memory vector store needs numpy, which the ``langchain`` extra does not bring.)
+    """
+
+    documents: list[Document]
+    k: int = 20
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        return self.documents[: self.k]
+
+
 def main() -> None:
-    # A stand-in for your vector store. Its fake embeddings make the first-stage order arbitrary:
-    # the reranker's job is to fix it.
-    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=64))
-    store.add_documents([Document(page_content=text, metadata={"id": i}) for i, text in enumerate(DOCUMENTS)])
-    base_retriever = store.as_retriever(search_kwargs={"k": len(DOCUMENTS)})
+    # The first stage's order ignores the query: the reranker's job is to fix it.
+    documents = [Document(page_content=text, metadata={"id": i}) for i, text in enumerate(DOCUMENTS)]
+    base_retriever = StoredOrderRetriever(documents=documents)
 
     compressor = LLMRerankCompressor(top_n=3)  # no LLM named: taken from the environment
     retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base_retriever)
 
     print(f"Query: {QUERY}\n")
-    print("First stage (vector store order):")
+    print("First stage (stored order):")
     for rank, doc in enumerate(base_retriever.invoke(QUERY), 1):
         print(f"  {rank}. [doc {doc.metadata['id']}] {doc.page_content}")
 

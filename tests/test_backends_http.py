@@ -312,7 +312,7 @@ def test_pointwise_expected_score_from_openai_logprobs(server: FakeLLMServer) ->
     assert result.score_kind == "logprob"
     assert result[0].score == pytest.approx(10 * 0.5 + 1 * 0.25 + 7 * 0.25)
     assert result[1].score == pytest.approx(2 * 0.9 + 3 * 0.1)
-    assert all(request.logprobs and request.max_tokens == 1 for request in server.requests)
+    assert all(request.logprobs and request.max_tokens == 2 for request in server.requests)  # "1" then "0"
 
 
 def test_choice_tokens_match_at_a_word_boundary_like_the_local_backend() -> None:

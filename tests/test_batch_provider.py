@@ -11,6 +11,7 @@ from batch_support import BAD_LINES, assert_each_row_once, comparable, good_rows
 
 from llmrerank import ConfigurationError, Hybrid, Listwise, Pairwise, Reranker
 from llmrerank.batch import run_batch
+from llmrerank.pricing import load_prices
 from llmrerank.testing.batch_server import FakeBatchServer, overlap_reply
 from llmrerank.testing.server import Reply, ServerRequest
 
@@ -43,13 +44,15 @@ def created(server: FakeBatchServer, api: str) -> int:
 @pytest.mark.parametrize("api", APIS)
 def test_one_provider_batch_gives_what_live_calls_give_at_half_the_cost(api: str, tmp_path: Path) -> None:
     path, total = mixed_input(tmp_path / "rows.jsonl", count=6)
+    # A server on 127.0.0.1 has no list price (it could be anyone's): give the provider's as our own.
+    prices = {name: load_prices()[name] for name in ("gpt-4o-mini", "claude-haiku-4-5")}
     with FakeBatchServer(overlap_reply, batch_delay=0.1) as server:
-        batch = batch_run(api, server, path, tmp_path / "batch")
+        batch = batch_run(api, server, path, tmp_path / "batch", prices=prices)
         assert created(server, api) == 1
         assert not [r for r in server.requests if r.path in ("/v1/chat/completions", "/v1/messages")]
         (sent,) = server.batches.values()
         assert len(sent.requests) == 36  # 6 rows x 6 candidates, one request each
-        live = run_batch(path, tmp_path / "live", Reranker("pointwise", backend(api, server)))
+        live = run_batch(path, tmp_path / "live", Reranker("pointwise", backend(api, server)), prices=prices)
     assert (batch.results, batch.errors, batch.pending, batch.degraded) == (6, len(BAD_LINES), 0, 0)
     assert_each_row_once(tmp_path / "batch", total)
     assert comparable(batch.results_path) == comparable(live.results_path)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from llmrerank import BatchScore, ConfigurationError, Hybrid, ParseError, Reranker
+from llmrerank import BatchScore, ConfigurationError, Hybrid, ParseError, Reranker, Setwise
 from llmrerank.backends.base import Prompt
 from llmrerank.errors import RateLimitError
 from llmrerank.parsing import parse_labelled_scores
@@ -178,3 +178,17 @@ def test_batch_scoring_through_the_openai_sdk() -> None:
         assert len(srv.requests) == math.ceil(20 / 10)
     assert result.indices[0] in (3, 8, 13, 18) and result.status == "reranked"
     assert result.usage.calls == 2 and result.usage.prompt_tokens > 0
+
+
+@pytest.mark.parametrize("strategy", [BatchScore(max_doc_chars=20_000), Setwise(max_doc_chars=20_000)])
+def test_prompts_fit_a_small_known_context(strategy: BatchScore | Setwise) -> None:
+    from llmrerank.prompts import estimate_tokens
+
+    backend = FakeBackend(respond=overlap_judge)
+    backend.context_tokens = 1024
+    docs = [f"dogs bark at night {i} " + "x" * 3000 for i in range(6)]
+    result = Reranker(strategy, backend).rerank(QUERY, docs, top_k=3)
+    assert backend.calls and all(
+        estimate_tokens(p.system) + estimate_tokens(p.user) + p.max_tokens <= 1024 for p in backend.calls
+    )
+    assert "context_fitted" in {d.code for d in result.diagnostics} and result.status == "reranked"

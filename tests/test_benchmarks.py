@@ -134,3 +134,21 @@ def test_batch(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert table_rows(out) == ["local"]
     assert "| local | 1 | 2 | 6 | 6 |" in out  # 6 listwise rows, one call each
+
+
+def test_self_hosted_on_a_loopback_llama_cpp(data: str) -> None:
+    from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, digit_split_reply
+
+    def respond(request: ServerRequest) -> Reply | str:
+        return digit_split_reply({10: 0.8, 1: 0.2}) if "nothing else: 10" in request.user else "[2] > [1]"
+
+    with FakeLLMServer(respond, flavor="llama.cpp", served_model="smollm2", context_tokens=2048) as srv:
+        argv = ["--base-url", srv.base_url, "--data", data, "--queries", "2", "--depth", "20"]
+        report = load("self_hosted").main(argv)
+    unknown, auto = report["arms"]
+    assert unknown["context_400s"] == 2 and auto["context_400s"] == 0  # a fresh backend each query, then fitted
+    assert auto["context_tokens"] == 2048 and auto["fitted"] and auto["reranked"] == 2
+    assert report["digit_probe"]["tokens"] == ["1", "0"]
+    assert report["digit_probe"]["first_token_only"] == pytest.approx(1.0)
+    assert report["digit_probe"]["two_tokens"] == pytest.approx(10 * 0.8 + 1 * 0.2)
+    assert "| context auto | 2/2 |" in report["table"] and "model smollm2" in report["table"]

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .backends.local import LocalBackend
     from .backends.openai import OpenAIBackend
     from .evaluation import EvalReport, evaluate, evaluate_reranking, load_beir
+    from .routing import backend_for
 
 _LAZY = {
     "OpenAIBackend": ".backends.openai",
@@ -43,6 +44,7 @@ _LAZY = {
     "evaluate_reranking": ".evaluation",
     "load_beir": ".evaluation",
     "EvalReport": ".evaluation",
+    "backend_for": ".routing",
 }
 
 
@@ -92,6 +94,7 @@ __all__ = [
     "Setwise",
     "Strategy",
     "Usage",
+    "backend_for",
     "default_backend",
     "evaluate",
     "evaluate_reranking",

@@ -76,12 +76,15 @@ def decode(data: Any) -> Completion:
         isinstance(logprobs, Mapping) and all(isinstance(k, str) and _is_number(v) for k, v in logprobs.items())
     ):
         raise ValueError("bad choice_logprobs in a cached completion")
+    model, unresolved = data.get("model"), data.get("unresolved") or ()
     return Completion(
         text=data["text"],
         prompt_tokens=tokens[0],
         completion_tokens=tokens[1],
         choice_logprobs=None if logprobs is None else {k: float(v) for k, v in logprobs.items()},
         cached=True,
+        model=model if isinstance(model, str) else None,
+        unresolved=tuple(c for c in unresolved if isinstance(c, str)) if isinstance(unresolved, list | tuple) else (),
     )
 
 

@@ -25,15 +25,19 @@ STRATEGY_NAMES = ("pointwise", "pairwise", "listwise", "hybrid", "batch_score", 
 BACKENDS = ("local", "openai", "anthropic", "fake")
 
 
-def add_reranker_options(parser: argparse.ArgumentParser, *, backend: str | None) -> None:
+def add_reranker_options(parser: argparse.ArgumentParser, *, batch: bool = False) -> None:
     """The options that build a Reranker: backend, model, listwise window, domain, call bound, prices."""
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
-        default=backend,
-        help=f"LLM backend (default: {backend or 'local; openai or anthropic for their batch engines'})",
+        help="LLM backend (default: the provider --model names or implies, openai with --base-url, else local"
+        + ("; openai or anthropic for their batch engines)" if batch else ", offline)"),
     )
-    parser.add_argument("--model", help="model name (default: the backend's own)")
+    parser.add_argument(
+        "--model",
+        help="model name, optionally with its provider: openai:gpt-4.1-mini, anthropic:claude-haiku-4-5 "
+        "(default: the backend's own)",
+    )
     parser.add_argument("--base-url", help="API base URL for openai/anthropic (an OpenAI-compatible server, a proxy)")
     parser.add_argument("--window", type=int, help="listwise window (default: 20)")
     parser.add_argument("--step", type=int, help="listwise step (default: 10)")
@@ -74,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one or more of bm25 (= none), pointwise, pairwise, listwise, hybrid; comma-separated or repeated "
         "(default: bm25 and the backend's preferred strategy)",
     )
-    add_reranker_options(ev, backend="local")
+    add_reranker_options(ev)
     ev.add_argument("--depth", type=int, default=20, help="BM25 documents reranked per query (default: 20)")
     ev.add_argument("--queries", type=int, help="evaluate the first N judged queries (default: all)")
     ev.add_argument("--k", type=int, default=10, help="recall cutoff for R@k (default: 10)")
@@ -109,7 +113,7 @@ def add_batch_parser(sub: Any) -> None:
         "(the providers' batch APIs at half price; one-round strategies only)",
     )
     ba.add_argument("--strategy", choices=STRATEGY_NAMES, help="strategy (default: the backend's preferred one)")
-    add_reranker_options(ba, backend=None)
+    add_reranker_options(ba, batch=True)
     ba.add_argument("--top-k", type=int, help="keep the best K candidates of each row (default: all)")
     ba.add_argument("--concurrency", type=int, default=8, help="rows reranked at once (default: 8)")
     ba.add_argument(
@@ -145,8 +149,32 @@ def strategies_from(values: Sequence[str] | None) -> list[str]:
     return names
 
 
-def make_backend(kind: str, model: str | None = None, base_url: str | None = None) -> Any:
-    """The backend ``--backend`` names."""
+def backend_kind(kind: str | None, model: str | None, base_url: str | None) -> tuple[str, str | None]:
+    """The backend to build and the model name to give it, from ``--backend``, ``--model`` and ``--base-url``.
+
+    A provider written in the model name (``openai:gpt-4.1-mini``) must agree with ``--backend``;
+    with no ``--backend`` it decides, else the model's prefix does (``claude-`` is Anthropic), else
+    ``--base-url`` means an OpenAI-compatible server, else a bare unknown name goes where
+    :func:`~llmrerank.routing.resolve_provider` sends it, and no model at all means local.
+    """
+    from .routing import provider_of, resolve_provider, split_model
+
+    provider, name = split_model(model) if model else (None, None)
+    if kind is not None and provider is not None and provider != kind:
+        raise ConfigurationError(f"--model {model} names provider {provider!r} but --backend is {kind!r}")
+    if kind is None:
+        if provider is not None:
+            kind = provider
+        elif name:
+            kind = provider_of(name) or ("openai" if base_url else resolve_provider(name)[0])
+        else:
+            kind = "openai" if base_url else "local"
+    return kind, name or None
+
+
+def make_backend(kind: str | None, model: str | None = None, base_url: str | None = None) -> Any:
+    """The backend ``--backend`` names (or ``--model`` implies: :func:`backend_kind`)."""
+    kind, model = backend_kind(kind, model, base_url)
     options: dict[str, Any] = {}
     if model:
         options["model"] = model
@@ -165,12 +193,29 @@ def make_backend(kind: str, model: str | None = None, base_url: str | None = Non
     if kind == "openai":
         from .backends.openai import OpenAIBackend
 
+        if base_url and not model:
+            options["model"] = server_model(base_url)
         return OpenAIBackend(**options)
     if kind == "anthropic":
         from .backends.anthropic import AnthropicBackend
 
         return AnthropicBackend(**options)
     raise ConfigurationError(f"unknown backend {kind!r}: use one of {', '.join(BACKENDS)}")
+
+
+def server_model(base_url: str) -> str:
+    """The model a server of your own serves, for ``--base-url`` without ``--model``: the one it lists
+    at ``GET /v1/models``. Several are a :class:`ConfigurationError` naming them; a server that
+    lists none gets OpenAI's default name (llama.cpp answers with its own model whatever is asked)."""
+    import os
+
+    from .backends.servers import served_models
+
+    names = served_models(base_url, os.environ.get("OPENAI_API_KEY")) or []
+    if len(names) > 1:
+        shown = ", ".join(names[:10])
+        raise ConfigurationError(f"the server at {base_url} serves several models ({shown}): pass --model")
+    return names[0] if names else "gpt-4o-mini"
 
 
 def make_strategy_object(name: str, args: argparse.Namespace) -> Any:
@@ -226,11 +271,14 @@ def format_table(reports: Sequence[Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     first = reports[0]
     llm = next((r for r in reports if r.backend), None)
-    where = f"backend {llm.backend}, model {llm.model}; " if llm else ""
-    lines.append(
-        f"{first.queries} queries, BM25 depth {first.depth}; {where}"
-        f"USD/1k q estimated, prices as of {PRICES_AS_OF}; p50/p95: seconds per query"
-    )
+    where = ""
+    cost = f"USD/1k q estimated, prices as of {PRICES_AS_OF}"
+    if llm is not None:
+        asked = f" (asked for {llm.requested_model})" if llm.requested_model else ""
+        where = f"backend {llm.backend}, model {llm.model}{asked}; "
+        if llm.cost is None:
+            cost = f"USD/1k q {llm.cost_note}"
+    lines.append(f"{first.queries} queries, BM25 depth {first.depth}; {where}{cost}; p50/p95: seconds per query")
     for r in reports:
         if r.degraded:
             reasons = ", ".join(f"{code} {count}" for code, count in sorted(r.degraded_reasons.items()))
@@ -323,12 +371,12 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "data": str(collection.path),
             "split": args.split,
-            "backend": args.backend,
-            "model": backend.model if backend is not None else args.model,
+            "backend": backend.name if backend is not None else args.backend,
+            "model": next((r.model for r in reports if r.model), args.model),
             "depth": args.depth,
             "k": args.k,
             "queries": reports[0].queries,
-            "cost_note": f"estimated, prices as of {PRICES_AS_OF}",
+            "cost_note": next((r.cost_note for r in reports if r.backend), f"estimated, prices as of {PRICES_AS_OF}"),
             "table": table,
             "results": [r.to_dict() for r in reports],
         }
@@ -351,7 +399,7 @@ def run_batch_cli(args: argparse.Namespace) -> int:
     from .batch import RerankerSpec, run_batch
     from .pricing import PRICES_AS_OF
 
-    backend = args.backend or {"openai-batch": "openai", "anthropic-batch": "anthropic"}.get(args.engine, "local")
+    backend = args.backend or {"openai-batch": "openai", "anthropic-batch": "anthropic"}.get(args.engine)
     spec = RerankerSpec(
         backend,
         make_strategy_object(args.strategy, args) if args.strategy else None,

@@ -52,6 +52,9 @@ class Meter:
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     llm_seconds: float = 0.0
+    reasoning_tokens: int = 0
+    model: str | None = None
+    """The first model name an answer carried."""
     deadline_hit: bool = False
     errors: list[BaseException] = field(default_factory=list)
     """The failures, in the order they happened."""
@@ -72,6 +75,7 @@ class Meter:
             llm_seconds=self.llm_seconds,
             wall_seconds=wall_seconds,
             cached_prompt_tokens=self.cached_prompt_tokens,
+            reasoning_tokens=self.reasoning_tokens,
         )
 
 
@@ -84,6 +88,16 @@ def _as_failure(exc: Exception, backend: Backend) -> LLMRerankError:
     error.backend = backend.name
     error.__cause__ = exc
     return error
+
+
+def learn_context(backend: Backend, error: ContextLengthError) -> None:
+    """Keep the context size a context-length error states (llama.cpp and vLLM say it) on the
+    backend, so that the next reranks fit their prompts to it."""
+    from .backends.servers import stated_context
+
+    stated = stated_context(str(error))
+    if stated is not None and (backend.context_tokens is None or stated < backend.context_tokens):
+        backend.context_tokens = stated
 
 
 def is_fatal(error: BaseException, on_error: OnError) -> bool:
@@ -170,6 +184,7 @@ class Driver:
             if hit is not None:
                 answers[i] = hit
                 self.meter.cached_calls += 1
+                self.meter.model = self.meter.model or hit.model
             else:
                 todo.append(i)
         size = max(1, self.backend.batch_size)
@@ -210,8 +225,12 @@ class Driver:
                 answers[i] = answer
         return [a for a in answers if a is not None]
 
-    async def _call(self, prompts: list[Prompt]) -> list[Completion | BaseException]:
-        """One backend call (or batch) under the limiter; failures become answers unless fatal."""
+    async def _call(self, prompts: list[Prompt], after: BackendError | None = None) -> list[Completion | BaseException]:
+        """One backend call (or batch) under the limiter; failures become answers unless fatal.
+
+        ``after``: the context-length error these prompts are the shorter resend of; a failure of
+        theirs names it as its first cause (:attr:`~llmrerank.errors.BackendError.earlier`).
+        """
         slot = await self.limiter.take()
         if self.meter.circuit_open:
             self.limiter.give(slot)
@@ -243,11 +262,15 @@ class Driver:
             if isinstance(result, Exception):
                 failure = _as_failure(result, self.backend)
                 self.meter.calls += 1
-                if isinstance(failure, ContextLengthError) and prompt.shrink is not None:
+                if isinstance(failure, BackendError) and after is not None and failure is not after:
+                    failure.earlier = after
+                if isinstance(failure, ContextLengthError):
+                    learn_context(self.backend, failure)
+                if isinstance(failure, ContextLengthError) and prompt.shrink is not None and after is None:
                     self.meter.diagnostics.append(
                         Diagnostic("context_shrunk", f"prompt too long for the model, resent shorter: {failure}")
                     )
-                    out += await self._call([prompt.shrink()])
+                    out += await self._call([prompt.shrink()], after=failure)
                     continue
                 self.meter.failed_calls += 1
                 self.meter.errors.append(failure)
@@ -261,6 +284,8 @@ class Driver:
             self.meter.prompt_tokens += result.prompt_tokens
             self.meter.completion_tokens += result.completion_tokens
             self.meter.cached_prompt_tokens += result.cached_prompt_tokens
+            self.meter.reasoning_tokens += result.reasoning_tokens
+            self.meter.model = self.meter.model or result.model
             if self.cache is not None:
                 store(self.cache, self.backend, prompt, result)
             out.append(result)

@@ -47,11 +47,21 @@ class BackendError(LLMRerankError):
 
     permanent: bool = False
     """True for errors that retrying cannot fix (bad key, unknown model, bad request)."""
+    earlier: BackendError | None = None
+    """The failure this call was a retry of, when it was one (a context-length error before a
+    shorter prompt was resent): the first cause, named in the message too."""
 
     def __init__(self, message: str, *, status_code: int | None = None, backend: str | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.backend = backend
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.earlier is None:
+            return text
+        status = f" (HTTP {self.earlier.status_code})" if self.earlier.status_code else ""
+        return f"{text} [after {type(self.earlier).__name__}{status}: {self.earlier}]"
 
 
 class RateLimitError(BackendError):

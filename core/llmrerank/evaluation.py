@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .errors import ConfigurationError, InvalidInputError, require
-from .pricing import PRICES_AS_OF, PriceSource, estimate_cost
+from .pricing import PRICES_AS_OF, PriceSource, cost_basis
 from .reranker import Reranker
 from .runner import run_blocking
 from .types import Diagnostic, RerankResult, Usage
@@ -202,6 +202,8 @@ class QueryResult:
     degraded_reasons: tuple[str, ...] = ()
     diagnostics: tuple[Diagnostic, ...] = ()
     """When it degraded: the diagnostics that say why (failed calls, unreadable answers; at most 10)."""
+    model: str | None = None
+    """The model that answered, as the server named it (:attr:`~llmrerank.RerankResult.model`)."""
 
 
 @dataclass(frozen=True)
@@ -209,8 +211,11 @@ class EvalReport:
     """Quality, cost and speed of one reranker over a set of queries.
 
     ``metrics`` are means over every evaluated query; ``per_query`` keeps each query's values.
-    ``cost`` is an estimate in USD (None when the model has no known price; see
-    :mod:`llmrerank.pricing`). ``latency_p50``/``latency_p95`` are seconds per query.
+    ``cost`` is an estimate in USD (None when no price applies: an unknown model, a server of your
+    own; :attr:`cost_note` says which, see :func:`llmrerank.pricing.cost_basis`).
+    ``latency_p50``/``latency_p95`` are seconds per query. ``model`` is the model that answered,
+    as the server named it (a llama.cpp server answers with its own name); ``requested_model``
+    the name sent, when the two differ.
     """
 
     name: str
@@ -227,6 +232,9 @@ class EvalReport:
     backend: str | None = None
     model: str | None = None
     prices_as_of: str = PRICES_AS_OF
+    cost_note: str = ""
+    """How :attr:`cost` was reached: ``estimated, prices as of ...``, or ``n/a: ...`` and why."""
+    requested_model: str | None = None
 
     @property
     def queries(self) -> int:
@@ -272,6 +280,7 @@ class EvalReport:
             "data": self.data,
             "backend": self.backend,
             "model": self.model,
+            "requested_model": self.requested_model,
             "queries": self.queries,
             "depth": self.depth,
             "k": self.k,
@@ -279,7 +288,7 @@ class EvalReport:
             "usage": asdict(self.usage),
             "calls_per_query": self.calls_per_query,
             "cost_usd": self.cost,
-            "cost_note": f"estimated, prices as of {self.prices_as_of}",
+            "cost_note": self.cost_note or f"estimated, prices as of {self.prices_as_of}",
             "latency_p50_s": self.latency_p50,
             "latency_p95_s": self.latency_p95,
             "wall_seconds": self.wall_seconds,
@@ -420,6 +429,7 @@ async def _run_all(
             result.status if result is not None else "reranked",
             result.degraded_reasons if result is not None else (),
             _problems(result) if result is not None and result.degraded else (),
+            result.model if result is not None else None,
         )
 
     try:
@@ -491,11 +501,16 @@ def _measure(
     usage = sum((r.usage for r in results), Usage())
     backend = reranker.backend if isinstance(reranker, Reranker) else None
     backend_name = backend.name if backend is not None else None
-    model = model or (backend.model if backend is not None else None)
+    requested = model or (backend.model if backend is not None else None)
+    served = Counter(r.model for r in results if r.model).most_common(1)
+    model = served[0][0] if served else requested
     if reranker is None:
         cost: float | None = 0.0
+        note = "no LLM calls"
     else:
-        cost = estimate_cost(model, usage, prices, backend=backend_name)
+        server_url = getattr(backend, "server_url", None)
+        price, note = cost_basis(model, prices, backend=backend_name, server_url=server_url)
+        cost = None if price is None else price.cost(usage.prompt_tokens, usage.completion_tokens)
     seconds = [r.seconds for r in results]
     return EvalReport(
         name=name,
@@ -511,6 +526,8 @@ def _measure(
         data=data,
         backend=backend_name,
         model=model,
+        cost_note=note,
+        requested_model=requested if requested != model else None,
     )
 
 

@@ -7,7 +7,6 @@ construction live here once, so the adapters stay thin and agree with each other
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
@@ -72,17 +71,13 @@ def check_options(
 
 
 def api_backend(model: str) -> Backend:
-    """The environment's API backend with another ``model``: OpenAI when ``OPENAI_API_KEY`` is set,
-    else Anthropic when ``ANTHROPIC_API_KEY`` is; else a :class:`ConfigurationError`."""
-    if os.environ.get("OPENAI_API_KEY"):
-        from .backends.openai import OpenAIBackend
+    """The backend serving ``model`` (:func:`~llmrerank.routing.backend_for`): ``"openai:gpt-4.1-mini"``,
+    ``"anthropic:claude-haiku-4-5"``, or a bare name by its prefix (``gpt-``/``o3``... OpenAI,
+    ``claude-`` Anthropic), else the environment's one API key; a :class:`ConfigurationError` naming
+    the environment variable when the provider's key is missing."""
+    from .routing import backend_for
 
-        return OpenAIBackend(model)
-    if os.environ.get("ANTHROPIC_API_KEY"):
-        from .backends.anthropic import AnthropicBackend
-
-        return AnthropicBackend(model)
-    raise ConfigurationError("model= needs OPENAI_API_KEY or ANTHROPIC_API_KEY set; or pass backend=")
+    return backend_for(model)
 
 
 def build_reranker(

@@ -22,11 +22,20 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
 def strip_thinking(text: str) -> str:
-    """Remove ``<think>...</think>`` (and ``<thinking>``, ``<reasoning>``) blocks, and a stray closer."""
+    """The answer in ``text``: ``<think>...</think>`` (and ``<thinking>``, ``<reasoning>``) blocks removed.
+
+    Text before a stray closer is thinking too (templates that open the block in the prompt). A
+    block that is opened and never closed means the model was still thinking when it stopped
+    (its token budget ran out): everything from the opener on is dropped, so that thinking is
+    never read as the answer (``"<think>Let me compare [1] with [2]..."`` holds no ranking).
+    """
     text = _drop_blocks(text or "")
     closer = re.search(r"</(think|thinking|reasoning)>", text, re.IGNORECASE)
     if closer:
         text = text[closer.end() :]
+    opener = _OPEN.search(text)
+    if opener:
+        text = text[: opener.start()]
     return text.strip()
 
 
@@ -196,6 +205,24 @@ def parse_choice(text: str, choices: tuple[str, ...]) -> str | None:
         return None
     word = found.group(1).lower()
     return next(c for c in choices if c.lower() == word)
+
+
+def choice_mass(logprobs: Mapping[str, float] | None, choices: tuple[str, ...]) -> float:
+    """The probability the backend saw on any of ``choices`` (0 to 1; 0 when it saw none).
+
+    A choice's log-prob counts every answer that starts with it (``"1"`` covers ``"10"``), so a
+    choice that starts with another listed choice is not added again.
+    """
+    if not logprobs:
+        return 0.0
+    keys = {c: c.strip().lower() for c in choices}
+    outer = [
+        c
+        for c in choices
+        if c in logprobs and not any(o != c and keys[c].startswith(keys[o]) and keys[o] for o in choices)
+    ]
+    total = sum(math.exp(min(float(logprobs[c]), 0.0)) for c in outer if math.isfinite(logprobs[c]))
+    return min(total, 1.0)
 
 
 def choice_distribution(logprobs: Mapping[str, float] | None, choices: tuple[str, ...]) -> dict[str, float]:

@@ -109,7 +109,9 @@ class Reranker(Closing):
     ``strategy``: ``"pointwise"``, ``"batch_score"``, ``"pairwise"``, ``"setwise"``, ``"listwise"``,
     ``"hybrid"`` or a strategy object
     (for options); None picks the backend's preferred one (listwise for API models, pointwise with
-    log-probs for the local model). ``backend``: None picks one from the environment
+    log-probs for the local model). ``backend``: a backend, a model name routed to its provider
+    (``"openai:gpt-4.1-mini"``, ``"anthropic:claude-haiku-4-5"``, ``"claude-haiku-4-5"``: see
+    :func:`~llmrerank.routing.backend_for`), or None to pick one from the environment
     (:func:`default_backend`). ``domain``: ``"legal"``, ``"medical"``, ``"ecommerce"`` or your own
     instruction. ``max_concurrency`` (default 32) bounds LLM calls in flight across all concurrent
     reranks of this object; the bound adapts below it, halving on rate limits (429) and growing
@@ -128,7 +130,7 @@ class Reranker(Closing):
     def __init__(
         self,
         strategy: str | Strategy | None = None,
-        backend: Backend | None = None,
+        backend: Backend | str | None = None,
         *,
         domain: str | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
@@ -146,6 +148,10 @@ class Reranker(Closing):
             strict=strict,
             cache=cache,
         )
+        if isinstance(backend, str):
+            from .routing import backend_for
+
+            backend = backend_for(backend)
         if backend is not None and not isinstance(backend, Backend):
             raise ConfigurationError(f"backend must be a llmrerank Backend, got {type(backend).__name__}")
         self.backend = backend if backend is not None else default_backend()
@@ -171,6 +177,7 @@ class Reranker(Closing):
             domain=self.domain,
             pointwise_method=getattr(self.backend, "pointwise_method", "expected"),
             preferred_strategy=self.backend.preferred_strategy,
+            context_tokens=self.backend.prompt_room(),
         )
 
     def _check_min_score(self, min_score: float | None) -> float | None:
@@ -235,6 +242,7 @@ class Reranker(Closing):
         name = self.strategy.name
         if not docs:
             return RerankResult((), query, name, "input_order")
+        await self.backend.discover()  # once per backend: its context size, where the server reports it
         driver = Driver(self.backend, self._limiter(), on_error=self.on_error, deadline=self.deadline, cache=self.cache)
         ranking = await driver.run(self.strategy.plan(prompt_query, docs, self._context(top_k)))
         ranking = _complete(ranking, len(docs))
@@ -290,6 +298,7 @@ class Reranker(Closing):
             degraded_reasons=reasons,
             status=status,
             dropped=tuple(dropped),
+            model=meter.model,
         )
 
     def rerank(
@@ -332,18 +341,24 @@ def degraded_reasons(calls_failed: bool, deadline_hit: bool, diagnostics: Sequen
     return tuple(code for code in DEGRADED_REASONS if found[code])
 
 
+def _cause(error: BaseException) -> str:
+    """``Class (HTTP status): message``, the message cut to 160 characters (without its earlier cause)."""
+    status = getattr(error, "status_code", None)
+    return f"{type(error).__name__}" + (f" (HTTP {status})" if status else "") + f": {Exception.__str__(error)[:160]}"
+
+
 def describe_degraded(
     strategy: str, reasons: Sequence[str], meter: Meter, diagnostics: Sequence[Diagnostic], unjudged: int, n: int
 ) -> str:
-    """One line naming why a rerank degraded: the first error's class and status, the start of an unreadable answer."""
+    """One line naming why a rerank degraded: the first error's class and status (and the error it
+    followed, when it was the retry of a context-length error), the start of an unreadable answer."""
     parts = []
     if meter.errors:
         first = meter.errors[0]
-        status = getattr(first, "status_code", None)
+        earlier = getattr(first, "earlier", None)
         parts.append(
-            f"{meter.failed_calls} of {meter.calls} calls failed, first {type(first).__name__}"
-            + (f" (HTTP {status})" if status else "")
-            + f": {str(first)[:160]}"
+            f"{meter.failed_calls} of {meter.calls} calls failed, first {_cause(first)}"
+            + (f", after {_cause(earlier)}" if earlier is not None else "")
         )
     unreadable = [d for d in diagnostics if d.code in UNREADABLE_CODES]
     if unreadable:

@@ -201,6 +201,9 @@ class Usage:
     cached_prompt_tokens: int = 0
     """Of ``prompt_tokens``, those the provider read from its prompt prefix cache and bills at a
     discount (OpenAI ``prompt_tokens_details.cached_tokens``, Anthropic ``cache_read_input_tokens``)."""
+    reasoning_tokens: int = 0
+    """Completion tokens spent thinking (reasoning models), as far as the server reports them;
+    already part of ``completion_tokens``."""
 
     @property
     def total_tokens(self) -> int:
@@ -217,6 +220,7 @@ class Usage:
             llm_seconds=self.llm_seconds + other.llm_seconds,
             wall_seconds=self.wall_seconds + other.wall_seconds,
             cached_prompt_tokens=self.cached_prompt_tokens + other.cached_prompt_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
         )
 
 
@@ -268,6 +272,9 @@ class RerankResult(Sequence[RankedDocument[D]]):
     documents were placed by the model. ``fallback``: nothing was reranked."""
     dropped: tuple[RankedDocument[D], ...] = ()
     """Documents judged below ``min_score``, best first; not in :attr:`items`."""
+    model: str | None = None
+    """The model that answered, as the server named it in its responses (a llama.cpp server
+    answers with its own name whatever was asked); None when no answer named one."""
 
     @overload
     def __getitem__(self, i: int) -> RankedDocument[D]: ...
@@ -298,10 +305,11 @@ class RerankResult(Sequence[RankedDocument[D]]):
         return self.status == "reranked"
 
     def summary(self) -> dict[str, Any]:
-        """What the rerank did, as JSON-able data (no documents): strategy, score kind, status,
+        """What the rerank did, as JSON-able data (no documents): strategy, model, score kind, status,
         degraded and why, usage, diagnostics, and the input positions in the new order."""
         return {
             "strategy": self.strategy,
+            "model": self.model,
             "score_kind": self.score_kind,
             "status": self.status,
             "degraded": self.degraded,

@@ -58,6 +58,16 @@ class Completion:
     cached_prompt_tokens: int = 0
     """Of ``prompt_tokens``, those the provider read from its prompt prefix cache (billed at a
     discount), when it says so."""
+    model: str | None = None
+    """The model that answered, as the server named it (llama.cpp answers with its own name
+    whatever was asked); None when the backend does not say."""
+    reasoning_tokens: int = 0
+    """Completion tokens the model spent thinking, when the server reports them apart
+    (OpenAI's ``completion_tokens_details.reasoning_tokens``); part of ``completion_tokens``."""
+    unresolved: tuple[str, ...] = ()
+    """Choices whose probability the backend could see only through their first token, which
+    they share with a shorter choice (``"10"`` behind ``"1"`` when the server showed no
+    continuation of an unsampled ``"1"``): their mass sits in the shorter choice."""
 
 
 def counts_for_choice(text: str, key: str) -> bool:
@@ -111,6 +121,25 @@ class Backend(Closing, ABC):
     """How many prompts :meth:`generate_batch` handles at once; the driver chunks by this."""
     preferred_strategy: str = "listwise"
     """Strategy used when the caller names none."""
+    context_tokens: int | None = None
+    """The model's context window in tokens, when known: configured, discovered
+    (:meth:`discover`) or learned from a context-length error. Strategies size prompts to fit it."""
+    answer_reserve: int = 0
+    """Tokens the backend asks for on top of every prompt's answer budget (a reasoning budget):
+    the context must hold them too."""
+
+    def prompt_room(self) -> int | None:
+        """Tokens a prompt and its answer may take together: :attr:`context_tokens` less
+        :attr:`answer_reserve`; None when the context size is unknown."""
+        if self.context_tokens is None:
+            return None
+        return max(self.context_tokens - self.answer_reserve, 1)
+
+    async def discover(self) -> None:
+        """Ask the server, once, what it reports about itself (its context size); optional, never raises.
+
+        Called before each rerank; a backend caches what it learned.
+        """
 
     @abstractmethod
     async def generate(self, prompt: Prompt) -> Completion:

@@ -34,12 +34,12 @@ class RerankerSpec:
     """A picklable recipe for a :class:`Reranker`: what the Ray engine ships to each actor.
 
     ``backend`` and ``model``/``base_url`` as on the command line (``openai``, ``anthropic``,
-    ``local``, ``fake``; keys come from the environment); ``strategy`` a name or a strategy
-    object; ``options`` the Reranker's keyword options (``domain``, ``max_concurrency``,
-    ``on_error``, ``strict``, ``deadline``).
+    ``local``, ``fake``, or None: the provider the model names; keys come from the environment);
+    ``strategy`` a name or a strategy object; ``options`` the Reranker's keyword options
+    (``domain``, ``max_concurrency``, ``on_error``, ``strict``, ``deadline``).
     """
 
-    backend: str = "openai"
+    backend: str | None = "openai"
     strategy: str | Strategy | None = None
     model: str | None = None
     base_url: str | None = None

@@ -176,6 +176,7 @@ class Job:
             prices=prices,
             discount=discount,
             desc=f"{engine} {reranker.strategy.name}",
+            server_url=getattr(reranker.backend, "server_url", None),
         )
 
     def items(self) -> Iterator[Item]:

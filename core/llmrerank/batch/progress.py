@@ -40,10 +40,13 @@ class JobProgress:
         discount: float = 1.0,
         desc: str = "rerank",
         stream: TextIO | None = None,
+        server_url: str | None = None,
     ) -> None:
         self.total = total
         self.model = model
         self.backend = backend
+        self.server_url = server_url
+        """The backend's server: a server of your own gets no price (see :func:`~llmrerank.pricing.cost_basis`)."""
         self.prices = prices
         self.discount = discount
         self.usage = Usage()
@@ -65,7 +68,7 @@ class JobProgress:
     @property
     def cost(self) -> float | None:
         """Estimated USD so far (None for a model without a known price)."""
-        cost = estimate_cost(self.model, self.usage, self.prices, backend=self.backend)
+        cost = estimate_cost(self.model, self.usage, self.prices, backend=self.backend, server_url=self.server_url)
         return None if cost is None else cost * self.discount
 
     def summary(self) -> str:

@@ -139,6 +139,7 @@ def _shadow(reranker: Reranker, backend: Backend) -> Reranker:
         max_concurrency=reranker.max_concurrency,
         on_error=reranker.on_error,
         strict=reranker.strict,
+        min_score=reranker.min_score,
     )
 
 

@@ -19,7 +19,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import parse_labelled_scores
 from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Strategy, failure, shrinkable
+from .base import Context, Plan, Ranking, Strategy, failure, fit_documents, shrinkable
 
 BATCH_TEMPLATE = (
     "Rate how relevant each document below is to the query, from 0 (unrelated) to 10 (answers it fully). "
@@ -91,13 +91,11 @@ class BatchScore(Strategy):
 
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
         """One step: a prompt per batch, all concurrent."""
-        clipped = [clip(d.text, self.max_doc_chars) for d in docs]
-        diagnostics = [
-            Diagnostic("truncated", f"cut to {self.max_doc_chars} characters", i)
-            for i, c in enumerate(clipped)
-            if c.truncated
-        ]
         batches = self.batches(len(docs))
+        clipped = [clip(d.text, self.max_doc_chars) for d in docs]
+        widest = max((len(b) for b in batches), default=0)
+        clipped, diagnostics = fit_documents(clipped, lambda texts: self._prompt(query, texts, ctx), widest, ctx)
+        diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
         answers = yield [self.prompt(query, [clipped[i].text for i in batch], ctx) for batch in batches]
         scores: dict[int, float] = {}
         for batch, answer in zip(batches, answers, strict=True):

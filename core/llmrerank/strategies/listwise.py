@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_permutation
-from ..prompts import check_template, clip, document_block, render, system_prompt
+from ..prompts import check_template, clip, document_block, fit_chars, fits, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
 from .base import Context, Plan, Ranking, Strategy, failure, shrinkable
 
@@ -117,19 +117,48 @@ class Listwise(Strategy):
             return Prompt(system, user, max_tokens=1, choices=tuple(labels))
         return Prompt(system, user, max_tokens=6 * len(texts) + 16)
 
+    def fitted(self, query: str, texts: Sequence[str], ctx: Context) -> tuple[int, int, int | None]:
+        """The window, step and per-document character cap (None: uncut) that fit ``ctx.context_tokens``.
+
+        With a known context a window holds as many documents as fit (its longest ones counted, by
+        :func:`~llmrerank.prompts.fits`), at least two, with the step shrunk in proportion: more
+        windows, never a prompt the server refuses. When two documents do not fit, they are cut.
+        """
+        room = ctx.context_tokens
+        if room is None or len(texts) < 2:
+            return self.window, self.stride, None
+        longest = sorted(texts, key=len, reverse=True)
+        full = window = min(self.window, len(texts))
+        while window > 2 and not fits(self._prompt(query, longest[:window], ctx), room):
+            window -= 1
+        step = self.stride if window == full else max(1, round(self.stride * window / self.window))
+
+        def cut(chars: int) -> Prompt:
+            return self._prompt(query, [t[:chars] for t in longest[:window]], ctx)
+
+        return window, min(step, window), fit_chars(cut, len(longest[0]), room)
+
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
-        """Sliding windows from the bottom up; one call per window."""
+        """Sliding windows from the bottom up; one call per window (windows fitted to a known context)."""
         n = len(docs)
         order = list(range(n))
         clipped = [clip(d.text, self.max_doc_chars) for d in docs]
-        diagnostics = [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
+        window, step, cap = self.fitted(query, [c.text for c in clipped], ctx)
+        diagnostics: list[Diagnostic] = []
+        if window < min(self.window, n):  # fewer documents per window: more windows
+            note = f"window of {window} documents, step {step}, to fit {ctx.context_tokens} tokens of context"
+            diagnostics.append(Diagnostic("context_fitted", note))
+        if cap is not None:
+            clipped = [clip(c.text, cap) if len(c.text) > cap else c for c in clipped]
+            diagnostics.append(Diagnostic("context_fitted", f"documents cut to {cap} characters to fit the context"))
+        diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
         judged: set[int] = set()
         scores: dict[int, float] = {}
         if self.method == "first_token" and not ctx.supports_logprobs:
             diagnostics.append(Diagnostic("no_logprobs", "no log-probabilities from the backend: generated order used"))
         end = n
         while n >= 2:
-            start = max(0, end - self.window)
+            start = max(0, end - window)
             ids = order[start:end]
             (answer,) = yield [self.prompt(query, [clipped[i].text for i in ids], ctx)]
             where = f"window {start + 1}-{end}"
@@ -144,7 +173,7 @@ class Listwise(Strategy):
                     judged.update(ids)
             if start == 0:
                 break
-            end -= self.stride
+            end -= step
         kind: ScoreKind = "first_token" if scores else "rank"
         unjudged = set(range(n)) - judged if n >= 2 else set()
         return Ranking(order, kind, {i: s for i, s in scores.items() if i in judged}, {}, diagnostics, unjudged)

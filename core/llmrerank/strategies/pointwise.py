@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
-from ..parsing import choice_distribution, parse_reason, parse_score
-from ..prompts import check_template, clip, document_block, render, system_prompt
+from ..parsing import choice_distribution, choice_mass, parse_reason, parse_score
+from ..prompts import check_template, clip, document_block, fit_chars, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
 from .base import Context, Plan, Ranking, Strategy, failure
 
@@ -84,12 +85,15 @@ class Pointwise(Strategy):
         """Pointwise scores are 0-10 ratings: yes."""
         return True
 
-    def prompt(self, query: str, doc: Document, method: str, ctx: Context) -> tuple[Prompt, bool]:
-        """Build the prompt for one document; also says whether the document was truncated.
+    def prompt(
+        self, query: str, doc: Document, method: str, ctx: Context, max_chars: int | None = None
+    ) -> tuple[Prompt, bool]:
+        """Build the prompt for one document (cut to ``max_chars``, default :attr:`max_doc_chars`);
+        also says whether the document was truncated.
 
         For a model whose context it exceeds, the prompt can shrink to the document cut to half.
         """
-        clipped = clip(doc.text, self.max_doc_chars)
+        clipped = clip(doc.text, max_chars or self.max_doc_chars)
 
         def shrink() -> Prompt:
             return self._prompt(query, clip(clipped.text, max(1, len(clipped.text) // 2)).text, method, ctx)
@@ -111,9 +115,18 @@ class Pointwise(Strategy):
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
         """One step: a prompt per document."""
         method = self.resolve_method(ctx)
-        built = [self.prompt(query, doc, method, ctx) for doc in docs]
-        diagnostics = [
-            Diagnostic("truncated", f"cut to {self.max_doc_chars} characters", i)
+        limit = self.max_doc_chars
+        diagnostics: list[Diagnostic] = []
+        if ctx.context_tokens is not None and docs:
+            longest = max((clip(d.text, limit).text for d in docs), key=len)
+            cap = fit_chars(lambda c: self._prompt(query, longest[:c], method, ctx), len(longest), ctx.context_tokens)
+            if cap is not None:
+                limit = cap
+                note = f"documents cut to {cap} characters to fit {ctx.context_tokens} tokens of context"
+                diagnostics.append(Diagnostic("context_fitted", note))
+        built = [self.prompt(query, doc, method, ctx, limit) for doc in docs]
+        diagnostics += [
+            Diagnostic("truncated", f"cut to {limit} characters", i)
             for i, (_, truncated) in enumerate(built)
             if truncated
         ]
@@ -133,6 +146,8 @@ class Pointwise(Strategy):
                 continue
             scores[i] = score
             diagnostics.append(Diagnostic(how, f"{score:.3g}", i))
+            if how == "score_from_logprobs":
+                diagnostics += logprob_doubts(answer, method, i)
             if self.with_reason:
                 reason = parse_reason(answer.text)
                 if reason:
@@ -141,6 +156,32 @@ class Pointwise(Strategy):
         unscored = [i for i in range(len(docs)) if i not in scores]
         kind: ScoreKind = "logprob" if method in ("expected", "yes_no") else "relevance"
         return Ranking(scored + unscored, kind, scores, reasons, diagnostics, set(unscored))
+
+
+MASS_LOW = 0.5
+"""Below this share of the probability on valid answers, a log-prob score gets ``score_mass_low``."""
+UNRESOLVED_NOTABLE = 0.1
+"""From this probability on, a first token whose continuation was unseen gets ``score_prefix_unresolved``."""
+
+
+def logprob_doubts(answer: Completion, method: str, index: int) -> list[Diagnostic]:
+    """What makes a log-prob score less sure: little probability on valid answers (``score_mass_low``;
+    the score is renormalised over what there was) and a ``"1"`` that may have been ``"10"``
+    (``score_prefix_unresolved``; counted as 1, see :func:`~llmrerank.backends.openai.chained_logprobs`)."""
+    choices = SCALE if method == "expected" else ("Yes", "No")
+    doubts = []
+    mass = choice_mass(answer.choice_logprobs, choices)
+    if mass < MASS_LOW:
+        doubts.append(
+            Diagnostic("score_mass_low", f"valid answers hold {mass:.0%} of the probability; renormalised", index)
+        )
+    logprobs = answer.choice_logprobs or {}
+    if method == "expected" and "10" in answer.unresolved and "1" in logprobs:
+        share = math.exp(min(logprobs["1"], 0.0))
+        if share >= UNRESOLVED_NOTABLE:
+            message = f"P('1') = {share:.2f} may include '10' (the server showed no continuation); counted as 1"
+            doubts.append(Diagnostic("score_prefix_unresolved", message, index))
+    return doubts
 
 
 def read_score(answer: Completion, method: str) -> tuple[float | None, str]:

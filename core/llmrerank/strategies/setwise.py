@@ -24,7 +24,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
 from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Step, Strategy, failure, shrinkable
+from .base import Context, Plan, Ranking, Step, Strategy, failure, fit_documents, shrinkable
 
 SET_TEMPLATE = (
     "Which of the documents below is the most relevant to the query?\n\n"
@@ -89,8 +89,10 @@ class Setwise(Strategy):
         """Build the heap level by level (sift-downs of one level concurrently), then extract the top-k."""
         n = len(docs)
         clipped = [clip(d.text, self.max_doc_chars) for d in docs]
+        size = min(self.set_size, n)
+        clipped, diagnostics = fit_documents(clipped, lambda texts: self._prompt(query, texts, ctx), size, ctx)
         texts = [c.text for c in clipped]
-        diagnostics = [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
+        diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
         if n < 2:
             return Ranking(list(range(n)), "rank", diagnostics=diagnostics)
         fan = self.set_size - 1  # children per node
