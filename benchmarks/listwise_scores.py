@@ -21,23 +21,9 @@ import os
 import sys
 
 from llmrerank import Listwise, Pointwise, Reranker
-from llmrerank.backends.base import Prompt
 from llmrerank.backends.openai import OpenAIBackend
 from llmrerank.evaluation import evaluate, load_beir
-from llmrerank.testing import overlap_judge, overlap_logprobs
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
-
-
-def respond(request: ServerRequest) -> Reply:
-    """The overlap judge: its written order, and (when asked) its first-token distribution."""
-    many = request.user.count("<document id=") > 1
-    choices = tuple(chr(ord("A") + i) for i in range(26)) if many else tuple(str(i) for i in range(11))
-    prompt = Prompt(system=request.system, user=request.user, choices=choices if request.logprobs else None)
-    logprobs = overlap_logprobs(prompt) if request.logprobs else None
-    text = overlap_judge(prompt)
-    if logprobs:
-        text = max(logprobs, key=logprobs.__getitem__)  # one token: the most likely label
-    return Reply(text=text, top_logprobs=logprobs)
+from llmrerank.testing.server import FakeLLMServer, overlap_responder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print("| reranker | nDCG@10 | P@1 | calls/q | prompt tok/q | completion tok/q | p50 s/q | score_kind |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
-    with FakeLLMServer(respond, latency=args.latency) as server:
+    with FakeLLMServer(overlap_responder, latency=args.latency) as server:
         os.environ.setdefault("OPENAI_API_KEY", "benchmark")
         for name, strategy in strategies.items():
             reranker = None

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmrerank import Hybrid, Listwise, Pairwise, Pointwise, Reranker, Strategy
+from llmrerank import BatchScore, Hybrid, Listwise, Pairwise, Pointwise, Reranker, Setwise, Strategy
 from llmrerank.cli import make_backend
 from llmrerank.evaluation import EvalReport, evaluate, load_beir
 
@@ -47,6 +47,8 @@ def make_strategy(name: str, depth: int, max_doc_chars: int | None = None, prefe
         "pairwise": lambda: Pairwise(mode="sort", **clip),
         "listwise": lambda: Listwise(**clip),
         "hybrid": lambda: Hybrid(cross_encoder=None, keep=max(2, depth // 2), llm=inner),
+        "batch_score": lambda: BatchScore(**clip),
+        "setwise": lambda: Setwise(**clip),
     }
     if name not in strategies:
         raise SystemExit(f"unknown strategy {name!r}: use {', '.join(strategies)}")

@@ -15,6 +15,7 @@ from langchain_core.runnables.config import ensure_config, get_callback_manager_
 from pydantic import ConfigDict, Field, InstanceOf, PrivateAttr, model_validator
 
 from llmrerank import Backend, RankedDocument, RerankResult, Strategy
+from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
 from llmrerank.options import LazyReranker, RerankerSlot, check_options
 
 from .chat_backend import CALL_CONFIG, SYNC_CALLS, ChatModelBackend
@@ -82,7 +83,7 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
     ``{query}`` and ``{document}`` (pointwise), ``{query}``, ``{document_a}``, ``{document_b}``
     (pairwise) or ``{query}``, ``{count}``, ``{documents}`` (listwise)."""
 
-    max_concurrency: int = Field(default=8, ge=1)
+    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1)
     """The most LLM calls in flight at once, across concurrent calls of this compressor."""
 
     on_error: Literal["degrade", "degrade_all", "raise"] = "degrade"

@@ -22,6 +22,7 @@ from llmrerank import (
     RerankResult,
     Strategy,
 )
+from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
 from llmrerank.options import LazyReranker, RerankerSlot, check_options
 
 from .llm_backend import SYNC_CALLS, LlamaIndexLLMBackend
@@ -136,7 +137,7 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     metadata_mode: MetadataMode = MetadataMode.LLM
     """Which node metadata goes into the text the LLM judges (as for answer synthesis by default)."""
 
-    max_concurrency: int = Field(default=8, ge=1)
+    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1)
     """The most LLM calls in flight at once, across concurrent calls of this postprocessor."""
 
     on_error: Literal["degrade", "degrade_all", "raise"] = "degrade"

@@ -88,7 +88,9 @@ def test_overhead(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert overhead.main(["--sizes", "5", "--repeats", "2", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "overhead.json").read_text())["rows"]
     assert {(r["strategy"], r["api"]) for r in rows} == {
-        (s, api) for s in ("pointwise", "pairwise", "listwise", "hybrid") for api in ("rerank()", "await arerank()")
+        (s, api)
+        for s in ("pointwise", "pairwise", "listwise", "hybrid", "batch_score", "setwise")
+        for api in ("rerank()", "await arerank()")
     }
     assert all(r["calls"] >= 1 for r in rows)
     assert "overhead" in capsys.readouterr().out and (tmp_path / "overhead.md").is_file()
@@ -107,6 +109,21 @@ def test_listwise_scores(data: str, capsys: pytest.CaptureFixture[str]) -> None:
     ]
     kinds = [line.rsplit("|", 2)[1].strip() for line in out.splitlines() if line.startswith("| ")][1:]
     assert kinds == ["-", "rank", "first_token", "logprob"]
+
+
+def test_cost(data: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("openai")
+    bench = load("cost")
+    rows = ["pointwise", "batch_score", "pairwise_sort", "setwise"]
+    args = ["--data", data, "--queries", "2", "--depths", "8", "--top-k", "3", "--latency", "0"]
+    assert bench.main([*args, "--rows", *rows]) == 0
+    captured = capsys.readouterr()
+    lines = [line.split("|") for line in captured.out.splitlines() if line.startswith("| 8 ")]
+    assert [cells[2].strip() for cells in lines] == ["bm25 (no reranking)"] + [bench.LABELS[r] for r in rows]
+    calls = {cells[2].strip(): float(cells[5]) for cells in lines}
+    assert calls[bench.LABELS["batch_score"]] == 1.0  # 8 documents, 10 a call
+    assert 0 < calls[bench.LABELS["setwise"]] < calls[bench.LABELS["pairwise_sort"]]
+    assert "degraded" not in captured.err
 
 
 def test_batch(capsys: pytest.CaptureFixture[str]) -> None:

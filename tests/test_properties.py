@@ -19,7 +19,18 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from llmrerank import Hybrid, Listwise, Pairwise, ParseError, Pointwise, Reranker, RerankResult, Strategy
+from llmrerank import (
+    BatchScore,
+    Hybrid,
+    Listwise,
+    Pairwise,
+    ParseError,
+    Pointwise,
+    Reranker,
+    RerankResult,
+    Setwise,
+    Strategy,
+)
 from llmrerank.backends.base import Completion, Prompt
 from llmrerank.parsing import parse_choice, parse_permutation, parse_reason, parse_score
 from llmrerank.testing import FakeBackend
@@ -47,8 +58,11 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "pointwise_reason": lambda: Pointwise(method="generate", with_reason=True),
     "pointwise_expected": lambda: Pointwise(method="expected"),
     "pointwise_yes_no": lambda: Pointwise(method="yes_no"),
+    "batch_score": lambda: BatchScore(batch_size=2),
     "pairwise_all": lambda: Pairwise(mode="all_pairs"),
     "pairwise_sort": lambda: Pairwise(mode="sort"),
+    "setwise": lambda: Setwise(set_size=3),
+    "setwise_pairs": lambda: Setwise(set_size=2),
     "listwise": lambda: Listwise(),
     "listwise_sliding": lambda: Listwise(window=3, step=1),
     "hybrid": lambda: Hybrid(cross_encoder=CountScorer(), keep=3, llm=Listwise(window=2, step=1)),

@@ -23,7 +23,7 @@ from .errors import (
 )
 from .prompts import DOMAINS
 from .reranker import Reranker, default_backend
-from .strategies import Hybrid, Listwise, Pairwise, Pointwise, Strategy, make_strategy
+from .strategies import BatchScore, Hybrid, Listwise, Pairwise, Pointwise, Setwise, Strategy, make_strategy
 from .types import Diagnostic, RankedDocument, RerankResult, Usage
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendTimeoutError",
+    "BatchScore",
     "BiEncoderScorer",
     "Completion",
     "ConfigurationError",
@@ -90,6 +91,7 @@ __all__ = [
     "RerankResult",
     "Reranker",
     "ResponseCache",
+    "Setwise",
     "Strategy",
     "Usage",
     "backend_for",

@@ -21,7 +21,7 @@ from typing import Any
 from .errors import ConfigurationError, LLMRerankError, require
 
 BASELINES = ("bm25", "none")
-STRATEGY_NAMES = ("pointwise", "pairwise", "listwise", "hybrid")
+STRATEGY_NAMES = ("pointwise", "pairwise", "listwise", "hybrid", "batch_score", "setwise")
 BACKENDS = ("local", "openai", "anthropic", "fake")
 
 
@@ -43,7 +43,10 @@ def add_reranker_options(parser: argparse.ArgumentParser, *, batch: bool = False
     parser.add_argument("--step", type=int, help="listwise step (default: 10)")
     parser.add_argument("--domain", help="domain instruction: legal, medical, ecommerce or your own sentence")
     parser.add_argument(
-        "--max-concurrency", type=int, default=8, help="LLM calls in flight over all concurrent reranks (default: 8)"
+        "--max-concurrency",
+        type=int,
+        default=32,
+        help="most LLM calls in flight over all concurrent reranks (default: 32; adapts below it on rate limits)",
     )
     parser.add_argument(
         "--prices", help="JSON file of model -> {input, output} USD per 1M tokens, over the built-in table"

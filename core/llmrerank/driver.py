@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .adaptive import CALL, AdaptiveLimiter
 from .backends.base import RERANK_ENDS, Backend, Completion, Prompt
 from .cache import ResponseCache, lookup, store
 from .errors import (
@@ -17,9 +18,9 @@ from .errors import (
     ContextLengthError,
     DeadlineExceededError,
     LLMRerankError,
+    RateLimitError,
     error_from_status,
 )
-from .limits import Limiter
 from .strategies.base import Plan, Predict, Ranking, Step
 from .types import Diagnostic, Usage
 
@@ -49,6 +50,7 @@ class Meter:
     failed_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
     llm_seconds: float = 0.0
     reasoning_tokens: int = 0
     model: str | None = None
@@ -72,6 +74,7 @@ class Meter:
             completion_tokens=self.completion_tokens,
             llm_seconds=self.llm_seconds,
             wall_seconds=wall_seconds,
+            cached_prompt_tokens=self.cached_prompt_tokens,
             reasoning_tokens=self.reasoning_tokens,
         )
 
@@ -116,7 +119,7 @@ class Driver:
     def __init__(
         self,
         backend: Backend,
-        limiter: Limiter,
+        limiter: AdaptiveLimiter,
         *,
         on_error: OnError = "degrade",
         deadline: float | None = None,
@@ -228,20 +231,29 @@ class Driver:
         ``after``: the context-length error these prompts are the shorter resend of; a failure of
         theirs names it as its first cause (:attr:`~llmrerank.errors.BackendError.earlier`).
         """
-        async with self.limiter:
-            if self.meter.circuit_open:
-                skipped = BackendError("not sent: earlier calls of this rerank timed out", backend=self.backend.name)
-                return [skipped] * len(prompts)
-            start = time.perf_counter()
-            try:
-                if len(prompts) == 1 and self.backend.batch_size <= 1:
-                    results: list[Completion | BaseException] = [await self.backend.generate(prompts[0])]
-                else:
-                    results = await self.backend.generate_batch(prompts)
-            except Exception as exc:
-                results = [exc] * len(prompts)
-            finally:
-                self.meter.llm_seconds += time.perf_counter() - start
+        slot = await self.limiter.take()
+        if self.meter.circuit_open:
+            self.limiter.give(slot)
+            skipped = BackendError("not sent: earlier calls of this rerank timed out", backend=self.backend.name)
+            return [skipped] * len(prompts)
+        token = CALL.set((self.limiter, slot))  # for the SDK's HTTP hooks (llmrerank.adaptive)
+        start = time.perf_counter()
+        try:
+            if len(prompts) == 1 and self.backend.batch_size <= 1:
+                results: list[Completion | BaseException] = [await self.backend.generate(prompts[0])]
+            else:
+                results = await self.backend.generate_batch(prompts)
+        except Exception as exc:
+            results = [exc] * len(prompts)
+        finally:
+            self.meter.llm_seconds += time.perf_counter() - start
+            CALL.reset(token)
+            self.limiter.give(slot)
+        limited = [r for r in results if isinstance(r, RateLimitError)]
+        if limited and not slot.rate_limited:  # one the HTTP hook did not see (another backend)
+            self.limiter.rate_limited(slot, limited[0].retry_after)
+        elif not any(isinstance(r, BaseException) for r in results):
+            self.limiter.succeeded(slot)
         out: list[Completion | BaseException] = []
         for prompt, result in zip(prompts, results, strict=True):
             timed_out = isinstance(result, BackendTimeoutError)
@@ -271,6 +283,7 @@ class Driver:
             self.meter.calls += 1
             self.meter.prompt_tokens += result.prompt_tokens
             self.meter.completion_tokens += result.completion_tokens
+            self.meter.cached_prompt_tokens += result.cached_prompt_tokens
             self.meter.reasoning_tokens += result.reasoning_tokens
             self.meter.model = self.meter.model or result.model
             if self.cache is not None:

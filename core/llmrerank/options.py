@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from .adaptive import DEFAULT_MAX_CONCURRENCY
 from .backends.base import Backend
 from .cache import ResponseCache
 from .errors import ConfigurationError
@@ -40,7 +41,7 @@ def check_options(
     system_prompt: str | None = None,
     template: str | None = None,
     domain: str | None = None,
-    max_concurrency: int = 8,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     on_error: str = "degrade",
     deadline: float | None = None,
     cache: object | None = None,
@@ -87,7 +88,7 @@ def build_reranker(
     system_prompt: str | None = None,
     template: str | None = None,
     domain: str | None = None,
-    max_concurrency: int = 8,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     on_error: OnError = "degrade",
     deadline: float | None = None,
     cache: ResponseCache | Any = None,

@@ -239,3 +239,108 @@ def choice_distribution(logprobs: Mapping[str, float] | None, choices: tuple[str
     if total <= 0:
         return {}
     return {c: p / total for c, p in probs.items()}
+
+
+@dataclass(frozen=True)
+class LabelledScores:
+    """0-10 scores of ``n`` items labelled ``[1]..[n]``, read from one answer (see :func:`parse_labelled_scores`)."""
+
+    scores: dict[int, float]
+    """Score by 0-based position, for each label the answer scored readably (first mention wins)."""
+    duplicates: int
+    """Labels scored again after their first score (ignored)."""
+    out_of_range: int
+    """Scores given to labels outside ``1..n`` (ignored)."""
+    positional: bool = False
+    """True when the answer gave bare scores without labels, read in the items' order."""
+
+
+# "[3] 7", "[3]: Score 8/10", "[3] - 7.5": a bracketed label and the score right after it.
+_LABELLED_SCORE = re.compile(
+    rf"\[\s{{0,3}}(-?\d{{1,12}})\s{{0,3}}\][ \t]{{0,3}}[:=|>\-\u2013\u2014]?[ \t]{{0,3}}"
+    rf"((?:(?:score|rating|relevance)\W{{0,4}}\s{{0,3}})?{_NUMBER}"
+    rf"(?:[ \t]{{0,3}}(?:/|out of)[ \t]{{0,3}}\d+(?:\.\d+)?)?)",
+    re.IGNORECASE,
+)
+# One item per line without brackets: "3: 7", "Doc: 3, Relevance: 7", "Document 3 - 8/10", "3 7".
+_SCORE_LINE = re.compile(
+    r"^\W{0,4}(?:(?:doc(?:ument)?|passage|id)s?[ \t:#_]{0,6})?(-?\d{1,12})"
+    r"(?:[ \t]{0,3}[:=|>)\].,\-\u2013\u2014]+[ \t]{0,3}|[ \t]+)(\S.*)$",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def _json_pairs(text: str) -> list[tuple[str, object]] | None:
+    """(label, value) pairs from the first JSON object or array in ``text``: ``{"3": 7}``,
+    ``{"scores": {...}}``, ``[{"id": 3, "score": 7}]``, or a list of bare scores (labels None)."""
+    import json
+
+    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
+    if start < 0:
+        return None
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text[start:])
+    except (ValueError, RecursionError):  # not JSON, or absurdly nested
+        return None
+    if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), dict | list):
+        value = next(iter(value.values()))  # {"scores": {...}} or {"results": [...]}
+    if isinstance(value, dict):
+        return [(str(k), v) for k, v in value.items()]
+    if not isinstance(value, list):
+        return None
+    pairs: list[tuple[str, object]] = []
+    for entry in value:
+        if isinstance(entry, dict):
+            label = next((entry[k] for k in ("id", "doc", "document", "label", "index") if k in entry), None)
+            score = next((entry[k] for k in ("score", "rating", "relevance") if k in entry), None)
+            if label is not None and score is not None:
+                pairs.append((str(label), score))
+        elif isinstance(entry, int | float) and not isinstance(entry, bool):
+            pairs.append(("", entry))  # positional
+    return pairs
+
+
+def parse_labelled_scores(text: str, n: int, low: float = 0.0, high: float = 10.0) -> LabelledScores:
+    """Read a score in ``[low, high]`` for each of ``n`` items labelled ``[1]..[n]``.
+
+    Understands one line per item (``[3] 7``, ``[3]: 8/10``, ``3: 7``, ``Doc: 3, Relevance: 7``),
+    several on one line (``[1] 7, [2] 3``), and JSON (``{"3": 7}``, ``{"scores": {"[3]": 7}}``,
+    ``[{"id": 3, "score": 7}]``). Each score is read as :func:`parse_score` reads one (``8/10``
+    is 8). Labels outside ``1..n`` are dropped, a label scored twice keeps its first score, and
+    a score outside the range is no score; Unicode digit forms count (:func:`normalize_digits`).
+    Bare scores without labels are read in order only when
+    there are exactly ``n`` of them (``positional``). Items the answer gives no readable score are
+    simply absent from :attr:`LabelledScores.scores`.
+    """
+    text = normalize_digits(strip_thinking(text))
+    pairs: list[tuple[str, object]] = [(m.group(1), m.group(2)) for m in _LABELLED_SCORE.finditer(text)]
+    if not pairs:
+        pairs = _json_pairs(text) or []
+    if not pairs:
+        pairs = [(m.group(1), m.group(2)) for m in _SCORE_LINE.finditer(text)]
+    positional = bool(pairs) and all(label == "" for label, _ in pairs)
+    if not pairs:
+        bare = [line.strip() for line in text.splitlines() if line.strip()]
+        if bare and all(re.fullmatch(_NUMBER, line) for line in bare):
+            pairs, positional = [("", line) for line in bare], True
+        elif n == 1:
+            pairs = [("1", text)]
+    if positional:
+        if len(pairs) != n:
+            return LabelledScores({}, 0, 0)
+        pairs = [(str(k + 1), value) for k, (_, value) in enumerate(pairs)]
+    scores: dict[int, float] = {}
+    duplicates = out_of_range = 0
+    for label, value in pairs:
+        found = re.search(r"-?\d{1,12}", label)
+        index = int(found.group()) - 1 if found else -1
+        score = parse_score(str(value), low, high) if not isinstance(value, bool) else None
+        if score is None:
+            continue
+        if not 0 <= index < n:
+            out_of_range += 1
+        elif index in scores:
+            duplicates += 1
+        else:
+            scores[index] = score
+    return LabelledScores(scores, duplicates, out_of_range, positional)

@@ -8,6 +8,14 @@ hide a tag. The query is sanitized the same way before it reaches a prompt.
 
 Prompts are sized against a model's context by an estimate of their tokens (:func:`fits`,
 :func:`fit_chars`): strategies shrink windows or documents to fit a known context size.
+
+Prompt order: what every call of a rerank shares comes first, so that a provider's prompt prefix
+cache can reuse it (OpenAI caches a repeated prefix of 1024 tokens or more by itself; Anthropic
+caches what ``cache_control`` marks, see :class:`~llmrerank.backends.anthropic.AnthropicBackend`).
+The system prompt (with the domain instruction) is the same for every call of every rerank; the
+built-in user templates then give a short instruction and the query, then the documents, then the
+question and its answer format (which a model reads best right before answering). A custom
+``template=`` keeps its own order.
 """
 
 from __future__ import annotations

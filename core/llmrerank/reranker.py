@@ -9,11 +9,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
+from .adaptive import DEFAULT_MAX_CONCURRENCY, AdaptiveLimiter
 from .backends.base import Backend, Closing
 from .cache import ResponseCache
 from .driver import Driver, Meter, OnError
 from .errors import ConfigurationError, InvalidInputError
-from .limits import Limiter
 from .prompts import clean_query, domain_instruction
 from .runner import run_blocking
 from .strategies import Strategy, make_strategy
@@ -106,16 +106,19 @@ class Reranker(Closing):
     >>> r = Reranker(strategy="listwise", backend=OpenAIBackend(model="gpt-4o-mini"))  # doctest: +SKIP
     >>> result = r.rerank("what is BM25?", docs, top_k=5)                               # doctest: +SKIP
 
-    ``strategy``: ``"pointwise"``, ``"pairwise"``, ``"listwise"``, ``"hybrid"`` or a strategy object
+    ``strategy``: ``"pointwise"``, ``"batch_score"``, ``"pairwise"``, ``"setwise"``, ``"listwise"``,
+    ``"hybrid"`` or a strategy object
     (for options); None picks the backend's preferred one (listwise for API models, pointwise with
     log-probs for the local model). ``backend``: a backend, a model name routed to its provider
     (``"openai:gpt-4.1-mini"``, ``"anthropic:claude-haiku-4-5"``, ``"claude-haiku-4-5"``: see
     :func:`~llmrerank.routing.backend_for`), or None to pick one from the environment
     (:func:`default_backend`). ``domain``: ``"legal"``, ``"medical"``, ``"ecommerce"`` or your own
-    instruction. ``max_concurrency`` bounds LLM calls in flight across all concurrent reranks of
-    this object. ``on_error`` (:data:`~llmrerank.driver.OnError`): ``"degrade"`` (default) returns a
-    fallback order with ``degraded=True`` when calls fail for a passing reason (429, 5xx, timeouts)
-    and raises for a permanent one (bad key, unknown model, bad request); ``"degrade_all"`` degrades
+    instruction. ``max_concurrency`` (default 32) bounds LLM calls in flight across all concurrent
+    reranks of this object; the bound adapts below it, halving on rate limits (429) and growing
+    back as calls succeed (:mod:`llmrerank.adaptive`). ``on_error``
+    (:data:`~llmrerank.driver.OnError`): ``"degrade"`` (default) returns a fallback order with
+    ``degraded=True`` when calls fail for a passing reason (429, 5xx, timeouts) and raises
+    for a permanent one (bad key, unknown model, bad request); ``"degrade_all"`` degrades
     on both; ``"raise"`` raises the typed error for any failure. ``strict=True`` raises
     :class:`~llmrerank.errors.ParseError` on unreadable output instead of falling back.
     ``deadline`` bounds one rerank in seconds. ``cache``: a :class:`~llmrerank.cache.MemoryCache`,
@@ -130,7 +133,7 @@ class Reranker(Closing):
         backend: Backend | str | None = None,
         *,
         domain: str | None = None,
-        max_concurrency: int = 8,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         on_error: OnError = "degrade",
         strict: bool = False,
         deadline: float | None = None,
@@ -160,7 +163,8 @@ class Reranker(Closing):
         self.deadline = deadline
         self.cache = cache
         self.min_score = self._check_min_score(min_score)
-        self._limits = Limiter(max_concurrency)
+        # One adaptive bound for every rerank, thread and event loop of this reranker.
+        self._limits = AdaptiveLimiter(max_concurrency)
 
     def __repr__(self) -> str:
         return f"Reranker(strategy={self.strategy!r}, backend={self.backend!r})"
@@ -192,7 +196,7 @@ class Reranker(Closing):
             )
         return min_score
 
-    def _limiter(self) -> Limiter:
+    def _limiter(self) -> AdaptiveLimiter:
         # One bound for every thread and event loop this reranker is used from.
         return self._limits
 

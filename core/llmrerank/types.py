@@ -198,6 +198,9 @@ class Usage:
     """Sum of the latencies of the LLM calls (overlapping calls count in full)."""
     wall_seconds: float = 0.0
     """Wall-clock time of the whole rerank."""
+    cached_prompt_tokens: int = 0
+    """Of ``prompt_tokens``, those the provider read from its prompt prefix cache and bills at a
+    discount (OpenAI ``prompt_tokens_details.cached_tokens``, Anthropic ``cache_read_input_tokens``)."""
     reasoning_tokens: int = 0
     """Completion tokens spent thinking (reasoning models), as far as the server reports them;
     already part of ``completion_tokens``."""
@@ -216,6 +219,7 @@ class Usage:
             completion_tokens=self.completion_tokens + other.completion_tokens,
             llm_seconds=self.llm_seconds + other.llm_seconds,
             wall_seconds=self.wall_seconds + other.wall_seconds,
+            cached_prompt_tokens=self.cached_prompt_tokens + other.cached_prompt_tokens,
             reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
         )
 

@@ -23,6 +23,20 @@ MIN_THINKING_BUDGET = 1024
 """The smallest ``budget_tokens`` the Messages API accepts."""
 
 
+CACHE_MINIMUMS = (("haiku-4", 4096), ("opus-4-5", 4096), ("opus-4-6", 4096), ("sonnet-4-6", 2048), ("haiku", 2048))
+"""Shortest prompt prefix (tokens) each model family caches, by a part of its name, as Anthropic
+documents it; other models: 1024."""
+
+CHARS_PER_TOKEN = 3.5
+"""A rough count of characters per Claude token, to judge whether a prefix is long enough to cache."""
+
+
+def min_cacheable_tokens(model: str) -> int:
+    """The shortest prefix, in tokens, that ``model`` caches (a shorter marked prefix is not cached)."""
+    name = model.lower()
+    return next((tokens for part, tokens in CACHE_MINIMUMS if part in name), 1024)
+
+
 class AnthropicBackend(SDKBackend):
     """Claude through the official ``anthropic`` SDK (``pip install "llmrerank[anthropic]"``).
 
@@ -35,6 +49,12 @@ class AnthropicBackend(SDKBackend):
     API version that ``anthropic>=2`` sends (``2026-10-21``) rejects sampling parameters with a
     400; set it only for servers that accept it.
     The Messages API has no token log-probs, so ``supports_logprobs`` is False.
+
+    ``prompt_cache`` (default True) marks the system prompt for Anthropic's prompt cache
+    (``cache_control``, ephemeral) when it is long enough for the model to cache it (1024 to 4096
+    tokens: :func:`min_cacheable_tokens`; a long domain instruction or your own system prompt):
+    every call of every rerank starts with it, and reads of it are billed at a tenth
+    (``usage.cached_prompt_tokens``). The built-in system prompt alone is too short to be cached.
 
     Extended thinking: ``reasoning_effort`` (``"low"`` 1,024 thinking tokens, ``"medium"`` 4,096,
     ``"high"`` 16,384) or ``reasoning_budget`` (tokens, at least 1,024) sends
@@ -62,6 +82,7 @@ class AnthropicBackend(SDKBackend):
         max_retries: int | None = None,
         temperature: float | None = None,
         default_headers: Mapping[str, str] | None = None,
+        prompt_cache: bool = True,
         reasoning_effort: str | None = None,
         reasoning_budget: int | None = None,
     ) -> None:
@@ -88,6 +109,7 @@ class AnthropicBackend(SDKBackend):
             temperature=temperature,
             default_headers=default_headers,
         )
+        self.prompt_cache = prompt_cache
         self.server_url = url
         """The server's base URL (None: Anthropic's API)."""
         self.reasoning_effort = reasoning_effort
@@ -108,7 +130,7 @@ class AnthropicBackend(SDKBackend):
             "messages": [{"role": "user", "content": prompt.user}],
         }
         if prompt.system:
-            options["system"] = prompt.system
+            options["system"] = self.system_blocks(prompt.system)
         if self.reasoning_budget is not None:
             options["thinking"] = {"type": "enabled", "budget_tokens": self.reasoning_budget}
         if self.temperature is not None:
@@ -140,9 +162,18 @@ class AnthropicBackend(SDKBackend):
             prompt_tokens=prompt_tokens,
             completion_tokens=int(getattr(usage, "output_tokens", 0) or 0),
             finish_reason=getattr(message, "stop_reason", None),
+            cached_prompt_tokens=int(getattr(usage, "cache_read_input_tokens", 0) or 0),
             model=model if isinstance(model, str) and model else None,
             reasoning_tokens=int(getattr(details, "thinking_tokens", 0) or 0),
         )
+
+    def system_blocks(self, system: str) -> str | list[dict[str, Any]]:
+        """The system prompt as sent: one text block marked ``cache_control`` (ephemeral) when
+        ``prompt_cache`` is on and it is long enough for the model to cache (see
+        :func:`min_cacheable_tokens`), else the plain string."""
+        if not self.prompt_cache or len(system) / CHARS_PER_TOKEN < min_cacheable_tokens(self.model):
+            return system
+        return [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
 
     def cache_identity(self) -> dict[str, object]:
         """Base URL, temperature and the extended-thinking budget."""
@@ -156,4 +187,4 @@ class AnthropicBackend(SDKBackend):
         return super()._is_rate_limit(exc) or getattr(exc, "status_code", None) == OVERLOADED
 
 
-__all__ = ["MIN_THINKING_BUDGET", "OVERLOADED", "THINKING_BUDGETS", "AnthropicBackend"]
+__all__ = ["MIN_THINKING_BUDGET", "OVERLOADED", "THINKING_BUDGETS", "AnthropicBackend", "min_cacheable_tokens"]

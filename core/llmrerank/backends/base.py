@@ -55,6 +55,9 @@ class Completion:
     cached: bool = False
     finish_reason: str | None = None
     """Why generation stopped, as the backend reports it (``stop``, ``length``, ...), if it does."""
+    cached_prompt_tokens: int = 0
+    """Of ``prompt_tokens``, those the provider read from its prompt prefix cache (billed at a
+    discount), when it says so."""
     model: str | None = None
     """The model that answered, as the server named it (llama.cpp answers with its own name
     whatever was asked); None when the backend does not say."""

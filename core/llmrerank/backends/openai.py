@@ -269,6 +269,7 @@ class OpenAIBackend(SDKBackend):
         text = message_text(getattr(message, "content", None), self.name)
         usage = getattr(response, "usage", None)
         details = getattr(usage, "completion_tokens_details", None)
+        cached_tokens = int(getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0)
         lp = None
         unresolved: tuple[str, ...] = ()
         if self._wants_logprobs(prompt) and prompt.choices:
@@ -288,6 +289,7 @@ class OpenAIBackend(SDKBackend):
             model=model if isinstance(model, str) and model else None,
             reasoning_tokens=int(getattr(details, "reasoning_tokens", 0) or 0),
             unresolved=unresolved,
+            cached_prompt_tokens=cached_tokens,
         )
 
 

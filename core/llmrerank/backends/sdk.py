@@ -20,6 +20,7 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from ..adaptive import on_request, on_response
 from ..errors import (
     BackendError,
     BackendTimeoutError,
@@ -291,8 +292,11 @@ class SDKBackend(Backend):
                 timeout=self.timeout,
                 max_retries=self.max_retries,
                 default_headers=self.default_headers,
-                # The SDK's own HTTP client, plus a hook that stops retries which could not finish in time.
-                http_client=self._sdk.DefaultAsyncHttpxClient(event_hooks={"response": [_refuse_late_retry]}),
+                # The SDK's own HTTP client, with hooks that stop retries which could not finish in time
+                # and let the adaptive limiter see every 429, the ones the SDK retries included.
+                http_client=self._sdk.DefaultAsyncHttpxClient(
+                    event_hooks={"request": [on_request], "response": [_refuse_late_retry, on_response]}
+                ),
             )
         except (self.sdk_error, ValueError) as exc:  # e.g. no API key anywhere
             raise ConfigurationError(f"cannot create the {self.title} client: {exc}") from exc

@@ -1,4 +1,4 @@
-"""Reranking strategies: pointwise, pairwise, listwise and hybrid."""
+"""Reranking strategies: pointwise, batch scoring, pairwise, setwise, listwise and hybrid."""
 
 from __future__ import annotations
 
@@ -6,16 +6,20 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from .base import Context, Plan, Predict, Ranking, Strategy
+from .batch_score import BatchScore
 from .hybrid import Hybrid
 from .listwise import Listwise
 from .pairwise import Pairwise
 from .pointwise import Pointwise
+from .setwise import Setwise
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "pointwise": Pointwise,
     "pairwise": Pairwise,
     "listwise": Listwise,
     "hybrid": Hybrid,
+    "batch_score": BatchScore,
+    "setwise": Setwise,
 }
 """Strategy classes by name."""
 
@@ -36,6 +40,7 @@ def make_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
 
 __all__ = [
     "STRATEGIES",
+    "BatchScore",
     "Context",
     "Hybrid",
     "Listwise",
@@ -44,6 +49,7 @@ __all__ = [
     "Pointwise",
     "Predict",
     "Ranking",
+    "Setwise",
     "Strategy",
     "make_strategy",
 ]

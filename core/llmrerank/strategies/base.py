@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Union
 
 from ..backends.base import Completion, Prompt
+from ..prompts import Clip, clip, fit_chars
 from ..types import Diagnostic, Document, ScoreKind
 
 
@@ -80,3 +81,24 @@ class Strategy(ABC):
 def failure(answer: Any) -> BaseException | None:
     """Return the exception when a call failed, else None."""
     return answer if isinstance(answer, BaseException) else None
+
+
+def shrinkable(build: Callable[[list[str]], Prompt], texts: Sequence[str]) -> Prompt:
+    """``build(texts)``, able to shrink to the texts cut to half (sent once when the model's
+    context is too small; see :attr:`~llmrerank.backends.base.Prompt.shrink`)."""
+    return replace(build(list(texts)), shrink=lambda: build([clip(t, max(1, len(t) // 2)).text for t in texts]))
+
+
+def fit_documents(
+    clipped: list[Clip], build: Callable[[list[str]], Prompt], count: int, ctx: Context
+) -> tuple[list[Clip], list[Diagnostic]]:
+    """Cut the documents further, when the model's context is known (``ctx.context_tokens``), so that
+    a prompt over the ``count`` longest of them fits; with a ``context_fitted`` diagnostic when cut."""
+    if ctx.context_tokens is None or not clipped:
+        return clipped, []
+    longest = sorted((c.text for c in clipped), key=len, reverse=True)[:count]
+    cap = fit_chars(lambda chars: build([t[:chars] for t in longest]), len(longest[0]), ctx.context_tokens)
+    if cap is None:
+        return clipped, []
+    note = f"documents cut to {cap} characters to fit {ctx.context_tokens} tokens of context"
+    return [clip(c.text, cap) if len(c.text) > cap else c for c in clipped], [Diagnostic("context_fitted", note)]

@@ -21,7 +21,7 @@ import math
 import re
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from ..backends.base import Completion, Prompt
@@ -29,14 +29,18 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_permutation
 from ..prompts import check_template, clip, document_block, fit_chars, fits, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Context, Plan, Ranking, Strategy, failure
+from .base import Context, Plan, Ranking, Strategy, failure, shrinkable
 
 LIST_TEMPLATE = (
+    "Rank documents by how well they answer a query.\n\n"
     "Query: {query}\n\nHere are {count} documents, each with an id in brackets.\n\n{documents}\n\n"
     "Rank all {count} documents by how well they answer the query, most relevant first. "
     "Answer with the ids only, in the form {example}, and nothing else."
 )
-"""User prompt; placeholders ``{query}``, ``{count}``, ``{documents}`` (and ``{example}``, the answer's form)."""
+"""User prompt; placeholders ``{query}``, ``{count}``, ``{documents}`` (and ``{example}``, the answer's form).
+
+A short instruction and the query come before the documents, so the windows of one rerank share
+their prompt's start; the full instruction follows the documents."""
 
 LETTERS = tuple(string.ascii_uppercase)
 """Labels of the ``first_token`` method: one token each in common tokenizers."""
@@ -99,10 +103,7 @@ class Listwise(Strategy):
     def prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
         """The prompt ranking ``texts``; for a too-small context it can shrink to documents cut to half."""
 
-        def shrink() -> Prompt:
-            return self._prompt(query, [clip(t, max(1, len(t) // 2)).text for t in texts], ctx)
-
-        return replace(self._prompt(query, texts, ctx), shrink=shrink)
+        return shrinkable(lambda cut: self._prompt(query, cut, ctx), texts)
 
     def _prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
         labels = self.labels(len(texts))

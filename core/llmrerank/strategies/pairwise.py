@@ -23,10 +23,11 @@ from ..types import Diagnostic, Document
 from .base import Context, Plan, Ranking, Step, Strategy, failure
 
 PAIR_TEMPLATE = (
+    "Compare how well two documents answer a query.\n\n"
     "Query: {query}\n\n{document_a}\n\n{document_b}\n\n"
     "Which document answers the query better, A or B? Answer with the single letter A or B."
 )
-"""User prompt; placeholders ``{query}``, ``{document_a}``, ``{document_b}``."""
+"""User prompt; placeholders ``{query}``, ``{document_a}``, ``{document_b}`` (instruction and query first)."""
 
 AB = ("A", "B")
 

@@ -15,13 +15,21 @@ from ..types import Diagnostic, Document, ScoreKind
 from .base import Context, Plan, Ranking, Strategy, failure
 
 SCORE_TEMPLATE = (
+    "Judge how relevant a document is to a query.\n\n"
     "Query: {query}\n\n{document}\n\n"
     "How relevant is the document to the query, from 0 (unrelated) to 10 (answers it fully)?\n"
     "{answer_format}"
 )
-"""User prompt; placeholders ``{query}``, ``{document}``, ``{answer_format}``."""
+"""User prompt; placeholders ``{query}``, ``{document}``, ``{answer_format}``.
 
-YES_NO_TEMPLATE = "Query: {query}\n\n{document}\n\nDoes the document answer the query? Answer Yes or No."
+A short instruction and the query come before the document, so the calls of one rerank share their
+prompt's start (see :mod:`llmrerank.prompts` on prefix caching); the question follows the document."""
+
+YES_NO_TEMPLATE = (
+    "Judge whether a document answers a query.\n\n"
+    "Query: {query}\n\n{document}\n\n"
+    "Does the document answer the query? Answer Yes or No."
+)
 """User prompt for the Yes/No log-probability method."""
 
 NUMBER_ONLY = "Answer with the number only."

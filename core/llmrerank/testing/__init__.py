@@ -108,9 +108,10 @@ def overlap(query: str, text: str) -> float:
 def overlap_judge(prompt: Prompt) -> str:
     """A deterministic stand-in for an LLM that judges by word overlap with the query.
 
-    It answers the built-in prompts of every strategy: a 0-10 score for pointwise, ``A``/``B``
-    for pairwise, ``[i] > [j] > ...`` for listwise (``Yes``/``No`` for yes/no prompts).
-    Use it as ``FakeBackend(respond=overlap_judge)``.
+    It answers the built-in prompts of every strategy: a 0-10 score for pointwise, one
+    ``[i] score`` line per document for batch scoring, the best letter for pairwise (``A``/``B``)
+    and setwise (``A``, ``B``, ``C``, ...), ``[i] > [j] > ...`` for listwise (``Yes``/``No`` for
+    yes/no prompts). Use it as ``FakeBackend(respond=overlap_judge)``.
     """
     query_line = re.search(r"^Query: (.*)$", prompt.user, re.MULTILINE)
     query = query_line.group(1) if query_line else ""
@@ -122,8 +123,10 @@ def overlap_judge(prompt: Prompt) -> str:
         if "Yes or No" in prompt.user:
             return "Yes" if scores[0][1] >= 0.5 else "No"
         return str(round(10 * scores[0][1]))
-    if [label for label, _ in scores] == ["A", "B"]:
-        return "A" if scores[0][1] >= scores[1][1] else "B"
+    if "0 (unrelated) to 10" in prompt.user:
+        return "\n".join(f"{label} {round(10 * score)}" for label, score in scores)
+    if all(len(label) == 1 and label.isalpha() for label, _ in scores):
+        return max(scores, key=lambda s: s[1])[0]  # the first of the best
     ranked = sorted(range(len(scores)), key=lambda i: (-scores[i][1], i))
     return " > ".join(scores[i][0] for i in ranked)
 

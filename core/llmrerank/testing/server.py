@@ -23,6 +23,7 @@ Standard library only.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import socket
@@ -36,6 +37,8 @@ from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
+
+from ..backends.base import Prompt
 
 Api = Literal["openai", "anthropic"]
 
@@ -113,6 +116,11 @@ class ServerRequest:
     top_logprobs: int | None = None
     body: Mapping[str, Any] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
+    cache_control: tuple[str, ...] = ()
+    """Where the request marks a prompt-cache breakpoint (Anthropic ``cache_control``):
+    ``"system"`` and/or ``"user"``, once per marked block."""
+    cache_prefix: str = ""
+    """The text up to and including the last block marked with ``cache_control`` ("" when none)."""
 
 
 Responder = Callable[[ServerRequest], "Reply | str"]
@@ -144,6 +152,29 @@ class ScriptedResponder:
             if self.repeat_last and self._last is not None:
                 return self._last
         raise ScriptExhausted(f"ScriptedResponder has no reply for {request.method} {request.path}")
+
+
+def overlap_responder(request: ServerRequest) -> Reply:
+    """The word-overlap judge (:func:`~llmrerank.testing.overlap_judge`) for every built-in prompt.
+
+    When the request asks for log-probabilities, the reply carries the judge's first-token
+    distribution (:func:`~llmrerank.testing.overlap_logprobs`: a softmax over the documents'
+    overlap for a set, a near-certain rating for one document) and its text is the most likely token.
+    """
+    from . import overlap_judge, overlap_logprobs
+
+    choices = None
+    if request.logprobs and request.user.count("<document id=") == 1:
+        choices = ("Yes", "No") if "Yes or No" in request.user else tuple(str(i) for i in range(11))
+    prompt = Prompt(system=request.system, user=request.user, choices=choices)
+    if not request.logprobs:
+        return Reply(text=overlap_judge(prompt))
+    logprobs = overlap_logprobs(prompt)
+    return Reply(text=max(logprobs, key=logprobs.__getitem__), top_logprobs=logprobs)
+
+
+_CACHE_STEP = 512
+"""OpenAI caches prefixes in 128-token steps: 512 characters at four a token."""
 
 
 def digit_split_reply(
@@ -211,6 +242,19 @@ class FakeLLMServer:
     highest number answered at once; exceptions raised by the responder become 500s and are kept
     in :attr:`errors`.
 
+    ``prompt_cache=True`` emulates the providers' prompt prefix caches, and reports what they would
+    bill as cached: OpenAI's automatic cache (a prompt of at least ``cache_min_tokens`` tokens reuses
+    the longest prefix an earlier request sent, in 128-token steps:
+    ``usage.prompt_tokens_details.cached_tokens``) and Anthropic's explicit one (the prefix up to the
+    last ``cache_control`` block, when it has at least ``cache_min_tokens`` tokens, is written once:
+    ``cache_creation_input_tokens``, and read by later requests: ``cache_read_input_tokens``). As
+    with the providers, a prefix becomes readable once the request that wrote it is answered.
+    Tokens are :func:`estimate_tokens`.
+
+    ``admit=N`` makes it a server that answers at most N completions at once: a request beyond
+    them is answered at once with 429 and ``retry-after`` (``retry_after`` seconds; also as
+    ``retry-after-ms``), counted in :attr:`rejected`.
+
     ``flavor`` picks the server imitated on the OpenAI format (:data:`Flavor`); ``models`` are the
     names it serves (``/v1/models``; vLLM and Ollama refuse others); ``served_model`` is the name a
     llama.cpp server answers with. ``context_tokens``: prompts over it (about four characters a
@@ -225,6 +269,10 @@ class FakeLLMServer:
         *,
         latency: float = 0.0,
         models: Iterable[str] = ("fake-model",),
+        prompt_cache: bool = False,
+        cache_min_tokens: int = 1024,
+        admit: int | None = None,
+        retry_after: float = 0.2,
         flavor: Flavor = "openai",
         context_tokens: int | None = None,
         served_model: str | None = None,
@@ -234,6 +282,12 @@ class FakeLLMServer:
             raise ValueError(f"unknown flavor {flavor!r}")
         self.responder = responder
         self.latency = latency
+        self.prompt_cache = prompt_cache
+        self.cache_min_tokens = cache_min_tokens
+        self._prefixes: set[str] = set()
+        self.admit = admit
+        self.retry_after = retry_after
+        self.rejected = 0
         self.models = list(models)
         self.flavor: Flavor = flavor
         self.context_tokens = context_tokens
@@ -279,11 +333,13 @@ class FakeLLMServer:
             return list(self._requests)
 
     def clear(self) -> None:
-        """Forget recorded requests, errors and the in-flight maximum."""
+        """Forget recorded requests, errors, the in-flight maximum and the emulated prompt cache."""
         with self._lock:
+            self._prefixes.clear()
             self._requests.clear()
             self.errors.clear()
             self.max_in_flight = self.in_flight
+            self.rejected = 0
 
     def start(self) -> FakeLLMServer:
         """Bind an ephemeral port and serve from a daemon thread."""
@@ -418,6 +474,30 @@ class FakeLLMServer:
             return Reply(text=f"responder failed: {type(exc).__name__}: {exc}", status=500)
         return answer if isinstance(answer, Reply) else Reply(text=str(answer))
 
+    def _cache_usage(self, request: ServerRequest) -> tuple[int, int, list[str]]:
+        """(cached tokens, tokens written to the cache, prefixes to remember once answered)."""
+        if not self.prompt_cache:
+            return 0, 0, []
+        if request.api == "anthropic":
+            prefix = request.cache_prefix
+            if estimate_tokens(prefix) < self.cache_min_tokens:
+                return 0, 0, []
+            with self._lock:
+                hit = prefix in self._prefixes
+            return (estimate_tokens(prefix), 0, []) if hit else (0, estimate_tokens(prefix), [prefix])
+        text = request.system + request.user
+        if estimate_tokens(text) < self.cache_min_tokens:
+            return 0, 0, []
+        steps = [text[:end] for end in range(_CACHE_STEP, len(text) + 1, _CACHE_STEP)]
+        with self._lock:
+            hits = sum(1 for _ in itertools.takewhile(self._prefixes.__contains__, steps))
+        cached = hits * _CACHE_STEP // 4
+        return (cached if cached >= self.cache_min_tokens else 0), 0, steps
+
+    def _remember(self, prefixes: list[str]) -> None:
+        with self._lock:
+            self._prefixes.update(prefixes)
+
     def _route(self, handler: _Handler, method: str, path: str, headers: Mapping[str, str], raw: bytes) -> bool:
         """Answer an endpoint a subclass adds (see :mod:`llmrerank.testing.batch_server`); True when answered."""
         return False
@@ -454,11 +534,23 @@ def _text(content: Any) -> str:
 def _parse(api: Api, method: str, path: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> ServerRequest:
     system: list[str] = []
     user: list[str] = []
+    marks: list[str] = []
+    prefix = ""
     if api == "anthropic":
         if body.get("system"):
             system.append(_text(body["system"]))
         user = [_text(m.get("content")) for m in body.get("messages", ()) if isinstance(m, dict)]
         max_tokens = body.get("max_tokens")
+        seen = ""
+        contents = [("system", body.get("system"))]
+        contents += [("user", m.get("content")) for m in body.get("messages", ()) if isinstance(m, dict)]
+        for where, content in contents:
+            for block in content if isinstance(content, list) else [content]:
+                seen += _text([block]) if isinstance(block, dict) else _text(block)
+                if isinstance(block, dict) and block.get("cache_control"):
+                    marks.append(where)
+                    prefix = seen
+            seen += "\n" if where == "system" else ""
     else:
         for message in body.get("messages", ()):
             if isinstance(message, dict):
@@ -477,6 +569,8 @@ def _parse(api: Api, method: str, path: str, body: Mapping[str, Any], headers: M
         top_logprobs=body.get("top_logprobs") if isinstance(body.get("top_logprobs"), int) else None,
         body=body,
         headers=headers,
+        cache_control=tuple(marks),
+        cache_prefix=prefix,
     )
 
 
@@ -489,7 +583,7 @@ def _position(top_logprobs: Mapping[str, float], count: int, fallback: str) -> d
 
 
 def _openai_completion(
-    request: ServerRequest, reply: Reply, model: str | None = None, flavor: Flavor = "openai"
+    request: ServerRequest, reply: Reply, model: str | None = None, flavor: Flavor = "openai", cached: int = 0
 ) -> dict[str, Any]:
     logprobs: dict[str, Any] | None = None
     if request.logprobs and reply.top_logprobs is not None and flavor != "ollama":
@@ -505,6 +599,7 @@ def _openai_completion(
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
     }
     if reply.reasoning_tokens:
         usage["completion_tokens_details"] = {"reasoning_tokens": reply.reasoning_tokens}
@@ -521,14 +616,16 @@ def _openai_completion(
     }
 
 
-def _anthropic_message(request: ServerRequest, reply: Reply) -> dict[str, Any]:
+def _anthropic_message(request: ServerRequest, reply: Reply, cached: int = 0, written: int = 0) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     if reply.reasoning is not None:
         content.append({"type": "thinking", "thinking": reply.reasoning, "signature": "fake-signature"})
     if reply.text:
         content.append({"type": "text", "text": reply.text})
     usage: dict[str, Any] = {
-        "input_tokens": estimate_tokens(request.system + request.user),
+        "input_tokens": estimate_tokens(request.system + request.user) - cached - written,
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": cached,
         "output_tokens": estimate_tokens(reply.text) + reply.reasoning_tokens,
     }
     if reply.reasoning_tokens:
@@ -651,10 +748,20 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         with owner._lock:
-            owner.in_flight += 1
-            owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+            full = owner.admit is not None and owner.in_flight >= owner.admit
+            if full:
+                owner.rejected += 1
+            else:
+                owner.in_flight += 1
+                owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+        if full:
+            wait = owner.retry_after
+            headers = {"retry-after": f"{wait:g}", "retry-after-ms": f"{wait * 1000:.0f}"}
+            self._send(429, _error_body(api, 429, f"at most {owner.admit} requests at once"), headers)
+            return
         try:
             request = owner.fitted(request)
+            cached, written, prefixes = owner._cache_usage(request)
             reply = owner._answer(request)
             # Event.wait rather than sleep, so that stop() is not held up by slow replies.
             if owner.latency + reply.delay > 0 and owner._stopping.wait(owner.latency + reply.delay):
@@ -669,10 +776,14 @@ class _Handler(BaseHTTPRequestHandler):
                 message = reply.text or _phrase(reply.status)
                 self._send(reply.status, _error_body(api, reply.status, message), reply.headers)
             elif api == "anthropic":
-                self._send(reply.status, _anthropic_message(request, reply), reply.headers, drip=reply.drip)
+                self._send(
+                    reply.status, _anthropic_message(request, reply, cached, written), reply.headers, drip=reply.drip
+                )
+                owner._remember(prefixes)
             else:
-                body = _openai_completion(request, reply, owner.answering_model(request), owner.flavor)
+                body = _openai_completion(request, reply, owner.answering_model(request), owner.flavor, cached)
                 self._send(reply.status, body, reply.headers, drip=reply.drip)
+                owner._remember(prefixes)
         finally:
             with owner._lock:
                 owner.in_flight -= 1
@@ -743,4 +854,5 @@ __all__ = [
     "ServerRequest",
     "digit_split_reply",
     "estimate_tokens",
+    "overlap_responder",
 ]
