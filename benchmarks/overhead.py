@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmrerank import Hybrid, Listwise, Pairwise, Pointwise, Reranker, Strategy
+from llmrerank import BatchScore, Hybrid, Listwise, Pairwise, Pointwise, Reranker, Setwise, Strategy
 from llmrerank.backends.base import Prompt
 from llmrerank.testing import FakeBackend
 
@@ -52,6 +52,8 @@ def answer(prompt: Prompt) -> str:
     count = prompt.user.count('<document id="')
     if count == 1:
         return "7"
+    if "0 (unrelated) to 10" in prompt.user:  # batch scoring
+        return "\n".join(f"[{i}] {i % 11}" for i in range(1, count + 1))
     if '<document id="A">' in prompt.user:
         return "A"
     return " > ".join(f"[{i}]" for i in range(count, 0, -1))
@@ -71,6 +73,8 @@ def strategies() -> dict[str, Strategy]:
         "listwise": Listwise(),
         "pairwise": Pairwise(),
         "hybrid": Hybrid(cross_encoder=StubScorer(), keep=10),
+        "batch_score": BatchScore(),
+        "setwise": Setwise(),
     }
 
 
@@ -132,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, strategy in strategies().items():
             for sync in (False, True):
                 repeats = args.repeats or max(15, 6000 // n)
-                if name == "pairwise" and not args.repeats:
+                if name in ("pairwise", "setwise") and not args.repeats:
                     repeats = max(3, repeats // 10)
                 figures = measure(strategy, n, repeats, sync=sync)
                 api = "rerank()" if sync else "await arerank()"

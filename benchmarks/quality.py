@@ -38,7 +38,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmrerank import Fusion, Hybrid, Listwise, MemoryCache, Pairwise, Pointwise, QueryLikelihood, Reranker, Strategy
+from llmrerank import (
+    BatchScore,
+    Fusion,
+    Hybrid,
+    Listwise,
+    MemoryCache,
+    Pairwise,
+    Pointwise,
+    QueryLikelihood,
+    Reranker,
+    Setwise,
+    Strategy,
+)
 from llmrerank.cli import make_backend
 from llmrerank.evaluation import EvalReport, evaluate, load_beir, split_halves
 from llmrerank.testing.server import loopback_backend
@@ -74,6 +86,8 @@ def make_strategy(name: str, depth: int, max_doc_chars: int | None = None, prefe
         "pairwise": lambda: Pairwise(mode="sort", **clip),
         "listwise": lambda: Listwise(**clip),
         "hybrid": lambda: Hybrid(cross_encoder=None, keep=max(2, depth // 2), llm=inner),
+        "batch_score": lambda: BatchScore(**clip),
+        "setwise": lambda: Setwise(**clip),
     }
     if name not in strategies:
         raise SystemExit(f"unknown strategy {name!r}: use {', '.join(strategies)}")

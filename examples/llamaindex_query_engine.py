@@ -16,11 +16,16 @@ no key and prints the reranked source nodes only; pass your own ``llm=`` to get 
 
 from __future__ import annotations
 
+from typing import Any
+
 from llama_index.core import SummaryIndex
+from llama_index.core.bridge.pydantic import Field
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.llms import MockLLM
 from llama_index.core.schema import TextNode
 
-from llamaindex_llmrerank import LLMRerankPostprocessor
+from llamaindex_llmrerank import LLMRerankEndEvent, LLMRerankPostprocessor
 
 QUERY = "How do solar panels turn sunlight into electricity?"
 
@@ -34,7 +39,19 @@ TEXTS = [
 ]
 
 
+class RerankReport(BaseEventHandler):
+    """Receives what each rerank did (usage, status, diagnostics) from the rerank end event."""
+
+    results: list[dict[str, Any]] = Field(default_factory=list)
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        if isinstance(event, LLMRerankEndEvent):
+            self.results.append(event.result)
+
+
 def main() -> None:
+    report = RerankReport()
+    get_dispatcher().add_event_handler(report)
     # A SummaryIndex retrieves every node, in insertion order: a first stage that needs no embeddings.
     index = SummaryIndex([TextNode(text=text, id_=f"doc{i}") for i, text in enumerate(TEXTS)])
     reranker = LLMRerankPostprocessor(top_n=3)  # no LLM named: taken from the environment
@@ -45,9 +62,16 @@ def main() -> None:
     print(f"Query: {QUERY}\n")
     top = f"top {reranker.top_n} of {len(TEXTS)}"
     print(f"Reranked by {core.backend!r} with the {core.strategy.name} strategy ({top}):")
-    for rank, node in enumerate(response.source_nodes, 1):
-        shown = "n/a" if node.score is None else f"{node.score:.3f}"
-        print(f"  {rank}. score {shown}  [{node.node.node_id}] {node.node.get_content()}")
+    for node in response.source_nodes:
+        meta = node.node.metadata
+        score = meta["relevance_score"]
+        shown = f"score {score:.3f}" if score is not None else f"no score ({meta['rerank_score_kind']})"
+        fallback = "  FALLBACK: not placed by the model" if meta["rerank_fallback"] else ""
+        print(f"  {meta['rerank_rank']}. {shown}  [{node.node.node_id}] {node.node.get_content()}{fallback}")
+    (result,) = report.results
+    usage = result["usage"]
+    reasons = f" ({', '.join(result['degraded_reasons'])})" if result["degraded"] else ""
+    print(f"\nStatus: {result['status']}{reasons}; {usage['calls']} LLM calls, {usage['total_tokens']} tokens")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ Install with ``pip install "llmrerank[langchain]"``. This package imports ``lang
 
 from __future__ import annotations
 
-from .chat_backend import ChatModelBackend
-from .compressor import LLMRerankCompressor
+from llmrerank.errors import require
+
+require("langchain_core", "langchain", "langchain-core")  # first: a missing framework names its install line
+
+from .chat_backend import ChatModelBackend  # noqa: E402
+from .compressor import LLMRerankCompressor  # noqa: E402
 
 __all__ = ["ChatModelBackend", "LLMRerankCompressor"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 from typing import Any
 
@@ -11,6 +10,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 
 from llmrerank import Backend, Completion, Prompt
+from llmrerank.backends.base import WorkerThreads
 
 CALL_CONFIG: contextvars.ContextVar[RunnableConfig | None] = contextvars.ContextVar(
     "langchain_llmrerank_call_config", default=None
@@ -37,8 +37,10 @@ class ChatModelBackend(Backend):
 
     name = "langchain"
 
-    def __init__(self, model: BaseChatModel) -> None:
+    def __init__(self, model: BaseChatModel, *, max_workers: int = 8) -> None:
         self.chat_model = model
+        self._threads = WorkerThreads(max_workers)
+        """Threads for blocking calls (``max_workers``: the reranker's ``max_concurrency``)."""
         self.model = str(getattr(model, "model_name", None) or getattr(model, "model", None) or type(model).__name__)
         self.name = f"langchain:{model._llm_type}"
 
@@ -53,8 +55,8 @@ class ChatModelBackend(Backend):
         config = CALL_CONFIG.get() or RunnableConfig()
         config = RunnableConfig(**{**config, "tags": [*config.get("tags", []), "llmrerank"]})
         if SYNC_CALLS.get():
-            # to_thread copies the context, so nested runs still see their parent run.
-            reply = await asyncio.to_thread(self.chat_model.invoke, self._messages(prompt), config)
+            # The call runs in a copy of this context, so nested runs still see their parent run.
+            reply = await self._threads.run(self.chat_model.invoke, self._messages(prompt), config)
         else:
             reply = await self.chat_model.ainvoke(self._messages(prompt), config)
         usage: Any = getattr(reply, "usage_metadata", None) or {}
@@ -63,6 +65,10 @@ class ChatModelBackend(Backend):
             prompt_tokens=int(usage.get("input_tokens", 0) or 0),
             completion_tokens=int(usage.get("output_tokens", 0) or 0),
         )
+
+    async def aclose(self) -> None:
+        """Let the blocking calls' threads end (the chat model itself is the caller's)."""
+        self._threads.shutdown()
 
     def __repr__(self) -> str:
         return f"ChatModelBackend({type(self.chat_model).__name__}, model={self.model!r})"

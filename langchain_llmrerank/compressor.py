@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
-from langchain_core.callbacks import Callbacks
+from langchain_core.callbacks import Callbacks, adispatch_custom_event, dispatch_custom_event
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import ensure_config, get_callback_manager_for_config
 from pydantic import ConfigDict, Field, InstanceOf, PrivateAttr, model_validator
 
-from llmrerank import Backend, RerankResult, Strategy
+from llmrerank import Backend, RankedDocument, RerankResult, Strategy
+from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
 from llmrerank.options import LazyReranker, RerankerSlot, check_options
 
 from .chat_backend import CALL_CONFIG, SYNC_CALLS, ChatModelBackend
@@ -30,14 +33,21 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
 
     With no arguments the LLM comes from the environment (``OPENAI_API_KEY``, then ``ANTHROPIC_API_KEY``,
     else the small local demo model); see :func:`llmrerank.default_backend`. The documents returned are
-    copies, best first, with ``metadata["relevance_score"]`` (higher is better; ``None`` when the
-    document could not be scored) and ``metadata["relevance_reason"]`` when the strategy gave a reason.
-    The input documents are left as they are. An empty list gives ``[]`` without calling the LLM.
+    copies, best first, whose metadata says what the rerank did (:meth:`llmrerank.RerankResult.metadata`):
+    ``relevance_score`` (the model's score; ``None`` for rank-only strategies such as listwise and for
+    documents no answer placed), ``rerank_rank``, ``rerank_score_kind``, ``rerank_fallback`` (this
+    document kept a fallback place), ``rerank_degraded`` (the rerank degraded) and ``relevance_reason``
+    when the strategy gave one. The input documents are left as they are. An empty list gives ``[]``
+    without calling the LLM.
+
+    The whole :class:`~llmrerank.RerankResult` (usage, diagnostics, status) is returned by
+    :meth:`rerank` / :meth:`arerank`, and sent to LangChain callbacks as the custom event
+    ``llmrerank_result`` (data: :meth:`~llmrerank.RerankResult.summary`) whenever the compression runs
+    inside a traced run, as it does under ``ContextualCompressionRetriever``.
 
     Callbacks: when ``backend`` is a LangChain chat model, the ``callbacks`` of the compression call
     are passed to it, so each LLM call shows as a child run of the retriever's run (tagged
-    ``llmrerank``). llmrerank's own backends (OpenAI, Anthropic, local) do not report to LangChain
-    callbacks; their token use and timings are in the core's :class:`~llmrerank.RerankResult`.
+    ``llmrerank``).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
@@ -74,12 +84,14 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
     ``{query}`` and ``{document}`` (pointwise), ``{query}``, ``{document_a}``, ``{document_b}``
     (pairwise) or ``{query}``, ``{count}``, ``{documents}`` (listwise)."""
 
-    max_concurrency: int = Field(default=8, ge=1)
+    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1)
     """The most LLM calls in flight at once, across concurrent calls of this compressor."""
 
-    on_error: Literal["degrade", "raise"] = "degrade"
-    """``"degrade"`` returns a fallback order (logged as a warning) when LLM calls fail;
-    ``"raise"`` raises llmrerank's typed error (``BackendError``, ``RateLimitError``, ...)."""
+    on_error: Literal["degrade", "degrade_all", "raise"] = "degrade"
+    """``"degrade"`` returns a fallback order (``rerank_degraded`` in the metadata, and a warning in the
+    log) when LLM calls fail for a passing reason (429, 5xx, timeouts) and raises for a permanent one
+    (bad key, unknown model: :class:`~llmrerank.errors.PermanentBackendError`); ``"degrade_all"``
+    degrades on both; ``"raise"`` raises llmrerank's typed error for any failure."""
 
     deadline: float | None = Field(default=None, gt=0)
     """Seconds one compression may take; calls still running then are abandoned (see ``on_error``)."""
@@ -88,6 +100,9 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
     """A response cache (``llmrerank.MemoryCache()``, ``llmrerank.DiskCache(path)``, or anything with
     ``get``/``set``): a repeated prompt to the same model makes no LLM call."""
 
+    min_score: float | None = Field(default=None, ge=0, le=10)
+    """Drop documents the model rated below this (0-10), as ``LLMChainFilter`` drops what the LLM
+    rejects. Needs a strategy with 0-10 scores (``"pointwise"``); unscored documents are kept."""
     fusion: Any = "auto"
     """Combine the LLM's score with each document's ``metadata["score"]`` or ``["relevance_score"]``
     (a retriever's score): an ``llmrerank.Fusion``, a method name (``"zscore"``, ``"minmax"``,
@@ -102,18 +117,41 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
 
     def _backend(self) -> Backend | None:
         if isinstance(self.backend, BaseChatModel):
-            return ChatModelBackend(self.backend)
+            return ChatModelBackend(self.backend, max_workers=self.max_concurrency)
         return self.backend
 
-    def _documents(self, documents: Sequence[Document], result: RerankResult) -> list[Document]:
-        out = []
-        for item in result:
-            original = documents[item.index]
-            metadata = {**original.metadata, "relevance_score": item.score}
-            if item.reason is not None:
-                metadata["relevance_reason"] = item.reason
-            out.append(original.model_copy(update={"metadata": metadata}))
-        return out
+    def rerank(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> RerankResult[Document]:
+        """Rerank ``documents`` for ``query``: the whole result, whose documents are the annotated copies
+        that :meth:`compress_documents` returns (best ``top_n``, above ``min_score``)."""
+        reranker = self.reranker
+
+        def run() -> RerankResult[Document]:
+            CALL_CONFIG.set(RunnableConfig(callbacks=callbacks))
+            SYNC_CALLS.set(True)
+            return reranker.rerank(query, list(documents), self.top_n)
+
+        result = _annotated(contextvars.copy_context().run(run))
+        config = _traced(callbacks)
+        if config is not None:
+            dispatch_custom_event(RESULT_EVENT, result.summary(), config=config)
+        return result
+
+    async def arerank(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> RerankResult[Document]:
+        """Async :meth:`rerank`, on the running event loop."""
+        reranker = self.reranker
+        token = CALL_CONFIG.set(RunnableConfig(callbacks=callbacks))
+        try:
+            result = _annotated(await reranker.arerank(query, list(documents), self.top_n))
+        finally:
+            CALL_CONFIG.reset(token)
+        config = _traced(callbacks)
+        if config is not None:
+            await adispatch_custom_event(RESULT_EVENT, result.summary(), config=config)
+        return result
 
     def compress_documents(
         self,
@@ -124,16 +162,7 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
         """Rerank ``documents`` for ``query``; return copies of the best ``top_n`` with their scores."""
         if not documents:
             return []
-        reranker = self.reranker
-        texts = [doc.page_content for doc in documents]
-        scores = reranker.first_stage_scores(documents)
-
-        def run() -> RerankResult:
-            CALL_CONFIG.set(RunnableConfig(callbacks=callbacks))
-            SYNC_CALLS.set(True)
-            return reranker.rerank(query, texts, self.top_n, first_stage_scores=scores)
-
-        return self._documents(documents, contextvars.copy_context().run(run))
+        return self.rerank(documents, query, callbacks).documents
 
     async def acompress_documents(
         self,
@@ -144,13 +173,26 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
         """Async :meth:`compress_documents`, on the running event loop."""
         if not documents:
             return []
-        reranker = self.reranker
-        texts = [doc.page_content for doc in documents]
-        token = CALL_CONFIG.set(RunnableConfig(callbacks=callbacks))
-        try:
-            result = await reranker.arerank(
-                query, texts, self.top_n, first_stage_scores=reranker.first_stage_scores(documents)
-            )
-        finally:
-            CALL_CONFIG.reset(token)
-        return self._documents(documents, result)
+        return (await self.arerank(documents, query, callbacks)).documents
+
+
+RESULT_EVENT = "llmrerank_result"
+"""Name of the LangChain custom event carrying :meth:`llmrerank.RerankResult.summary`."""
+
+
+def _annotated(result: RerankResult[Document]) -> RerankResult[Document]:
+    """The result with copies of the documents that carry :meth:`~llmrerank.RerankResult.metadata`."""
+
+    def copy(item: RankedDocument[Document]) -> RankedDocument[Document]:
+        metadata = {**item.document.metadata, **result.metadata(item)}
+        return replace(item, document=item.document.model_copy(update={"metadata": metadata}))
+
+    return replace(result, items=tuple(map(copy, result.items)), dropped=tuple(map(copy, result.dropped)))
+
+
+def _traced(callbacks: Callbacks | None) -> RunnableConfig | None:
+    """The config to dispatch a custom event under, when there is a run to attach it to."""
+    config = ensure_config(RunnableConfig(callbacks=callbacks) if callbacks is not None else None)
+    if get_callback_manager_for_config(config).parent_run_id is None:
+        return None
+    return config

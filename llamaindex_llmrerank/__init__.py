@@ -11,7 +11,11 @@ Install with ``pip install "llmrerank[llamaindex]"``. This package imports ``lla
 
 from __future__ import annotations
 
-from .llm_backend import LlamaIndexLLMBackend
-from .postprocessor import LLMRerankPostprocessor
+from llmrerank.errors import require
 
-__all__ = ["LLMRerankPostprocessor", "LlamaIndexLLMBackend"]
+require("llama_index.core", "llamaindex", "llama-index-core")  # first: a missing framework names its install line
+
+from .llm_backend import LlamaIndexLLMBackend  # noqa: E402
+from .postprocessor import LLMRerankEndEvent, LLMRerankPostprocessor  # noqa: E402
+
+__all__ = ["LLMRerankEndEvent", "LLMRerankPostprocessor", "LlamaIndexLLMBackend"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 from collections.abc import Mapping
 from typing import Any
@@ -11,6 +10,7 @@ from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageR
 from llama_index.core.llms import LLM
 
 from llmrerank import Backend, Completion, Prompt
+from llmrerank.backends.base import WorkerThreads
 
 SYNC_CALLS: contextvars.ContextVar[bool] = contextvars.ContextVar("llamaindex_llmrerank_sync_calls", default=False)
 """True inside a blocking postprocess: the LLM's blocking ``chat`` is used, each call in a worker thread.
@@ -33,8 +33,10 @@ class LlamaIndexLLMBackend(Backend):
 
     name = "llamaindex"
 
-    def __init__(self, llm: LLM) -> None:
+    def __init__(self, llm: LLM, *, max_workers: int = 8) -> None:
         self.llm = llm
+        self._threads = WorkerThreads(max_workers)
+        """Threads for blocking calls (``max_workers``: the reranker's ``max_concurrency``)."""
         self.model = str(llm.metadata.model_name or type(llm).__name__)
         self.name = f"llamaindex:{llm.class_name()}"
 
@@ -44,14 +46,18 @@ class LlamaIndexLLMBackend(Backend):
         if prompt.system:
             messages.insert(0, ChatMessage(role=MessageRole.SYSTEM, content=prompt.system))
         if SYNC_CALLS.get():
-            # to_thread copies the context, so the LLM's spans still nest under the rerank's.
-            response = await asyncio.to_thread(self.llm.chat, messages)
+            # The call runs in a copy of this context, so the LLM's spans still nest under the rerank's.
+            response = await self._threads.run(self.llm.chat, messages)
         else:
             response = await self.llm.achat(messages)
         prompt_tokens, completion_tokens = _usage(response)
         return Completion(
             text=response.message.content or "", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
         )
+
+    async def aclose(self) -> None:
+        """Let the blocking calls' threads end (the LLM itself is the caller's)."""
+        self._threads.shutdown()
 
     def __repr__(self) -> str:
         return f"LlamaIndexLLMBackend({type(self.llm).__name__}, model={self.model!r})"

@@ -7,14 +7,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.llms import LLM
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
-from pydantic import InstanceOf
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
+from pydantic import AliasChoices, InstanceOf
 
 from llmrerank import (
     Backend,
@@ -22,11 +22,54 @@ from llmrerank import (
     RerankResult,
     Strategy,
 )
+from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
 from llmrerank.options import LazyReranker, RerankerSlot, check_options
 
 from .llm_backend import SYNC_CALLS, LlamaIndexLLMBackend
 
 dispatcher = get_dispatcher(__name__)
+
+RESULT_KEY = "llmrerank_result"
+"""Key of :meth:`llmrerank.RerankResult.summary` in the ``CBEventType.RERANKING`` end payload."""
+
+
+class LLMRerankEndEvent(ReRankEndEvent):
+    """``ReRankEndEvent`` with what the rerank did: :meth:`llmrerank.RerankResult.summary`
+    (status, degraded and why, usage with calls and tokens, diagnostics)."""
+
+    result: dict[str, Any]
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Class name."""
+        return "LLMRerankEndEvent"
+
+
+def _plus(keys: list[str], fields: dict[str, Any]) -> list[str]:
+    return [*keys, *(k for k in fields if k not in keys)]
+
+
+def text_limit(strategy: Strategy) -> int | None:
+    """The fewest characters of a document any LLM prompt of ``strategy`` keeps (None: no limit known)."""
+    limits = [getattr(s, "max_doc_chars", None) for s in (strategy, getattr(strategy, "llm", None))]
+    found = [n for n in limits if isinstance(n, int)]
+    return min(found) if found else None
+
+
+def node_text(node: BaseNode, mode: MetadataMode, limit: int | None) -> str:
+    """The node's text for the LLM: its metadata (for ``mode``) cut first, so that the content itself
+    always fits in ``limit`` characters when it can; the strategy cuts the content only when it alone
+    is longer."""
+    content = node.get_content(metadata_mode=MetadataMode.NONE)
+    metadata = node.get_metadata_str(mode=mode) if mode != MetadataMode.NONE else ""
+    if not metadata:
+        return content
+    template = getattr(node, "text_template", "{metadata_str}\n\n{content}")
+    room = len(metadata) if limit is None else limit - len(template.format(metadata_str="", content=content))
+    if room < min(len(metadata), 20):  # no room for a useful part of it
+        return content
+    return template.format(metadata_str=metadata[:room].rstrip(), content=content)
+
 
 T = TypeVar("T")
 
@@ -40,12 +83,21 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
 
     With no ``backend`` the LLM comes from the environment (``OPENAI_API_KEY``, then
     ``ANTHROPIC_API_KEY``, else the small local demo model; see :func:`llmrerank.default_backend`),
-    not from ``Settings.llm``: pass ``backend=Settings.llm`` to rerank with that one. Returns new
-    :class:`NodeWithScore` objects, best first, whose ``score`` is the rerank score (higher is
-    better; None when a node could not be scored); the nodes themselves are shared, not copied,
-    and the input list is left as it is. Emits ``ReRankStartEvent``/``ReRankEndEvent`` and a
-    ``CBEventType.RERANKING`` callback event. An empty list gives ``[]`` without calling the LLM;
-    a missing query raises :class:`~llmrerank.InvalidInputError` (a ``ValueError``).
+    not from ``Settings.llm``: pass ``backend=Settings.llm`` to rerank with that one.
+
+    Returns new :class:`NodeWithScore` objects, best first, over copies of the nodes (the input list
+    and nodes are left as they are). ``score`` is the model's score where it gave one; otherwise (a
+    rank-only strategy such as listwise, or a node no answer placed) the retriever's score stays, so
+    a following ``SimilarityPostprocessor`` keeps working. Each node's metadata says what happened
+    (:meth:`llmrerank.RerankResult.metadata`: ``relevance_score``, ``rerank_rank``,
+    ``rerank_score_kind``, ``rerank_fallback``, ``rerank_degraded``; with ``keep_retrieval_score``
+    also ``retrieval_score``); these keys are excluded from the text the LLM and the embedder see.
+
+    Emits ``ReRankStartEvent`` and :class:`LLMRerankEndEvent` (a ``ReRankEndEvent`` that also carries
+    :meth:`~llmrerank.RerankResult.summary`: usage, status, diagnostics), and a
+    ``CBEventType.RERANKING`` callback event whose end payload holds the same summary under
+    ``"llmrerank_result"``. An empty list gives ``[]`` without calling the LLM; a missing query raises
+    :class:`~llmrerank.InvalidInputError` (a ``ValueError``).
     """
 
     strategy: str | InstanceOf[Strategy] | None = None
@@ -55,9 +107,14 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     None uses the backend's preferred strategy: listwise for API models and LlamaIndex LLMs, query
     likelihood for the local model."""
 
-    backend: InstanceOf[Backend] | InstanceOf[LLM] | None = Field(default=None, exclude=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    backend: InstanceOf[Backend] | InstanceOf[LLM] | None = Field(
+        default=None, exclude=True, validation_alias=AliasChoices("backend", "llm")
+    )
     """The LLM: an llmrerank backend (``OpenAIBackend(...)``, ``AnthropicBackend(...)``, ``LocalBackend()``)
-    or any LlamaIndex ``LLM``. None picks one from the environment (:func:`llmrerank.default_backend`)."""
+    or any LlamaIndex ``LLM``; also accepted as ``llm=``, the name LlamaIndex's own rerankers use. None
+    picks one from the environment (:func:`llmrerank.default_backend`)."""
 
     model: str | None = None
     """Shortcut for the environment's API backend with another model: ``"gpt-4.1-mini"`` with
@@ -81,12 +138,14 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     metadata_mode: MetadataMode = MetadataMode.LLM
     """Which node metadata goes into the text the LLM judges (as for answer synthesis by default)."""
 
-    max_concurrency: int = Field(default=8, ge=1)
+    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1)
     """The most LLM calls in flight at once, across concurrent calls of this postprocessor."""
 
-    on_error: Literal["degrade", "raise"] = "degrade"
-    """``"degrade"`` returns a fallback order (logged as a warning) when LLM calls fail;
-    ``"raise"`` raises llmrerank's typed error (``BackendError``, ``RateLimitError``, ...)."""
+    on_error: Literal["degrade", "degrade_all", "raise"] = "degrade"
+    """``"degrade"`` returns a fallback order (``rerank_degraded`` in the metadata, and a warning in the
+    log) when LLM calls fail for a passing reason (429, 5xx, timeouts) and raises for a permanent one
+    (bad key, unknown model: :class:`~llmrerank.errors.PermanentBackendError`); ``"degrade_all"``
+    degrades on both; ``"raise"`` raises llmrerank's typed error for any failure."""
 
     deadline: float | None = Field(default=None, gt=0)
     """Seconds one rerank may take; calls still running then are abandoned (see ``on_error``)."""
@@ -95,6 +154,12 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     """A response cache (``llmrerank.MemoryCache()``, ``llmrerank.DiskCache(path)``, or anything with
     ``get``/``set``): a repeated prompt to the same model makes no LLM call."""
 
+    min_score: float | None = Field(default=None, ge=0, le=10)
+    """Drop nodes the model rated below this (0-10). Needs a strategy with 0-10 scores
+    (``"pointwise"``); unscored nodes are kept."""
+
+    keep_retrieval_score: bool = False
+    """Keep the retriever's score in ``metadata["retrieval_score"]``, as ``SentenceTransformerRerank`` does."""
     fusion: Any = Field(default="auto", exclude=True)
     """Combine the LLM's score with each node's retrieval score (``NodeWithScore.score``): an
     ``llmrerank.Fusion``, a method name (``"zscore"``, ``"minmax"``, ``"rrf"``), None for never, or
@@ -114,13 +179,14 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
 
     def _backend(self) -> Backend | None:
         if isinstance(self.backend, LLM):
-            return LlamaIndexLLMBackend(self.backend)
+            return LlamaIndexLLMBackend(self.backend, max_workers=self.max_concurrency)
         return self.backend
 
     def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> tuple[str, list[str]]:
         if query_bundle is None:
             raise InvalidInputError("LLMRerankPostprocessor needs the query: pass query_bundle or query_str")
-        return query_bundle.query_str, [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
+        limit = text_limit(self.reranker.strategy) if nodes else None
+        return query_bundle.query_str, [node_text(n.node, self.metadata_mode, limit) for n in nodes]
 
     def _event_payload(self, nodes: list[NodeWithScore], query: str, model_name: str) -> dict[str, Any]:
         return {
@@ -130,14 +196,25 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
             EventPayload.TOP_K: self.top_n or len(nodes),
         }
 
-    @staticmethod
-    def _ranked(nodes: list[NodeWithScore], result: RerankResult) -> list[NodeWithScore]:
-        return [NodeWithScore(node=nodes[item.index].node, score=item.score) for item in result]
+    def _ranked(self, nodes: list[NodeWithScore], result: RerankResult[Any]) -> list[NodeWithScore]:
+        ranked = []
+        for item in result:
+            source = nodes[item.index]
+            fields = result.metadata(item)
+            if self.keep_retrieval_score:
+                fields["retrieval_score"] = source.score
+            node = source.node.model_copy()
+            node.metadata = {**source.node.metadata, **fields}
+            node.excluded_llm_metadata_keys = _plus(source.node.excluded_llm_metadata_keys, fields)
+            node.excluded_embed_metadata_keys = _plus(source.node.excluded_embed_metadata_keys, fields)
+            score = item.score if item.score is not None else source.score
+            ranked.append(NodeWithScore(node=node, score=score))
+        return ranked
 
     @contextmanager
     def _reranking(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None, query: str
-    ) -> Iterator[Callable[[RerankResult], list[NodeWithScore]]]:
+    ) -> Iterator[Callable[[RerankResult[Any]], list[NodeWithScore]]]:
         """Emit the rerank start/end events and the callback event around one rerank.
 
         Yields the function that turns the result into the new nodes and records them as the end.
@@ -147,17 +224,19 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
             ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes), model_name=model_name)
         )
         ranked: list[NodeWithScore] = []
+        summary: dict[str, Any] = {}
         with self.callback_manager.event(
             CBEventType.RERANKING, payload=self._event_payload(nodes, query, model_name)
         ) as event:
 
-            def finish(result: RerankResult) -> list[NodeWithScore]:
+            def finish(result: RerankResult[Any]) -> list[NodeWithScore]:
                 ranked.extend(self._ranked(nodes, result))
-                event.on_end(payload={EventPayload.NODES: ranked})
+                summary.update(result.summary())
+                event.on_end(payload={EventPayload.NODES: ranked, RESULT_KEY: summary})
                 return ranked
 
             yield finish
-        dispatcher.event(ReRankEndEvent(nodes=ranked))
+        dispatcher.event(LLMRerankEndEvent(nodes=ranked, result=summary))
 
     def _postprocess_nodes(
         self,
@@ -170,7 +249,7 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
         reranker = self.reranker
         scores = reranker.first_stage_scores(nodes)
 
-        def run() -> RerankResult:
+        def run() -> RerankResult[str]:
             SYNC_CALLS.set(True)
             return reranker.rerank(query, texts, self.top_n, first_stage_scores=scores)
 

@@ -12,7 +12,13 @@ from collections.abc import Iterator
 import pytest
 
 from llmrerank.backends.base import Prompt
-from llmrerank.errors import BackendError, BackendTimeoutError, MissingDependencyError, RateLimitError
+from llmrerank.errors import (
+    BackendError,
+    BackendTimeoutError,
+    InvalidResponseError,
+    MissingDependencyError,
+    RateLimitError,
+)
 from llmrerank.testing.server import FakeLLMServer, Reply, ScriptedResponder, ServerRequest
 
 pytest.importorskip("openai")
@@ -159,13 +165,12 @@ async def test_malformed_json(server: FakeLLMServer, api: str) -> None:
         await answer(backend_for(api, server, max_retries=0))
 
 
-async def test_openai_empty_choices(server: FakeLLMServer) -> None:
+async def test_openai_empty_choices_is_not_an_answer(server: FakeLLMServer) -> None:
     server.responder = Reply(
         raw_body=b'{"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}'
     )
-    completion = await answer(backend_for("openai", server))
-    assert completion.text == ""
-    assert completion.prompt_tokens == 0
+    with pytest.raises(InvalidResponseError, match="instead of a chat completion"):
+        await answer(backend_for("openai", server))
 
 
 async def test_openai_null_content(server: FakeLLMServer) -> None:
@@ -307,7 +312,7 @@ def test_pointwise_expected_score_from_openai_logprobs(server: FakeLLMServer) ->
     assert result.score_kind == "logprob"
     assert result[0].score == pytest.approx(10 * 0.5 + 1 * 0.25 + 7 * 0.25)
     assert result[1].score == pytest.approx(2 * 0.9 + 3 * 0.1)
-    assert all(request.logprobs and request.max_tokens == 1 for request in server.requests)
+    assert all(request.logprobs and request.max_tokens == 2 for request in server.requests)  # "1" then "0"
 
 
 def test_choice_tokens_match_at_a_word_boundary_like_the_local_backend() -> None:

@@ -125,7 +125,67 @@ def test_overhead(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert overhead.main(["--sizes", "5", "--repeats", "2", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "overhead.json").read_text())["rows"]
     assert {(r["strategy"], r["api"]) for r in rows} == {
-        (s, api) for s in ("pointwise", "pairwise", "listwise", "hybrid") for api in ("rerank()", "await arerank()")
+        (s, api)
+        for s in ("pointwise", "pairwise", "listwise", "hybrid", "batch_score", "setwise")
+        for api in ("rerank()", "await arerank()")
     }
     assert all(r["calls"] >= 1 for r in rows)
     assert "overhead" in capsys.readouterr().out and (tmp_path / "overhead.md").is_file()
+
+
+def test_listwise_scores(data: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("openai")
+    bench = load("listwise_scores")
+    assert bench.main(["--data", data, "--queries", "2", "--depth", "5", "--latency", "0"]) == 0
+    out = capsys.readouterr().out
+    assert table_rows(out) == [
+        "bm25 (no reranking)",
+        "listwise, generated order",
+        "listwise, first_token",
+        "pointwise, expected 0-10",
+    ]
+    kinds = [line.rsplit("|", 2)[1].strip() for line in out.splitlines() if line.startswith("| ")][1:]
+    assert kinds == ["-", "rank", "first_token", "logprob"]
+
+
+def test_cost(data: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("openai")
+    bench = load("cost")
+    rows = ["pointwise", "batch_score", "pairwise_sort", "setwise"]
+    args = ["--data", data, "--queries", "2", "--depths", "8", "--top-k", "3", "--latency", "0"]
+    assert bench.main([*args, "--rows", *rows]) == 0
+    captured = capsys.readouterr()
+    lines = [line.split("|") for line in captured.out.splitlines() if line.startswith("| 8 ")]
+    assert [cells[2].strip() for cells in lines] == ["bm25 (no reranking)"] + [bench.LABELS[r] for r in rows]
+    calls = {cells[2].strip(): float(cells[5]) for cells in lines}
+    assert calls[bench.LABELS["batch_score"]] == 1.0  # 8 documents, 10 a call
+    assert 0 < calls[bench.LABELS["setwise"]] < calls[bench.LABELS["pairwise_sort"]]
+    assert "degraded" not in captured.err
+
+
+def test_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("openai")
+    batch = load("batch")
+    args = ["--engines", "local", "--rows", "6", "--docs", "3", "--latency", "0.01", "--concurrency", "2"]
+    assert batch.main(args) == 0
+    out = capsys.readouterr().out
+    assert table_rows(out) == ["local"]
+    assert "| local | 1 | 2 | 6 | 6 |" in out  # 6 listwise rows, one call each
+
+
+def test_self_hosted_on_a_loopback_llama_cpp(data: str) -> None:
+    from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, digit_split_reply
+
+    def respond(request: ServerRequest) -> Reply | str:
+        return digit_split_reply({10: 0.8, 1: 0.2}) if "nothing else: 10" in request.user else "[2] > [1]"
+
+    with FakeLLMServer(respond, flavor="llama.cpp", served_model="smollm2", context_tokens=2048) as srv:
+        argv = ["--base-url", srv.base_url, "--data", data, "--queries", "2", "--depth", "20"]
+        report = load("self_hosted").main(argv)
+    unknown, auto = report["arms"]
+    assert unknown["context_400s"] == 2 and auto["context_400s"] == 0  # a fresh backend each query, then fitted
+    assert auto["context_tokens"] == 2048 and auto["fitted"] and auto["reranked"] == 2
+    assert report["digit_probe"]["tokens"] == ["1", "0"]
+    assert report["digit_probe"]["first_token_only"] == pytest.approx(1.0)
+    assert report["digit_probe"]["two_tokens"] == pytest.approx(10 * 0.8 + 1 * 0.2)
+    assert "| context auto | 2/2 |" in report["table"] and "model smollm2" in report["table"]

@@ -3,7 +3,9 @@ keys separate backends, models and prompts, DiskCache persists, bad entries are 
 
 from __future__ import annotations
 
+import json
 import logging
+import pickle
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,6 @@ from llmrerank.testing import FakeBackend, overlap_judge
 from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
 
 pytest.importorskip("openai")
-pytest.importorskip("diskcache")
 
 from llmrerank.backends.openai import OpenAIBackend
 
@@ -155,11 +156,14 @@ def test_foreign_entries_are_misses(server: FakeLLMServer, tmp_path: Path, value
     try:
         for cache in (memory, disk):
             Reranker("listwise", backend, cache=cache).rerank(QUERY, DOCS)
-            (key,) = list(cache._data) if cache is memory else list(disk._cache)
             if cache is memory:
-                memory._data[key] = value
+                (key,) = list(memory._data)
+                memory._data[key] = (value, 0)
             else:
-                disk._cache.set(key, value)
+                assert disk._db is not None
+                with disk._db:
+                    (key,) = [k for (k,) in disk._db.execute("SELECT key FROM responses")]
+                    disk._db.execute("UPDATE responses SET value = ?", (json.dumps(value),))
             result = Reranker("listwise", backend, cache=cache).rerank(QUERY, DOCS)
             assert result.usage.cached_calls == 0 and result.usage.calls == 1
             assert result.indices == [1, 0, 2] and not result.degraded
@@ -175,8 +179,9 @@ def test_corrupted_disk_entries_are_misses(
     disk = DiskCache(tmp_path / "c")
     Reranker(Pointwise(method="generate"), backend_for(server), cache=disk).rerank(QUERY, DOCS)
     disk.close()
-    with sqlite3.connect(tmp_path / "c" / "cache.db") as db:  # garble every stored pickle
-        changed = db.execute("UPDATE Cache SET value = X'80FFFF00', mode = 4 WHERE value IS NOT NULL").rowcount
+    with sqlite3.connect(tmp_path / "c" / DiskCache.FILENAME) as db:  # garble every stored answer
+        changed = db.execute("UPDATE responses SET value = X'80FFFF00' WHERE rowid % 2 = 0").rowcount
+        changed += db.execute("UPDATE responses SET value = '{\"text\": ' WHERE rowid % 2 = 1").rowcount
     assert changed == 3
     disk = DiskCache(tmp_path / "c")
     try:
@@ -214,3 +219,105 @@ def test_memory_cache_is_bounded_lru() -> None:
     assert len(backend.calls) == 3
     reranker.rerank(QUERY, DOCS[:1])  # the oldest was evicted
     assert len(backend.calls) == 4
+
+
+# --- safety and robustness of the caches ----------------------------------------------------------
+
+
+class Planted:
+    """A pickle payload that writes a file when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.write_text, (self.marker, "owned"))
+
+
+def sqlite_files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_file() and p.read_bytes()[:16] == b"SQLite format 3\x00"]
+
+
+def test_a_planted_pickle_is_never_executed(server: FakeLLMServer, tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    disk = DiskCache(folder)
+    Reranker("listwise", backend_for(server), cache=disk).rerank(QUERY, DOCS)
+    disk.close()
+    marker = tmp_path / "marker"
+    payload = pickle.dumps(Planted(marker))
+    planted = 0
+    for path in sqlite_files(folder):  # whatever the schema: every value column gets the payload
+        with sqlite3.connect(path) as db:
+            for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+                if "value" in columns:
+                    planted += db.execute(f"UPDATE {table} SET value = ?", (payload,)).rowcount
+                if "mode" in columns:  # diskcache's "this value is a pickle" flag
+                    db.execute(f"UPDATE {table} SET mode = 4")
+    assert planted == 1
+    disk = DiskCache(folder)
+    try:
+        result = Reranker("listwise", backend_for(server), cache=disk).rerank(QUERY, DOCS)
+    finally:
+        disk.close()
+    assert not marker.exists()
+    assert result.usage.cached_calls == 0 and result.usage.calls == 1 and result.indices == [1, 0, 2]
+
+
+@pytest.mark.parametrize("damage", ["garbage-files", "folder-is-a-file"])
+def test_a_broken_cache_folder_warns_once_and_runs_uncached(
+    server: FakeLLMServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    folder = tmp_path / "c"
+    if damage == "garbage-files":
+        DiskCache(folder).close()
+        for path in folder.iterdir():
+            if path.is_file():
+                path.write_bytes(b"\x00garbage, not a database\xff" * 64)
+    else:
+        folder.write_text("not a folder")
+    with caplog.at_level(logging.WARNING, logger="llmrerank"):
+        disk = DiskCache(folder)
+        reranker = Reranker("listwise", backend_for(server), cache=disk)
+        first = reranker.rerank(QUERY, DOCS)
+        second = reranker.rerank(QUERY, DOCS)
+    disk.close()
+    assert first.indices == second.indices == [1, 0, 2] and not second.degraded
+    assert second.usage.calls == 1 and len(server.requests) == 2
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "running without a cache" in warnings[0].getMessage()
+
+
+def test_keys_differ_by_server_and_generation_settings() -> None:
+    with FakeLLMServer(judge) as first, FakeLLMServer(judge) as second:
+        cache = MemoryCache()
+        Reranker("listwise", backend_for(first), cache=cache).rerank(QUERY, DOCS)
+        Reranker("listwise", backend_for(second), cache=cache).rerank(QUERY, DOCS)
+        assert len(second.requests) == 1  # same model name, another server: not its answer
+        Reranker("listwise", backend_for(first, temperature=0.7), cache=cache).rerank(QUERY, DOCS)
+        logprobs = OpenAIBackend("gpt-test", base_url=first.base_url, api_key="sk-test", max_retries=0)
+        Reranker("listwise", logprobs, cache=cache).rerank(QUERY, DOCS)
+        assert len(first.requests) == 3
+        Reranker("listwise", backend_for(first, temperature=0.7), cache=cache).rerank(QUERY, DOCS)
+        assert len(first.requests) == 3 and len(cache) == 4
+
+
+def test_memory_cache_is_bounded_by_bytes() -> None:
+    cache = MemoryCache(max_bytes=100_000)
+    answer = {"text": "x" * 2_000_000, "prompt_tokens": 1, "completion_tokens": 1}
+    cache.set("huge", answer)  # larger than the whole budget: not kept
+    assert len(cache) == 0
+    for i in range(200):
+        cache.set(f"k{i}", {"text": "y" * 20_000, "prompt_tokens": 1, "completion_tokens": 1})
+    assert cache.nbytes <= 100_000 and len(cache) == 4
+    assert cache.get("k199") is not None and cache.get("k0") is None
+
+
+def test_caches_survive_pickle(tmp_path: Path) -> None:
+    memory = MemoryCache()
+    memory.set("k", {"text": "a"})
+    assert pickle.loads(pickle.dumps(memory)).get("k") == {"text": "a"}
+    with DiskCache(tmp_path / "c") as disk:
+        disk.set("k", {"text": "b"})
+        with pickle.loads(pickle.dumps(disk)) as clone:
+            assert clone.get("k") == {"text": "b"}

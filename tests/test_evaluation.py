@@ -272,3 +272,49 @@ def test_hits_can_carry_their_bm25_score_and_halves_are_disjoint(scifact: Collec
     tuning, held_out = split_halves(scifact.queries)
     assert not set(tuning) & set(held_out) and sorted(tuning + held_out) == sorted(scifact.queries)
     assert split_halves(["10", "9", "x", "100"]) == (["9", "100"], ["10", "x"])
+
+
+def test_cli_reports_degraded_queries_and_fails_when_nothing_was_reranked(
+    scifact, answerable, tmp_path, capsys, monkeypatch
+) -> None:
+    from llmrerank.cli import main
+    from llmrerank.testing.server import FakeLLMServer, Reply
+
+    data = write_slice(scifact, answerable, tmp_path / "slice")
+    out = tmp_path / "run"
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    with FakeLLMServer(Reply(status=503, text="upstream is down")) as server:
+        argv = ["eval", "--data", str(data), "--backend", "openai", "--base-url", server.base_url]
+        argv += ["--strategy", "listwise", "--queries", "3", "--depth", str(DEPTH), "--out", str(out), "--no-progress"]
+        code = main(argv)
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "degraded: listwise on 3 of 3 queries (call_failed 3)" in captured.out
+    assert "503" in captured.out
+    assert "listwise degraded on every query" in captured.err
+    report = json.loads((out / "report.json").read_text())
+    listwise = report["results"][1]
+    assert listwise["degraded_queries"] == 3 and listwise["degraded_reasons"] == {"call_failed": 3}
+    first = listwise["per_query"][0]
+    assert first["status"] == "fallback" and first["degraded_reasons"] == ["call_failed"]
+    assert first["diagnostics"][0]["code"] == "call_failed" and "503" in first["diagnostics"][0]["message"]
+
+
+def test_missing_api_key_is_a_configuration_error_not_a_failed_call(scifact, answerable, tmp_path, monkeypatch, capsys):
+    from llmrerank.cli import main
+
+    data = write_slice(scifact, answerable, tmp_path / "slice")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    argv = ["eval", "--data", str(data), "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1"]
+    argv += ["--strategy", "pointwise", "--queries", "2", "--depth", "5", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the OpenAI client" in err and "OPENAI_API_KEY" in err
+
+
+def test_report_counts_partial_and_unreadable(scifact) -> None:
+    backend = FakeBackend(respond=lambda p: "no ranking today")
+    report = evaluate(scifact, Reranker("listwise", backend), depth=5, queries=2)
+    assert report.degraded == 2 and report.always_degraded
+    assert report.degraded_reasons == {"unreadable_answer": 2}
+    assert report.first_problem() is not None and "fallback_input_order" in report.first_problem()

@@ -116,9 +116,17 @@ def test_missing_first_stage_scores_count_as_lowest_and_are_reported() -> None:
 
 def test_rankings_without_scores_take_part_with_their_order() -> None:
     listwise = Ranking([2, 0, 1], "rank", {})
-    assert llm_values(listwise) == [2.0, 1.0, 3.0]
-    partial = Ranking([1, 0, 2], "relevance", {1: 8.0, 0: 2.0})  # document 2 was not scored
-    assert llm_values(partial) == [2.0, 8.0, 2.0]
+    assert llm_values(listwise, [0, 1, 2]) == [2.0, 1.0, 3.0]
+    partial = Ranking([1, 0, 2], "relevance", {1: 8.0, 0: 2.0})  # document 2 not scored (beyond a hybrid's keep)
+    assert llm_values(partial, [0, 1, 2]) == [2.0, 8.0, 2.0]
+
+
+def test_documents_the_llm_could_not_judge_keep_their_fallback_place_without_a_score() -> None:
+    failed = Ranking([0, 2, 1, 3], "likelihood", {0: -1.0, 2: -5.0}, unjudged={1, 3})
+    fused = fuse(failed, [1.0, 50.0, 9.0, 40.0], Fusion("minmax", weight=0.4))
+    assert fused.order == [2, 0, 1, 3] and set(fused.scores) == {0, 2} and fused.unjudged == {1, 3}
+    nothing = fuse(Ranking([0, 1], "input_order", unjudged={0, 1}), [1.0, 2.0], Fusion())
+    assert nothing.order == [0, 1] and nothing.diagnostics[-1].code == "fusion_skipped"
 
 
 def test_reranker_fuses_scores_read_from_the_documents() -> None:

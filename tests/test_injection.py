@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from llmrerank import Hybrid, Listwise, Pairwise, Pointwise, Reranker, Strategy
+from llmrerank import BatchScore, Hybrid, Listwise, Pairwise, Pointwise, Reranker, Setwise, Strategy
 from llmrerank.backends.base import Prompt
 from llmrerank.prompts import clip
 from llmrerank.testing import FakeBackend, overlap
@@ -38,7 +38,9 @@ class OverlapScorer:
 
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "pointwise": lambda: Pointwise(method="generate"),
+    "batch_score": lambda: BatchScore(),
     "pairwise": lambda: Pairwise(),
+    "setwise": lambda: Setwise(),
     "listwise": lambda: Listwise(),
     "listwise_sliding": lambda: Listwise(window=2, step=1),
     # keep=4 sends every document, the injected one included, to the LLM stage.

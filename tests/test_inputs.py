@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llmrerank import InvalidInputError, Listwise, Pairwise, Pointwise, Reranker, Strategy
+from llmrerank import BatchScore, InvalidInputError, Listwise, Pairwise, Pointwise, Reranker, Setwise, Strategy
 from llmrerank.prompts import clean_query, sanitize
 from llmrerank.testing import FakeBackend, overlap_judge
 from llmrerank.testing.server import FakeLLMServer
@@ -21,7 +21,9 @@ BLOCK = re.compile(r'<document id="[^"]*">\n(.*?)\n</document>', re.DOTALL)
 
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "pointwise": lambda: Pointwise(method="generate", max_doc_chars=300),
+    "batch_score": lambda: BatchScore(batch_size=2, max_doc_chars=300),
     "pairwise": lambda: Pairwise(max_doc_chars=300),
+    "setwise": lambda: Setwise(max_doc_chars=300),
     "listwise": lambda: Listwise(max_doc_chars=300),
 }
 

@@ -71,8 +71,11 @@ def test_no_argument_compressor_reranks_through_the_retriever(server: FakeLLMSer
     got = retriever.invoke(QUERY)
     assert [d.metadata["source"] for d in got] == ["doc1", "doc4", "doc2"]  # top_n defaults to 3
     assert [d.id for d in got] == ["id1", "id4", "id2"]
-    scores = [d.metadata["relevance_score"] for d in got]
-    assert scores == sorted(scores, reverse=True) and all(isinstance(s, float) for s in scores)
+    # Listwise (the default for API models) orders without scoring: no score is made up from positions.
+    assert [d.metadata["relevance_score"] for d in got] == [None, None, None]
+    assert [d.metadata["rerank_rank"] for d in got] == [1, 2, 3]
+    assert {d.metadata["rerank_score_kind"] for d in got} == {"rank"}
+    assert not any(d.metadata["rerank_fallback"] or d.metadata["rerank_degraded"] for d in got)
     assert docs == before  # inputs not mutated
     assert all(d is not original for d in got for original in docs)
     (request,) = [r for r in server.requests if r.method == "POST"]  # one listwise call
@@ -158,7 +161,8 @@ def test_langchain_chat_model_as_backend_gets_the_callbacks(mode: str) -> None:
     config: Any = {"callbacks": [recorder]}
     got = retriever.invoke(QUERY, config) if mode == "sync" else asyncio.run(retriever.ainvoke(QUERY, config))
     assert [d.metadata["source"] for d in got] == ["doc1", "doc4"]
-    assert [d.metadata["relevance_score"] for d in got] == [1.0, 0.8]
+    assert [d.metadata["relevance_score"] for d in got] == [None, None]
+    assert [d.metadata["rerank_rank"] for d in got] == [1, 2]
     (run_id,) = recorder.retriever_runs
     (start,) = recorder.chat_starts
     assert start[0] == run_id  # a child of the retriever's run, through the compressor's callbacks
@@ -286,3 +290,77 @@ def test_fusion_reads_the_retrievers_score_from_metadata() -> None:
     assert retriever_heavy.compress_documents(keyed, QUERY)[0].page_content == TEXTS[2]
     with pytest.raises((ConfigurationError, ValueError)):
         LLMRerankCompressor(backend=backend, fusion="sum")
+
+
+# --- what the rerank did reaches LangChain users -------------------------------------------------------
+
+
+class ResultRecorder(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any, UUID | None]] = []
+        self.retriever_runs: list[UUID] = []
+
+    def on_retriever_start(self, serialized: Any, query: str, *, run_id: UUID, **kwargs: Any) -> None:
+        self.retriever_runs.append(run_id)
+
+    def on_custom_event(self, name: str, data: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self.events.append((name, data, run_id))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_the_whole_result_reaches_callbacks_as_a_custom_event(server: FakeLLMServer, mode: str) -> None:
+    recorder = ResultRecorder()
+    retriever = ContextualCompressionRetriever(
+        base_compressor=LLMRerankCompressor(strategy="pointwise", top_n=2),
+        base_retriever=FixedRetriever(docs=make_docs()),
+    )
+    config: Any = {"callbacks": [recorder]}
+    got = retriever.invoke(QUERY, config) if mode == "sync" else asyncio.run(retriever.ainvoke(QUERY, config))
+    ((name, data, run_id),) = recorder.events
+    assert name == "llmrerank_result" and run_id == recorder.retriever_runs[0]
+    assert data["status"] == "reranked" and data["usage"]["calls"] == len(TEXTS)
+    assert data["usage"]["prompt_tokens"] > 0 and data["score_kind"] == "logprob"
+    assert [d.metadata["rerank_rank"] for d in got] == [1, 2]
+    assert all(isinstance(d.metadata["relevance_score"], float) for d in got)
+
+
+def test_rerank_returns_the_result_with_annotated_copies(server: FakeLLMServer) -> None:
+    docs = make_docs()
+    result = LLMRerankCompressor(strategy="pointwise", top_n=None).rerank(docs, QUERY)
+    assert result.usage.calls == len(TEXTS) and result.status == "reranked"
+    assert [d.metadata["source"] for d in result.documents][:2] == ["doc1", "doc4"]
+    assert all(d.metadata["rerank_score_kind"] == "logprob" for d in result.documents)
+    assert all(d.metadata == {"source": f"doc{i}"} for i, d in enumerate(docs))  # inputs untouched
+
+
+def test_a_fallback_is_visible_in_the_metadata(server: FakeLLMServer) -> None:
+    from llmrerank.testing.server import Reply
+
+    server.responder = Reply(status=503, text="overloaded upstream")
+    compressor = LLMRerankCompressor(backend=None, top_n=None)
+    compressor.reranker.backend.max_retries = 0  # type: ignore[attr-defined]
+    got = compressor.compress_documents(make_docs(), QUERY)
+    assert [d.metadata["source"] for d in got] == [f"doc{i}" for i in range(len(TEXTS))]
+    assert all(d.metadata["rerank_fallback"] and d.metadata["rerank_degraded"] for d in got)
+    assert all(d.metadata["relevance_score"] is None for d in got)
+
+
+def test_min_score_filters_like_an_llm_chain_filter(server: FakeLLMServer) -> None:
+    compressor = LLMRerankCompressor(strategy=Pointwise(method="generate"), top_n=None, min_score=5)
+    got = compressor.compress_documents(make_docs(), QUERY)
+    assert [d.metadata["source"] for d in got] == ["doc1", "doc4"]
+    assert all(d.metadata["relevance_score"] >= 5 for d in got)
+    with pytest.raises(ValueError, match="min_score needs 0-10 scores"):
+        LLMRerankCompressor(strategy="listwise", min_score=5)
+
+
+def test_permanent_errors_reach_the_caller(server: FakeLLMServer) -> None:
+    from llmrerank.errors import AuthenticationError
+    from llmrerank.testing.server import Reply
+
+    server.responder = Reply(status=401, text="Incorrect API key provided")
+    retriever = ContextualCompressionRetriever(
+        base_compressor=LLMRerankCompressor(), base_retriever=FixedRetriever(docs=make_docs())
+    )
+    with pytest.raises(AuthenticationError):
+        retriever.invoke(QUERY)

@@ -174,8 +174,9 @@ def test_sync_and_async_agree_and_inputs_are_not_mutated(server: FakeLLMServer) 
     assert [(n.node.node_id, n.score) for n in sync] == [(n.node.node_id, n.score) for n in again]
     assert [n.node.node_id for n in sync][:3] == BEST and len(sync) == len(TEXTS)
     assert [(n.node.node_id, n.score) for n in nodes] == before
-    assert not any(out is original for out in sync for original in nodes)
-    assert sync[0].node is nodes[1].node  # nodes shared, wrappers new
+    assert not any(out is original or out.node is original.node for out in sync for original in nodes)
+    assert all(n.node.metadata == {} for n in nodes)  # the annotations go on copies
+    assert sync[0].node.node_id == nodes[1].node.node_id and sync[0].node.text == nodes[1].node.text
     assert len(server.requests) == 3 * len(TEXTS)
 
 
@@ -298,3 +299,73 @@ def test_fusion_reads_the_node_scores() -> None:
     again = asyncio.run(fused.apostprocess_nodes(nodes, query_str=QUERY))
     assert [n.score for n in again] == [n.score for n in ranked]
     assert [n.score for n in nodes] == [float(len(TEXTS) - i) for i in range(len(TEXTS))]  # inputs untouched
+
+
+# --- what the rerank did reaches LlamaIndex users -------------------------------------------------------
+
+
+def test_end_event_carries_usage_and_status(server: FakeLLMServer, collector: Collector) -> None:
+    from llamaindex_llmrerank import LLMRerankEndEvent
+
+    LLMRerankPostprocessor(strategy="pointwise", top_n=2).postprocess_nodes(make_nodes(), query_str=QUERY)
+    (end,) = [e for e in collector.events if isinstance(e, ReRankEndEvent)]
+    assert isinstance(end, LLMRerankEndEvent)
+    assert end.result["usage"]["calls"] == len(TEXTS) and end.result["status"] == "reranked"
+    assert [n.node.node_id for n in end.nodes] == BEST[:2]
+
+
+def test_callback_payload_carries_the_result(server: FakeLLMServer) -> None:
+    debug = LlamaDebugHandler()
+    postprocessor = LLMRerankPostprocessor(strategy="pointwise", callback_manager=CallbackManager([debug]))
+    postprocessor.postprocess_nodes(make_nodes(), query_str=QUERY)
+    ((_, end),) = debug.get_event_pairs(CBEventType.RERANKING)
+    assert end.payload["llmrerank_result"]["usage"]["calls"] == len(TEXTS)
+
+
+def test_metadata_and_keep_retrieval_score_stay_out_of_the_llm_text(server: FakeLLMServer) -> None:
+    from llama_index.core.schema import MetadataMode
+
+    nodes = make_nodes()
+    out = LLMRerankPostprocessor(strategy="pointwise", top_n=None, keep_retrieval_score=True).postprocess_nodes(
+        nodes, query_str=QUERY
+    )
+    first = out[0]
+    assert first.node.metadata["retrieval_score"] == nodes[1].score
+    assert first.node.metadata["rerank_rank"] == 1 and first.node.metadata["rerank_score_kind"] == "logprob"
+    assert first.score == first.node.metadata["relevance_score"]
+    assert "rerank" not in first.node.get_content(metadata_mode=MetadataMode.LLM)
+    assert "retrieval_score" not in first.node.get_content(metadata_mode=MetadataMode.EMBED)
+
+
+def test_a_fallback_keeps_the_retriever_scores_for_the_next_postprocessor(server: FakeLLMServer) -> None:
+    from llama_index.core.postprocessor import SimilarityPostprocessor
+
+    from llmrerank.testing.server import Reply
+
+    server.responder = Reply(status=503, text="down")
+    reranker = LLMRerankPostprocessor(strategy="pointwise", top_n=None)
+    reranker.reranker.backend.max_retries = 0  # type: ignore[attr-defined]
+    nodes = make_nodes()
+    out = reranker.postprocess_nodes(nodes, query_str=QUERY)
+    assert [n.score for n in out] == [n.score for n in nodes]
+    assert all(n.node.metadata["rerank_fallback"] for n in out)
+    kept = SimilarityPostprocessor(similarity_cutoff=0.1).postprocess_nodes(out)
+    assert len(kept) == sum(1 for n in nodes if (n.score or 0) >= 0.1) > 0
+
+
+def test_listwise_keeps_retriever_scores_and_labels_the_rank(server: FakeLLMServer) -> None:
+    nodes = make_nodes()
+    out = LLMRerankPostprocessor(strategy="listwise", top_n=3).postprocess_nodes(nodes, query_str=QUERY)
+    assert [n.node.node_id for n in out] == BEST
+    assert [n.score for n in out] == [nodes[int(n.node.node_id[-1])].score for n in out]
+    assert all(n.node.metadata["relevance_score"] is None for n in out)
+    assert [n.node.metadata["rerank_rank"] for n in out] == [1, 2, 3]
+
+
+def test_min_score_on_nodes(server: FakeLLMServer) -> None:
+    out = LLMRerankPostprocessor(strategy=Pointwise(method="generate"), top_n=None, min_score=5).postprocess_nodes(
+        make_nodes(), query_str=QUERY
+    )
+    assert [n.node.node_id for n in out] == ["doc1", "doc4"]
+    with pytest.raises(ValueError, match="min_score"):
+        LLMRerankPostprocessor(strategy="pairwise", min_score=5)

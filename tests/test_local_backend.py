@@ -355,3 +355,20 @@ def test_demo_measures_many_queries_or_labels_the_precomputed_figures(
     out = capsys.readouterr().out
     assert "PRECOMPUTED on" in out and "`llmrerank demo --measure 30`" in out
     assert f"Over {demo.PRECOMPUTED['queries']} SciFact test queries" in out
+
+
+def test_listwise_windows_fit_the_local_context_instead_of_losing_a_middle(backend: LocalBackend) -> None:
+    small = LocalBackend(max_input_tokens=512)
+    encode, middles_cut = small._encode, []
+
+    def watched(loaded: object, prompt: Prompt) -> list[int]:
+        ids = encode(loaded, prompt)  # type: ignore[arg-type]
+        middles_cut.append("[…]" in backend._get().tokenizer.decode(ids))
+        return ids
+
+    small._encode = watched  # type: ignore[method-assign]
+    docs = [f"Passage {i}: " + "Paris is the capital and largest city of France. " * 6 for i in range(6)]
+    result = Reranker(Listwise(), small).rerank(QUERY, docs)
+    (fitted,) = [d for d in result.diagnostics if d.code == "context_fitted"]
+    assert "512 tokens" in fitted.message and result.usage.calls > 1  # smaller windows, more of them
+    assert len(middles_cut) == result.usage.calls and not any(middles_cut)  # no window lost its middle

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmrerank.parsing import (
     choice_distribution,
@@ -87,3 +91,49 @@ def test_choice_distribution_normalises_seen_choices() -> None:
     assert abs(sum(probs.values()) - 1) < 1e-9
     assert probs["Yes"] > probs["No"]
     assert choice_distribution(None, ("Yes", "No")) == {}
+
+
+# --- cases from peers' suites (LlamaIndex, rank_llm, RankGPT) -----------------------------------
+
+
+def test_labelled_ids_win_over_other_numbers() -> None:
+    perm = parse_permutation("Doc: 2, Relevance: 8\nDoc: 4, Relevance: 6", 10)
+    assert perm.order[:2] == (1, 3)
+    assert perm.parsed == 2 and perm.out_of_range == 0
+    assert parse_permutation("Document #3 first, then passage 1 (score 9)", 10).order[:2] == (2, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "order"),
+    [
+        ("[③] > [①] > [②]", (2, 0, 1)),
+        ("③ > ① > ②", (2, 0, 1)),
+        ("➌ > ➊ > ➋", (2, 0, 1)),
+        ("[³] > [¹] > [²]", (2, 0, 1)),
+        ("[₃] > [₁] > [₂]", (2, 0, 1)),
+        ("［３］ > ［１］ > ［２］", (2, 0, 1)),
+        ("③①②", (2, 0, 1)),
+    ],
+)
+def test_unicode_digit_forms_are_read_as_ids(text: str, order: tuple[int, ...]) -> None:
+    perm = parse_permutation(text, 3)
+    assert perm.order == order and perm.clean
+
+
+def test_answer_cut_inside_the_last_id_keeps_it() -> None:
+    perm = parse_permutation("[3] > [1] > [5", 6)
+    assert perm.order[:3] == (2, 0, 4)
+    assert perm.parsed == 3
+    assert parse_permutation("[2] > [1] > [  3 ", 3).clean
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), n=st.integers(2, 20))
+def test_a_ranking_cut_anywhere_keeps_its_complete_ids_in_order(data: st.DataObject, n: int) -> None:
+    ranking = data.draw(st.permutations(range(n)))
+    text = " > ".join(f"[{i + 1}]" for i in ranking)
+    cut = data.draw(st.integers(0, len(text)))
+    complete = len(re.findall(r"\[\d+\]", text[:cut]))
+    perm = parse_permutation(text[:cut], n)
+    assert perm.order[:complete] == tuple(ranking[:complete])
+    assert sorted(perm.order) == list(range(n))

@@ -19,7 +19,18 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from llmrerank import Hybrid, Listwise, Pairwise, ParseError, Pointwise, Reranker, RerankResult, Strategy
+from llmrerank import (
+    BatchScore,
+    Hybrid,
+    Listwise,
+    Pairwise,
+    ParseError,
+    Pointwise,
+    Reranker,
+    RerankResult,
+    Setwise,
+    Strategy,
+)
 from llmrerank.backends.base import Completion, Prompt
 from llmrerank.parsing import parse_choice, parse_permutation, parse_reason, parse_score
 from llmrerank.testing import FakeBackend
@@ -47,8 +58,11 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "pointwise_reason": lambda: Pointwise(method="generate", with_reason=True),
     "pointwise_expected": lambda: Pointwise(method="expected"),
     "pointwise_yes_no": lambda: Pointwise(method="yes_no"),
+    "batch_score": lambda: BatchScore(batch_size=2),
     "pairwise_all": lambda: Pairwise(mode="all_pairs"),
     "pairwise_sort": lambda: Pairwise(mode="sort"),
+    "setwise": lambda: Setwise(set_size=3),
+    "setwise_pairs": lambda: Setwise(set_size=2),
     "listwise": lambda: Listwise(),
     "listwise_sliding": lambda: Listwise(window=3, step=1),
     "hybrid": lambda: Hybrid(cross_encoder=CountScorer(), keep=3, llm=Listwise(window=2, step=1)),
@@ -145,6 +159,22 @@ def check_permutation(result: RerankResult, docs: Sequence[Any], top_k: int | No
     for item in result:
         assert item.document is docs[item.index]
         assert item.score is None or math.isfinite(item.score), f"score {item.score!r}"
+    check_honest(result)
+
+
+def check_honest(result: RerankResult) -> None:
+    """The result says whether it was reranked, and shows no score nobody judged."""
+    assert result.degraded == (result.status != "reranked")
+    assert bool(result.degraded_reasons) == result.degraded
+    if not result.degraded:
+        assert not any(item.fallback for item in result)
+    if result.status == "fallback":
+        assert all(item.fallback for item in result)
+    for item in result:
+        if item.fallback and result.score_kind != "cross_encoder":
+            assert item.score is None, f"made-up score {item.score} for a fallback document"
+    if result.score_kind in ("rank", "input_order"):
+        assert all(item.score is None for item in result)
 
 
 def backend_for(answers: Sequence[tuple[str, dict[str, float] | None]], logprobs: bool) -> FakeBackend:
@@ -170,7 +200,8 @@ def test_any_output_gives_a_permutation(
     docs = DOCS[:n]
     result = Reranker(STRATEGIES[name](), backend_for(answers, logprobs)).rerank(QUERY, docs, top_k)
     check_permutation(result, docs, top_k)
-    assert not result.degraded  # bad output is not a failed call
+    # Bad output is not a failed call; it degrades the result only where nothing could be read.
+    assert set(result.degraded_reasons) <= {"unreadable_answer"}
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
@@ -239,7 +270,13 @@ def test_listwise_bad_output(text: str, order: list[int], diagnostics: list[str]
     result = Reranker("listwise", FakeBackend([text])).rerank(QUERY, FOUR)
     assert result.indices == order
     assert codes(result) == diagnostics
-    assert not result.degraded
+    unreadable = diagnostics == ["fallback_input_order"]
+    assert result.degraded == unreadable
+    assert result.status == ("fallback" if unreadable else "reranked")
+    assert result.degraded_reasons == (("unreadable_answer",) if unreadable else ())
+    assert [item.fallback for item in result] == [unreadable] * 4
+    assert result.score_kind == ("input_order" if unreadable else "rank")
+    assert all(item.score is None for item in result)
     if diagnostics and diagnostics != ["fallback_input_order"]:
         with pytest.raises(ParseError):
             Reranker("listwise", FakeBackend([text]), strict=True).rerank(QUERY, FOUR)
@@ -297,7 +334,9 @@ def test_pairwise_bad_output(text: str, order: list[int], unparsed: bool) -> Non
     result = Reranker("pairwise", FakeBackend(respond=lambda p: text)).rerank(QUERY, DOCS[:2])
     assert result.indices == order
     assert ("choice_unparsed" in codes(result)) is unparsed
-    assert [item.score for item in result] == [0.5, 0.5]
+    # An unreadable comparison is no judgment: no score, and the result says it fell back.
+    assert [item.score for item in result] == ([None, None] if unparsed else [0.5, 0.5])
+    assert result.degraded is unparsed and [item.fallback for item in result] == [unparsed] * 2
     if unparsed:
         with pytest.raises(ParseError):
             Reranker("pairwise", FakeBackend(respond=lambda p: text), strict=True).rerank(QUERY, DOCS[:2])

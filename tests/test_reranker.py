@@ -56,8 +56,10 @@ def test_listwise_order_matches_judge_exactly_and_costs_one_call() -> None:
     assert result.indices == BEST_FIRST[:3]
     assert len(backend.calls) == 1
     assert result.usage.calls == 1
-    assert result.score_kind == "rank"
-    assert [item.score for item in result] == [1.0, 0.8, 0.6]
+    # A listwise order is the judgment; no score is made up from positions.
+    assert result.score_kind == "rank" and result.status == "reranked"
+    assert [item.score for item in result] == [None, None, None]
+    assert [item.rank for item in result] == [1, 2, 3]
 
 
 def test_sliding_windows_bubble_the_best_document_up() -> None:
@@ -297,11 +299,17 @@ def test_strict_mode_raises_parse_error() -> None:
         Reranker("pointwise", FakeBackend(respond=lambda p: "no idea"), strict=True).rerank(QUERY, DOCS)
 
 
-def test_unparseable_listwise_falls_back_to_input_order() -> None:
-    result = Reranker("listwise", FakeBackend(respond=lambda p: "As an AI I cannot rank.")).rerank(QUERY, DOCS)
+def test_unparseable_listwise_falls_back_to_input_order_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    backend = FakeBackend(respond=lambda p: "As an AI I cannot rank.")
+    with caplog.at_level("WARNING", logger="llmrerank"):
+        result = Reranker("listwise", backend).rerank(QUERY, DOCS)
     assert result.indices == list(range(len(DOCS)))
     assert [d.code for d in result.diagnostics] == ["fallback_input_order"]
-    assert not result.degraded
+    assert result.degraded and result.status == "fallback"
+    assert result.degraded_reasons == ("unreadable_answer",)
+    assert all(item.fallback and item.score is None for item in result)
+    (record,) = [r for r in caplog.records if r.name == "llmrerank"]
+    assert "unreadable_answer" in record.getMessage() and "As an AI I cannot rank" in record.getMessage()
 
 
 def test_partial_permutation_is_repaired_and_recorded() -> None:

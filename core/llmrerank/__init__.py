@@ -24,7 +24,17 @@ from .errors import (
 from .fusion import Fusion
 from .prompts import DOMAINS
 from .reranker import Reranker, default_backend
-from .strategies import Hybrid, Listwise, Pairwise, Pointwise, QueryLikelihood, Strategy, make_strategy
+from .strategies import (
+    BatchScore,
+    Hybrid,
+    Listwise,
+    Pairwise,
+    Pointwise,
+    QueryLikelihood,
+    Setwise,
+    Strategy,
+    make_strategy,
+)
 from .types import Diagnostic, RankedDocument, RerankResult, Usage
 
 if TYPE_CHECKING:
@@ -33,6 +43,7 @@ if TYPE_CHECKING:
     from .backends.local import LocalBackend
     from .backends.openai import OpenAIBackend
     from .evaluation import EvalReport, evaluate, evaluate_reranking, load_beir
+    from .routing import backend_for
 
 _LAZY = {
     "OpenAIBackend": ".backends.openai",
@@ -44,6 +55,7 @@ _LAZY = {
     "evaluate_reranking": ".evaluation",
     "load_beir": ".evaluation",
     "EvalReport": ".evaluation",
+    "backend_for": ".routing",
 }
 
 
@@ -64,6 +76,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendTimeoutError",
+    "BatchScore",
     "BiEncoderScorer",
     "Completion",
     "ConfigurationError",
@@ -91,8 +104,10 @@ __all__ = [
     "RerankResult",
     "Reranker",
     "ResponseCache",
+    "Setwise",
     "Strategy",
     "Usage",
+    "backend_for",
     "default_backend",
     "evaluate",
     "evaluate_reranking",

@@ -1,10 +1,11 @@
 """Optional response caches: a repeated prompt to the same backend and model makes no LLM call.
 
-Keys are a SHA-256 of the backend name, model, the full prompt (system, user, token budget and
-choices) and ``Backend.cache_salt``; values are the completion (text, token counts, log-probs).
-Failed calls are never cached. Entries that cannot be read back (corrupted, or written by something
-else under the same key) count as misses, and a cache that fails to read or write never fails a
-rerank (see :func:`lookup` and :func:`store`).
+Keys are a SHA-256 of the backend name, model, :meth:`Backend.cache_identity` (server address and
+generation settings), the full prompt (system, user, token budget and choices) and
+``Backend.cache_salt``; values are the completion (text, token counts, log-probs), stored as plain
+JSON. Failed calls are never cached. Entries that cannot be read back (corrupted, or written by
+something else under the same key) count as misses, and a cache that fails to open, read or write
+never fails a rerank (see :func:`lookup`, :func:`store` and :class:`DiskCache`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -20,7 +23,6 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .backends.base import Backend, Completion, Prompt
-from .errors import require
 
 logger = logging.getLogger("llmrerank")
 
@@ -42,12 +44,13 @@ def cache_key(backend: Backend, prompt: Prompt) -> str:
         backend.name,
         backend.model,
         getattr(backend, "cache_salt", ""),
+        backend.cache_identity(),
         prompt.system,
         prompt.user,
         prompt.max_tokens,
         list(prompt.choices or ()),
     ]
-    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def encode(completion: Completion) -> dict[str, Any]:
@@ -73,12 +76,15 @@ def decode(data: Any) -> Completion:
         isinstance(logprobs, Mapping) and all(isinstance(k, str) and _is_number(v) for k, v in logprobs.items())
     ):
         raise ValueError("bad choice_logprobs in a cached completion")
+    model, unresolved = data.get("model"), data.get("unresolved") or ()
     return Completion(
         text=data["text"],
         prompt_tokens=tokens[0],
         completion_tokens=tokens[1],
         choice_logprobs=None if logprobs is None else {k: float(v) for k, v in logprobs.items()},
         cached=True,
+        model=model if isinstance(model, str) else None,
+        unresolved=tuple(c for c in unresolved if isinstance(c, str)) if isinstance(unresolved, list | tuple) else (),
     )
 
 
@@ -110,58 +116,172 @@ def store(cache: ResponseCache, backend: Backend, prompt: Prompt, completion: Co
 
 
 class MemoryCache:
-    """An in-process LRU cache of at most ``maxsize`` responses; thread-safe."""
+    """An in-process LRU cache of at most ``maxsize`` responses and ``max_bytes`` of JSON; thread-safe.
 
-    def __init__(self, maxsize: int = 10_000) -> None:
+    An entry's size is the length of its JSON text; one larger than ``max_bytes`` is not kept.
+    Copies and unpickled caches hold the same entries.
+    """
+
+    def __init__(self, maxsize: int = 10_000, *, max_bytes: int = 64 * 2**20) -> None:
         self.maxsize = maxsize
-        self._data: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The stored value, or None; marks it recently used."""
         with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
+            entry = self._data.get(key)
+            if entry is None:
+                return None
+            self._data.move_to_end(key)
+            return entry[0]
 
     def set(self, key: str, value: dict[str, Any]) -> None:
-        """Store a value, evicting the least recently used beyond ``maxsize``."""
+        """Store a value, evicting the least recently used beyond ``maxsize`` entries or ``max_bytes``."""
+        size = len(json.dumps(value))
         with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            if size > self.max_bytes:
+                return
+            self._data[key] = (value, size)
+            self._bytes += size
+            while len(self._data) > self.maxsize or self._bytes > self.max_bytes:
+                _, (_, freed) = self._data.popitem(last=False)
+                self._bytes -= freed
+
+    @property
+    def nbytes(self) -> int:
+        """The JSON size of the entries held."""
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._data)
 
+    def __getstate__(self) -> dict[str, Any]:
+        with self._lock:
+            return {**self.__dict__, "_data": OrderedDict(self._data), "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
 
 class DiskCache:
-    """A persistent cache in ``directory``, backed by the ``diskcache`` library (SQLite; process-safe).
+    """A persistent cache in ``directory``: one SQLite file of JSON text (process- and thread-safe).
 
-    ``expire`` is a time-to-live in seconds (None keeps entries until ``size_limit`` evicts them).
-    Needs ``pip install "llmrerank[cache]"``.
+    Values are stored and read back as plain JSON, never pickled, so whoever can write the folder
+    can at worst plant wrong answers (which :func:`decode` still checks), not run code. ``expire``
+    is a time-to-live in seconds (None keeps entries); beyond ``size_limit`` bytes of values the
+    oldest entries are evicted.
+
+    A folder that cannot be opened (corrupted database, unwritable or missing path) does not fail:
+    one warning is logged and the cache stays empty (every lookup a miss). A failed write is logged
+    once too, and later writes are skipped.
     """
 
+    FILENAME = "llmrerank-cache.sqlite3"
+
     def __init__(self, directory: str | Path, *, expire: float | None = None, size_limit: int = 2**30) -> None:
-        diskcache: Any = require("diskcache", "cache")
-        self.directory = Path(directory)
+        self.directory = Path(directory).expanduser()
         self.expire = expire
-        self._cache = diskcache.Cache(str(self.directory), size_limit=size_limit)
+        self.size_limit = size_limit
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._writable = True
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.directory / self.FILENAME, timeout=30, check_same_thread=False)
+            try:
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS responses "
+                    "(key TEXT PRIMARY KEY, value TEXT NOT NULL, stored REAL NOT NULL, expires REAL)"
+                )
+                db.execute("SELECT key, value, stored, expires FROM responses LIMIT 1").fetchall()
+                db.commit()
+            except BaseException:
+                db.close()
+                raise
+        except (OSError, sqlite3.Error) as exc:
+            logger.warning(
+                "llmrerank: cannot use the cache folder %s (%s: %s); running without a cache",
+                self.directory,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        self._db = db
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The stored value, or None."""
-        value = self._cache.get(key)
-        return value if isinstance(value, dict) else None
+        """The stored value, or None. Raises ``ValueError`` for an entry that is not a JSON object."""
+        if self._db is None:
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT value, expires FROM responses WHERE key = ?", (key,)).fetchone()
+        if row is None or (row[1] is not None and row[1] < time.time()):
+            return None
+        value = json.loads(row[0]) if isinstance(row[0], str) else None
+        if not isinstance(value, dict):
+            raise ValueError("a cache entry that is not a JSON object")
+        return value
 
     def set(self, key: str, value: dict[str, Any]) -> None:
-        """Store a value."""
-        self._cache.set(key, value, expire=self.expire)
+        """Store a value (skipped once a write has failed)."""
+        if self._db is None or not self._writable:
+            return
+        text = json.dumps(value)
+        now = time.time()
+        expires = None if self.expire is None else now + self.expire
+        try:
+            with self._lock, self._db:
+                self._db.execute("REPLACE INTO responses VALUES (?, ?, ?, ?)", (key, text, now, expires))
+                self._db.execute("DELETE FROM responses WHERE expires IS NOT NULL AND expires < ?", (now,))
+                (total,) = self._db.execute("SELECT COALESCE(SUM(LENGTH(value)), 0) FROM responses").fetchone()
+                if total > self.size_limit:
+                    self._evict(total)
+        except sqlite3.Error as exc:
+            self._writable = False
+            logger.warning("llmrerank: cannot write to the cache %s (%s); not writing to it again", self.directory, exc)
+
+    def _evict(self, total: int) -> None:
+        assert self._db is not None
+        rows = self._db.execute("SELECT key, LENGTH(value) FROM responses ORDER BY stored").fetchall()
+        doomed = []
+        for key, size in rows:
+            if total <= self.size_limit:
+                break
+            doomed.append((key,))
+            total -= size
+        self._db.executemany("DELETE FROM responses WHERE key = ?", doomed)
 
     def close(self) -> None:
-        """Close the underlying database."""
-        self._cache.close()
+        """Close the database."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> DiskCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def __len__(self) -> int:
-        return len(self._cache)
+        if self._db is None:
+            return 0
+        with self._lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM responses").fetchone()
+        return int(count)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"directory": self.directory, "expire": self.expire, "size_limit": self.size_limit}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["directory"], expire=state["expire"], size_limit=state["size_limit"])  # type: ignore[misc]

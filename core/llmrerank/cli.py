@@ -1,9 +1,10 @@
-"""The ``llmrerank`` command: ``llmrerank eval`` (quality, cost and speed per strategy) and ``llmrerank demo``.
+"""The ``llmrerank`` command: ``eval`` (quality, cost, speed per strategy), ``batch`` (rerank a file), ``demo``.
 
 ::
 
     llmrerank eval --strategy bm25 pointwise listwise --backend local --depth 20 --queries 50 --out runs/local
     llmrerank eval --backend openai --model gpt-4o-mini --strategy listwise pairwise --queries 100
+    llmrerank batch rows.jsonl --out runs/batch --backend openai --strategy pointwise --concurrency 16
     llmrerank demo
 """
 
@@ -20,14 +21,42 @@ from typing import Any
 from .errors import ConfigurationError, LLMRerankError, require
 
 BASELINES = ("bm25", "none")
-STRATEGY_NAMES = ("pointwise", "pairwise", "listwise", "hybrid", "query_likelihood")
+STRATEGY_NAMES = ("pointwise", "pairwise", "listwise", "hybrid", "batch_score", "setwise", "query_likelihood")
 BACKENDS = ("local", "openai", "anthropic", "fake")
+
+
+def add_reranker_options(parser: argparse.ArgumentParser, *, batch: bool = False) -> None:
+    """The options that build a Reranker: backend, model, listwise window, domain, call bound, prices."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="LLM backend (default: the provider --model names or implies, openai with --base-url, else local"
+        + ("; openai or anthropic for their batch engines)" if batch else ", offline)"),
+    )
+    parser.add_argument(
+        "--model",
+        help="model name, optionally with its provider: openai:gpt-4.1-mini, anthropic:claude-haiku-4-5 "
+        "(default: the backend's own)",
+    )
+    parser.add_argument("--base-url", help="API base URL for openai/anthropic (an OpenAI-compatible server, a proxy)")
+    parser.add_argument("--window", type=int, help="listwise window (default: 20)")
+    parser.add_argument("--step", type=int, help="listwise step (default: 10)")
+    parser.add_argument("--domain", help="domain instruction: legal, medical, ecommerce or your own sentence")
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=32,
+        help="most LLM calls in flight over all concurrent reranks (default: 32; adapts below it on rate limits)",
+    )
+    parser.add_argument(
+        "--prices", help="JSON file of model -> {input, output} USD per 1M tokens, over the built-in table"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``llmrerank`` command."""
     parser = argparse.ArgumentParser(prog="llmrerank", description="Rerank retrieved documents with LLMs.")
-    sub = parser.add_subparsers(dest="command", metavar="{eval,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{eval,batch,demo}")
     ev = sub.add_parser(
         "eval",
         help="compare reranking strategies on a BEIR collection: quality, LLM calls, tokens, cost, latency",
@@ -46,25 +75,61 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",
         metavar="NAME",
-        help="one or more of bm25 (= none), pointwise, pairwise, listwise, hybrid, query_likelihood; "
-        "comma-separated or repeated (default: bm25 and the backend's preferred strategy)",
+        help="one or more of bm25 (= none), " + ", ".join(STRATEGY_NAMES) + "; comma-separated or repeated "
+        "(default: bm25 and the backend's preferred strategy)",
     )
-    ev.add_argument("--backend", choices=BACKENDS, default="local", help="LLM backend (default: local, offline)")
-    ev.add_argument("--model", help="model name (default: the backend's own)")
-    ev.add_argument("--base-url", help="API base URL for openai/anthropic (an OpenAI-compatible server, a proxy)")
+    add_reranker_options(ev)
     ev.add_argument("--depth", type=int, default=20, help="BM25 documents reranked per query (default: 20)")
     ev.add_argument("--queries", type=int, help="evaluate the first N judged queries (default: all)")
     ev.add_argument("--k", type=int, default=10, help="recall cutoff for R@k (default: 10)")
-    ev.add_argument("--window", type=int, help="listwise window (default: 20)")
-    ev.add_argument("--step", type=int, help="listwise step (default: 10)")
-    ev.add_argument("--domain", help="domain instruction: legal, medical, ecommerce or your own sentence")
-    ev.add_argument("--max-concurrency", type=int, default=8, help="LLM calls in flight per query (default: 8)")
     ev.add_argument("--concurrency", type=int, default=1, help="queries reranked at once (default: 1)")
-    ev.add_argument("--prices", help="JSON file of model -> {input, output} USD per 1M tokens, over the built-in table")
     ev.add_argument("--out", help="folder for report.json and plot.png")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_batch_parser(sub)
     sub.add_parser("demo", help="a short offline demonstration (arguments go to the demo)", add_help=False)
     return parser
+
+
+def add_batch_parser(sub: Any) -> None:
+    """``llmrerank batch``: its arguments."""
+    from .batch import ENGINES
+
+    ba = sub.add_parser(
+        "batch",
+        help="rerank a JSONL or Parquet file of (query, candidates) rows into results, errors and a TREC run",
+        description=(
+            'Rows: {"query_id": ..., "query": "...", "candidates": [{"id": ..., "text": "...", "score": 1.2}]}. '
+            "Writes OUT/results.jsonl, OUT/errors.jsonl (rows that could not be reranked) and OUT/run.trec. "
+            "Rerunning the same command skips the rows already written (resume after Ctrl-C or a crash)."
+        ),
+    )
+    ba.add_argument("input", help="JSONL or Parquet (.parquet) file of rows")
+    ba.add_argument("--out", required=True, help="output folder (created; a rerun resumes it)")
+    ba.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local (asyncio, default), ray (Ray Data; RAY_ADDRESS for a cluster), openai-batch / anthropic-batch "
+        "(the providers' batch APIs at half price; one-round strategies only)",
+    )
+    ba.add_argument("--strategy", choices=STRATEGY_NAMES, help="strategy (default: the backend's preferred one)")
+    add_reranker_options(ba, batch=True)
+    ba.add_argument("--top-k", type=int, help="keep the best K candidates of each row (default: all)")
+    ba.add_argument("--concurrency", type=int, default=8, help="rows reranked at once (default: 8)")
+    ba.add_argument(
+        "--on-error",
+        choices=("degrade", "raise"),
+        default="degrade",
+        help="a failed LLM call: degrade (default; the row is written with degraded=true) or raise (the row goes "
+        "to errors.jsonl, and --retry-errors tries it again)",
+    )
+    ba.add_argument("--retry-errors", action="store_true", help="try the rows in errors.jsonl again")
+    ba.add_argument("--run-name", help="last column of the TREC run (default: llmrerank-STRATEGY)")
+    ba.add_argument("--ray-actors", type=int, help="ray: actors in the pool (default: the cluster's CPUs)")
+    ba.add_argument("--poll-interval", type=float, default=30.0, help="provider batch: seconds between checks")
+    ba.add_argument("--no-wait", action="store_true", help="provider batch: submit and exit; rerun to collect")
+    ba.add_argument("--cancel", action="store_true", help="provider batch: cancel the open batches, keep what ended")
+    ba.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def strategies_from(values: Sequence[str] | None) -> list[str]:
@@ -84,8 +149,32 @@ def strategies_from(values: Sequence[str] | None) -> list[str]:
     return names
 
 
-def make_backend(kind: str, model: str | None = None, base_url: str | None = None) -> Any:
-    """The backend ``--backend`` names."""
+def backend_kind(kind: str | None, model: str | None, base_url: str | None) -> tuple[str, str | None]:
+    """The backend to build and the model name to give it, from ``--backend``, ``--model`` and ``--base-url``.
+
+    A provider written in the model name (``openai:gpt-4.1-mini``) must agree with ``--backend``;
+    with no ``--backend`` it decides, else the model's prefix does (``claude-`` is Anthropic), else
+    ``--base-url`` means an OpenAI-compatible server, else a bare unknown name goes where
+    :func:`~llmrerank.routing.resolve_provider` sends it, and no model at all means local.
+    """
+    from .routing import provider_of, resolve_provider, split_model
+
+    provider, name = split_model(model) if model else (None, None)
+    if kind is not None and provider is not None and provider != kind:
+        raise ConfigurationError(f"--model {model} names provider {provider!r} but --backend is {kind!r}")
+    if kind is None:
+        if provider is not None:
+            kind = provider
+        elif name:
+            kind = provider_of(name) or ("openai" if base_url else resolve_provider(name)[0])
+        else:
+            kind = "openai" if base_url else "local"
+    return kind, name or None
+
+
+def make_backend(kind: str | None, model: str | None = None, base_url: str | None = None) -> Any:
+    """The backend ``--backend`` names (or ``--model`` implies: :func:`backend_kind`)."""
+    kind, model = backend_kind(kind, model, base_url)
     options: dict[str, Any] = {}
     if model:
         options["model"] = model
@@ -104,12 +193,29 @@ def make_backend(kind: str, model: str | None = None, base_url: str | None = Non
     if kind == "openai":
         from .backends.openai import OpenAIBackend
 
+        if base_url and not model:
+            options["model"] = server_model(base_url)
         return OpenAIBackend(**options)
     if kind == "anthropic":
         from .backends.anthropic import AnthropicBackend
 
         return AnthropicBackend(**options)
     raise ConfigurationError(f"unknown backend {kind!r}: use one of {', '.join(BACKENDS)}")
+
+
+def server_model(base_url: str) -> str:
+    """The model a server of your own serves, for ``--base-url`` without ``--model``: the one it lists
+    at ``GET /v1/models``. Several are a :class:`ConfigurationError` naming them; a server that
+    lists none gets OpenAI's default name (llama.cpp answers with its own model whatever is asked)."""
+    import os
+
+    from .backends.servers import served_models
+
+    names = served_models(base_url, os.environ.get("OPENAI_API_KEY")) or []
+    if len(names) > 1:
+        shown = ", ".join(names[:10])
+        raise ConfigurationError(f"the server at {base_url} serves several models ({shown}): pass --model")
+    return names[0] if names else "gpt-4o-mini"
 
 
 def make_strategy_object(name: str, args: argparse.Namespace) -> Any:
@@ -165,14 +271,20 @@ def format_table(reports: Sequence[Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     first = reports[0]
     llm = next((r for r in reports if r.backend), None)
-    where = f"backend {llm.backend}, model {llm.model}; " if llm else ""
-    lines.append(
-        f"{first.queries} queries, BM25 depth {first.depth}; {where}"
-        f"USD/1k q estimated, prices as of {PRICES_AS_OF}; p50/p95: seconds per query"
-    )
-    degraded = [f"{r.name}: {r.degraded}" for r in reports if r.degraded]
-    if degraded:
-        lines.append("degraded queries (an LLM call failed, fallback order used): " + ", ".join(degraded))
+    where = ""
+    cost = f"USD/1k q estimated, prices as of {PRICES_AS_OF}"
+    if llm is not None:
+        asked = f" (asked for {llm.requested_model})" if llm.requested_model else ""
+        where = f"backend {llm.backend}, model {llm.model}{asked}; "
+        if llm.cost is None:
+            cost = f"USD/1k q {llm.cost_note}"
+    lines.append(f"{first.queries} queries, BM25 depth {first.depth}; {where}{cost}; p50/p95: seconds per query")
+    for r in reports:
+        if r.degraded:
+            reasons = ", ".join(f"{code} {count}" for code, count in sorted(r.degraded_reasons.items()))
+            lines.append(
+                f"degraded: {r.name} on {r.degraded} of {r.queries} queries ({reasons}); first: {r.first_problem()}"
+            )
     return "\n".join(lines)
 
 
@@ -260,18 +372,74 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "data": str(collection.path),
             "split": args.split,
-            "backend": args.backend,
-            "model": backend.model if backend is not None else args.model,
+            "backend": backend.name if backend is not None else args.backend,
+            "model": next((r.model for r in reports if r.model), args.model),
             "depth": args.depth,
             "k": args.k,
             "queries": reports[0].queries,
-            "cost_note": f"estimated, prices as of {PRICES_AS_OF}",
+            "cost_note": next((r.cost_note for r in reports if r.backend), f"estimated, prices as of {PRICES_AS_OF}"),
             "table": table,
             "results": [r.to_dict() for r in reports],
         }
         (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
         plot(reports, out / "plot.png")
         print(f"wrote {out / 'report.json'} and {out / 'plot.png'}")
+    failed = [r.name for r in reports if r.always_degraded]
+    if failed:
+        print(
+            f"llmrerank: error: {', '.join(failed)} degraded on every query: the figures above are the fallback "
+            "order's, not a reranker's (see the degraded line and report.json)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def run_batch_cli(args: argparse.Namespace) -> int:
+    """``llmrerank batch``."""
+    from .batch import RerankerSpec, run_batch
+    from .pricing import PRICES_AS_OF
+
+    backend = args.backend or {"openai-batch": "openai", "anthropic-batch": "anthropic"}.get(args.engine)
+    spec = RerankerSpec(
+        backend,
+        make_strategy_object(args.strategy, args) if args.strategy else None,
+        args.model,
+        args.base_url,
+        {"domain": args.domain, "max_concurrency": args.max_concurrency, "on_error": args.on_error},
+    )
+    try:
+        summary = run_batch(
+            args.input,
+            args.out,
+            spec,
+            engine=args.engine,
+            top_k=args.top_k,
+            concurrency=args.concurrency,
+            retry_errors=args.retry_errors,
+            run_name=args.run_name,
+            progress=not args.no_progress,
+            prices=args.prices,
+            ray_actors=args.ray_actors,
+            poll_interval=args.poll_interval,
+            wait=not args.no_wait,
+            cancel=args.cancel,
+        )
+    except KeyboardInterrupt:
+        print(f"llmrerank: interrupted; rerun the same command to resume {args.out}", file=sys.stderr)
+        return 130
+    cost = "n/a" if summary.cost is None else f"~${summary.cost:.4f}"
+    print(
+        f"{summary.rows} rows: {summary.results} reranked ({summary.degraded} degraded), {summary.errors} errors, "
+        f"{summary.skipped} done before, {summary.pending} waiting; {summary.rows_per_second:.1f} rows/s"
+    )
+    print(
+        f"{summary.usage.calls} LLM calls, {summary.usage.prompt_tokens} prompt + {summary.usage.completion_tokens} "
+        f"completion tokens, {cost} (estimated, prices as of {PRICES_AS_OF})"
+    )
+    if summary.pending:
+        print(f"provider batches {', '.join(summary.provider_batches)} still running: rerun the same command")
+    print(f"wrote {summary.results_path}, {summary.errors_path}, {summary.trec_path}")
     return 0
 
 
@@ -291,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command == "batch":
+            return run_batch_cli(args)
         return run_eval(args, args_list)
     except LLMRerankError as exc:
         print(f"llmrerank: error: {exc}", file=sys.stderr)

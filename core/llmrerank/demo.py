@@ -75,6 +75,8 @@ class Example:
     first_stage: list[float]
     relevant: frozenset[str]
     source: str
+    first_stage_label: str = "BM25"
+    """Header of the retriever's score column: what ``first_stage`` measures."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +149,7 @@ def _builtin(query: str | None, depth: int) -> Example:
         first_stage=[overlap[d] for d in ids],
         relevant=BUILTIN_RELEVANT if query is None else frozenset(),
         source="word overlap over built-in passages (no SciFact collection found)",
+        first_stage_label="overlap",
     )
 
 
@@ -211,7 +214,9 @@ def _short(text: str, width: int) -> str:
 
 def side_by_side(example: Example, result: Any, rows: int, width: int = 34) -> str:
     """The retriever's order and the reranked order as two columns."""
-    left_head = f"{'#':>2}  {'doc':<9} {'BM25':>6}  {'text':<{width}}"
+    label = example.first_stage_label
+    cell = max(6, len(label))
+    left_head = f"{'#':>2}  {'doc':<9} {label:>{cell}}  {'text':<{width}}"
     right_head = f"{'#':>2}  {'doc':<9} {'score':>6}  text"
     lines = [f"{'Retriever order':<{len(left_head)}} │ Reranked ({result.strategy}, {result.score_kind} scores)"]
     lines.append(f"{left_head} │ {right_head}")
@@ -219,7 +224,8 @@ def side_by_side(example: Example, result: Any, rows: int, width: int = 34) -> s
     for r in range(min(rows, len(example.doc_ids))):
         d = example.doc_ids[r]
         mark = "✓" if d in example.relevant else " "
-        left = f"{r + 1:>2}{mark} {d:<9} {example.first_stage[r]:>6.2f}  {_short(example.texts[r], width):<{width}}"
+        first = f"{example.first_stage[r]:>{cell}.2f}"
+        left = f"{r + 1:>2}{mark} {d:<9} {first}  {_short(example.texts[r], width):<{width}}"
         item = result.items[r] if r < len(result.items) else None
         if item is None:
             right = ""
@@ -320,9 +326,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"rerank {seconds:.1f}s" + (f", model load {load_seconds:.1f}s" if load_seconds else "")
     )
     if result.degraded:
-        print("degraded: some calls failed; the fallback order was used for them")
+        fallbacks = sum(item.fallback for item in result)
+        print(
+            f"status: {result.status} ({', '.join(result.degraded_reasons)}): {fallbacks} documents kept "
+            "their BM25 place, unjudged (see the warning above)"
+        )
     if example.relevant:
         print("✓ = judged relevant")
+    if example.first_stage_label != "BM25":
+        return 0  # built-in passages: no SciFact collection to measure on
     print()
     if measured is not None:
         print(figures(measured, setting(reranker), f"measured in this run ({measured['seconds']:.0f} s):"))

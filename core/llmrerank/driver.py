@@ -5,17 +5,43 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .backends.base import Backend, Completion, LogLikelihood, Prompt, likelihood_prompt
+from .adaptive import CALL, AdaptiveLimiter
+from .backends.base import RERANK_ENDS, Backend, Completion, LogLikelihood, Prompt, likelihood_prompt
 from .cache import ResponseCache, lookup, store
-from .errors import BackendError, ConfigurationError, DeadlineExceededError, LLMRerankError
+from .errors import (
+    BackendError,
+    BackendTimeoutError,
+    ConfigurationError,
+    ContextLengthError,
+    DeadlineExceededError,
+    LLMRerankError,
+    RateLimitError,
+    error_from_status,
+)
 from .strategies.base import Likelihood, Plan, Predict, Ranking, Step
-from .types import Usage
+from .types import Diagnostic, Usage
 
-OnError = Literal["degrade", "raise"]
+OnError = Literal["degrade", "degrade_all", "raise"]
+"""What a failed LLM call does to a rerank.
+
+- ``degrade`` (default): transient failures (429, 5xx, timeouts, resets, responses that are not
+  completions) give a fallback order with ``degraded=True``; permanent ones (401, 403, 404, 400,
+  context length: :class:`~llmrerank.errors.PermanentBackendError`) raise, since retrying cannot fix them.
+- ``degrade_all``: every backend failure degrades, permanent ones too.
+- ``raise``: every failure raises its typed error.
+
+Configuration errors (a missing API key or package) always raise.
+"""
+
 Ask = Callable[[list[Prompt]], Awaitable[list[Completion | BaseException]]]
+"""How a step's prompts reach the backend when it is not :meth:`Backend.generate` (likelihood requests)."""
+
+CIRCUIT_TIMEOUTS = 2
+"""After this many timed-out calls in a row, a rerank sends no more calls: a server that does not
+answer would make every later call wait for its full timeout too."""
 
 
 @dataclass
@@ -27,8 +53,19 @@ class Meter:
     failed_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
     llm_seconds: float = 0.0
+    reasoning_tokens: int = 0
+    model: str | None = None
+    """The first model name an answer carried."""
     deadline_hit: bool = False
+    errors: list[BaseException] = field(default_factory=list)
+    """The failures, in the order they happened."""
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    """What the driver itself did (``context_shrunk``)."""
+    timeouts_in_a_row: int = 0
+    circuit_open: bool = False
+    """Set once :data:`CIRCUIT_TIMEOUTS` calls in a row timed out: later calls of the rerank are not sent."""
 
     def usage(self, wall_seconds: float) -> Usage:
         """Freeze the counters."""
@@ -40,15 +77,39 @@ class Meter:
             completion_tokens=self.completion_tokens,
             llm_seconds=self.llm_seconds,
             wall_seconds=wall_seconds,
+            cached_prompt_tokens=self.cached_prompt_tokens,
+            reasoning_tokens=self.reasoning_tokens,
         )
 
 
 def _as_failure(exc: Exception, backend: Backend) -> LLMRerankError:
     if isinstance(exc, LLMRerankError):
         return exc
-    error = BackendError(f"{type(exc).__name__}: {exc}", backend=backend.name)
+    # A framework's model (LangChain, LlamaIndex) raises its SDK's errors: keep their HTTP status.
+    status = getattr(exc, "status_code", None)
+    error = error_from_status(status if isinstance(status, int) else None, f"{type(exc).__name__}: {exc}")
+    error.backend = backend.name
     error.__cause__ = exc
     return error
+
+
+def learn_context(backend: Backend, error: ContextLengthError) -> None:
+    """Keep the context size a context-length error states (llama.cpp and vLLM say it) on the
+    backend, so that the next reranks fit their prompts to it."""
+    from .backends.servers import stated_context
+
+    stated = stated_context(str(error))
+    if stated is not None and (backend.context_tokens is None or stated < backend.context_tokens):
+        backend.context_tokens = stated
+
+
+def is_fatal(error: BaseException, on_error: OnError) -> bool:
+    """Whether ``error`` must end the rerank under ``on_error`` instead of degrading it."""
+    if not isinstance(error, BackendError):
+        return True  # configuration problems, ParseError, anything unexpected
+    if on_error == "raise":
+        return True
+    return error.permanent and on_error != "degrade_all"
 
 
 class Driver:
@@ -61,7 +122,7 @@ class Driver:
     def __init__(
         self,
         backend: Backend,
-        limiter: asyncio.Semaphore,
+        limiter: AdaptiveLimiter,
         *,
         on_error: OnError = "degrade",
         deadline: float | None = None,
@@ -79,6 +140,7 @@ class Driver:
         """Drive ``plan`` to its :class:`Ranking`."""
         loop = asyncio.get_running_loop()
         self._ends_at = None if self.deadline is None else loop.time() + self.deadline
+        ends = RERANK_ENDS.set(None if self.deadline is None else time.monotonic() + self.deadline)
         try:
             step: Step = next(plan)
             while True:
@@ -89,6 +151,7 @@ class Driver:
             return ranking
         finally:
             plan.close()
+            RERANK_ENDS.reset(ends)
 
     def _remaining(self) -> float | None:
         if self._ends_at is None:
@@ -120,9 +183,12 @@ class Driver:
             return await asyncio.wait_for(asyncio.to_thread(step.scorer, step.pairs), self._remaining())
         except asyncio.TimeoutError:
             self.meter.deadline_hit = True
+            error = DeadlineExceededError(f"deadline of {self.deadline}s passed in the prefilter")
             if self.on_error == "raise":
-                raise DeadlineExceededError(f"deadline of {self.deadline}s passed in the prefilter") from None
-            return DeadlineExceededError(f"deadline of {self.deadline}s passed in the prefilter")
+                raise error from None
+            return error
+        except ConfigurationError:
+            raise  # a missing sentence-transformers or model file is not a passing fault
         except Exception as exc:
             if self.on_error == "raise":
                 raise BackendError(f"prefilter failed: {type(exc).__name__}: {exc}") from exc
@@ -136,6 +202,7 @@ class Driver:
             if hit is not None:
                 answers[i] = hit
                 self.meter.cached_calls += 1
+                self.meter.model = self.meter.model or hit.model
             else:
                 todo.append(i)
         size = max(1, self.backend.batch_size)
@@ -148,11 +215,11 @@ class Driver:
             for i in todo:
                 answers[i] = DeadlineExceededError(f"deadline of {self.deadline}s passed before this call")
             return [a for a in answers if a is not None]
-        tasks = [asyncio.ensure_future(self._call([prompts[i] for i in chunk], ask)) for chunk in chunks]
-        when = asyncio.FIRST_EXCEPTION if self.on_error == "raise" else asyncio.ALL_COMPLETED
+        tasks = [asyncio.ensure_future(self._call([prompts[i] for i in chunk], ask=ask)) for chunk in chunks]
         try:
             if tasks:
-                done, _ = await asyncio.wait(tasks, timeout=remaining, return_when=when)
+                # A task raises only for a failure that ends the rerank (see is_fatal): stop the rest then.
+                done, _ = await asyncio.wait(tasks, timeout=remaining, return_when=asyncio.FIRST_EXCEPTION)
                 for task in done:
                     exc = task.exception()
                     if exc is not None:
@@ -164,6 +231,7 @@ class Driver:
         for chunk, task in zip(chunks, tasks, strict=True):
             if task.cancelled():
                 self.meter.deadline_hit = True
+                self.meter.calls += len(chunk)
                 self.meter.failed_calls += len(chunk)
                 error = DeadlineExceededError(f"deadline of {self.deadline}s passed during this call")
                 if self.on_error == "raise":
@@ -175,28 +243,61 @@ class Driver:
                 answers[i] = answer
         return [a for a in answers if a is not None]
 
-    async def _call(self, prompts: list[Prompt], ask: Ask | None = None) -> list[Completion | BaseException]:
-        """One backend call (or batch) under the limiter; failures become answers unless raising."""
-        async with self.limiter:
-            start = time.perf_counter()
-            try:
-                if ask is not None:
-                    results: list[Completion | BaseException] = await ask(prompts)
-                elif len(prompts) == 1 and self.backend.batch_size <= 1:
-                    results = [await self.backend.generate(prompts[0])]
-                else:
-                    results = await self.backend.generate_batch(prompts)
-            except Exception as exc:
-                results = [exc] * len(prompts)
-            finally:
-                self.meter.llm_seconds += time.perf_counter() - start
+    async def _call(
+        self, prompts: list[Prompt], after: BackendError | None = None, ask: Ask | None = None
+    ) -> list[Completion | BaseException]:
+        """One backend call (or batch) under the limiter; failures become answers unless fatal.
+
+        ``after``: the context-length error these prompts are the shorter resend of; a failure of
+        theirs names it as its first cause (:attr:`~llmrerank.errors.BackendError.earlier`).
+        ``ask``: how to send them instead of :meth:`Backend.generate` (likelihood requests).
+        """
+        slot = await self.limiter.take()
+        if self.meter.circuit_open:
+            self.limiter.give(slot)
+            skipped = BackendError("not sent: earlier calls of this rerank timed out", backend=self.backend.name)
+            return [skipped] * len(prompts)
+        token = CALL.set((self.limiter, slot))  # for the SDK's HTTP hooks (llmrerank.adaptive)
+        start = time.perf_counter()
+        try:
+            if ask is not None:
+                results: list[Completion | BaseException] = await ask(prompts)
+            elif len(prompts) == 1 and self.backend.batch_size <= 1:
+                results = [await self.backend.generate(prompts[0])]
+            else:
+                results = await self.backend.generate_batch(prompts)
+        except Exception as exc:
+            results = [exc] * len(prompts)
+        finally:
+            self.meter.llm_seconds += time.perf_counter() - start
+            CALL.reset(token)
+            self.limiter.give(slot)
+        limited = [r for r in results if isinstance(r, RateLimitError)]
+        if limited and not slot.rate_limited:  # one the HTTP hook did not see (another backend)
+            self.limiter.rate_limited(slot, limited[0].retry_after)
+        elif not any(isinstance(r, BaseException) for r in results):
+            self.limiter.succeeded(slot)
         out: list[Completion | BaseException] = []
         for prompt, result in zip(prompts, results, strict=True):
+            timed_out = isinstance(result, BackendTimeoutError)
+            self.meter.timeouts_in_a_row = self.meter.timeouts_in_a_row + 1 if timed_out else 0
+            self.meter.circuit_open |= self.meter.timeouts_in_a_row >= CIRCUIT_TIMEOUTS
             if isinstance(result, Exception):
                 failure = _as_failure(result, self.backend)
                 self.meter.calls += 1
+                if isinstance(failure, BackendError) and after is not None and failure is not after:
+                    failure.earlier = after
+                if isinstance(failure, ContextLengthError):
+                    learn_context(self.backend, failure)
+                if isinstance(failure, ContextLengthError) and prompt.shrink is not None and after is None:
+                    self.meter.diagnostics.append(
+                        Diagnostic("context_shrunk", f"prompt too long for the model, resent shorter: {failure}")
+                    )
+                    out += await self._call([prompt.shrink()], after=failure)
+                    continue
                 self.meter.failed_calls += 1
-                if self.on_error == "raise":
+                self.meter.errors.append(failure)
+                if is_fatal(failure, self.on_error):
                     raise failure
                 out.append(failure)
                 continue
@@ -205,6 +306,9 @@ class Driver:
             self.meter.calls += 1
             self.meter.prompt_tokens += result.prompt_tokens
             self.meter.completion_tokens += result.completion_tokens
+            self.meter.cached_prompt_tokens += result.cached_prompt_tokens
+            self.meter.reasoning_tokens += result.reasoning_tokens
+            self.meter.model = self.meter.model or result.model
             if self.cache is not None:
                 store(self.cache, self.backend, prompt, result)
             out.append(result)

@@ -30,16 +30,17 @@ import math
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
 from .errors import ConfigurationError, InvalidInputError, require
-from .pricing import PRICES_AS_OF, PriceSource, estimate_cost
+from .pricing import PRICES_AS_OF, PriceSource, cost_basis
 from .reranker import Reranker
 from .runner import run_blocking
-from .types import RerankResult, Usage
+from .types import Diagnostic, RerankResult, Usage
 
 ENV_VAR = "LLMRERANK_DATA"
 """Environment variable naming the default collection folder."""
@@ -196,6 +197,13 @@ class QueryResult:
     """Wall time of the rerank call."""
     usage: Usage = field(default_factory=Usage)
     degraded: bool = False
+    status: str = "reranked"
+    """:attr:`~llmrerank.RerankResult.status`: ``reranked``, ``partial`` or ``fallback``."""
+    degraded_reasons: tuple[str, ...] = ()
+    diagnostics: tuple[Diagnostic, ...] = ()
+    """When it degraded: the diagnostics that say why (failed calls, unreadable answers; at most 10)."""
+    model: str | None = None
+    """The model that answered, as the server named it (:attr:`~llmrerank.RerankResult.model`)."""
 
 
 @dataclass(frozen=True)
@@ -203,8 +211,11 @@ class EvalReport:
     """Quality, cost and speed of one reranker over a set of queries.
 
     ``metrics`` are means over every evaluated query; ``per_query`` keeps each query's values.
-    ``cost`` is an estimate in USD (None when the model has no known price; see
-    :mod:`llmrerank.pricing`). ``latency_p50``/``latency_p95`` are seconds per query.
+    ``cost`` is an estimate in USD (None when no price applies: an unknown model, a server of your
+    own; :attr:`cost_note` says which, see :func:`llmrerank.pricing.cost_basis`).
+    ``latency_p50``/``latency_p95`` are seconds per query. ``model`` is the model that answered,
+    as the server named it (a llama.cpp server answers with its own name); ``requested_model``
+    the name sent, when the two differ.
     """
 
     name: str
@@ -221,6 +232,9 @@ class EvalReport:
     backend: str | None = None
     model: str | None = None
     prices_as_of: str = PRICES_AS_OF
+    cost_note: str = ""
+    """How :attr:`cost` was reached: ``estimated, prices as of ...``, or ``n/a: ...`` and why."""
+    requested_model: str | None = None
 
     @property
     def queries(self) -> int:
@@ -231,6 +245,24 @@ class EvalReport:
     def degraded(self) -> int:
         """How many queries got a degraded (fallback) ranking."""
         return sum(q.degraded for q in self.per_query)
+
+    @property
+    def degraded_reasons(self) -> dict[str, int]:
+        """How many queries degraded for each reason code."""
+        return dict(Counter(reason for q in self.per_query for reason in q.degraded_reasons))
+
+    @property
+    def always_degraded(self) -> bool:
+        """True when every query degraded: the figures measure the fallback order, not the reranker."""
+        return bool(self.per_query) and self.degraded == self.queries
+
+    def first_problem(self) -> str | None:
+        """The first degraded query's first diagnostic, as ``query id: code: message``."""
+        for q in self.per_query:
+            if q.degraded and q.diagnostics:
+                d = q.diagnostics[0]
+                return f"query {q.query_id}: {d.code}: {d.message}"
+        return None
 
     def per_query_mean(self, value: Callable[[QueryResult], float]) -> float:
         """Mean of ``value`` over the queries (0 when there are none)."""
@@ -248,6 +280,7 @@ class EvalReport:
             "data": self.data,
             "backend": self.backend,
             "model": self.model,
+            "requested_model": self.requested_model,
             "queries": self.queries,
             "depth": self.depth,
             "k": self.k,
@@ -255,11 +288,13 @@ class EvalReport:
             "usage": asdict(self.usage),
             "calls_per_query": self.calls_per_query,
             "cost_usd": self.cost,
-            "cost_note": f"estimated, prices as of {self.prices_as_of}",
+            "cost_note": self.cost_note or f"estimated, prices as of {self.prices_as_of}",
             "latency_p50_s": self.latency_p50,
             "latency_p95_s": self.latency_p95,
             "wall_seconds": self.wall_seconds,
             "degraded_queries": self.degraded,
+            "degraded_reasons": self.degraded_reasons,
+            "first_problem": self.first_problem(),
         }
         if per_query:
             out["per_query"] = [
@@ -270,6 +305,9 @@ class EvalReport:
                     "seconds": q.seconds,
                     "usage": asdict(q.usage),
                     "degraded": q.degraded,
+                    "status": q.status,
+                    "degraded_reasons": list(q.degraded_reasons),
+                    "diagnostics": [asdict(d) for d in q.diagnostics],
                 }
                 for q in self.per_query
             ]
@@ -360,13 +398,13 @@ async def _run_all(
     async def one(task: _Task) -> QueryResult:
         async with limiter:
             started = time.perf_counter()
-            usage, degraded = Usage(), False
             n = len(task.documents)
+            answer: Any = None
             if reranker is None or n == 0:
                 order = list(range(n))
             elif isinstance(reranker, Reranker):
-                result = await reranker.arerank(task.query, task.documents)
-                order, usage, degraded = _order(result, n), result.usage, result.degraded
+                answer = await reranker.arerank(task.query, task.documents)
+                order = _order(answer, n)
             else:
                 if inspect.iscoroutinefunction(reranker):
                     answer = await reranker(task.query, task.documents)
@@ -375,19 +413,23 @@ async def _run_all(
                     if inspect.isawaitable(answer):
                         answer = await answer
                 order = _order(answer, n)
-                if isinstance(answer, RerankResult):
-                    usage, degraded = answer.usage, answer.degraded
             seconds = time.perf_counter() - started
         if bar is not None:
             with lock:
                 bar.update(1)
+        result = answer if isinstance(answer, RerankResult) else None
+        usage = result.usage if result is not None else Usage()
         return QueryResult(
             task.query_id,
             {},
             tuple(task.doc_ids[i] for i in order),
             seconds,
             usage if usage.wall_seconds else Usage(**{**asdict(usage), "wall_seconds": seconds}),
-            degraded,
+            result is not None and result.degraded,
+            result.status if result is not None else "reranked",
+            result.degraded_reasons if result is not None else (),
+            _problems(result) if result is not None and result.degraded else (),
+            result.model if result is not None else None,
         )
 
     try:
@@ -395,6 +437,23 @@ async def _run_all(
     finally:
         if isinstance(reranker, Reranker):
             await reranker.backend.aclose()
+
+
+PROBLEM_CODES = frozenset(
+    {
+        "call_failed",
+        "fallback_input_order",
+        "score_unparsed",
+        "choice_unparsed",
+        "prefilter_failed",
+        "deadline_exceeded",
+    }
+)
+"""Diagnostic codes that explain a degraded result."""
+
+
+def _problems(result: RerankResult[Any]) -> tuple[Diagnostic, ...]:
+    return tuple(d for d in result.diagnostics if d.code in PROBLEM_CODES)[:10]
 
 
 def _label(reranker: Reranker | RerankFn | None) -> str:
@@ -436,20 +495,22 @@ def _measure(
             bar.close()
     wall = time.perf_counter() - started
     per_query_metrics = score_rankings({r.query_id: r.ranking for r in results}, qrels, k)
-    results = [
-        QueryResult(r.query_id, per_query_metrics[r.query_id], r.ranking, r.seconds, r.usage, r.degraded)
-        for r in results
-    ]
+    results = [replace(r, metrics=per_query_metrics[r.query_id]) for r in results]
     names = metric_names(k)
     means = {n: sum(m[n] for m in per_query_metrics.values()) / len(results) if results else 0.0 for n in names}
     usage = sum((r.usage for r in results), Usage())
     backend = reranker.backend if isinstance(reranker, Reranker) else None
     backend_name = backend.name if backend is not None else None
-    model = model or (backend.model if backend is not None else None)
+    requested = model or (backend.model if backend is not None else None)
+    served = Counter(r.model for r in results if r.model).most_common(1)
+    model = served[0][0] if served else requested
     if reranker is None:
         cost: float | None = 0.0
+        note = "no LLM calls"
     else:
-        cost = estimate_cost(model, usage, prices, backend=backend_name)
+        server_url = getattr(backend, "server_url", None)
+        price, note = cost_basis(model, prices, backend=backend_name, server_url=server_url)
+        cost = None if price is None else price.cost(usage.prompt_tokens, usage.completion_tokens)
     seconds = [r.seconds for r in results]
     return EvalReport(
         name=name,
@@ -465,6 +526,8 @@ def _measure(
         data=data,
         backend=backend_name,
         model=model,
+        cost_note=note,
+        requested_model=requested if requested != model else None,
     )
 
 

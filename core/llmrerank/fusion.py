@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Real
 from typing import Any, Literal
 
@@ -140,54 +140,57 @@ def _ranks(values: list[float]) -> list[int]:
     return ranks
 
 
-def llm_values(ranking: Ranking) -> list[float]:
-    """The LLM's side of the fusion, one value per document (higher is better).
+def llm_values(ranking: Ranking, judged: Sequence[int]) -> list[float]:
+    """The LLM's side of the fusion for the ``judged`` documents (higher is better), in that order.
 
-    The strategy's scores where every scored document has one; a document without one counts as
-    the lowest. Rankings without scores (listwise, a failed rerank) take part with their order.
+    The strategy's scores when it gave any; a judged document without one (beyond a hybrid's
+    ``keep``) counts as the lowest. Rankings without scores (listwise, pairwise sort) take part
+    with their order.
     """
-    n = len(ranking.order)
     if ranking.score_kind in ("rank", "input_order") or not ranking.scores:
         position = {i: p for p, i in enumerate(ranking.order)}
-        return [float(n - position[i]) for i in range(n)]
+        return [float(len(ranking.order) - position[i]) for i in judged]
     low = min(ranking.scores.values())
-    return [ranking.scores.get(i, low) for i in range(n)]
+    return [ranking.scores.get(i, low) for i in judged]
 
 
 def fuse(ranking: Ranking, first_stage: Sequence[float | None], fusion: Fusion) -> Ranking:
     """A new :class:`Ranking` ordered by the fused score (``score_kind="fused"``).
 
-    ``first_stage`` holds one score (or None) per document. Documents without one count as the
-    lowest (diagnostic ``first_stage_missing`` each); with none at all the ranking is returned with
-    a ``fusion_skipped`` diagnostic and its own order and scores. Ties keep the LLM's order.
+    ``first_stage`` holds one score (or None) per document. Only documents the LLM judged take part:
+    those whose call failed (:attr:`Ranking.unjudged`) keep their fallback places after them, with
+    no score. A judged document without a first-stage score counts as the lowest (diagnostic
+    ``first_stage_missing`` each). With no first-stage score at all, or nothing judged, the ranking
+    is returned as it was with a ``fusion_skipped`` diagnostic. Ties keep the LLM's order.
     """
     n = len(ranking.order)
     if len(first_stage) != n:
         raise InvalidInputError(f"{len(first_stage)} first-stage scores for {n} documents")
-    present = [s for s in first_stage if s is not None]
+    judged = [i for i in ranking.order if i not in ranking.unjudged]
+    present = [first_stage[i] for i in judged if first_stage[i] is not None]
     diagnostics = list(ranking.diagnostics)
-    if not present:
-        diagnostics.append(Diagnostic("fusion_skipped", "no document has a first-stage score; the LLM's order stands"))
-        return Ranking(
-            list(ranking.order), ranking.score_kind, dict(ranking.scores), dict(ranking.reasons), diagnostics
-        )
-    low = min(present)
-    for i, s in enumerate(first_stage):
-        if s is None:
+    if not present or not judged:
+        why = "no document has a first-stage score" if judged else "the LLM judged no document"
+        diagnostics.append(Diagnostic("fusion_skipped", f"{why}; the LLM's order stands"))
+        return replace(ranking, diagnostics=diagnostics)
+    low = min(s for s in present if s is not None)
+    for i in judged:
+        if first_stage[i] is None:
             diagnostics.append(Diagnostic("first_stage_missing", "no first-stage score: counted as the lowest", i))
-    retriever = [low if s is None else s for s in first_stage]
-    llm = llm_values(ranking)
+    retriever = [low if (s := first_stage[i]) is None else s for i in judged]
+    llm = llm_values(ranking, judged)
     w = float(fusion.weight)
     if fusion.method == "rrf":
         k = fusion.rrf_k
-        fused = [w / (k + a) + (1 - w) / (k + b) for a, b in zip(_ranks(llm), _ranks(retriever), strict=True)]
+        values = [w / (k + a) + (1 - w) / (k + b) for a, b in zip(_ranks(llm), _ranks(retriever), strict=True)]
     else:
         a_side, b_side = _standardised(llm, fusion.method), _standardised(retriever, fusion.method)
-        fused = [w * a + (1 - w) * b for a, b in zip(a_side, b_side, strict=True)]
+        values = [w * a + (1 - w) * b for a, b in zip(a_side, b_side, strict=True)]
+    fused = dict(zip(judged, values, strict=True))
     position = {i: p for p, i in enumerate(ranking.order)}
-    order = sorted(range(n), key=lambda i: (-fused[i], position[i]))
+    order = sorted(judged, key=lambda i: (-fused[i], position[i])) + [i for i in ranking.order if i in ranking.unjudged]
     diagnostics.append(Diagnostic("fused", f"{fusion.describe()} with {len(present)} first-stage scores"))
-    return Ranking(order, "fused", dict(enumerate(fused)), dict(ranking.reasons), diagnostics)
+    return replace(ranking, order=order, score_kind="fused", scores=fused, diagnostics=diagnostics)
 
 
 __all__ = [

@@ -7,16 +7,17 @@ construction live here once, so the adapters stay thin and agree with each other
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
+from .adaptive import DEFAULT_MAX_CONCURRENCY
 from .backends.base import Backend
 from .cache import ResponseCache
 from .errors import ConfigurationError
 from .fusion import Fusion, make_fusion
 from .reranker import OnError, Reranker, check_settings, default_backend
-from .strategies import STRATEGIES, Strategy, make_strategy
+from .strategies import STRATEGIES, Hybrid, Strategy, make_strategy
+from .strategies.base import Context
 
 FIELDS = (
     "strategy",
@@ -28,6 +29,7 @@ FIELDS = (
     "on_error",
     "deadline",
     "cache",
+    "min_score",
     "fusion",
 )
 """The settings an adapter passes through by name to :func:`check_options` and :func:`build_reranker`."""
@@ -41,14 +43,22 @@ def check_options(
     system_prompt: str | None = None,
     template: str | None = None,
     domain: str | None = None,
-    max_concurrency: int = 8,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     on_error: str = "degrade",
     deadline: float | None = None,
     cache: object | None = None,
+    min_score: float | None = None,
     fusion: object = "auto",
 ) -> None:
     """Raise :class:`~llmrerank.errors.ConfigurationError` for settings that cannot work together."""
-    check_settings(max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain)
+    check_settings(
+        max_concurrency=max_concurrency,
+        on_error=on_error,
+        deadline=deadline,
+        domain=domain,
+        cache=cache,
+        min_score=min_score,
+    )
     if model is not None and backend is not None:
         raise ConfigurationError("pass either model= or backend=, not both")
     if isinstance(strategy, str) and strategy.lower() not in STRATEGIES:
@@ -57,24 +67,22 @@ def check_options(
         raise ConfigurationError("with a strategy object, set system_prompt/template on the object")
     if template is not None and strategy is None:
         raise ConfigurationError("template= needs strategy= (its placeholders depend on the strategy)")
-    if cache is not None and not (hasattr(cache, "get") and hasattr(cache, "set")):
-        raise ConfigurationError("cache must have get() and set(), e.g. llmrerank.MemoryCache()")
+    if min_score is not None and strategy is not None:
+        chosen = make_strategy(strategy)
+        if not isinstance(chosen, Hybrid) and not chosen.absolute_scores(Context()):
+            raise ConfigurationError(f"min_score needs 0-10 scores; use strategy='pointwise', not {chosen.name!r}")
     if fusion != "auto":
         make_fusion(fusion)  # type: ignore[arg-type]
 
 
 def api_backend(model: str) -> Backend:
-    """The environment's API backend with another ``model``: OpenAI when ``OPENAI_API_KEY`` is set,
-    else Anthropic when ``ANTHROPIC_API_KEY`` is; else a :class:`ConfigurationError`."""
-    if os.environ.get("OPENAI_API_KEY"):
-        from .backends.openai import OpenAIBackend
+    """The backend serving ``model`` (:func:`~llmrerank.routing.backend_for`): ``"openai:gpt-4.1-mini"``,
+    ``"anthropic:claude-haiku-4-5"``, or a bare name by its prefix (``gpt-``/``o3``... OpenAI,
+    ``claude-`` Anthropic), else the environment's one API key; a :class:`ConfigurationError` naming
+    the environment variable when the provider's key is missing."""
+    from .routing import backend_for
 
-        return OpenAIBackend(model)
-    if os.environ.get("ANTHROPIC_API_KEY"):
-        from .backends.anthropic import AnthropicBackend
-
-        return AnthropicBackend(model)
-    raise ConfigurationError("model= needs OPENAI_API_KEY or ANTHROPIC_API_KEY set; or pass backend=")
+    return backend_for(model)
 
 
 def build_reranker(
@@ -85,10 +93,11 @@ def build_reranker(
     system_prompt: str | None = None,
     template: str | None = None,
     domain: str | None = None,
-    max_concurrency: int = 8,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     on_error: OnError = "degrade",
     deadline: float | None = None,
     cache: ResponseCache | Any = None,
+    min_score: float | None = None,
     fusion: Fusion | str | None = "auto",
 ) -> Reranker:
     """A :class:`~llmrerank.Reranker` for these settings (checked with :func:`check_options` first).
@@ -108,6 +117,7 @@ def build_reranker(
         on_error=on_error,
         deadline=deadline,
         cache=cache,
+        min_score=min_score,
         fusion=fusion,
     )
     if backend is None:
@@ -125,6 +135,7 @@ def build_reranker(
         on_error=on_error,
         deadline=deadline,
         cache=cache,
+        min_score=min_score,
         fusion=fusion,
     )
 
@@ -180,6 +191,16 @@ class LazyReranker:
         """The ``backend`` field as an llmrerank backend (None: chosen by :func:`build_reranker`)."""
         backend: Backend | None = getattr(self, "backend", None)
         return backend
+
+    def close(self) -> None:
+        """Close the reranker's backend connections, if the reranker was built (:meth:`Reranker.close`)."""
+        if self._slot.reranker is not None:
+            self._slot.reranker.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        if self._slot.reranker is not None:
+            await self._slot.reranker.aclose()
 
     @property
     def reranker(self) -> Reranker:

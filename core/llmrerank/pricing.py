@@ -8,6 +8,10 @@ Override or extend the table with a dict or a JSON file::
 
 Model names match exactly, else by the longest known prefix, so dated snapshots such as
 ``gpt-4o-mini-2024-07-18`` or ``claude-haiku-4-5-20251001`` find their family's price.
+
+The built-in list prices apply to the providers' own APIs only: a server of your own (vLLM,
+Ollama, llama.cpp) or another OpenAI-compatible endpoint gets no price, shown as n/a with the
+reason (:func:`cost_basis`), unless your own table names its model.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
+from urllib.parse import urlsplit
 
+from .backends.servers import is_local_url
 from .errors import ConfigurationError
 from .types import Usage
 
@@ -84,20 +90,24 @@ def _price(name: str, value: Any) -> Price:
         ) from exc
 
 
+def _read(source: Mapping[str, Any] | str | Path) -> Mapping[str, Any]:
+    if not isinstance(source, str | Path):
+        return source
+    try:
+        data = json.loads(Path(source).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read the price file {source}: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ConfigurationError(f"the price file {source} must hold a JSON object of model -> price")
+    return data
+
+
 def load_prices(source: PriceSource = None) -> dict[str, Price]:
     """The built-in table updated with ``source``: a mapping, or the path of a JSON file holding one."""
     table = dict(PRICES)
     if source is None:
         return table
-    if isinstance(source, str | Path):
-        try:
-            data = json.loads(Path(source).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigurationError(f"cannot read the price file {source}: {exc}") from exc
-        if not isinstance(data, Mapping):
-            raise ConfigurationError(f"the price file {source} must hold a JSON object of model -> price")
-        source = data
-    table.update({str(name).lower(): _price(str(name), value) for name, value in source.items()})
+    table.update({str(name).lower(): _price(str(name), value) for name, value in _read(source).items()})
     return table
 
 
@@ -113,20 +123,70 @@ def price_of(model: str | None, prices: PriceSource = None) -> Price | None:
     return table[max(prefixes, key=len)] if prefixes else None
 
 
-def estimate_cost(
-    model: str | None, usage: Usage, prices: PriceSource = None, *, backend: str | None = None
-) -> float | None:
-    """Estimated USD for ``usage`` on ``model``; None when the model has no known price.
+PROVIDER_HOSTS = {"openai": "api.openai.com", "anthropic": "api.anthropic.com"}
+"""The API host whose list prices the built-in table holds, per backend name."""
 
-    Calls answered from the cache carry no tokens and cost nothing. ``backend`` ``"local"`` or
-    ``"fake"`` always costs 0.
+
+def cost_basis(
+    model: str | None, prices: PriceSource = None, *, backend: str | None = None, server_url: str | None = None
+) -> tuple[Price | None, str]:
+    """The price that applies to ``model`` and a note saying why (``n/a: ...`` when none does).
+
+    ``backend`` ``"local"`` or ``"fake"`` is free. A model your own ``prices`` name is priced
+    wherever it runs. The built-in table applies only to the provider's own API: ``server_url``
+    (the backend's base URL; None is the provider's default) on this machine or a private network
+    is a server of your own, any other host another provider's endpoint; both get no price.
     """
     if backend in FREE_BACKENDS:
-        return 0.0
+        return Price(0.0, 0.0), f"{backend} backend: no charge"
+    if not model:
+        return None, "n/a: no model name"
+    own = {str(k).lower() for k in _source_names(prices)}
+    name = model.lower().rsplit("/", 1)[-1]
+    if name in own or any(name.startswith(k) for k in own):
+        price = price_of(model, prices)
+        return price, "your price table"
+    host = PROVIDER_HOSTS.get(backend or "")
+    if server_url and host and (urlsplit(server_url).hostname or "").lower() != host:
+        where = "a server of your own" if is_local_url(server_url) else "an API other than " + host
+        return None, f"n/a: {where} at {server_url}; list prices do not apply (give yours with prices= / --prices)"
     price = price_of(model, prices)
+    if price is None:
+        return None, f"n/a: no known price for model {model!r} (give one with prices= / --prices)"
+    return price, f"estimated, prices as of {PRICES_AS_OF}"
+
+
+def _source_names(prices: PriceSource) -> list[str]:
+    return [] if prices is None else [str(name) for name in _read(prices)]
+
+
+def estimate_cost(
+    model: str | None,
+    usage: Usage,
+    prices: PriceSource = None,
+    *,
+    backend: str | None = None,
+    server_url: str | None = None,
+) -> float | None:
+    """Estimated USD for ``usage`` on ``model``; None when no price applies (see :func:`cost_basis`).
+
+    Calls answered from the cache carry no tokens and cost nothing. ``backend`` ``"local"`` or
+    ``"fake"`` always costs 0; a server of your own (``server_url`` local) has no price.
+    """
+    price, _ = cost_basis(model, prices, backend=backend, server_url=server_url)
     if price is None:
         return None
     return price.cost(usage.prompt_tokens, usage.completion_tokens)
 
 
-__all__ = ["FREE_BACKENDS", "PRICES", "PRICES_AS_OF", "Price", "estimate_cost", "load_prices", "price_of"]
+__all__ = [
+    "FREE_BACKENDS",
+    "PRICES",
+    "PRICES_AS_OF",
+    "PROVIDER_HOSTS",
+    "Price",
+    "cost_basis",
+    "estimate_cost",
+    "load_prices",
+    "price_of",
+]

@@ -5,14 +5,31 @@ model that what stands inside is data to judge, never instructions. Text inside 
 imitates the tags is defused, so a document cannot close its own block and speak as the user;
 control and invisible format characters are removed first (:func:`sanitize`), so they cannot
 hide a tag. The query is sanitized the same way before it reaches a prompt.
+
+Prompts are sized against a model's context by an estimate of their tokens (:func:`fits`,
+:func:`fit_chars`): strategies shrink windows or documents to fit a known context size.
+
+Prompt order: what every call of a rerank shares comes first, so that a provider's prompt prefix
+cache can reuse it (OpenAI caches a repeated prefix of 1024 tokens or more by itself; Anthropic
+caches what ``cache_control`` marks, see :class:`~llmrerank.backends.anthropic.AnthropicBackend`).
+The system prompt (with the domain instruction) is the same for every call of every rerank; the
+built-in user templates then give a short instruction and the query, then the documents, then the
+question and its answer format (which a model reads best right before answering). A custom
+``template=`` keeps its own order.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .backends.base import Prompt
 
 DOMAINS: dict[str, str] = {
     "general": "",
@@ -131,6 +148,56 @@ def document_block(label: str, text: str) -> str:
     return f'<document id="{label}">\n{text or "(empty document)"}\n</document>'
 
 
+def check_template(template: object, required: tuple[str, ...], strategy: str) -> None:
+    """Raise :class:`ConfigurationError` when a custom ``template`` is not a str or lacks a required
+    ``{placeholder}`` (a prompt without its documents would rank nothing)."""
+    if template is None:
+        return
+    if not isinstance(template, str):
+        raise ConfigurationError(f"{strategy} template must be a str, got {type(template).__name__}")
+    present = set(re.findall(r"\{(\w+)\}", template))
+    missing = [name for name in required if name not in present]
+    if missing:
+        names = ", ".join("{" + name + "}" for name in missing)
+        raise ConfigurationError(
+            f"{strategy} template lacks {names} (needs {', '.join('{' + r + '}' for r in required)})"
+        )
+
+
 def render(template: str, **values: str) -> str:
     """Fill ``{name}`` placeholders without touching other braces (documents may contain ``{``)."""
     return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+CHARS_PER_TOKEN = 4.0
+"""Characters per token in :func:`estimate_tokens`. Measured: a default listwise prompt over
+SciFact abstracts is 4.6 characters a token with SmolLM2's tokenizer (abstracts 4.8 on average,
+3.8 at the 5th percentile), so four is a slightly cautious estimate for English prose."""
+CONTEXT_MARGIN = 0.9
+"""Share of the context a prompt and its answer may fill by the estimate (the rest absorbs
+tokenizers that count more tokens, and the chat template)."""
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens in ``text`` by :data:`CHARS_PER_TOKEN` (no tokenizer is loaded for this)."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def fits(prompt: Prompt, room: int) -> bool:
+    """Whether ``prompt`` and its answer budget fit ``room`` tokens by the estimate, with :data:`CONTEXT_MARGIN`."""
+    return estimate_tokens(prompt.system) + estimate_tokens(prompt.user) + prompt.max_tokens <= room * CONTEXT_MARGIN
+
+
+def fit_chars(build: Callable[[int], Prompt], longest: int, room: int) -> int | None:
+    """The most characters per document (at most ``longest``) with which ``build(chars)`` fits
+    ``room`` tokens; None when ``build(longest)`` fits as it is. At least 1."""
+    if fits(build(longest), room):
+        return None
+    low, high = 1, max(1, longest)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(build(middle), room):
+            low = middle
+        else:
+            high = middle - 1
+    return low

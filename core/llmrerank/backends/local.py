@@ -234,9 +234,10 @@ class LocalBackend(Backend):
     every ``LocalBackend`` of the process with the same model, device and dtype; one thread at a time
     runs it (the event loop stays free: inference runs in a worker thread).
 
-    Prompts go through the tokenizer's chat template (system + user). A prompt longer than
-    ``max_input_tokens`` loses the middle of its user text (the start and the closing instruction
-    stay). Prompts with ``choices`` take one batched forward pass (left padding) and report
+    Prompts go through the tokenizer's chat template (system + user). ``max_input_tokens`` is the
+    backend's :attr:`context_tokens`, so strategies fit their prompts to it (listwise windows
+    shrink); a prompt still longer loses the middle of its user text (the start and the closing
+    instruction stay). Prompts with ``choices`` take one batched forward pass (left padding) and report
     ``choice_logprobs[c]`` = log P(answer starts with ``c``) from the next-token distribution: the
     summed probability of the tokens whose stripped, lower-cased text starts with ``c`` (at a word
     boundary for letters, so ``"Answer"`` is not ``"A"`` while ``"10"`` is ``"1"``); when no single
@@ -298,6 +299,7 @@ class LocalBackend(Backend):
         self.batch_size = batch_size
         self.max_input_tokens = max_input_tokens
         """Longest prompt in tokens; longer user texts lose their middle."""
+        self.context_tokens = max_input_tokens  # strategies fit their prompts rather than lose a middle
         self.pointwise_method = pointwise_method
         """``expected`` or ``yes_no``: how the pointwise strategy scores with this backend's log-probs."""
         self._loaded: _Loaded | None = None
@@ -305,6 +307,14 @@ class LocalBackend(Backend):
 
     def __repr__(self) -> str:
         return f"LocalBackend(model={self.model!r}, pointwise_method={self.pointwise_method!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The loaded model stays in this process (shared by its backends); a copy loads on first use.
+        return {**self.__dict__, "_loaded": None, "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _get(self) -> _Loaded:
         if self._loaded is None:

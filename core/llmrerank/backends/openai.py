@@ -7,15 +7,28 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
-from ..errors import BackendError, require
+from ..errors import BadRequestError, ConfigurationError, InvalidResponseError, require
 from .base import Completion, LogLikelihood, Prompt, counts_for_choice
-from .sdk import SDKBackend
+from .sdk import SDKBackend, describe
+from .servers import (
+    call_defaults,
+    discover_context,
+    is_openai_api,
+    is_openai_reasoning_model,
+    is_reasoning_model,
+)
 
 TOP_LOGPROBS = 20
-"""How many first-token alternatives are asked for (the OpenAI maximum)."""
+"""How many alternatives per output token are asked for (the OpenAI maximum)."""
+REASONING_BUDGET = 4096
+"""Default completion tokens a reasoning model may think with, on top of each answer's budget."""
+
+Position = tuple[str, float, Sequence[tuple[str, float]]]
+"""One output token of a reply: the sampled token, its log-prob, and the top ``(token, logprob)`` alternatives."""
 
 
 def choice_logprobs(top: Sequence[tuple[str, float]], choices: Sequence[str]) -> dict[str, float]:
@@ -43,8 +56,8 @@ def echoed_likelihood(response: Any, prompt: str, continuation: str, backend: st
     The prompt's tokens are the first ``usage.prompt_tokens`` entries of ``choices[0].logprobs``
     (any generated token after them is ignored); the continuation is the shortest run of final
     prompt tokens whose text covers it (a token straddling the boundary counts in full). Raises
-    :class:`~llmrerank.errors.BackendError` when the server did not echo the prompt with its
-    log-probs, as llama.cpp's server does not: such a server cannot score text.
+    :class:`~llmrerank.errors.BadRequestError` (permanent) when the server did not echo the prompt
+    with its log-probs, as llama.cpp's server does not: such a server cannot score text.
     """
     choices = getattr(response, "choices", None) or ()
     first = choices[0] if choices else None
@@ -53,7 +66,7 @@ def echoed_likelihood(response: Any, prompt: str, continuation: str, backend: st
     tokens = list(getattr(logprobs, "tokens", None) or ())
     values = list(getattr(logprobs, "token_logprobs", None) or ())
     if not text.startswith(prompt) or not tokens or len(tokens) != len(values):
-        raise BackendError(
+        raise BadRequestError(
             "the server did not echo the prompt with its token log-probs (/v1/completions with echo=True, "
             "logprobs=1): it cannot score text (llama.cpp's server, for one, returns generated tokens only)",
             backend=backend,
@@ -68,8 +81,59 @@ def echoed_likelihood(response: Any, prompt: str, continuation: str, backend: st
         covered += len(tokens[start])
     picked = values[start:]
     if covered < len(continuation) or not picked or any(v is None for v in picked):
-        raise BackendError("the echoed log-probs do not cover the continuation", backend=backend)
+        raise InvalidResponseError("the echoed log-probs do not cover the continuation", backend=backend)
     return LogLikelihood(float(sum(picked)), len(picked), prompt_tokens or len(tokens))
+
+
+def chained_logprobs(positions: Sequence[Position], choices: Sequence[str]) -> tuple[dict[str, float], tuple[str, ...]]:
+    """log P(answer starts with choice) over the answer's first two tokens, and the choices left unresolved.
+
+    The first position gives :func:`choice_logprobs`. A choice that a tokenizer writes in two
+    tokens (``"10"`` as ``"1"``, ``"0"`` with digit-splitting tokenizers: SmolLM2, Qwen, Llama 2)
+    is read along the sampled path: when the sampled first token is a strict start of the choice,
+    P(first) x P(second starts with the rest | first) is added, with P(first) summed over the top
+    tokens that spell the sampled one (``"1"``, ``" 1"``) and the conditional from the second
+    position's top list. The approximation: a server shows the second position of the sampled
+    path only, so the continuation of an unsampled first token is unknown; such choices are
+    returned as *unresolved*. A choice that is itself one of the first tokens (OpenAI's tokenizer
+    has ``"10"``) needs no chain (their mass stays in the shorter choice, as
+    :attr:`~llmrerank.backends.base.Completion.unresolved` says). The local backend computes
+    every chain exactly; both match tokens with :func:`~llmrerank.backends.base.counts_for_choice`.
+    """
+    if not positions:
+        return {}, ()
+    token, logprob, top = positions[0]
+    top = list(top) or [(token, logprob)]
+    found = choice_logprobs(top, choices)
+    sampled = token.strip().lower()
+    family = [lp for t, lp in top if t.strip().lower() == sampled] or [logprob]
+    starts = {t.strip().lower() for t, _ in top} | {sampled}
+    unresolved: list[str] = []
+    for choice in choices:
+        key = choice.strip().lower()
+        if key in starts:
+            continue  # the tokenizer spells it in one token (OpenAI's "10"): no chain to read
+        prefixes = {start for start in starts if start and len(start) < len(key) and key.startswith(start)}
+        if sampled in prefixes and len(positions) > 1:
+            _, next_logprob, next_top = positions[1]
+            second = list(next_top) or [(positions[1][0], next_logprob)]
+            rest = key[len(sampled) :]
+            continued = [lp for t, lp in second if counts_for_choice(t.lower(), rest)]
+            if continued:
+                chain = _logsumexp(family) + _logsumexp(continued)
+                found[choice] = _logsumexp([found.get(choice, -math.inf), chain])
+            prefixes.discard(sampled)
+        if prefixes:
+            unresolved.append(choice)
+    return found, tuple(unresolved)
+
+
+def logprob_positions(choices: Sequence[str]) -> int:
+    """Output tokens to ask for when reading ``choices`` from log-probs: two when a choice starts
+    with another one (``"10"`` and ``"1"``: a tokenizer that splits digits writes ``"1"`` first, and
+    only the second token tells them apart), else one."""
+    keys = [c.strip().lower() for c in choices]
+    return 2 if any(a != b and a and b.startswith(a) for a in keys for b in keys) else 1
 
 
 def _logsumexp(values: list[float]) -> float:
@@ -83,28 +147,52 @@ class OpenAIBackend(SDKBackend):
     """Chat completions through the official ``openai`` SDK (``pip install "llmrerank[openai]"``).
 
     With no ``api_key`` / ``base_url`` the SDK reads ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
-    Point ``base_url`` at any OpenAI-compatible server (``http://localhost:8000/v1`` for vLLM).
+    Point ``base_url`` at any OpenAI-compatible server (``http://localhost:8000/v1`` for vLLM);
+    one started without a key takes any ``api_key`` (the SDK insists on one).
     ``client`` is an ``openai.AsyncOpenAI`` used as is (and not closed by :meth:`aclose`);
     otherwise one client is made per event loop. ``timeout`` (seconds per call) and ``max_retries``
-    go to the SDK, which does the retrying. ``temperature`` None leaves it out of the request.
+    go to the SDK, which does the retrying; None picks them by server
+    (:func:`~llmrerank.backends.servers.call_defaults`): 60 s and 2 retries for a hosted API,
+    300 s and no retry for a local server, which keeps working on a request the client abandoned
+    (so a retry doubles its load) and whose first error is the cause worth reporting.
+    ``temperature`` None leaves it out of the request.
 
-    ``logprobs`` (None means True) sets :attr:`supports_logprobs`: OpenAI and vLLM return token
-    log-probs, so prompts with ``choices`` are asked for one token plus its top alternatives.
-    Ollama and llama.cpp servers may not support them; pass ``logprobs=False`` there (a reply
-    without log-probs still gives text).
+    ``logprobs`` (None: True, except for reasoning models) sets :attr:`supports_logprobs`: OpenAI,
+    vLLM and llama.cpp return token log-probs, so prompts with ``choices`` are asked for one token
+    (two when a choice starts with another, for tokenizers that split ``"10"``:
+    :func:`logprob_positions`) with its top alternatives (:func:`chained_logprobs`). Servers that
+    ignore the parameter still give text.
+
+    ``reasoning`` (None: by the model's name, :func:`~llmrerank.backends.servers.is_reasoning_model`)
+    marks a model that thinks before answering (o-series, gpt-5, gpt-oss, DeepSeek-R1, or a
+    thinking model you serve): no temperature is sent, no log-probs are asked for, each answer's
+    token budget grows by ``reasoning_budget`` (thinking counts against it), sent as
+    ``max_completion_tokens`` to OpenAI's API and for OpenAI's reasoning models wherever they are
+    served (they reject ``max_tokens``), as ``max_tokens`` to other servers. ``reasoning_effort``
+    (``"minimal"``, ``"low"``, ``"medium"``, ``"high"``) is sent as ``reasoning_effort`` when set.
+    The thinking never counts as the answer: ``reasoning_content`` is ignored and ``<think>``
+    blocks are dropped by the parsers (an unclosed one means no answer). Thinking tokens are
+    counted in :attr:`~llmrerank.types.Usage.reasoning_tokens` where the server reports them.
+
+    ``context_tokens``: the model's context window, for sizing prompts (listwise windows shrink to
+    fit): an int you know (the server's ``-c`` / ``--max-model-len``), ``"auto"`` to ask the
+    server once (llama.cpp ``GET /props``, vLLM ``GET /v1/models``; 2 s at most, cached), or None
+    (unknown; learned from the first context-length error whose message states it).
 
     ``likelihood=True`` sets :attr:`supports_likelihood` for the ``query_likelihood`` strategy:
     each (context, continuation) pair is one ``/v1/completions`` request with ``echo=True,
     logprobs=1, max_tokens=0`` whose echoed prompt log-probs are summed over the continuation
     (:func:`echoed_likelihood`). vLLM answers it (a base or instruct model served with
-    ``vllm serve``); llama.cpp's server and Ollama do not echo prompt log-probs, and OpenAI's own
-    chat models have no completions endpoint: there every pair fails with a ``BackendError``.
+    ``vllm serve``); llama.cpp's server and Ollama do not echo prompt log-probs (a
+    :class:`~llmrerank.errors.BadRequestError` says so), and OpenAI's own chat models have no
+    completions endpoint.
     """
 
     name = "openai"
     client_class = "AsyncOpenAI"
     error_class = "OpenAIError"
     title = "OpenAI"
+    base_url_env = "OPENAI_BASE_URL"
 
     def __init__(
         self,
@@ -113,13 +201,29 @@ class OpenAIBackend(SDKBackend):
         api_key: str | None = None,
         base_url: str | None = None,
         client: Any = None,
-        timeout: float = 60.0,
-        max_retries: int = 2,
+        timeout: float | None = None,
+        max_retries: int | None = None,
         temperature: float | None = 0.0,
         logprobs: bool | None = None,
         likelihood: bool = False,
         default_headers: Mapping[str, str] | None = None,
+        reasoning: bool | None = None,
+        reasoning_effort: str | None = None,
+        reasoning_budget: int = REASONING_BUDGET,
+        context_tokens: int | Literal["auto"] | None = None,
     ) -> None:
+        url = base_url or os.environ.get("OPENAI_BASE_URL")
+        if client is not None:
+            url = str(getattr(client, "base_url", "") or "") or url
+        if reasoning_budget < 0:
+            raise ConfigurationError("reasoning_budget must be >= 0")
+        if (
+            context_tokens is not None
+            and context_tokens != "auto"
+            and (isinstance(context_tokens, bool) or not isinstance(context_tokens, int) or context_tokens < 1)
+        ):
+            raise ConfigurationError(f"context_tokens must be a positive int, 'auto' or None, got {context_tokens!r}")
+        timeout, max_retries = call_defaults(url, timeout, max_retries)
         super().__init__(
             require("openai", "openai"),
             model,
@@ -131,7 +235,17 @@ class OpenAIBackend(SDKBackend):
             temperature=temperature,
             default_headers=default_headers,
         )
-        self.supports_logprobs = True if logprobs is None else logprobs
+        self.server_url = url
+        """The server's base URL (None: OpenAI's API)."""
+        self.reasoning = is_reasoning_model(model) if reasoning is None else reasoning
+        """Whether the model thinks before answering (see the class docstring)."""
+        self.reasoning_effort = reasoning_effort
+        self.reasoning_budget = reasoning_budget
+        self.answer_reserve = reasoning_budget if self.reasoning else 0
+        self.supports_logprobs = (not self.reasoning) if logprobs is None else logprobs
+        self.discover_context = context_tokens == "auto"
+        self.context_tokens = context_tokens if isinstance(context_tokens, int) else None
+        self._discovered = False
         self.supports_likelihood = likelihood
 
     async def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood | BaseException]:
@@ -145,38 +259,133 @@ class OpenAIBackend(SDKBackend):
         response = await self._request(self._current_client().completions.create(**options))
         return echoed_likelihood(response, prompt, continuation, self.name)
 
+    async def discover(self) -> None:
+        """With ``context_tokens="auto"``: ask the server once for its context size (never OpenAI's API)."""
+        if not self.discover_context or self._discovered:
+            return
+        self._discovered = True
+        if self.server_url and not is_openai_api(self.server_url):
+            key = self.api_key or os.environ.get("OPENAI_API_KEY")
+            found = await discover_context(self.server_url, self.model, key)
+            if found is not None and self.context_tokens is None:
+                self.context_tokens = found
+
+    def cache_identity(self) -> dict[str, object]:
+        """Base URL, temperature, whether log-probs are asked for, and the reasoning settings."""
+        identity = {**super().cache_identity(), "logprobs": self.supports_logprobs}
+        if self.reasoning:
+            identity.update(reasoning_effort=self.reasoning_effort, reasoning_budget=self.reasoning_budget)
+        return identity
+
     async def generate(self, prompt: Prompt) -> Completion:
         """One chat completion; with ``prompt.choices`` and log-probs, also the choices' log-probs."""
+        response = await self._request(self._current_client().chat.completions.create(**self.request_options(prompt)))
+        return self.completion_from(response, prompt)
+
+    def _wants_logprobs(self, prompt: Prompt) -> bool:
+        return bool(prompt.choices) and self.supports_logprobs
+
+    def request_options(self, prompt: Prompt) -> dict[str, Any]:
+        """The ``chat.completions.create`` arguments for ``prompt`` (also the body of a Batch API request)."""
         messages = [{"role": "user", "content": prompt.user}]
         if prompt.system:
             messages.insert(0, {"role": "system", "content": prompt.system})
-        options: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": prompt.max_tokens}
-        if self.temperature is not None:
-            options["temperature"] = self.temperature
-        want_logprobs = bool(prompt.choices) and self.supports_logprobs
-        if want_logprobs:
-            options.update(logprobs=True, top_logprobs=TOP_LOGPROBS, max_tokens=1)
-        response = await self._request(self._current_client().chat.completions.create(**options))
+        options: dict[str, Any] = {"model": self.model, "messages": messages}
+        budget = prompt.max_tokens
+        if self._wants_logprobs(prompt):
+            budget = logprob_positions(prompt.choices or ())
+            options.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+        if self.reasoning:
+            native = is_openai_api(self.server_url) or is_openai_reasoning_model(self.model)
+            options["max_completion_tokens" if native else "max_tokens"] = budget + self.reasoning_budget
+        else:
+            options["max_tokens"] = budget
+            if self.temperature is not None:
+                options["temperature"] = self.temperature
+        if self.reasoning_effort is not None:
+            options["reasoning_effort"] = self.reasoning_effort
+        return options
 
-        usage = getattr(response, "usage", None)
-        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+    def completion_from(self, response: Any, prompt: Prompt) -> Completion:
+        """The :class:`Completion` in a chat completion response (an SDK object) to ``prompt``.
+
+        Only the message's ``content`` is the answer: ``reasoning_content`` (vLLM, DeepSeek) is not.
+
+        Raises :class:`~llmrerank.errors.InvalidResponseError` when it is not one (no choices, an
+        HTML page, a JSON array) or its content is neither text nor text parts.
+        """
         choices = getattr(response, "choices", None)
-        if not choices:
-            return Completion(text="", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        if not isinstance(choices, list) or not choices:
+            raise InvalidResponseError(
+                f"the server answered with {describe(response)} instead of a chat completion", backend=self.name
+            )
         first = choices[0]
-        text = getattr(getattr(first, "message", None), "content", None) or ""
+        message = getattr(first, "message", None)
+        if message is None:
+            raise InvalidResponseError("the chat completion's first choice has no message", backend=self.name)
+        text = message_text(getattr(message, "content", None), self.name)
+        usage = getattr(response, "usage", None)
+        details = getattr(usage, "completion_tokens_details", None)
+        cached_tokens = int(getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0)
         lp = None
-        if want_logprobs and prompt.choices:
+        unresolved: tuple[str, ...] = ()
+        if self._wants_logprobs(prompt) and prompt.choices:
             content = getattr(getattr(first, "logprobs", None), "content", None)
             if content:
-                top = [(t.token, t.logprob) for t in (content[0].top_logprobs or ())]
-                if not top:
-                    top = [(content[0].token, content[0].logprob)]
-                lp = choice_logprobs(top, prompt.choices)
+                positions = [
+                    (p.token, p.logprob, [(t.token, t.logprob) for t in (p.top_logprobs or ())]) for p in content
+                ]
+                lp, unresolved = chained_logprobs(positions, prompt.choices)
+        model = getattr(response, "model", None)
         return Completion(
-            text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, choice_logprobs=lp
+            text=text,
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            choice_logprobs=lp,
+            finish_reason=getattr(first, "finish_reason", None),
+            model=model if isinstance(model, str) and model else None,
+            reasoning_tokens=int(getattr(details, "reasoning_tokens", 0) or 0),
+            unresolved=unresolved,
+            cached_prompt_tokens=cached_tokens,
         )
 
 
-__all__ = ["TOP_LOGPROBS", "OpenAIBackend", "choice_logprobs", "echoed_likelihood"]
+def message_text(content: Any, backend: str = "openai") -> str:
+    """The text of a chat message's ``content``: a string, None (no text), or a list of text parts
+    (``{"type": "text", "text": ...}``, as several gateways send), joined. Anything else raises
+    :class:`~llmrerank.errors.InvalidResponseError`."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            text = part if isinstance(part, str) else _part_text(part)
+            if text is None:
+                raise InvalidResponseError(f"a content part that is not text: {str(part)[:80]!r}", backend=backend)
+            texts.append(text)
+        return "".join(texts)
+    raise InvalidResponseError(f"message content is {type(content).__name__}, not text", backend=backend)
+
+
+def _part_text(part: Any) -> str | None:
+    get = part.get if isinstance(part, dict) else lambda key: getattr(part, key, None)
+    kind, text = get("type"), get("text")
+    if kind in ("text", "output_text", None) and isinstance(text, str):
+        return text
+    if kind in ("reasoning", "thinking", "refusal"):
+        return ""  # not the answer
+    return None
+
+
+__all__ = [
+    "REASONING_BUDGET",
+    "TOP_LOGPROBS",
+    "OpenAIBackend",
+    "chained_logprobs",
+    "choice_logprobs",
+    "echoed_likelihood",
+    "logprob_positions",
+    "message_text",
+]

@@ -1,4 +1,4 @@
-"""Reranking strategies: pointwise, pairwise, listwise, hybrid and query likelihood."""
+"""Reranking strategies: pointwise, batch scoring, pairwise, setwise, listwise, hybrid and query likelihood."""
 
 from __future__ import annotations
 
@@ -6,17 +6,21 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from .base import Context, Likelihood, Plan, Predict, Ranking, Strategy
+from .batch_score import BatchScore
 from .hybrid import Hybrid
 from .listwise import Listwise
 from .pairwise import Pairwise
 from .pointwise import Pointwise
 from .query_likelihood import QueryLikelihood
+from .setwise import Setwise
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "pointwise": Pointwise,
     "pairwise": Pairwise,
     "listwise": Listwise,
     "hybrid": Hybrid,
+    "batch_score": BatchScore,
+    "setwise": Setwise,
     "query_likelihood": QueryLikelihood,
 }
 """Strategy classes by name."""
@@ -46,6 +50,7 @@ def uses_likelihood(strategy: Strategy, preferred: str) -> bool:
 
 __all__ = [
     "STRATEGIES",
+    "BatchScore",
     "Context",
     "Hybrid",
     "Likelihood",
@@ -56,6 +61,7 @@ __all__ = [
     "Predict",
     "QueryLikelihood",
     "Ranking",
+    "Setwise",
     "Strategy",
     "make_strategy",
     "uses_likelihood",

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Union
 
 from ..backends.base import Completion, Prompt
+from ..prompts import Clip, clip, fit_chars
 from ..types import Diagnostic, Document, ScoreKind
 
 
@@ -55,6 +56,9 @@ class Context:
     """The backend's preferred log-prob scoring for pointwise (``expected`` or ``yes_no``)."""
     preferred_strategy: str = "listwise"
     """The backend's preferred strategy, for a hybrid strategy whose ``llm`` is None."""
+    context_tokens: int | None = None
+    """Tokens a prompt and its answer may take together (the model's context less what the backend
+    adds to every answer); None when unknown. Strategies fit their prompts into it."""
 
 
 @dataclass
@@ -66,6 +70,9 @@ class Ranking:
     scores: dict[int, float] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    unjudged: set[int] = field(default_factory=set)
+    """Documents whose place no model answer decided (failed call, unreadable answer). They keep a
+    fallback place (their first-stage order among themselves) and no score unless a prefilter gave one."""
 
 
 class Strategy(ABC):
@@ -79,7 +86,33 @@ class Strategy(ABC):
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
         """Yield steps, receive answers, return a :class:`Ranking` over ``range(len(docs))``."""
 
+    def absolute_scores(self, ctx: Context) -> bool:
+        """Whether this strategy's scores sit on a fixed scale comparable across queries (0-10
+        ratings), so that a ``min_score`` threshold means something. False unless a subclass says so."""
+        return False
+
 
 def failure(answer: Any) -> BaseException | None:
     """Return the exception when a call failed, else None."""
     return answer if isinstance(answer, BaseException) else None
+
+
+def shrinkable(build: Callable[[list[str]], Prompt], texts: Sequence[str]) -> Prompt:
+    """``build(texts)``, able to shrink to the texts cut to half (sent once when the model's
+    context is too small; see :attr:`~llmrerank.backends.base.Prompt.shrink`)."""
+    return replace(build(list(texts)), shrink=lambda: build([clip(t, max(1, len(t) // 2)).text for t in texts]))
+
+
+def fit_documents(
+    clipped: list[Clip], build: Callable[[list[str]], Prompt], count: int, ctx: Context
+) -> tuple[list[Clip], list[Diagnostic]]:
+    """Cut the documents further, when the model's context is known (``ctx.context_tokens``), so that
+    a prompt over the ``count`` longest of them fits; with a ``context_fitted`` diagnostic when cut."""
+    if ctx.context_tokens is None or not clipped:
+        return clipped, []
+    longest = sorted((c.text for c in clipped), key=len, reverse=True)[:count]
+    cap = fit_chars(lambda chars: build([t[:chars] for t in longest]), len(longest[0]), ctx.context_tokens)
+    if cap is None:
+        return clipped, []
+    note = f"documents cut to {cap} characters to fit {ctx.context_tokens} tokens of context"
+    return [clip(c.text, cap) if len(c.text) > cap else c for c in clipped], [Diagnostic("context_fitted", note)]

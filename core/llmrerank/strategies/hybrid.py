@@ -6,6 +6,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..backends.cross_encoder import checked
 from ..errors import ConfigurationError
 from ..types import Diagnostic, Document
 from .base import Context, Plan, Predict, Ranking, Strategy, failure
@@ -53,6 +54,10 @@ class Hybrid(Strategy):
         preferred = ctx.preferred_strategy if ctx.preferred_strategy != self.name else "listwise"
         return make_strategy(preferred)
 
+    def absolute_scores(self, ctx: Context) -> bool:
+        """Those of the LLM strategy."""
+        return self.inner(ctx).absolute_scores(ctx)
+
     @property
     def scorer(self) -> Any:
         """The prefilter, loaded on first use."""
@@ -67,16 +72,17 @@ class Hybrid(Strategy):
         n = len(docs)
         diagnostics: list[Diagnostic] = []
         pairs = [(query, d.text[: self.max_doc_chars]) for d in docs]
-        predicted = yield Predict(self.scorer.predict, pairs)
+        predicted = yield Predict(checked(self.scorer), pairs)
         error = failure(predicted)
         if error is None and len(predicted) != n:
             error = ConfigurationError(f"cross-encoder returned {len(predicted)} scores for {n} documents")
         if error is not None:
             diagnostics.append(Diagnostic("prefilter_failed", f"{type(error).__name__}: {error}"))
-            ce_scores = {i: 0.0 for i in range(n)}
+            ce_scores: dict[int, float] = {}
         else:
             ce_scores = {i: float(s) for i, s in enumerate(predicted)}
-        by_ce = sorted(range(n), key=lambda i: (-ce_scores[i], i))
+        # Without prefilter scores the first-stage order stands, and only the LLM's part is judged.
+        by_ce = sorted(range(n), key=lambda i: (-ce_scores.get(i, 0.0), i))
         kept, rest = by_ce[: self.keep], by_ce[self.keep :]
         subset = [Document(index=k, text=docs[i].text, id=docs[i].id) for k, i in enumerate(kept)]
         llm = self.inner(ctx)
@@ -90,19 +96,18 @@ class Hybrid(Strategy):
         )
         calls = [0, 0]  # answers seen, answers that were failures
         inner = yield from _watch(llm.plan(query, subset, inner_ctx), calls)
-        if calls[0] and calls[0] == calls[1]:
-            # Every LLM call failed (or the deadline passed): the cross-encoder's order and scores stand.
-            diagnostics += [
-                Diagnostic(d.code, d.message, None if d.index is None else kept[d.index]) for d in inner.diagnostics
-            ]
-            return Ranking(by_ce, "cross_encoder", {i: ce_scores[i] for i in kept}, {}, diagnostics)
-        order = [kept[k] for k in inner.order] + rest
-        scores = {kept[k]: s for k, s in inner.scores.items()}
-        reasons = {kept[k]: r for k, r in inner.reasons.items()}
         diagnostics += [
             Diagnostic(d.code, d.message, None if d.index is None else kept[d.index]) for d in inner.diagnostics
         ]
-        return Ranking(order, inner.score_kind, scores, reasons, diagnostics)
+        unjudged_rest = set(rest) if error is not None else set()
+        if calls[0] and calls[0] == calls[1]:
+            # Every LLM call failed (or the deadline passed): the cross-encoder's order and scores stand.
+            return Ranking(by_ce, "cross_encoder", dict(ce_scores), {}, diagnostics, set(range(n)))
+        order = [kept[k] for k in inner.order] + rest
+        scores = {kept[k]: s for k, s in inner.scores.items()}
+        reasons = {kept[k]: r for k, r in inner.reasons.items()}
+        unjudged = {kept[k] for k in inner.unjudged} | unjudged_rest
+        return Ranking(order, inner.score_kind, scores, reasons, diagnostics, unjudged)
 
 
 def _watch(plan: Plan, calls: list[int]) -> Generator[Any, Any, Ranking]:

@@ -4,98 +4,227 @@ Lists longer than ``window`` are ranked with sliding windows from the bottom of 
 order to the top, moving up ``step`` at a time, so strong documents bubble up:
 ``1 + ceil((n - window) / step)`` sequential calls. The first ``window - step`` places are final
 after one pass; ask for ``top_k`` within that.
+
+Two methods:
+
+- ``generate``: the model writes the whole order (``[2] > [1] > [3]``). It gives no score
+  (``score_kind="rank"``): the order is the judgment.
+- ``first_token`` (needs log-probabilities): the model is asked for the same order with letter
+  labels, but only its first token is read, as in FIRST (Reddy et al., 2024): the probability of
+  each label being written first orders the window and is the document's score
+  (``score_kind="first_token"``). One output token per window instead of about 6 per document.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from ..backends.base import Prompt
+from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
-from ..parsing import parse_permutation
-from ..prompts import clip, document_block, render, system_prompt
-from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Strategy, failure
+from ..parsing import choice_distribution, parse_permutation
+from ..prompts import check_template, clip, document_block, fit_chars, fits, render, system_prompt
+from ..types import Diagnostic, Document, ScoreKind
+from .base import Context, Plan, Ranking, Strategy, failure, shrinkable
 
 LIST_TEMPLATE = (
+    "Rank documents by how well they answer a query.\n\n"
     "Query: {query}\n\nHere are {count} documents, each with an id in brackets.\n\n{documents}\n\n"
     "Rank all {count} documents by how well they answer the query, most relevant first. "
-    "Answer with the ids only, in the form [2] > [1] > [3], and nothing else."
+    "Answer with the ids only, in the form {example}, and nothing else."
 )
-"""User prompt; placeholders ``{query}``, ``{count}``, ``{documents}``."""
+"""User prompt; placeholders ``{query}``, ``{count}``, ``{documents}`` (and ``{example}``, the answer's form).
+
+A short instruction and the query come before the documents, so the windows of one rerank share
+their prompt's start; the full instruction follows the documents."""
+
+LETTERS = tuple(string.ascii_uppercase)
+"""Labels of the ``first_token`` method: one token each in common tokenizers."""
+
+Method = Literal["generate", "first_token"]
 
 
 @dataclass(frozen=True)
 class Listwise(Strategy):
-    """Rank documents in windows of ``window``, sliding up by ``step``.
+    """Rank documents in windows of ``window``, sliding up by ``step`` (default: half the window).
 
     Output like ``[3] > [1] > [2]``, ``3, 1, 2`` or JSON lists is understood; duplicate and unknown
-    ids are dropped and missing documents keep their relative order after the ranked ones, each
-    repair recorded in the diagnostics. A failed or unreadable window keeps its previous order.
-    Scores are rank-derived (``score_kind="rank"``).
+    ids are dropped and documents the answer leaves out follow the ranked ones in their previous
+    order (RankGPT's reading: the model put them last), each repair recorded in the diagnostics. A
+    window whose call failed or whose answer names no id keeps its previous order, and its documents
+    are marked ``fallback`` unless another window placed them. With ``method="first_token"`` the
+    window (at most 26 documents) is ordered by the first-token probability of each label.
     """
 
     name: ClassVar[str] = "listwise"
     window: int = 20
-    step: int = 10
+    step: int | None = None
+    """How far each window moves up; None: half the window."""
     max_doc_chars: int = 1200
     system_prompt: str | None = None
     template: str | None = None
+    method: Method = "generate"
+    """``generate`` (the model writes the order) or ``first_token`` (log-prob scores; see the module docstring)."""
 
     def __post_init__(self) -> None:
-        if self.window < 2 or not 1 <= self.step <= self.window:
+        if self.step is None:
+            object.__setattr__(self, "step", max(1, self.window // 2))
+        if self.window < 2 or not 1 <= self.stride <= self.window:
             raise ConfigurationError(f"need window >= 2 and 1 <= step <= window (got {self.window}, {self.step})")
         if self.max_doc_chars < 1:
             raise ConfigurationError("max_doc_chars must be >= 1")
+        if self.method not in ("generate", "first_token"):
+            raise ConfigurationError(f"unknown listwise method {self.method!r}: use 'generate' or 'first_token'")
+        if self.method == "first_token" and self.window > len(LETTERS):
+            raise ConfigurationError(f"method='first_token' labels documents A-Z: window must be <= {len(LETTERS)}")
+        check_template(self.template, ("query", "documents"), "Listwise")
+
+    @property
+    def stride(self) -> int:
+        """``step`` as set, or derived from the window."""
+        return self.step if self.step is not None else max(1, self.window // 2)
 
     def calls(self, n: int) -> int:
-        """How many LLM calls ranking ``n`` documents takes."""
+        """How many LLM calls ranking ``n`` documents takes (context retries not counted)."""
         if n < 2:
             return 0
-        return 1 + max(0, math.ceil((n - self.window) / self.step))
+        return 1 + max(0, math.ceil((n - self.window) / self.stride))
+
+    def labels(self, count: int) -> list[str]:
+        """The labels of ``count`` documents: ``[1]..[count]``, or ``[A]..`` for ``first_token``."""
+        if self.method == "first_token":
+            return list(LETTERS[:count])
+        return [str(i + 1) for i in range(count)]
 
     def prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
-        """The prompt ranking ``texts`` labelled [1]..[len(texts)]."""
-        blocks = "\n".join(document_block(f"[{i + 1}]", t) for i, t in enumerate(texts))
-        user = render(self.template or LIST_TEMPLATE, query=query, count=str(len(texts)), documents=blocks)
-        return Prompt(system_prompt(self.system_prompt, ctx.domain), user, max_tokens=6 * len(texts) + 16)
+        """The prompt ranking ``texts``; for a too-small context it can shrink to documents cut to half."""
+
+        return shrinkable(lambda cut: self._prompt(query, cut, ctx), texts)
+
+    def _prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
+        labels = self.labels(len(texts))
+        blocks = "\n".join(document_block(f"[{label}]", t) for label, t in zip(labels, texts, strict=True))
+        example = " > ".join(f"[{label}]" for label in (labels[1:2] + labels[:1] + labels[2:3]))
+        user = render(
+            self.template or LIST_TEMPLATE, query=query, count=str(len(texts)), documents=blocks, example=example
+        )
+        system = system_prompt(self.system_prompt, ctx.domain)
+        if self.method == "first_token" and ctx.supports_logprobs:
+            return Prompt(system, user, max_tokens=1, choices=tuple(labels))
+        return Prompt(system, user, max_tokens=6 * len(texts) + 16)
+
+    def fitted(self, query: str, texts: Sequence[str], ctx: Context) -> tuple[int, int, int | None]:
+        """The window, step and per-document character cap (None: uncut) that fit ``ctx.context_tokens``.
+
+        With a known context a window holds as many documents as fit (its longest ones counted, by
+        :func:`~llmrerank.prompts.fits`), at least two, with the step shrunk in proportion: more
+        windows, never a prompt the server refuses. When two documents do not fit, they are cut.
+        """
+        room = ctx.context_tokens
+        if room is None or len(texts) < 2:
+            return self.window, self.stride, None
+        longest = sorted(texts, key=len, reverse=True)
+        full = window = min(self.window, len(texts))
+        while window > 2 and not fits(self._prompt(query, longest[:window], ctx), room):
+            window -= 1
+        step = self.stride if window == full else max(1, round(self.stride * window / self.window))
+
+        def cut(chars: int) -> Prompt:
+            return self._prompt(query, [t[:chars] for t in longest[:window]], ctx)
+
+        return window, min(step, window), fit_chars(cut, len(longest[0]), room)
 
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
-        """Sliding windows from the bottom up; one call per window."""
+        """Sliding windows from the bottom up; one call per window (windows fitted to a known context)."""
         n = len(docs)
         order = list(range(n))
         clipped = [clip(d.text, self.max_doc_chars) for d in docs]
-        diagnostics = [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
+        window, step, cap = self.fitted(query, [c.text for c in clipped], ctx)
+        diagnostics: list[Diagnostic] = []
+        if window < min(self.window, n):  # fewer documents per window: more windows
+            note = f"window of {window} documents, step {step}, to fit {ctx.context_tokens} tokens of context"
+            diagnostics.append(Diagnostic("context_fitted", note))
+        if cap is not None:
+            clipped = [clip(c.text, cap) if len(c.text) > cap else c for c in clipped]
+            diagnostics.append(Diagnostic("context_fitted", f"documents cut to {cap} characters to fit the context"))
+        diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
+        judged: set[int] = set()
+        scores: dict[int, float] = {}
+        if self.method == "first_token" and not ctx.supports_logprobs:
+            diagnostics.append(Diagnostic("no_logprobs", "no log-probabilities from the backend: generated order used"))
         end = n
         while n >= 2:
-            start = max(0, end - self.window)
+            start = max(0, end - window)
             ids = order[start:end]
             (answer,) = yield [self.prompt(query, [clipped[i].text for i in ids], ctx)]
+            where = f"window {start + 1}-{end}"
             error = failure(answer)
             if error is not None:
-                diagnostics.append(Diagnostic("call_failed", f"window {start}-{end}: {type(error).__name__}: {error}"))
+                diagnostics.append(Diagnostic("call_failed", f"{where}: {type(error).__name__}: {error}"))
             else:
-                perm = parse_permutation(answer.text, len(ids))
-                if ctx.strict and not perm.clean:
-                    raise ParseError("not a full ranking of the window", output=answer.text)
-                if perm.parsed == 0:
-                    diagnostics.append(
-                        Diagnostic("fallback_input_order", f"window {start}-{end}: {answer.text[:80]!r}")
-                    )
-                elif not perm.clean:
-                    diagnostics.append(
-                        Diagnostic(
-                            "permutation_repaired",
-                            f"window {start}-{end}: {perm.duplicates} duplicate, {perm.out_of_range} unknown ids",
-                        )
-                    )
-                    diagnostics += [Diagnostic("missing_appended", "", ids[m]) for m in perm.missing]
-                order[start:end] = [ids[p] for p in perm.order]
+                assert isinstance(answer, Completion)
+                placed = self.read(answer, ids, diagnostics, where, ctx, scores)
+                if placed is not None:
+                    order[start:end] = placed
+                    judged.update(ids)
             if start == 0:
                 break
-            end -= self.step
-        scores = {i: (n - r) / n for r, i in enumerate(order)}
-        return Ranking(order, "rank", scores, diagnostics=diagnostics)
+            end -= step
+        kind: ScoreKind = "first_token" if scores else "rank"
+        unjudged = set(range(n)) - judged if n >= 2 else set()
+        return Ranking(order, kind, {i: s for i, s in scores.items() if i in judged}, {}, diagnostics, unjudged)
+
+    def read(
+        self,
+        answer: Completion,
+        ids: list[int],
+        diagnostics: list[Diagnostic],
+        where: str,
+        ctx: Context,
+        scores: dict[int, float],
+    ) -> list[int] | None:
+        """The window's new order from one answer (scores filled for ``first_token``), or None if unreadable."""
+        labels = self.labels(len(ids))
+        probs = choice_distribution(answer.choice_logprobs, tuple(labels)) if self.method == "first_token" else {}
+        if probs:
+            seen = sorted((p, -k) for k, label in enumerate(labels) if (p := probs.get(label)) is not None)
+            ranked = [-k for _, k in reversed(seen)]
+            unseen = [k for k in range(len(ids)) if k not in set(ranked)]
+            if unseen:
+                diagnostics.append(Diagnostic("label_unseen", f"{where}: {len(unseen)} labels not in the top tokens"))
+            for k in ranked:
+                scores[ids[k]] = probs[labels[k]]
+            return [ids[k] for k in ranked + unseen]
+        perm = parse_permutation(answer.text, len(ids))
+        if ctx.strict and not perm.clean:
+            raise ParseError("not a full ranking of the window", output=answer.text)
+        if perm.parsed == 0 and self.method == "first_token":
+            # Without log-probs the letters are read from the text: A is 1.
+            letters = parse_permutation(_letters_to_numbers(answer.text, len(ids)), len(ids))
+            perm = letters if letters.parsed else perm
+        if perm.parsed == 0:
+            diagnostics.append(Diagnostic("fallback_input_order", f"{where}: unreadable answer {answer.text[:80]!r}"))
+            return None
+        if not perm.clean:
+            diagnostics.append(
+                Diagnostic(
+                    "permutation_repaired",
+                    f"{where}: {perm.duplicates} duplicate, {perm.out_of_range} unknown ids",
+                )
+            )
+            diagnostics += [Diagnostic("missing_appended", "", ids[m]) for m in perm.missing]
+        return [ids[p] for p in perm.order]
+
+
+def _letters_to_numbers(text: str, count: int) -> str:
+    """``[C] > [A]`` as ``[3] > [1]``, for answers in the letter labels of ``first_token``."""
+
+    def number(match: re.Match[str]) -> str:
+        k = LETTERS.index(match.group(1))
+        return f"[{k + 1}]" if k < count else match.group(0)
+
+    return re.sub(r"(?<![A-Za-z])\[?([A-Z])\]?(?![A-Za-z])", number, text)

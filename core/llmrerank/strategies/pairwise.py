@@ -18,15 +18,16 @@ from typing import Any, ClassVar, Literal
 from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
-from ..prompts import clip, document_block, render, system_prompt
+from ..prompts import check_template, clip, document_block, fit_chars, render, system_prompt
 from ..types import Diagnostic, Document
 from .base import Context, Plan, Ranking, Step, Strategy, failure
 
 PAIR_TEMPLATE = (
+    "Compare how well two documents answer a query.\n\n"
     "Query: {query}\n\n{document_a}\n\n{document_b}\n\n"
     "Which document answers the query better, A or B? Answer with the single letter A or B."
 )
-"""User prompt; placeholders ``{query}``, ``{document_a}``, ``{document_b}``."""
+"""User prompt; placeholders ``{query}``, ``{document_a}``, ``{document_b}`` (instruction and query first)."""
 
 AB = ("A", "B")
 
@@ -50,6 +51,7 @@ class Pairwise(Strategy):
             raise ConfigurationError(f"unknown pairwise mode {self.mode!r}")
         if self.max_doc_chars < 1 or self.all_pairs_max < 2:
             raise ConfigurationError("max_doc_chars must be >= 1 and all_pairs_max >= 2")
+        check_template(self.template, ("query", "document_a", "document_b"), "Pairwise")
 
     def prompt(self, query: str, a: str, b: str, ctx: Context) -> Prompt:
         """The prompt comparing clipped texts ``a`` and ``b``."""
@@ -71,12 +73,22 @@ class Pairwise(Strategy):
         """All pairs or sort-based, by ``mode``."""
         n = len(docs)
         clipped = [clip(d.text, self.max_doc_chars) for d in docs]
+        diagnostics: list[Diagnostic] = []
+        if ctx.context_tokens is not None and n >= 2:
+            a, b = sorted((c.text for c in clipped), key=len, reverse=True)[:2]
+            cap = fit_chars(lambda c: self.prompt(query, a[:c], b[:c], ctx), len(a), ctx.context_tokens)
+            if cap is not None:
+                clipped = [clip(c.text, cap) if len(c.text) > cap else c for c in clipped]
+                note = f"documents cut to {cap} characters to fit {ctx.context_tokens} tokens of context"
+                diagnostics.append(Diagnostic("context_fitted", note))
         texts = [c.text for c in clipped]
-        diagnostics = [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
+        diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
         mode = self.mode if self.mode != "auto" else ("all_pairs" if n <= self.all_pairs_max else "sort")
 
-        def compare(pairs: list[tuple[int, int]]) -> Generator[Step, Any, list[float]]:
-            """Preference of i over j in [0, 1] for each pair (0.5 when unknown), asking both orders."""
+        judged: set[int] = set()
+
+        def compare(pairs: list[tuple[int, int]]) -> Generator[Step, Any, list[float | None]]:
+            """Preference of i over j in [0, 1] for each pair (None when neither order could be read)."""
             prompts = []
             for i, j in pairs:
                 prompts += [
@@ -84,26 +96,35 @@ class Pairwise(Strategy):
                     self.prompt(query, texts[j], texts[i], ctx),
                 ]
             answers = yield list(prompts)
-            prefs = []
+            prefs: list[float | None] = []
             for k, (i, j) in enumerate(pairs):
                 first = self.read(answers[2 * k], diagnostics, i, ctx)
                 second = self.read(answers[2 * k + 1], diagnostics, j, ctx)
                 votes = [v for v in (first, None if second is None else 1.0 - second) if v is not None]
-                prefs.append(sum(votes) / len(votes) if votes else 0.5)
+                if votes:
+                    judged.update((i, j))
+                prefs.append(sum(votes) / len(votes) if votes else None)
             return prefs
 
         if n < 2:
-            return Ranking(list(range(n)), "win_rate", dict.fromkeys(range(n), 1.0), diagnostics=diagnostics)
+            return Ranking(list(range(n)), "rank", diagnostics=diagnostics)
         if mode == "all_pairs":
             pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
             prefs = yield from compare(pairs)
             wins = [0.0] * n
+            known = [0] * n
             for (i, j), p in zip(pairs, prefs, strict=True):
+                if p is None:
+                    continue
                 wins[i] += p
                 wins[j] += 1.0 - p
-            scores = {i: wins[i] / (n - 1) for i in range(n)}
-            order = sorted(range(n), key=lambda i: (-scores[i], i))
-            return Ranking(order, "win_rate", scores, diagnostics=diagnostics)
+                known[i] += 1
+                known[j] += 1
+            # A document's win rate is over the comparisons that could be read; with none, it has no score.
+            scores = {i: wins[i] / known[i] for i in range(n) if known[i]}
+            order = sorted(scores, key=lambda i: (-scores[i], i))
+            unscored = [i for i in range(n) if i not in scores]
+            return Ranking(order + unscored, "win_rate", scores, diagnostics=diagnostics, unjudged=set(unscored))
 
         k = ctx.top_k or n
 
@@ -114,7 +135,9 @@ class Pairwise(Strategy):
             pivot = items[len(items) // 2]
             others = [x for x in items if x != pivot]
             prefs = yield from compare([(x, pivot) for x in others])
-            better = [x for x, p in zip(others, prefs, strict=True) if p > 0.5 or (p == 0.5 and x < pivot)]
+            # An unreadable comparison counts as a tie, which keeps the first-stage order.
+            ties = [0.5 if p is None else p for p in prefs]
+            better = [x for x, p in zip(others, ties, strict=True) if p > 0.5 or (p == 0.5 and x < pivot)]
             worse = [x for x in others if x not in better]
             head = yield from select(better, k)
             if len(head) + 1 >= k:
@@ -123,8 +146,7 @@ class Pairwise(Strategy):
             return [*head, pivot, *tail]
 
         order = yield from select(list(range(n)), k)
-        scores = {i: (n - r) / n for r, i in enumerate(order)}
-        return Ranking(order, "rank", scores, diagnostics=diagnostics)
+        return Ranking(order, "rank", diagnostics=diagnostics, unjudged=set(range(n)) - judged)
 
     def read(
         self, answer: Completion | BaseException, diagnostics: list[Diagnostic], index: int, ctx: Context

@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
-from ..parsing import choice_distribution, parse_reason, parse_score
-from ..prompts import clip, document_block, render, system_prompt
+from ..parsing import choice_distribution, choice_mass, parse_reason, parse_score
+from ..prompts import check_template, clip, document_block, fit_chars, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
 from .base import Context, Plan, Ranking, Strategy, failure
 
 SCORE_TEMPLATE = (
+    "Judge how relevant a document is to a query.\n\n"
     "Query: {query}\n\n{document}\n\n"
     "How relevant is the document to the query, from 0 (unrelated) to 10 (answers it fully)?\n"
     "{answer_format}"
 )
-"""User prompt; placeholders ``{query}``, ``{document}``, ``{answer_format}``."""
+"""User prompt; placeholders ``{query}``, ``{document}``, ``{answer_format}``.
 
-YES_NO_TEMPLATE = "Query: {query}\n\n{document}\n\nDoes the document answer the query? Answer Yes or No."
+A short instruction and the query come before the document, so the calls of one rerank share their
+prompt's start (see :mod:`llmrerank.prompts` on prefix caching); the question follows the document."""
+
+YES_NO_TEMPLATE = (
+    "Judge whether a document answers a query.\n\n"
+    "Query: {query}\n\n{document}\n\n"
+    "Does the document answer the query? Answer Yes or No."
+)
 """User prompt for the Yes/No log-probability method."""
 
 NUMBER_ONLY = "Answer with the number only."
@@ -62,6 +71,7 @@ class Pointwise(Strategy):
             raise ConfigurationError(f"unknown pointwise method {self.method!r}")
         if self.max_doc_chars < 1:
             raise ConfigurationError("max_doc_chars must be >= 1")
+        check_template(self.template, ("query", "document"), "Pointwise")
 
     def resolve_method(self, ctx: Context) -> str:
         """The method this plan will use given the backend's capabilities."""
@@ -71,26 +81,52 @@ class Pointwise(Strategy):
             return ctx.pointwise_method
         return "generate"
 
-    def prompt(self, query: str, doc: Document, method: str, ctx: Context) -> tuple[Prompt, bool]:
-        """Build the prompt for one document; also says whether the document was truncated."""
-        clipped = clip(doc.text, self.max_doc_chars)
-        block = document_block("1", clipped.text)
+    def absolute_scores(self, ctx: Context) -> bool:
+        """Pointwise scores are 0-10 ratings: yes."""
+        return True
+
+    def prompt(
+        self, query: str, doc: Document, method: str, ctx: Context, max_chars: int | None = None
+    ) -> tuple[Prompt, bool]:
+        """Build the prompt for one document (cut to ``max_chars``, default :attr:`max_doc_chars`);
+        also says whether the document was truncated.
+
+        For a model whose context it exceeds, the prompt can shrink to the document cut to half.
+        """
+        clipped = clip(doc.text, max_chars or self.max_doc_chars)
+
+        def shrink() -> Prompt:
+            return self._prompt(query, clip(clipped.text, max(1, len(clipped.text) // 2)).text, method, ctx)
+
+        return replace(self._prompt(query, clipped.text, method, ctx), shrink=shrink), clipped.truncated
+
+    def _prompt(self, query: str, text: str, method: str, ctx: Context) -> Prompt:
+        block = document_block("1", text)
         system = system_prompt(self.system_prompt, ctx.domain)
         if method == "yes_no":
             user = render(self.template or YES_NO_TEMPLATE, query=query, document=block, answer_format="")
-            return Prompt(system, user, max_tokens=2, choices=("Yes", "No")), clipped.truncated
+            return Prompt(system, user, max_tokens=2, choices=("Yes", "No"))
         answer_format = WITH_REASON if self.with_reason else NUMBER_ONLY
         user = render(self.template or SCORE_TEMPLATE, query=query, document=block, answer_format=answer_format)
         if method == "expected":
-            return Prompt(system, user, max_tokens=2, choices=SCALE), clipped.truncated
-        return Prompt(system, user, max_tokens=64 if self.with_reason else 8), clipped.truncated
+            return Prompt(system, user, max_tokens=2, choices=SCALE)
+        return Prompt(system, user, max_tokens=64 if self.with_reason else 8)
 
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
         """One step: a prompt per document."""
         method = self.resolve_method(ctx)
-        built = [self.prompt(query, doc, method, ctx) for doc in docs]
-        diagnostics = [
-            Diagnostic("truncated", f"cut to {self.max_doc_chars} characters", i)
+        limit = self.max_doc_chars
+        diagnostics: list[Diagnostic] = []
+        if ctx.context_tokens is not None and docs:
+            longest = max((clip(d.text, limit).text for d in docs), key=len)
+            cap = fit_chars(lambda c: self._prompt(query, longest[:c], method, ctx), len(longest), ctx.context_tokens)
+            if cap is not None:
+                limit = cap
+                note = f"documents cut to {cap} characters to fit {ctx.context_tokens} tokens of context"
+                diagnostics.append(Diagnostic("context_fitted", note))
+        built = [self.prompt(query, doc, method, ctx, limit) for doc in docs]
+        diagnostics += [
+            Diagnostic("truncated", f"cut to {limit} characters", i)
             for i, (_, truncated) in enumerate(built)
             if truncated
         ]
@@ -110,6 +146,8 @@ class Pointwise(Strategy):
                 continue
             scores[i] = score
             diagnostics.append(Diagnostic(how, f"{score:.3g}", i))
+            if how == "score_from_logprobs":
+                diagnostics += logprob_doubts(answer, method, i)
             if self.with_reason:
                 reason = parse_reason(answer.text)
                 if reason:
@@ -117,7 +155,33 @@ class Pointwise(Strategy):
         scored = sorted(scores, key=lambda i: (-scores[i], i))
         unscored = [i for i in range(len(docs)) if i not in scores]
         kind: ScoreKind = "logprob" if method in ("expected", "yes_no") else "relevance"
-        return Ranking(scored + unscored, kind, scores, reasons, diagnostics)
+        return Ranking(scored + unscored, kind, scores, reasons, diagnostics, set(unscored))
+
+
+MASS_LOW = 0.5
+"""Below this share of the probability on valid answers, a log-prob score gets ``score_mass_low``."""
+UNRESOLVED_NOTABLE = 0.1
+"""From this probability on, a first token whose continuation was unseen gets ``score_prefix_unresolved``."""
+
+
+def logprob_doubts(answer: Completion, method: str, index: int) -> list[Diagnostic]:
+    """What makes a log-prob score less sure: little probability on valid answers (``score_mass_low``;
+    the score is renormalised over what there was) and a ``"1"`` that may have been ``"10"``
+    (``score_prefix_unresolved``; counted as 1, see :func:`~llmrerank.backends.openai.chained_logprobs`)."""
+    choices = SCALE if method == "expected" else ("Yes", "No")
+    doubts = []
+    mass = choice_mass(answer.choice_logprobs, choices)
+    if mass < MASS_LOW:
+        doubts.append(
+            Diagnostic("score_mass_low", f"valid answers hold {mass:.0%} of the probability; renormalised", index)
+        )
+    logprobs = answer.choice_logprobs or {}
+    if method == "expected" and "10" in answer.unresolved and "1" in logprobs:
+        share = math.exp(min(logprobs["1"], 0.0))
+        if share >= UNRESOLVED_NOTABLE:
+            message = f"P('1') = {share:.2f} may include '10' (the server showed no continuation); counted as 1"
+            doubts.append(Diagnostic("score_prefix_unresolved", message, index))
+    return doubts
 
 
 def read_score(answer: Completion, method: str) -> tuple[float | None, str]:

@@ -106,4 +106,4 @@ class QueryLikelihood(Strategy):
                 scores[i] = answer.logprob - baseline
         scored = sorted(scores, key=lambda i: (-scores[i], i))
         unscored = [i for i in range(len(docs)) if i not in scores]
-        return Ranking(scored + unscored, "likelihood", scores, {}, diagnostics)
+        return Ranking(scored + unscored, "likelihood", scores, {}, diagnostics, set(unscored))

@@ -136,9 +136,10 @@ def overlap(query: str, text: str) -> float:
 def overlap_judge(prompt: Prompt) -> str:
     """A deterministic stand-in for an LLM that judges by word overlap with the query.
 
-    It answers the built-in prompts of every strategy: a 0-10 score for pointwise, ``A``/``B``
-    for pairwise, ``[i] > [j] > ...`` for listwise (``Yes``/``No`` for yes/no prompts).
-    Use it as ``FakeBackend(respond=overlap_judge)``.
+    It answers the built-in prompts of every strategy: a 0-10 score for pointwise, one
+    ``[i] score`` line per document for batch scoring, the best letter for pairwise (``A``/``B``)
+    and setwise (``A``, ``B``, ``C``, ...), ``[i] > [j] > ...`` for listwise (``Yes``/``No`` for
+    yes/no prompts). Use it as ``FakeBackend(respond=overlap_judge)``.
     """
     query_line = re.search(r"^Query: (.*)$", prompt.user, re.MULTILINE)
     query = query_line.group(1) if query_line else ""
@@ -150,8 +151,10 @@ def overlap_judge(prompt: Prompt) -> str:
         if "Yes or No" in prompt.user:
             return "Yes" if scores[0][1] >= 0.5 else "No"
         return str(round(10 * scores[0][1]))
-    if [label for label, _ in scores] == ["A", "B"]:
-        return "A" if scores[0][1] >= scores[1][1] else "B"
+    if "0 (unrelated) to 10" in prompt.user:
+        return "\n".join(f"{label} {round(10 * score)}" for label, score in scores)
+    if all(len(label) == 1 and label.isalpha() for label, _ in scores):
+        return max(scores, key=lambda s: s[1])[0]  # the first of the best
     ranked = sorted(range(len(scores)), key=lambda i: (-scores[i][1], i))
     return " > ".join(scores[i][0] for i in ranked)
 
@@ -162,4 +165,30 @@ def overlap_likelihood(context: str, continuation: str) -> float:
     return math.log(0.05 + overlap(continuation, context))
 
 
-__all__ = ["FakeBackend", "FakeBackendExhausted", "overlap", "overlap_judge", "overlap_likelihood"]
+def overlap_logprobs(prompt: Prompt, *, sharpness: float = 8.0) -> dict[str, float]:
+    """First-token log-probabilities of the word-overlap judge for a prompt with ``choices``.
+
+    Listwise labels and pairwise ``A``/``B`` get a softmax over their documents' overlap (times
+    ``sharpness``); a single document gets its 0-10 rating (or Yes/No) nearly surely. Pair it with
+    :func:`overlap_judge` for the text: ``FakeBackend(respond=overlap_judge, logprobs=overlap_logprobs)``.
+    """
+    query_line = re.search(r"^Query: (.*)$", prompt.user, re.MULTILINE)
+    query = query_line.group(1) if query_line else ""
+    blocks = [(label.strip("[]"), overlap(query, text)) for label, text in _BLOCK.findall(prompt.user)]
+    if len(blocks) == 1:
+        (choice,) = overlap_judge(prompt).split()
+        return {c: (-0.01 if c == choice else -9.0) for c in prompt.choices or (choice,)}
+    top = max((sharpness * score for _, score in blocks), default=0.0)
+    weights = {label: math.exp(sharpness * score - top) for label, score in blocks}
+    total = sum(weights.values())
+    return {label: math.log(w / total) for label, w in weights.items()}
+
+
+__all__ = [
+    "FakeBackend",
+    "FakeBackendExhausted",
+    "overlap",
+    "overlap_judge",
+    "overlap_likelihood",
+    "overlap_logprobs",
+]

@@ -304,8 +304,9 @@ def escaped_from(view: PromptView, injections: Iterable[Injection] = INJECTIONS)
 def gullible_judge(prompt: Prompt, injections: Sequence[Injection] = INJECTIONS) -> str:
     """Answer any built-in strategy's prompt, obeying an injection that escaped its document block.
 
-    Pointwise: ``10`` for the escaped-from document, else ``round(10 * overlap)``; pairwise: its
-    letter, else the better overlap; listwise: its label first, then by overlap.
+    Pointwise: ``10`` for the escaped-from document, else ``round(10 * overlap)``; batch scoring:
+    the same, one ``[i] score`` line per document; pairwise and setwise: its letter, else the
+    letter of the best overlap; listwise: its label first, then by overlap.
     """
     view = read_prompt(prompt.user)
     if not view.blocks:
@@ -319,10 +320,18 @@ def gullible_judge(prompt: Prompt, injections: Sequence[Injection] = INJECTIONS)
         if "Yes or No" in prompt.user:
             return "Yes" if scores[0] >= 0.5 else "No"
         return str(min(10, round(10 * scores[0])))
-    if labels[0] in ("A", "B"):  # pairwise: the first block of each letter
-        a = next((scores[i] for i, label in enumerate(labels) if label == "A"), 0.0)
-        b = next((scores[i] for i, label in enumerate(labels) if label == "B"), 0.0)
-        return "A" if a >= b else "B"
+    if re.fullmatch(r"[A-Z]", labels[0]):  # pairwise, setwise: the first block of each letter
+        letters: dict[str, float] = {}
+        for label, score in zip(labels, scores, strict=True):
+            if re.fullmatch(r"[A-Z]", label):
+                letters.setdefault(label, score)
+        return max(letters, key=letters.__getitem__)
+    if "0 (unrelated) to 10" in prompt.user:  # batch scoring: the first block of each label
+        rated: dict[str, int] = {}
+        for label, score in zip(labels, scores, strict=True):
+            if re.fullmatch(r"\[\d+\]", label):
+                rated.setdefault(label, min(10, round(10 * score)))
+        return "\n".join(f"{label} {score}" for label, score in rated.items())
     ranked = sorted(range(len(labels)), key=lambda i: (-scores[i], i))
     order: list[str] = []
     for i in ranked:

@@ -7,17 +7,27 @@ The real SDKs talk to it unchanged, so tests exercise their retries, timeouts an
         AnthropicBackend(base_url=srv.anthropic_base_url, api_key="test")  # Anthropic: no /v1
 
 Endpoints: ``POST /v1/chat/completions`` (non-streaming, with ``logprobs``/``top_logprobs``),
-``POST /v1/completions`` (the legacy endpoint: ``echo`` returns the prompt's token log-probs from
-a deterministic toy model, :func:`toy_logprobs`), ``GET /v1/models`` and ``POST /v1/messages``.
-A responder decides each answer; it returns a string (the answer text) or a :class:`Reply`
-(status, headers, delay, malformed body, connection reset).
+``GET /v1/models`` and ``POST /v1/messages`` (and ``GET /props`` as llama.cpp), and ``POST
+/v1/completions`` (the legacy endpoint: ``echo`` returns the prompt's token log-probs from a
+deterministic toy model, :func:`toy_logprobs`). A responder decides
+each answer; it returns a string (the answer text) or a :class:`Reply` (status, headers, delay,
+malformed body, connection reset, log-probs of several positions, reasoning text and tokens).
+
+``flavor`` reproduces what self-hosted servers do differently from OpenAI's API (see
+:data:`Flavor`): llama.cpp answers with its own model name and reports its context size at
+``GET /props``; vLLM rejects unknown model names and reports ``max_model_len``; Ollama ignores
+log-probs and silently cuts prompts longer than its context. ``context_tokens`` sets the context
+size, with each server's own error message; ``reasoning_models`` names models that reject
+``max_tokens``, a non-default temperature and log-probs the way OpenAI's reasoning models do.
 Standard library only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import math
 import re
 import socket
 import struct
@@ -25,13 +35,32 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
+from ..backends.base import Prompt
+
 Api = Literal["openai", "anthropic"]
+
+Flavor = Literal["openai", "llama.cpp", "vllm", "ollama"]
+"""Which server :class:`FakeLLMServer` imitates on the OpenAI wire format.
+
+- ``openai``: OpenAI's API. Over ``context_tokens`` a 400 ``context_length_exceeded``.
+- ``llama.cpp``: ``llama-server``. Ignores the requested model and answers with its own
+  (``served_model``, else the first of ``models``); ``GET /props`` reports ``n_ctx``; over the
+  context a 400 ``exceed_context_size_error`` ("request (N tokens) exceeds the available context
+  size (C tokens), try increasing it"), counting prompt tokens only.
+- ``vllm``: a model name it does not serve is a 404 ("The model `x` does not exist."), errors
+  come as a top-level ``{"object": "error", ...}``; ``GET /v1/models`` reports ``max_model_len``;
+  prompt plus ``max_tokens`` over it is a 400 ("This model's maximum context length is C tokens.
+  However, you requested N tokens ...").
+- ``ollama``: an unknown model is a 404 (``model "x" not found, try pulling it first``);
+  ``logprobs`` is ignored (``null``); a prompt over the context is cut silently, keeping its end,
+  and the responder sees the cut prompt.
+"""
 
 
 @dataclass(frozen=True)
@@ -42,9 +71,18 @@ class Reply:
     candidate first tokens to log-probs; an OpenAI request with ``logprobs: true`` gets them in
     ``choices[0].logprobs.content[0].top_logprobs`` (the highest is the sampled token), and
     ``"logprobs": null`` when this is None, like a server that ignores the parameter.
+    ``more_logprobs`` are the top log-probs of the following output positions (the highest of
+    each is its sampled token), sent as far as the request's token limit allows: a tokenizer
+    that splits "10" into "1", "0" shows "0" only there (see :func:`digit_split_reply`).
     ``status`` >= 400 sends the API's error JSON; ``headers`` are added to the response
     (e.g. ``retry-after``); ``delay`` seconds pass before answering; ``raw_body`` is sent verbatim
     instead of the JSON; ``reset`` closes the connection without answering.
+    ``reasoning`` is thinking text sent beside the answer: ``message.reasoning_content`` on the
+    OpenAI format (vLLM, DeepSeek), a ``thinking`` block before the text on Anthropic's.
+    ``reasoning_tokens`` are added to the completion tokens and reported in
+    ``usage.completion_tokens_details.reasoning_tokens`` (Anthropic:
+    ``usage.output_tokens_details.thinking_tokens``). ``finish_reason`` overrides ``stop``
+    (``end_turn`` on Anthropic's format).
     """
 
     text: str = ""
@@ -54,6 +92,12 @@ class Reply:
     delay: float = 0.0
     raw_body: bytes | str | None = None
     reset: bool = False
+    more_logprobs: Sequence[Mapping[str, float]] = ()
+    reasoning: str | None = None
+    reasoning_tokens: int = 0
+    finish_reason: str | None = None
+    drip: float = 0.0
+    """Seconds between the body's bytes: a server that keeps the connection alive but never finishes."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +119,11 @@ class ServerRequest:
     top_logprobs: int | None = None
     body: Mapping[str, Any] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
+    cache_control: tuple[str, ...] = ()
+    """Where the request marks a prompt-cache breakpoint (Anthropic ``cache_control``):
+    ``"system"`` and/or ``"user"``, once per marked block."""
+    cache_prefix: str = ""
+    """The text up to and including the last block marked with ``cache_control`` ("" when none)."""
 
 
 Responder = Callable[[ServerRequest], "Reply | str"]
@@ -106,6 +155,56 @@ class ScriptedResponder:
             if self.repeat_last and self._last is not None:
                 return self._last
         raise ScriptExhausted(f"ScriptedResponder has no reply for {request.method} {request.path}")
+
+
+def overlap_responder(request: ServerRequest) -> Reply:
+    """The word-overlap judge (:func:`~llmrerank.testing.overlap_judge`) for every built-in prompt.
+
+    When the request asks for log-probabilities, the reply carries the judge's first-token
+    distribution (:func:`~llmrerank.testing.overlap_logprobs`: a softmax over the documents'
+    overlap for a set, a near-certain rating for one document) and its text is the most likely token.
+    """
+    from . import overlap_judge, overlap_logprobs
+
+    choices = None
+    if request.logprobs and request.user.count("<document id=") == 1:
+        choices = ("Yes", "No") if "Yes or No" in request.user else tuple(str(i) for i in range(11))
+    prompt = Prompt(system=request.system, user=request.user, choices=choices)
+    if not request.logprobs:
+        return Reply(text=overlap_judge(prompt))
+    logprobs = overlap_logprobs(prompt)
+    return Reply(text=max(logprobs, key=logprobs.__getitem__), top_logprobs=logprobs)
+
+
+_CACHE_STEP = 512
+"""OpenAI caches prefixes in 128-token steps: 512 characters at four a token."""
+
+
+def digit_split_reply(
+    ratings: Mapping[int, float], *, other: Mapping[str, float] | None = None, end: str = "<|im_end|>"
+) -> Reply:
+    """The reply of a model whose tokenizer writes numbers digit by digit (SmolLM2, Qwen, Llama 2, ...)
+    to a 0-10 rating prompt, with the log-probs a llama.cpp or vLLM server would show.
+
+    ``ratings`` maps ratings 0..10 to their probability; ``other`` gives first tokens that are no
+    rating (their probability, e.g. ``{"The": 0.5}``). The first position shows ``"1"`` with
+    P(1) + P(10), since "10" starts with the token "1"; the sampled first token is the most likely
+    one. When it is ``"1"``, the second position shows ``"0"`` with P(10) / (P(1) + P(10)) and
+    ``end`` with the rest; otherwise only ``end``: the continuation of an unsampled "1" is never seen.
+    """
+    first: dict[str, float] = dict(other or {})
+    for rating, p in ratings.items():
+        key = str(rating)[0]
+        first[key] = first.get(key, 0.0) + p
+    log = {token: math.log(p) for token, p in first.items() if p > 0}
+    sampled = max(log, key=lambda token: log[token])
+    ones, tens = ratings.get(1, 0.0), ratings.get(10, 0.0)
+    if sampled == "1" and ones + tens > 0:
+        second = {token: math.log(p / (ones + tens)) for token, p in (("0", tens), (end, ones)) if p > 0}
+        text = "10" if tens > ones else "1"
+    else:
+        second, text = {end: 0.0}, sampled
+    return Reply(text=text, top_logprobs=log, more_logprobs=[second])
 
 
 def estimate_tokens(text: str) -> int:
@@ -145,6 +244,26 @@ class FakeLLMServer:
     every request. Every request is recorded in :attr:`requests`; :attr:`max_in_flight` is the
     highest number answered at once; exceptions raised by the responder become 500s and are kept
     in :attr:`errors`.
+
+    ``prompt_cache=True`` emulates the providers' prompt prefix caches, and reports what they would
+    bill as cached: OpenAI's automatic cache (a prompt of at least ``cache_min_tokens`` tokens reuses
+    the longest prefix an earlier request sent, in 128-token steps:
+    ``usage.prompt_tokens_details.cached_tokens``) and Anthropic's explicit one (the prefix up to the
+    last ``cache_control`` block, when it has at least ``cache_min_tokens`` tokens, is written once:
+    ``cache_creation_input_tokens``, and read by later requests: ``cache_read_input_tokens``). As
+    with the providers, a prefix becomes readable once the request that wrote it is answered.
+    Tokens are :func:`estimate_tokens`.
+
+    ``admit=N`` makes it a server that answers at most N completions at once: a request beyond
+    them is answered at once with 429 and ``retry-after`` (``retry_after`` seconds; also as
+    ``retry-after-ms``), counted in :attr:`rejected`.
+
+    ``flavor`` picks the server imitated on the OpenAI format (:data:`Flavor`); ``models`` are the
+    names it serves (``/v1/models``; vLLM and Ollama refuse others); ``served_model`` is the name a
+    llama.cpp server answers with. ``context_tokens``: prompts over it (about four characters a
+    token, :func:`estimate_tokens`) get the flavor's context error (Ollama: are cut). Models in
+    ``reasoning_models`` answer 400 to ``max_tokens``, to a temperature other than 1 and to
+    ``logprobs``, as OpenAI's reasoning models do.
     """
 
     def __init__(
@@ -154,13 +273,33 @@ class FakeLLMServer:
         latency: float = 0.0,
         models: Iterable[str] = ("fake-model",),
         echo: bool = True,
+        prompt_cache: bool = False,
+        cache_min_tokens: int = 1024,
+        admit: int | None = None,
+        retry_after: float = 0.2,
+        flavor: Flavor = "openai",
+        context_tokens: int | None = None,
+        served_model: str | None = None,
+        reasoning_models: Iterable[str] = (),
     ) -> None:
+        if flavor not in ("openai", "llama.cpp", "vllm", "ollama"):
+            raise ValueError(f"unknown flavor {flavor!r}")
         self.responder = responder
         self.latency = latency
+        self.prompt_cache = prompt_cache
+        self.cache_min_tokens = cache_min_tokens
+        self._prefixes: set[str] = set()
+        self.admit = admit
+        self.retry_after = retry_after
+        self.rejected = 0
         self.models = list(models)
         self.echo = echo
         """False: ``/v1/completions`` ignores ``echo`` and gives log-probs of generated tokens only,
         like llama.cpp's server."""
+        self.flavor: Flavor = flavor
+        self.context_tokens = context_tokens
+        self.served_model = served_model
+        self.reasoning_models = frozenset(reasoning_models)
         self.errors: list[BaseException] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -201,11 +340,13 @@ class FakeLLMServer:
             return list(self._requests)
 
     def clear(self) -> None:
-        """Forget recorded requests, errors and the in-flight maximum."""
+        """Forget recorded requests, errors, the in-flight maximum and the emulated prompt cache."""
         with self._lock:
+            self._prefixes.clear()
             self._requests.clear()
             self.errors.clear()
             self.max_in_flight = self.in_flight
+            self.rejected = 0
 
     def start(self) -> FakeLLMServer:
         """Bind an ephemeral port and serve from a daemon thread."""
@@ -249,6 +390,82 @@ class FakeLLMServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def answering_model(self, request: ServerRequest) -> str:
+        """The model name a response carries: llama.cpp answers with its own, whatever was asked."""
+        if self.flavor == "llama.cpp":
+            return self.served_model or (self.models[0] if self.models else "model.gguf")
+        return request.model
+
+    def refusal(self, request: ServerRequest) -> tuple[int, dict[str, Any]] | None:
+        """The error this server's flavor answers ``request`` with (status and body), if any."""
+        body = request.body
+        if request.api == "openai" and request.model in self.reasoning_models:
+            for name, wrong in (("max_tokens", True), ("logprobs", bool(body.get("logprobs")))):
+                if name in body and wrong:
+                    return 400, _openai_error(
+                        f"Unsupported parameter: '{name}' is not supported with this model."
+                        + (" Use 'max_completion_tokens' instead." if name == "max_tokens" else ""),
+                        param=name,
+                        code="unsupported_parameter",
+                    )
+            temperature = body.get("temperature")
+            if temperature is not None and temperature != 1:
+                return 400, _openai_error(
+                    f"Unsupported value: 'temperature' does not support {temperature} with this model. "
+                    "Only the default (1) value is supported.",
+                    param="temperature",
+                    code="unsupported_value",
+                )
+        if request.api == "openai" and self.flavor in ("vllm", "ollama") and request.model not in self.models:
+            if self.flavor == "vllm":
+                return 404, _vllm_error(f"The model `{request.model}` does not exist.", "NotFoundError", 404)
+            message = f'model "{request.model}" not found, try pulling it first'
+            return 404, {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
+        limit = self.context_tokens
+        if limit is None or self.flavor == "ollama":
+            return None
+        prompt = estimate_tokens(request.system + request.user)
+        wanted = request.max_tokens or 0
+        if self.flavor == "llama.cpp" and prompt > limit:
+            message = (
+                f"request ({prompt} tokens) exceeds the available context size ({limit} tokens), try increasing it"
+            )
+            error = {"code": 400, "message": message, "type": "exceed_context_size_error"}
+            return 400, {"error": {**error, "n_prompt_tokens": prompt, "n_ctx": limit}}
+        if self.flavor == "vllm" and prompt + wanted > limit:
+            message = (
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt + wanted} tokens ({prompt} in the messages, {wanted} in the completion). "
+                "Please reduce the length of the messages or completion."
+            )
+            return 400, _vllm_error(message, "BadRequestError", 400)
+        if self.flavor == "openai" and request.api == "openai" and prompt + wanted > limit:
+            message = (
+                f"This model's maximum context length is {limit} tokens. However, your messages resulted in "
+                f"{prompt} tokens. Please reduce the length of the messages."
+            )
+            return 400, _openai_error(message, param="messages", code="context_length_exceeded")
+        return None
+
+    def fitted(self, request: ServerRequest) -> ServerRequest:
+        """The request as the model sees it: an Ollama server keeps only the end of a prompt too long."""
+        limit = self.context_tokens
+        if self.flavor != "ollama" or limit is None or estimate_tokens(request.system + request.user) <= limit:
+            return request
+        keep = max(0, limit * 4 - len(request.system))
+        return replace(request, user=request.user[len(request.user) - keep :] if keep else "")
+
+    def props(self) -> dict[str, Any]:
+        """llama.cpp's ``GET /props``."""
+        n_ctx = self.context_tokens or 4096
+        return {
+            "default_generation_settings": {"n_ctx": n_ctx, "params": {"n_predict": -1, "temperature": 0.8}},
+            "total_slots": 1,
+            "model_path": f"/models/{self.answering_model(ServerRequest('openai', 'GET', '/props'))}",
+            "chat_template": "{{ messages }}",
+            "build_info": "b0000-fake",
+        }
+
     def _answer(self, request: ServerRequest) -> Reply:
         responder = self.responder
         try:
@@ -263,6 +480,34 @@ class FakeLLMServer:
                 self.errors.append(exc)
             return Reply(text=f"responder failed: {type(exc).__name__}: {exc}", status=500)
         return answer if isinstance(answer, Reply) else Reply(text=str(answer))
+
+    def _cache_usage(self, request: ServerRequest) -> tuple[int, int, list[str]]:
+        """(cached tokens, tokens written to the cache, prefixes to remember once answered)."""
+        if not self.prompt_cache:
+            return 0, 0, []
+        if request.api == "anthropic":
+            prefix = request.cache_prefix
+            if estimate_tokens(prefix) < self.cache_min_tokens:
+                return 0, 0, []
+            with self._lock:
+                hit = prefix in self._prefixes
+            return (estimate_tokens(prefix), 0, []) if hit else (0, estimate_tokens(prefix), [prefix])
+        text = request.system + request.user
+        if estimate_tokens(text) < self.cache_min_tokens:
+            return 0, 0, []
+        steps = [text[:end] for end in range(_CACHE_STEP, len(text) + 1, _CACHE_STEP)]
+        with self._lock:
+            hits = sum(1 for _ in itertools.takewhile(self._prefixes.__contains__, steps))
+        cached = hits * _CACHE_STEP // 4
+        return (cached if cached >= self.cache_min_tokens else 0), 0, steps
+
+    def _remember(self, prefixes: list[str]) -> None:
+        with self._lock:
+            self._prefixes.update(prefixes)
+
+    def _route(self, handler: _Handler, method: str, path: str, headers: Mapping[str, str], raw: bytes) -> bool:
+        """Answer an endpoint a subclass adds (see :mod:`llmrerank.testing.batch_server`); True when answered."""
+        return False
 
 
 _OPENAI_ERRORS = {
@@ -296,11 +541,23 @@ def _text(content: Any) -> str:
 def _parse(api: Api, method: str, path: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> ServerRequest:
     system: list[str] = []
     user: list[str] = []
+    marks: list[str] = []
+    prefix = ""
     if api == "anthropic":
         if body.get("system"):
             system.append(_text(body["system"]))
         user = [_text(m.get("content")) for m in body.get("messages", ()) if isinstance(m, dict)]
         max_tokens = body.get("max_tokens")
+        seen = ""
+        contents = [("system", body.get("system"))]
+        contents += [("user", m.get("content")) for m in body.get("messages", ()) if isinstance(m, dict)]
+        for where, content in contents:
+            for block in content if isinstance(content, list) else [content]:
+                seen += _text([block]) if isinstance(block, dict) else _text(block)
+                if isinstance(block, dict) and block.get("cache_control"):
+                    marks.append(where)
+                    prefix = seen
+            seen += "\n" if where == "system" else ""
     elif "prompt" in body:
         prompt = body["prompt"]
         user = [prompt] if isinstance(prompt, str) else [str(p) for p in prompt] if isinstance(prompt, list) else []
@@ -324,37 +581,49 @@ def _parse(api: Api, method: str, path: str, body: Mapping[str, Any], headers: M
         top_logprobs=body.get("top_logprobs") if isinstance(body.get("top_logprobs"), int) else None,
         body=body,
         headers=headers,
+        cache_control=tuple(marks),
+        cache_prefix=prefix,
     )
 
 
-def _openai_completion(request: ServerRequest, reply: Reply) -> dict[str, Any]:
+def _position(top_logprobs: Mapping[str, float], count: int, fallback: str) -> dict[str, Any]:
+    """One output position of ``logprobs.content``: the sampled (highest) token and its top alternatives."""
+    ranked = sorted(top_logprobs.items(), key=lambda kv: -kv[1])
+    token, logprob = ranked[0] if ranked else (fallback, 0.0)
+    top = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in ranked[:count]]
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": top}
+
+
+def _openai_completion(
+    request: ServerRequest, reply: Reply, model: str | None = None, flavor: Flavor = "openai", cached: int = 0
+) -> dict[str, Any]:
     logprobs: dict[str, Any] | None = None
-    if request.logprobs and reply.top_logprobs is not None:
-        ranked = sorted(reply.top_logprobs.items(), key=lambda kv: -kv[1])
-        token, logprob = ranked[0] if ranked else (reply.text, 0.0)
-        top = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in ranked[: request.top_logprobs or 0]]
-        first = {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": top}
-        logprobs = {"content": [first], "refusal": None}
+    if request.logprobs and reply.top_logprobs is not None and flavor != "ollama":
+        positions = [reply.top_logprobs, *reply.more_logprobs][: max(1, request.max_tokens or 1)]
+        content = [_position(top, request.top_logprobs or 0, reply.text) for top in positions]
+        logprobs = {"content": content, "refusal": None}
     prompt_tokens = estimate_tokens(request.system + request.user)
-    completion_tokens = estimate_tokens(reply.text)
+    completion_tokens = estimate_tokens(reply.text) + reply.reasoning_tokens
+    message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None}
+    if reply.reasoning is not None:
+        message["reasoning_content"] = reply.reasoning
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+    }
+    if reply.reasoning_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reply.reasoning_tokens}
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": request.model,
+        "model": model or request.model,
         "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": reply.text, "refusal": None},
-                "logprobs": logprobs,
-                "finish_reason": "stop",
-            }
+            {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": reply.finish_reason or "stop"}
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": usage,
         "system_fingerprint": "fp_fake",
     }
 
@@ -422,41 +691,52 @@ def _legacy_completion(request: ServerRequest, reply: Reply, echo: bool) -> dict
     }
 
 
-def overlap_answer(request: ServerRequest) -> str:
-    """A responder that answers llmrerank's own prompts by word overlap (:func:`llmrerank.testing.overlap_judge`)."""
-    from ..backends.base import Prompt
-    from . import overlap_judge
-
-    return overlap_judge(Prompt(request.system, request.user))
-
-
 @contextlib.contextmanager
 def loopback_backend(**options: Any) -> Iterator[Any]:
     """An ``OpenAIBackend`` (with ``likelihood=True``) talking to a :class:`FakeLLMServer` that judges by
-    word overlap: chat prompts through :func:`overlap_answer`, query likelihood through the toy model.
+    word overlap: chat prompts through :func:`overlap_responder`, query likelihood through the toy model.
 
     The loopback oracle for benchmarks; needs the ``openai`` SDK. The server stops when the block ends.
     """
     from ..backends.openai import OpenAIBackend
 
-    with FakeLLMServer(overlap_answer) as server:
+    with FakeLLMServer(overlap_responder) as server:
         yield OpenAIBackend("fake-model", base_url=server.base_url, api_key="test", likelihood=True, **options)
 
 
-def _anthropic_message(request: ServerRequest, reply: Reply) -> dict[str, Any]:
+def _anthropic_message(request: ServerRequest, reply: Reply, cached: int = 0, written: int = 0) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
+    if reply.reasoning is not None:
+        content.append({"type": "thinking", "thinking": reply.reasoning, "signature": "fake-signature"})
+    if reply.text:
+        content.append({"type": "text", "text": reply.text})
+    usage: dict[str, Any] = {
+        "input_tokens": estimate_tokens(request.system + request.user) - cached - written,
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": cached,
+        "output_tokens": estimate_tokens(reply.text) + reply.reasoning_tokens,
+    }
+    if reply.reasoning_tokens:
+        usage["output_tokens_details"] = {"thinking_tokens": reply.reasoning_tokens}
     return {
         "id": f"msg_{uuid.uuid4().hex[:24]}",
         "type": "message",
         "role": "assistant",
         "model": request.model,
-        "content": [{"type": "text", "text": reply.text}] if reply.text else [],
-        "stop_reason": "end_turn",
+        "content": content,
+        "stop_reason": reply.finish_reason or "end_turn",
         "stop_sequence": None,
-        "usage": {
-            "input_tokens": estimate_tokens(request.system + request.user),
-            "output_tokens": estimate_tokens(reply.text),
-        },
+        "usage": usage,
     }
+
+
+def _openai_error(message: str, *, param: str | None, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+
+
+def _vllm_error(message: str, kind: str, status: int) -> dict[str, Any]:
+    # vLLM sends its error object at the top level, not under "error".
+    return {"object": "error", "message": message, "type": kind, "param": None, "code": status}
 
 
 def _error_body(api: Api, status: int, message: str) -> dict[str, Any]:
@@ -467,7 +747,7 @@ def _error_body(api: Api, status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
-def _models(api: Api, names: list[str]) -> dict[str, Any]:
+def _models(api: Api, names: list[str], flavor: Flavor = "openai", context_tokens: int | None = None) -> dict[str, Any]:
     if api == "anthropic":
         data = [{"type": "model", "id": n, "display_name": n, "created_at": "2025-01-01T00:00:00Z"} for n in names]
         return {
@@ -476,7 +756,12 @@ def _models(api: Api, names: list[str]) -> dict[str, Any]:
             "first_id": names[0] if names else None,
             "last_id": names[-1] if names else None,
         }
-    return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "fake"} for n in names]}
+    owner = {"openai": "fake", "llama.cpp": "llamacpp", "vllm": "vllm", "ollama": "library"}[flavor]
+    models: list[dict[str, Any]] = [{"id": n, "object": "model", "created": 0, "owned_by": owner} for n in names]
+    if flavor == "vllm":
+        for model in models:
+            model.update(root=model["id"], parent=None, max_model_len=context_tokens or 32768)
+    return {"object": "list", "data": models}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -504,8 +789,16 @@ class _Handler(BaseHTTPRequestHandler):
         api: Api = "anthropic" if "anthropic-version" in headers else "openai"
         path = self.path.split("?", 1)[0].rstrip("/")
         self._record(ServerRequest(api=api, method="GET", path=self.path, headers=headers))
+        if self.server.owner._route(self, "GET", path, headers, b""):
+            return
+        owner = self.server.owner
         if path == "/v1/models":
-            self._send(200, _models(api, self.server.owner.models))
+            names = owner.models
+            if owner.flavor == "llama.cpp":
+                names = [owner.answering_model(ServerRequest(api, "GET", path))]
+            self._send(200, _models(api, names, owner.flavor, owner.context_tokens))
+        elif path == "/props" and owner.flavor == "llama.cpp":
+            self._send(200, owner.props())
         else:
             self._send(404, _error_body(api, 404, f"unknown path {self.path}"))
 
@@ -514,6 +807,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         raw = self.rfile.read(int(headers.get("content-length") or 0))
         path = self.path.split("?", 1)[0].rstrip("/")
+        if owner._route(self, "POST", path, headers, raw):
+            return
         api: Api = "anthropic" if path == "/v1/messages" else "openai"
         try:
             body = json.loads(raw or b"{}")
@@ -535,10 +830,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, _error_body(api, 400, "model and max_tokens are required"))
             return
 
+        refused = owner.refusal(request)
+        if refused is not None:
+            self._send(*refused)
+            return
+
         with owner._lock:
-            owner.in_flight += 1
-            owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+            full = owner.admit is not None and owner.in_flight >= owner.admit
+            if full:
+                owner.rejected += 1
+            else:
+                owner.in_flight += 1
+                owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+        if full:
+            wait = owner.retry_after
+            headers = {"retry-after": f"{wait:g}", "retry-after-ms": f"{wait * 1000:.0f}"}
+            self._send(429, _error_body(api, 429, f"at most {owner.admit} requests at once"), headers)
+            return
         try:
+            request = owner.fitted(request)
+            cached, written, prefixes = owner._cache_usage(request)
             reply = owner._answer(request)
             # Event.wait rather than sleep, so that stop() is not held up by slow replies.
             if owner.latency + reply.delay > 0 and owner._stopping.wait(owner.latency + reply.delay):
@@ -553,11 +864,16 @@ class _Handler(BaseHTTPRequestHandler):
                 message = reply.text or _phrase(reply.status)
                 self._send(reply.status, _error_body(api, reply.status, message), reply.headers)
             elif api == "anthropic":
-                self._send(reply.status, _anthropic_message(request, reply), reply.headers)
+                self._send(
+                    reply.status, _anthropic_message(request, reply, cached, written), reply.headers, drip=reply.drip
+                )
+                owner._remember(prefixes)
             elif path == "/v1/completions":
                 self._send(reply.status, _legacy_completion(request, reply, owner.echo), reply.headers)
             else:
-                self._send(reply.status, _openai_completion(request, reply), reply.headers)
+                body = _openai_completion(request, reply, owner.answering_model(request), owner.flavor, cached)
+                self._send(reply.status, body, reply.headers, drip=reply.drip)
+                owner._remember(prefixes)
         finally:
             with owner._lock:
                 owner.in_flight -= 1
@@ -566,16 +882,33 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.owner._lock:
             self.server.owner._requests.append(request)
 
-    def _send(self, status: int, body: Mapping[str, Any] | bytes, headers: Mapping[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: Mapping[str, Any] | bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        drip: float = 0.0,
+    ) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            if not any(name.lower() == "content-type" for name in headers or {}):
+                self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("x-request-id", f"req_{uuid.uuid4().hex[:16]}")
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
             self.end_headers()
+            if drip > 0:
+                self.wfile.flush()
+                for i in range(len(data)):
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    if self.server.owner._stopping.wait(drip):
+                        self.close_connection = True
+                        return
+                return
             self.wfile.write(data)
             self.wfile.flush()
         except OSError:
@@ -603,14 +936,16 @@ def _phrase(status: int) -> str:
 
 __all__ = [
     "FakeLLMServer",
+    "Flavor",
     "Reply",
     "Responder",
     "ScriptExhausted",
     "ScriptedResponder",
     "ServerRequest",
+    "digit_split_reply",
     "estimate_tokens",
     "loopback_backend",
-    "overlap_answer",
+    "overlap_responder",
     "toy_logprobs",
     "toy_tokens",
 ]

@@ -1,0 +1,111 @@
+"""Which backend serves a model name.
+
+Names may carry their provider, as LangChain's ``init_chat_model`` writes them:
+``"openai:gpt-4.1-mini"``, ``"anthropic:claude-haiku-4-5"``, ``"local:/path/model.gguf"``. A bare
+name goes to the provider its prefix belongs to (``gpt-``, ``chatgpt-``, ``o1``/``o3``/``o4``... to
+OpenAI, ``claude-`` to Anthropic); any other name goes to an OpenAI-compatible server when
+``OPENAI_BASE_URL`` is set, else to the one provider whose key is set. Nothing is guessed past that:
+a missing key or an undecidable name is a :class:`~llmrerank.errors.ConfigurationError` that says
+what to set or write.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from .backends.base import Backend
+from .errors import ConfigurationError
+
+KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+"""The environment variable holding each API provider's key."""
+PROVIDERS = (*KEYS, "local")
+"""Provider names accepted before a colon."""
+
+_OPENAI = re.compile(r"^(gpt-|chatgpt-|ft:gpt-|o[1-9](-|$))")
+_ANTHROPIC = re.compile(r"^claude-")
+
+
+def split_model(model: str) -> tuple[str | None, str]:
+    """``("openai", "gpt-4.1-mini")`` for ``"openai:gpt-4.1-mini"``; ``(None, model)`` when no
+    known provider is named (``"qwen2.5:7b"``, ``"ft:gpt-4o:org::id"`` keep their colons)."""
+    head, colon, rest = model.partition(":")
+    provider = head.strip().lower()
+    if colon and provider in PROVIDERS and (rest.strip() or provider == "local"):
+        return provider, rest.strip()
+    return None, model.strip()
+
+
+def provider_of(model: str) -> str | None:
+    """The provider a bare model name belongs to by its prefix (``openai``, ``anthropic``), or None."""
+    name = model.strip().lower().rsplit("/", 1)[-1]
+    if _ANTHROPIC.match(name):
+        return "anthropic"
+    if _OPENAI.match(name):
+        return "openai"
+    return None
+
+
+def resolve_provider(model: str) -> tuple[str, str]:
+    """The provider serving ``model`` and the name to send it, by the rules of this module."""
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigurationError(f"a model name must be a non-empty string, got {model!r}")
+    provider, name = split_model(model)
+    if provider is not None:
+        return provider, name
+    provider = provider_of(name)
+    if provider is not None:
+        return provider, name
+    if os.environ.get("OPENAI_BASE_URL"):
+        return "openai", name  # an OpenAI-compatible server serves names of its own
+    keyed = [p for p, env in KEYS.items() if os.environ.get(env)]
+    if len(keyed) == 1:
+        return keyed[0], name
+    choices = f"'openai:{name}' or 'anthropic:{name}'"
+    if keyed:
+        raise ConfigurationError(
+            f"cannot tell which provider serves model {name!r}: both OPENAI_API_KEY and ANTHROPIC_API_KEY are set; "
+            f"write {choices}"
+        )
+    raise ConfigurationError(
+        f"model {name!r} needs a provider: set OPENAI_API_KEY or ANTHROPIC_API_KEY (or OPENAI_BASE_URL for an "
+        f"OpenAI-compatible server), or write {choices}"
+    )
+
+
+def backend_for(model: str, **options: Any) -> Backend:
+    """The backend for ``model``: ``"openai:gpt-4.1-mini"``, ``"anthropic:claude-haiku-4-5"``,
+    ``"local:..."`` or a bare name (see the module docstring). ``options`` go to the backend
+    (``base_url=``, ``timeout=``, ``reasoning_effort=``, ...).
+
+    Raises :class:`~llmrerank.errors.ConfigurationError` naming the environment variable when the
+    provider's key is missing: ``backend_for("claude-haiku-4-5")`` with only ``OPENAI_API_KEY`` set
+    never builds an OpenAI backend for a Claude model.
+    """
+    provider, name = resolve_provider(model)
+    if provider == "local":
+        from .backends.local import LocalBackend
+
+        return LocalBackend(name or None, **options)
+    has_key = options.get("api_key") or options.get("client") is not None or os.environ.get(KEYS[provider])
+    if provider == "openai":
+        if not has_key:
+            raise ConfigurationError(
+                f"model {name!r} is served by OpenAI: set OPENAI_API_KEY (or pass api_key=; a server of your "
+                "own started without a key takes any)"
+            )
+        from .backends.openai import OpenAIBackend
+
+        return OpenAIBackend(name, **options)
+    if not has_key and not os.environ.get("ANTHROPIC_AUTH_TOKEN"):
+        raise ConfigurationError(
+            f"model {name!r} is served by Anthropic: set ANTHROPIC_API_KEY (or pass api_key=); "
+            f"for an OpenAI-compatible server that serves it, write 'openai:{name}'"
+        )
+    from .backends.anthropic import AnthropicBackend
+
+    return AnthropicBackend(name, **options)
+
+
+__all__ = ["KEYS", "PROVIDERS", "backend_for", "provider_of", "resolve_provider", "split_model"]

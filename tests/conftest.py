@@ -1,0 +1,21 @@
+"""Fixtures shared by test modules (most modules still define their own server fixtures)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from test_examples import judge
+
+from llmrerank.testing.server import FakeLLMServer
+
+
+@pytest.fixture
+def openai_env_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLMServer]:
+    """A word-overlap FakeLLMServer set as the environment's OpenAI server (OPENAI_API_KEY, OPENAI_BASE_URL)."""
+    pytest.importorskip("openai")
+    with FakeLLMServer(judge) as srv:
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+        yield srv

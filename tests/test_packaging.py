@@ -1,0 +1,124 @@
+"""What an installed package promises: a core with no dependencies, a missing extra that names its
+install line, and a demo whose columns say what they measure.
+
+CI also runs this file against the built wheel in clean virtual environments (.ci/wheel), where
+the optional packages are really absent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from llmrerank import AnthropicBackend, LocalBackend, MissingDependencyError, OpenAIBackend
+from llmrerank.backends.cross_encoder import BiEncoderScorer
+from llmrerank.evaluation import BM25
+from llmrerank.testing.server import FakeLLMServer
+
+OPTIONAL = (
+    "openai", "anthropic", "torch", "transformers", "gguf", "sentence_transformers", "langchain_core",
+    "langchain_classic", "llama_index", "bm25s", "Stemmer", "ir_measures", "matplotlib", "tqdm",
+    "numpy", "pydantic", "httpx", "pyarrow", "pandas", "ray",
+)  # fmt: skip
+"""Top-level modules that only extras bring in."""
+
+NO_EXTRAS = f"""
+import importlib, pkgutil, sys
+
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {OPTIONAL!r}:
+            raise ModuleNotFoundError(f"{{name}} is blocked", name=name)
+
+sys.meta_path.insert(0, Blocked())
+import llmrerank
+from llmrerank.testing import FakeBackend, overlap_judge
+
+names = [m.name for m in pkgutil.walk_packages(llmrerank.__path__, "llmrerank.")]
+for name in names:
+    importlib.import_module(name)
+reranker = llmrerank.Reranker("listwise", FakeBackend(respond=overlap_judge))
+result = reranker.rerank("solar panels", ["bread", "solar panels"])
+assert result.indices == [1, 0] and not result.degraded, result
+print(len(names))
+"""
+
+
+def test_the_core_imports_and_reranks_without_any_extra() -> None:
+    done = subprocess.run([sys.executable, "-c", NO_EXTRAS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 20  # every module of the package was imported
+
+
+def _import(module: str) -> Callable[[], object]:
+    return lambda: importlib.import_module(module)
+
+
+NEEDS: dict[str, tuple[tuple[str, ...], Callable[[], object]]] = {
+    "openai": (("openai",), lambda: OpenAIBackend(api_key="test")),
+    "anthropic": (("anthropic",), lambda: AnthropicBackend(api_key="test")),
+    "local": (("torch", "transformers"), lambda: LocalBackend()),
+    "sentence-transformers": (("sentence_transformers",), lambda: BiEncoderScorer().predict([("q", "d")])),
+    "langchain": (("langchain_core",), _import("langchain_llmrerank")),
+    "llamaindex": (("llama_index", "llama_index.core"), _import("llamaindex_llmrerank")),
+    "eval": (("bm25s",), lambda: BM25({"d": "some text"})),
+}
+"""Per extra: the modules it brings and a call that needs them."""
+
+
+@pytest.mark.parametrize("extra", sorted(NEEDS))
+def test_a_missing_extra_raises_with_its_install_line(extra: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    modules, call = NEEDS[extra]
+    for module in modules:
+        monkeypatch.setitem(sys.modules, module, None)  # importing it now fails, as when not installed
+    for adapter in ("langchain_llmrerank", "llamaindex_llmrerank"):
+        monkeypatch.delitem(sys.modules, adapter, raising=False)
+    with pytest.raises(MissingDependencyError) as caught:
+        call()
+    install = f'pip install "llmrerank[{extra}]"'
+    assert caught.value.install == install and install in str(caught.value)
+    assert isinstance(caught.value, ImportError)
+
+
+def retriever_header(out: str) -> str:
+    """The demo's column header, left (retriever) side."""
+    (header,) = [line for line in out.splitlines() if line.lstrip().startswith("#  doc")]
+    return header.split("│")[0]
+
+
+def test_demo_without_scifact_labels_its_word_overlap_column(
+    openai_env_server: FakeLLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from llmrerank import demo
+
+    monkeypatch.setenv("LLMRERANK_DATA", str(tmp_path / "missing"))
+    monkeypatch.setattr(demo, "CHECKOUT_SLICE", tmp_path / "no-slice")  # as in an installed wheel
+    assert demo.main(["--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "overlap" in retriever_header(out) and "BM25" not in out
+    assert "built-in example" in out and "Reranked (listwise" in out
+
+
+def test_demo_on_scifact_labels_its_bm25_column(
+    openai_env_server: FakeLLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("bm25s")
+    from llmrerank import demo
+
+    if not demo.CHECKOUT_SLICE.is_dir():
+        pytest.skip("no SciFact slice beside this installation")
+    monkeypatch.setenv("LLMRERANK_DATA", str(tmp_path / "missing"))
+    assert demo.main(["--depth", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "BM25" in retriever_header(out) and "overlap" not in out
