@@ -344,3 +344,15 @@ def test_a_rejected_key_stops_the_job_and_leaves_the_rows_pending(tmp_path: Path
     assert records(out / "results.jsonl") == [] and records(out / "errors.jsonl") == []
     with FakeLLMServer(lambda r: overlap_judge(Prompt(r.system, r.user))) as server:
         assert run_batch(path, out, reranker(server), concurrency=2).results == 12
+
+
+def test_first_stage_scores_of_the_rows_reach_fusion(tmp_path: Path) -> None:
+    from llmrerank import Fusion, QueryLikelihood
+    from llmrerank.testing import overlap_likelihood
+
+    path = write_jsonl(tmp_path / "rows.jsonl", good_rows(2))
+    retriever_only = Reranker(QueryLikelihood(), FakeBackend(likelihood=overlap_likelihood), fusion=Fusion(weight=0.0))
+    summary = run_batch(path, tmp_path / "out", retriever_only)
+    for result in records(summary.results_path):
+        assert result["score_kind"] == "fused"
+        assert [c["input_rank"] for c in result["candidates"]] == list(range(1, 7))  # the rows' own scores

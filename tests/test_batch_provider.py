@@ -229,3 +229,15 @@ def test_cli_submits_exits_and_collects_on_the_rerun(
     printed = capsys.readouterr().out
     assert "2 rows: 2 reranked (0 degraded), 0 errors, 0 done before, 0 waiting" in printed
     assert "6 LLM calls" in printed and "still running" not in printed
+
+
+def test_a_provider_batch_fuses_like_live_calls(tmp_path: Path) -> None:
+    from llmrerank import Fusion
+
+    path = write_jsonl(tmp_path / "rows.jsonl", good_rows(3))
+    with FakeBatchServer(overlap_reply, batch_delay=0.05) as server:
+        fused = Reranker("pointwise", backend("openai", server), fusion=Fusion("zscore", weight=0.3))
+        batch = run_batch(path, tmp_path / "batch", fused, engine="openai-batch", poll_interval=0.02)
+        live = run_batch(path, tmp_path / "live", fused)
+    assert comparable(batch.results_path) == comparable(live.results_path)
+    assert {r["score_kind"] for r in records(batch.results_path)} == {"fused"}

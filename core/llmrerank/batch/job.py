@@ -83,9 +83,10 @@ class Outcome:
     usage: Usage
 
 
-def documents(row: Row) -> list[dict[str, str]]:
-    """The row's candidates as the documents :meth:`Reranker.arerank` takes."""
-    return [{"id": c.id, "text": c.text} for c in row.candidates]
+def documents(row: Row) -> list[dict[str, Any]]:
+    """The row's candidates as the documents :meth:`Reranker.arerank` takes (with their first-stage
+    ``score`` when the input had one, for a reranker's fusion)."""
+    return [{"id": c.id, "text": c.text, **({} if c.score is None else {"score": c.score})} for c in row.candidates]
 
 
 def stops_the_job(error: BaseException) -> bool:

@@ -140,6 +140,7 @@ def _shadow(reranker: Reranker, backend: Backend) -> Reranker:
         on_error=reranker.on_error,
         strict=reranker.strict,
         min_score=reranker.min_score,
+        fusion=reranker.fusion,
     )
 
 
