@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--depth", type=int, default=10, help="BM25 documents to rerank (default: 10)")
     parser.add_argument("--top-k", type=int, help="rows shown (default: all --depth)")
     parser.add_argument(
-        "--strategy", help="pointwise, pairwise, listwise or hybrid (default: the backend's preferred one)"
+        "--strategy",
+        help="query_likelihood, pointwise, batch_score, pairwise, setwise, listwise or hybrid "
+        "(default: the backend's preferred one)",
     )
     parser.add_argument("--data", help="BEIR folder (default: the SciFact collection, when found)")
     parser.add_argument(
