@@ -11,7 +11,7 @@ from llmrerank.backends.base import Prompt
 from llmrerank.errors import RateLimitError
 from llmrerank.parsing import parse_labelled_scores
 from llmrerank.testing import FakeBackend, overlap, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, ServerRequest
+from llmrerank.testing.server import FakeLLMServer, overlap_responder
 
 QUERY = "why do dogs bark at night"
 DOCS = [
@@ -169,10 +169,7 @@ def test_batch_scoring_through_the_openai_sdk() -> None:
     pytest.importorskip("openai")
     from llmrerank.backends.openai import OpenAIBackend
 
-    def judge(request: ServerRequest) -> str:
-        return overlap_judge(Prompt(system=request.system, user=request.user))
-
-    with FakeLLMServer(judge) as srv:
+    with FakeLLMServer(overlap_responder) as srv:
         backend = OpenAIBackend("gpt-test", base_url=srv.base_url, api_key="sk-test", max_retries=0)
         result = Reranker("batch_score", backend).rerank(QUERY, DOCS * 4)
         assert len(srv.requests) == math.ceil(20 / 10)

@@ -17,7 +17,7 @@ from llmrerank import DiskCache, MemoryCache, Pointwise, Reranker
 from llmrerank.backends.base import Completion, Prompt
 from llmrerank.cache import cache_key, decode, encode
 from llmrerank.testing import FakeBackend, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
+from llmrerank.testing.server import FakeLLMServer, Reply, overlap_responder
 
 pytest.importorskip("openai")
 
@@ -27,8 +27,7 @@ QUERY = "why do dogs bark at night"
 DOCS = ["The cat sat on the mat.", "Dogs bark at night.", "Birds sing at dawn."]
 
 
-def judge(request: ServerRequest) -> str:
-    return overlap_judge(Prompt(request.system, request.user))
+judge = overlap_responder
 
 
 @pytest.fixture

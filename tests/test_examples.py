@@ -10,15 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from llmrerank import Prompt
-from llmrerank.testing import overlap_judge
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
+from llmrerank.testing.server import FakeLLMServer, Reply, overlap_responder
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def judge(request: ServerRequest) -> str:
-    return overlap_judge(Prompt(system=request.system, user=request.user))
+judge = overlap_responder
 
 
 def run_example(example: str, server: FakeLLMServer) -> subprocess.CompletedProcess[str]:

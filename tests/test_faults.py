@@ -27,9 +27,9 @@ from llmrerank import (
     Reranker,
     Strategy,
 )
-from llmrerank.backends.base import Backend, Prompt
-from llmrerank.testing import overlap, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
+from llmrerank.backends.base import Backend
+from llmrerank.testing import overlap
+from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
@@ -68,9 +68,7 @@ def strategies() -> dict[str, Strategy]:
     }
 
 
-def judge(request: ServerRequest) -> str:
-    """The overlap judge answering over HTTP."""
-    return overlap_judge(Prompt(request.system, request.user))
+judge = overlap_responder
 
 
 class FailFirst:
@@ -279,7 +277,7 @@ async def test_deadline_across_sequential_rounds(server: FakeLLMServer) -> None:
     """Pairwise sort runs rounds one after another; rounds after the deadline are not even sent."""
 
     def slow_judge(request: ServerRequest) -> Reply:
-        return Reply(text=judge(request), delay=0.12)
+        return Reply(text=judge(request).text, delay=0.12)
 
     server.responder = slow_judge
     docs = [f"document number {i} about dogs" for i in range(12)]

@@ -23,7 +23,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_llmrerank import ChatModelBackend, LLMRerankCompressor
 from llmrerank import ConfigurationError, Fusion, MemoryCache, Pointwise, Prompt
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_likelihood
-from llmrerank.testing.server import FakeLLMServer, ServerRequest
+from llmrerank.testing.server import FakeLLMServer, overlap_responder
 
 QUERY = "how do solar panels convert sunlight into electricity"
 TEXTS = [
@@ -35,9 +35,7 @@ TEXTS = [
 ]
 
 
-def judge(request: ServerRequest) -> str:
-    """An OpenAI-compatible 'LLM' that ranks by word overlap with the query."""
-    return overlap_judge(Prompt(system=request.system, user=request.user))
+judge = overlap_responder
 
 
 class FixedRetriever(BaseRetriever):

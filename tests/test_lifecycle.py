@@ -19,10 +19,8 @@ from collections.abc import Iterator
 import pytest
 
 from llmrerank import Hybrid, Listwise, MemoryCache, Reranker
-from llmrerank.backends.base import Prompt
 from llmrerank.limits import Limiter
-from llmrerank.testing import overlap_judge
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
+from llmrerank.testing.server import FakeLLMServer, Reply, overlap_responder
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
@@ -34,8 +32,7 @@ QUERY = "why do dogs bark at night"
 DOCS = ["The cat sat on the mat.", "Dogs bark at night.", "Birds sing at dawn."]
 
 
-def judge(request: ServerRequest) -> str:
-    return overlap_judge(Prompt(request.system, request.user))
+judge = overlap_responder
 
 
 @pytest.fixture
@@ -204,7 +201,7 @@ def test_an_escaping_base_exception_reaches_its_caller_and_the_loop_serves_on(er
 
 
 def test_max_concurrency_holds_across_threads_and_loops(server: FakeLLMServer) -> None:
-    server.responder = lambda request: Reply(text=judge(request), delay=0.15)
+    server.responder = lambda request: Reply(text=judge(request).text, delay=0.15)
     backend = OpenAIBackend("m", base_url=server.base_url, api_key="x", logprobs=False)
     reranker = Reranker("pointwise", backend, max_concurrency=4)
     results: list[bool] = []

@@ -30,7 +30,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llamaindex_llmrerank import LlamaIndexLLMBackend, LLMRerankPostprocessor
 from llmrerank import Fusion, MemoryCache, Pointwise, Prompt
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_likelihood
-from llmrerank.testing.server import FakeLLMServer, ServerRequest
+from llmrerank.testing.server import FakeLLMServer, overlap_responder
 
 QUERY = "how do solar panels convert sunlight into electricity"
 TEXTS = [
@@ -43,9 +43,7 @@ TEXTS = [
 BEST = ["doc1", "doc4", "doc2"]
 
 
-def judge(request: ServerRequest) -> str:
-    """An OpenAI-compatible 'LLM' that ranks by word overlap with the query."""
-    return overlap_judge(Prompt(system=request.system, user=request.user))
+judge = overlap_responder
 
 
 class HashingEmbedding(BaseEmbedding):

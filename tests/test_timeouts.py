@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 
 from llmrerank import BackendTimeoutError, Listwise, RateLimitError, Reranker
-from llmrerank.backends.base import Backend, Prompt
-from llmrerank.testing import overlap_judge
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
+from llmrerank.backends.base import Backend
+from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
@@ -30,8 +29,7 @@ GUARD = 30.0  # seconds; far below what the unbounded behaviour would take
 APIS = ["openai", "anthropic"]
 
 
-def judge(request: ServerRequest) -> str:
-    return overlap_judge(Prompt(request.system, request.user))
+judge = overlap_responder
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from llmrerank.errors import (
     is_context_length_message,
 )
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_logprobs
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
+from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
@@ -51,8 +51,7 @@ DOCS = [
 ]
 
 
-def judge(request: ServerRequest) -> str:
-    return overlap_judge(Prompt(system=request.system, user=request.user))
+judge = overlap_responder
 
 
 def openai(srv: FakeLLMServer, **options: object) -> OpenAIBackend:
@@ -332,7 +331,7 @@ def test_pairwise_unreadable_comparisons_give_no_score() -> None:
 def test_first_token_listwise_reads_label_probabilities_from_openai_logprobs() -> None:
     def respond(request: ServerRequest) -> Reply:
         prompt = Prompt(system=request.system, user=request.user, choices=tuple("ABCD"))
-        return Reply(text=judge(request), top_logprobs=overlap_logprobs(prompt))
+        return Reply(text=judge(request).text, top_logprobs=overlap_logprobs(prompt))
 
     with FakeLLMServer(respond) as srv:
         result = Reranker(Listwise(method="first_token"), openai(srv)).rerank(QUERY, DOCS)
