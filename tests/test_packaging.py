@@ -122,3 +122,11 @@ def test_demo_on_scifact_labels_its_bm25_column(
     assert demo.main(["--depth", "3", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "BM25" in retriever_header(out) and "overlap" not in out
+
+
+def test_the_module_reports_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    import llmrerank
+
+    assert llmrerank.__version__ == version("llmrerank")

@@ -68,7 +68,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'llmrerank' has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "DOMAINS",
