@@ -177,7 +177,9 @@ def test_self_hosted_on_a_loopback_llama_cpp(data: str) -> None:
     from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, digit_split_reply
 
     def respond(request: ServerRequest) -> Reply | str:
-        return digit_split_reply({10: 0.8, 1: 0.2}) if "nothing else: 10" in request.user else "[2] > [1]"
+        if "nothing else: 10" in request.user:
+            return digit_split_reply({10: 0.8, 1: 0.2})
+        return " > ".join(f"[{i}]" for i in range(request.user.count("<document id="), 0, -1))  # every id named
 
     with FakeLLMServer(respond, flavor="llama.cpp", served_model="smollm2", context_tokens=2048) as srv:
         argv = ["--base-url", srv.base_url, "--data", data, "--queries", "2", "--depth", "20"]

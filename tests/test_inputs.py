@@ -201,7 +201,7 @@ def test_unusual_characters_survive_the_http_round_trip() -> None:
     pytest.importorskip("openai")
     from llmrerank.backends.openai import OpenAIBackend
 
-    with FakeLLMServer("[2] > [1]") as srv:
+    with FakeLLMServer("[2] > [1] > [3] > [4]") as srv:
         backend = OpenAIBackend("gpt-test", base_url=srv.base_url, api_key="sk-test", max_retries=0)
         result = Reranker("listwise", backend, on_error="raise").rerank("chiens 🐕\x00?", WEIRD[:4])
         (request,) = srv.requests

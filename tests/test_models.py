@@ -391,7 +391,7 @@ def test_eval_against_a_server_of_your_own_names_its_model_and_no_price(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     served = "smollm2" if flavor == "llama.cpp" else "Qwen/Qwen2.5-7B-Instruct"
     options = {"served_model": served} if flavor == "llama.cpp" else {"models": [served]}
-    with FakeLLMServer("[2] > [1]", flavor=flavor, **options) as srv:  # type: ignore[arg-type]
+    with FakeLLMServer("[2] > [1] > [3] > [4] > [5]", flavor=flavor, **options) as srv:  # type: ignore[arg-type]
         argv = ["eval", "--data", str(SLICE), "--base-url", srv.base_url, "--strategy", "listwise"]
         argv += ["--queries", "2", "--depth", "5", "--no-progress", "--out", str(tmp_path)]
         assert main(argv) == 0
@@ -412,7 +412,7 @@ def test_eval_reports_the_model_that_answered_over_the_one_asked_for(
     from llmrerank.cli import main
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    with FakeLLMServer("[2] > [1]", flavor="llama.cpp", served_model="smollm2") as srv:
+    with FakeLLMServer("[2] > [1] > [3] > [4] > [5]", flavor="llama.cpp", served_model="smollm2") as srv:
         argv = ["eval", "--data", str(SLICE), "--base-url", srv.base_url, "--model", "gpt-4o-mini"]
         argv += ["--strategy", "listwise", "--queries", "2", "--depth", "5", "--no-progress"]
         assert main(argv) == 0

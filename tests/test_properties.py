@@ -200,8 +200,8 @@ def test_any_output_gives_a_permutation(
     docs = DOCS[:n]
     result = Reranker(STRATEGIES[name](), backend_for(answers, logprobs)).rerank(QUERY, docs, top_k)
     check_permutation(result, docs, top_k)
-    # Bad output is not a failed call; it degrades the result only where nothing could be read.
-    assert set(result.degraded_reasons) <= {"unreadable_answer"}
+    # Bad output is not a failed call; it degrades the result only where documents were left unplaced.
+    assert set(result.degraded_reasons) <= {"unreadable_answer", "incomplete_answer"}
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
@@ -257,6 +257,9 @@ def codes(result: RerankResult) -> list[str]:
             ["permutation_repaired", "missing_appended", "missing_appended"],
             id="partial",
         ),
+        pytest.param(
+            "[2] > [1] > [4]", [1, 0, 3, 2], ["permutation_repaired", "missing_appended"], id="one-left-out-is-last"
+        ),
         pytest.param("[2] > [2] > [1] > [4] > [3]", [1, 0, 3, 2], ["permutation_repaired"], id="duplicate"),
         pytest.param(
             "[9] > [3] > [0] > [1] > [2] > [4]", [2, 0, 1, 3], ["permutation_repaired"], id="out-of-range-mixed"
@@ -271,10 +274,14 @@ def test_listwise_bad_output(text: str, order: list[int], diagnostics: list[str]
     assert result.indices == order
     assert codes(result) == diagnostics
     unreadable = diagnostics == ["fallback_input_order"]
-    assert result.degraded == unreadable
-    assert result.status == ("fallback" if unreadable else "reranked")
-    assert result.degraded_reasons == (("unreadable_answer",) if unreadable else ())
-    assert [item.fallback for item in result] == [unreadable] * 4
+    # Two or more left out: the model placed only what it named; one left out is implied last.
+    left_out = diagnostics.count("missing_appended") if diagnostics.count("missing_appended") > 1 else 0
+    assert result.degraded == (unreadable or left_out > 0)
+    assert result.status == ("fallback" if unreadable else "partial" if left_out else "reranked")
+    reasons = ("unreadable_answer",) if unreadable else ("incomplete_answer",) if left_out else ()
+    assert result.degraded_reasons == reasons
+    placed = 0 if unreadable else 4 - left_out
+    assert [item.fallback for item in result] == [False] * placed + [True] * (4 - placed)
     assert result.score_kind == ("input_order" if unreadable else "rank")
     assert all(item.score is None for item in result)
     if diagnostics and diagnostics != ["fallback_input_order"]:

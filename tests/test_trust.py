@@ -398,3 +398,24 @@ def test_summary_is_json_data() -> None:
     assert data["status"] == "fallback" and data["degraded_reasons"] == ["unreadable_answer"]
     assert data["usage"]["calls"] == 1 and data["order"] == [0, 1, 2, 3]
     assert data["diagnostics"][0]["code"] == "fallback_input_order"
+
+
+def test_listwise_answer_naming_few_documents_is_partial_not_reranked(caplog: pytest.LogCaptureFixture) -> None:
+    # Measured on SmolLM2: answers like "[1]" for a window of 10 left 9 documents in input order while
+    # the result said "reranked".
+    docs = ["a dog", "a cat", "a bird", "a fish"]
+    result = Reranker("listwise", FakeBackend(["[2]"])).rerank("pets", docs)
+    assert result.status == "partial" and result.degraded_reasons == ("incomplete_answer",)
+    assert result.indices == [1, 0, 2, 3]
+    assert [item.fallback for item in result] == [False, True, True, True]
+    (warning,) = warnings_of(caplog)
+    assert "incomplete_answer" in warning and "named 1 of 4" in warning and "3 of 4 documents" in warning
+
+
+def test_documents_left_out_by_one_window_and_placed_by_the_next_are_judged() -> None:
+    docs = ["a dog", "a cat", "a bird", "a fish"]
+    # Window of 3, step 1: documents 2-4 first (the answer names only document 2), then 1-3 in full.
+    backend = FakeBackend(["[1]", "[3] > [2] > [1]"])
+    result = Reranker(Listwise(window=3, step=1), backend).rerank("pets", docs)
+    assert result.status == "partial" and result.degraded_reasons == ("incomplete_answer",)
+    assert [(item.index, item.fallback) for item in result] == [(2, False), (1, False), (0, False), (3, True)]

@@ -296,8 +296,9 @@ class Reranker(Closing):
             diagnostics.append(Diagnostic("deadline_exceeded", f"deadline of {self.deadline}s passed"))
         if meter.circuit_open:
             diagnostics.append(Diagnostic("circuit_open", "calls kept timing out; the rest were not sent"))
-        reasons = degraded_reasons(bool(meter.errors), meter.deadline_hit, diagnostics)
         unjudged = ranking.unjudged & set(range(len(docs)))
+        left_out = any(d.code == "missing_appended" and d.index in unjudged for d in diagnostics)
+        reasons = degraded_reasons(bool(meter.errors), meter.deadline_hit, diagnostics, left_out)
         degraded = bool(reasons) or bool(unjudged)
         if degraded and not reasons:
             reasons = ("unreadable_answer",)
@@ -396,12 +397,16 @@ UNREADABLE_CODES = frozenset({"fallback_input_order", "score_unparsed", "choice_
 """Diagnostic codes of answers that held nothing readable."""
 
 
-def degraded_reasons(calls_failed: bool, deadline_hit: bool, diagnostics: Sequence[Diagnostic]) -> tuple[str, ...]:
-    """The :data:`~llmrerank.types.DEGRADED_REASONS` that apply, in that order."""
+def degraded_reasons(
+    calls_failed: bool, deadline_hit: bool, diagnostics: Sequence[Diagnostic], left_out: bool = False
+) -> tuple[str, ...]:
+    """The :data:`~llmrerank.types.DEGRADED_REASONS` that apply, in that order (``left_out``: an
+    answer left out documents that no other answer placed)."""
     codes = {d.code for d in diagnostics}
     found = {
         "call_failed": calls_failed,
         "unreadable_answer": bool(codes & UNREADABLE_CODES),
+        "incomplete_answer": left_out,
         "prefilter_failed": "prefilter_failed" in codes,
         "deadline_exceeded": deadline_hit,
     }
@@ -430,6 +435,10 @@ def describe_degraded(
     unreadable = [d for d in diagnostics if d.code in UNREADABLE_CODES]
     if unreadable:
         parts.append(f"{len(unreadable)} unreadable answer(s), first: {unreadable[0].message[:120]}")
+    if "incomplete_answer" in reasons:
+        repaired = next((d.message for d in diagnostics if d.code == "permutation_repaired"), "")
+        left_out = {d.index for d in diagnostics if d.code == "missing_appended"}
+        parts.append(f"answers left out {len(left_out)} document(s), first: {repaired[:120]}")
     prefilter = next((d for d in diagnostics if d.code == "prefilter_failed"), None)
     if prefilter is not None:
         parts.append(f"prefilter failed: {prefilter.message[:160]}")

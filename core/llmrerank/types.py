@@ -37,11 +37,13 @@ Status = Literal["reranked", "partial", "fallback"]
 """Whether a result was reranked: fully, partly (some calls failed or answers were unreadable), or
 not at all (every document keeps a fallback order)."""
 
-DEGRADED_REASONS = ("call_failed", "unreadable_answer", "prefilter_failed", "deadline_exceeded")
+DEGRADED_REASONS = ("call_failed", "unreadable_answer", "incomplete_answer", "prefilter_failed", "deadline_exceeded")
 """The reason codes of :attr:`RerankResult.degraded_reasons`.
 
 - ``call_failed``: an LLM call failed after the SDK's retries (the warning names the error).
 - ``unreadable_answer``: an answer held no ranking, score or choice that could be read.
+- ``incomplete_answer``: a listwise answer named only some of its documents; the others follow in
+  their previous order, marked ``fallback``.
 - ``prefilter_failed``: the hybrid strategy's cross-encoder failed.
 - ``deadline_exceeded``: the rerank's ``deadline`` passed with calls unanswered.
 """

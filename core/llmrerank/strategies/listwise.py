@@ -54,9 +54,11 @@ class Listwise(Strategy):
 
     Output like ``[3] > [1] > [2]``, ``3, 1, 2`` or JSON lists is understood; duplicate and unknown
     ids are dropped and documents the answer leaves out follow the ranked ones in their previous
-    order (RankGPT's reading: the model put them last), each repair recorded in the diagnostics. A
-    window whose call failed or whose answer names no id keeps its previous order, and its documents
-    are marked ``fallback`` unless another window placed them. With ``method="first_token"`` the
+    order (RankGPT's reading), each repair recorded in the diagnostics. The model placed only the
+    documents it named (one left out is implied last): the others are marked ``fallback`` unless
+    another window placed them, and the result is ``partial`` (``incomplete_answer``). A window
+    whose call failed or whose answer names no id keeps its previous order, its documents marked
+    ``fallback`` the same way. With ``method="first_token"`` the
     window (at most 26 documents) is ordered by the first-token probability of each label.
     """
 
@@ -167,10 +169,10 @@ class Listwise(Strategy):
                 diagnostics.append(Diagnostic("call_failed", f"{where}: {type(error).__name__}: {error}"))
             else:
                 assert isinstance(answer, Completion)
-                placed = self.read(answer, ids, diagnostics, where, ctx, scores)
-                if placed is not None:
-                    order[start:end] = placed
-                    judged.update(ids)
+                read = self.read(answer, ids, diagnostics, where, ctx, scores)
+                if read is not None:
+                    order[start:end], named = read
+                    judged.update(named)
             if start == 0:
                 break
             end -= step
@@ -186,8 +188,9 @@ class Listwise(Strategy):
         where: str,
         ctx: Context,
         scores: dict[int, float],
-    ) -> list[int] | None:
-        """The window's new order from one answer (scores filled for ``first_token``), or None if unreadable."""
+    ) -> tuple[list[int], list[int]] | None:
+        """The window's new order from one answer and the documents the answer placed (scores filled
+        for ``first_token``), or None if unreadable."""
         labels = self.labels(len(ids))
         probs = choice_distribution(answer.choice_logprobs, tuple(labels)) if self.method == "first_token" else {}
         if probs:
@@ -198,7 +201,8 @@ class Listwise(Strategy):
                 diagnostics.append(Diagnostic("label_unseen", f"{where}: {len(unseen)} labels not in the top tokens"))
             for k in ranked:
                 scores[ids[k]] = probs[labels[k]]
-            return [ids[k] for k in ranked + unseen]
+            order = [ids[k] for k in ranked + unseen]
+            return order, order  # a label outside the top tokens is one the model found least likely
         perm = parse_permutation(answer.text, len(ids))
         if ctx.strict and not perm.clean:
             raise ParseError("not a full ranking of the window", output=answer.text)
@@ -213,11 +217,16 @@ class Listwise(Strategy):
             diagnostics.append(
                 Diagnostic(
                     "permutation_repaired",
-                    f"{where}: {perm.duplicates} duplicate, {perm.out_of_range} unknown ids",
+                    f"{where}: named {len(ids) - len(perm.missing)} of {len(ids)}; {perm.duplicates} duplicate, "
+                    f"{perm.out_of_range} unknown ids",
                 )
             )
             diagnostics += [Diagnostic("missing_appended", "", ids[m]) for m in perm.missing]
-        return [ids[p] for p in perm.order]
+        order = [ids[p] for p in perm.order]
+        # A ranking of all but one places the last one too; with more left out the order is the model's
+        # only for those it named.
+        named = order if len(perm.missing) <= 1 else order[: len(order) - len(perm.missing)]
+        return order, named
 
 
 def _letters_to_numbers(text: str, count: int) -> str:
