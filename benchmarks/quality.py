@@ -158,13 +158,14 @@ def plot(rows: Sequence[dict[str, Any]], title: str, path: Path) -> None:
             key = (round(r["calls/q"], 1), round(r["nDCG@10"] - base.get(r["queries"], r["nDCG@10"]), 4))
             name = r["strategy"].replace("query_likelihood_", "QL ").replace("pointwise_", "pw ")
             points.setdefault(key, []).append(f"{name} ({r['queries']} q)")
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
-    ax.axhline(0.0, color="grey", linewidth=1, label="BM25")
-    for n, ((calls, delta), labels) in enumerate(sorted(points.items())):
+    fig, ax = plt.subplots(figsize=(11, 4.8), dpi=100)
+    ax.axhline(0.0, color="grey", linewidth=1)
+    colors = plt.get_cmap("tab20").colors
+    for n, ((calls, delta), labels) in enumerate(sorted(points.items(), key=lambda p: -p[0][1])):
         fused = all(label.split(" (")[0].endswith("+ fusion") for label in labels)
-        ax.scatter([calls], [delta], s=36, zorder=3, marker="D" if fused else "o")
-        offset = (6, 6 if n % 2 else -10)
-        ax.annotate(" = ".join(labels), (calls, delta), textcoords="offset points", xytext=offset, fontsize=7)
+        label = " = ".join(labels)  # a legend, not annotations: the points crowd at 10 calls
+        ax.scatter([calls], [delta], s=40, zorder=3, marker="D" if fused else "o", color=colors[n % 20], label=label)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.margins(y=0.12)
     ax.set_xlim(right=max(c for c, _ in points) * 20 if points else 10)
     ax.set_xscale("symlog", linthresh=1.0)
