@@ -130,3 +130,19 @@ def test_the_module_reports_the_installed_version() -> None:
     import llmrerank
 
     assert llmrerank.__version__ == version("llmrerank")
+
+
+def test_demo_progress_wrapper_reads_the_context_size_through() -> None:
+    # The demo's rerank must fit prompts to the model's context as the library does, including a
+    # size the backend discovers or learns during the run.
+    from llmrerank.demo import _Progress
+    from llmrerank.testing import FakeBackend
+
+    inner = FakeBackend(["[1]"])
+    inner.context_tokens = 4096
+    wrapped = _Progress(inner, bar=None)
+    assert wrapped.prompt_room() == 4096
+    wrapped.context_tokens = 1024  # what the driver does after a context-length error
+    assert inner.context_tokens == 1024 and wrapped.prompt_room() == 1024
+    inner.context_tokens = 512  # what discover() does on the inner backend
+    assert wrapped.context_tokens == 512

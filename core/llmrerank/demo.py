@@ -156,7 +156,10 @@ def _builtin(query: str | None, depth: int) -> Example:
 
 
 class _Progress(Backend):
-    """Forwards to a backend and advances a progress bar per completed call."""
+    """Forwards to a backend and advances a progress bar per completed call.
+
+    Fixed settings are copied; the context size is read through (a rerank may discover or learn it).
+    """
 
     def __init__(self, inner: Backend, bar: Any) -> None:
         self.inner = inner
@@ -169,6 +172,23 @@ class _Progress(Backend):
         self.pointwise_method = getattr(inner, "pointwise_method", "expected")
         self.supports_likelihood = inner.supports_likelihood
         self.preferred_fusion = inner.preferred_fusion
+
+    @property
+    def context_tokens(self) -> int | None:
+        return self.inner.context_tokens
+
+    @context_tokens.setter
+    def context_tokens(self, value: int | None) -> None:
+        self.inner.context_tokens = value
+
+    def prompt_room(self) -> int | None:
+        return self.inner.prompt_room()
+
+    async def discover(self) -> None:
+        await self.inner.discover()
+
+    def cache_identity(self) -> dict[str, object]:
+        return self.inner.cache_identity()
 
     async def generate(self, prompt: Prompt) -> Completion:
         answer = await self.inner.generate(prompt)
