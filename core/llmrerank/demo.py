@@ -115,9 +115,8 @@ def load_collection(data: str | None) -> Collection | None:
         return load_beir(CHECKOUT_SLICE) if CHECKOUT_SLICE.is_dir() else None
 
 
-def load_example(query: str | None, depth: int, data: str | None) -> Example:
-    """The query and BM25 hits from the collection, else the built-in passages (scored by word overlap)."""
-    collection = load_collection(data)
+def load_example(query: str | None, depth: int, collection: Collection | None) -> Example:
+    """The query and BM25 hits from ``collection``, else (None) the built-in passages (scored by word overlap)."""
     if collection is None:
         return _builtin(query, depth)
     index = collection.bm25()
@@ -304,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = not args.no_progress
     measured: dict[str, Any] | None = None
     try:
-        example = load_example(args.query, args.depth, args.data)
+        collection = load_collection(args.data)  # loaded once: the shown query and --measure share its BM25 index
+        example = load_example(args.query, args.depth, collection)
         backend = default_backend()
         load_seconds = 0.0
         load = getattr(backend, "load", None)
@@ -328,7 +328,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             bar.close()
         if args.measure:
-            collection = load_collection(args.data)
             if collection is None:
                 print("llmrerank demo: --measure needs the SciFact collection", file=sys.stderr)
                 return 2
