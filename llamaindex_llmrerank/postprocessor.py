@@ -24,6 +24,7 @@ from llmrerank import (
 )
 from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
 from llmrerank.options import LazyReranker, RerankerSlot, check_options
+from llmrerank.strategies.base import Context
 
 from .llm_backend import SYNC_CALLS, LlamaIndexLLMBackend
 
@@ -49,11 +50,10 @@ def _plus(keys: list[str], fields: dict[str, Any]) -> list[str]:
     return [*keys, *(k for k in fields if k not in keys)]
 
 
-def text_limit(strategy: Strategy) -> int | None:
-    """The fewest characters of a document any LLM prompt of ``strategy`` keeps (None: no limit known)."""
-    limits = [getattr(s, "max_doc_chars", None) for s in (strategy, getattr(strategy, "llm", None))]
-    found = [n for n in limits if isinstance(n, int)]
-    return min(found) if found else None
+def text_limit(strategy: Strategy, backend: Backend) -> int | None:
+    """The most characters of a document the LLM prompts of ``strategy`` keep with ``backend`` (a hybrid
+    strategy without ``llm`` runs the backend's preferred one); None: no limit known."""
+    return strategy.doc_chars(Context(preferred_strategy=backend.preferred_strategy))
 
 
 def node_text(node: BaseNode, mode: MetadataMode, limit: int | None) -> str:
@@ -185,7 +185,7 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> tuple[str, list[str]]:
         if query_bundle is None:
             raise InvalidInputError("LLMRerankPostprocessor needs the query: pass query_bundle or query_str")
-        limit = text_limit(self.reranker.strategy) if nodes else None
+        limit = text_limit(self.reranker.strategy, self.reranker.backend) if nodes else None
         return query_bundle.query_str, [node_text(n.node, self.metadata_mode, limit) for n in nodes]
 
     def _event_payload(self, nodes: list[NodeWithScore], query: str, model_name: str) -> dict[str, Any]:

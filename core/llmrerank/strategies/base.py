@@ -91,6 +91,12 @@ class Strategy(ABC):
         ratings), so that a ``min_score`` threshold means something. False unless a subclass says so."""
         return False
 
+    def doc_chars(self, ctx: Context) -> int | None:
+        """The most characters of a document this strategy's LLM prompts keep (its ``max_doc_chars``;
+        None: no cut), before any fitting to a known context."""
+        limit = getattr(self, "max_doc_chars", None)
+        return limit if isinstance(limit, int) else None
+
 
 def failure(answer: Any) -> BaseException | None:
     """Return the exception when a call failed, else None."""

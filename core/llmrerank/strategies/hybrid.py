@@ -58,6 +58,10 @@ class Hybrid(Strategy):
         """Those of the LLM strategy."""
         return self.inner(ctx).absolute_scores(ctx)
 
+    def doc_chars(self, ctx: Context) -> int | None:
+        """The LLM strategy's cut (``max_doc_chars`` here cuts what the cross-encoder reads)."""
+        return self.inner(ctx).doc_chars(ctx)
+
     @property
     def scorer(self) -> Any:
         """The prefilter, loaded on first use."""
