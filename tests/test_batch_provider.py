@@ -241,3 +241,27 @@ def test_a_provider_batch_fuses_like_live_calls(tmp_path: Path) -> None:
         live = run_batch(path, tmp_path / "live", fused)
     assert comparable(batch.results_path) == comparable(live.results_path)
     assert {r["score_kind"] for r in records(batch.results_path)} == {"fused"}
+
+
+def test_a_known_context_size_shapes_the_batch_as_it_shapes_live_calls(tmp_path: Path) -> None:
+    # 8 abstracts of 600 characters do not fit one listwise window in 800 tokens: live calls split
+    # them into several windows, each built from the answers before, so a provider batch must refuse.
+    path = write_jsonl(tmp_path / "rows.jsonl", good_rows(2, docs=8))
+    with FakeBatchServer(overlap_reply) as server:
+        small = OpenAIBackend(
+            "gpt-4o-mini", base_url=server.base_url, api_key="sk-test", max_retries=0, context_tokens=800
+        )
+        with pytest.raises(ConfigurationError, match=r"listwise needs \d+ rounds"):
+            run_batch(path, tmp_path / "out", Reranker(Listwise(window=20), small), engine="openai-batch")
+        assert created(server, "openai") == 0
+
+
+def test_query_likelihood_is_refused_by_a_provider_batch(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "rows.jsonl", good_rows(2, docs=3))
+    with FakeBatchServer(overlap_reply) as server:
+        scorer = OpenAIBackend(
+            "gpt-4o-mini", base_url=server.base_url, api_key="sk-test", max_retries=0, likelihood=True
+        )
+        with pytest.raises(ConfigurationError, match="cannot score a continuation"):
+            run_batch(path, tmp_path / "out", Reranker("query_likelihood", scorer), engine="openai-batch")
+        assert created(server, "openai") == 0

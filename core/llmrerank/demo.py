@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .backends.base import Backend, Completion, LogLikelihood, Prompt
+from .backends.base import Backend, Completion, Forwarding, LogLikelihood, Prompt
 from .errors import LLMRerankError
 from .reranker import Reranker, default_backend
 from .strategies import Pointwise, make_strategy
@@ -154,40 +154,12 @@ def _builtin(query: str | None, depth: int) -> Example:
     )
 
 
-class _Progress(Backend):
-    """Forwards to a backend and advances a progress bar per completed call.
-
-    Fixed settings are copied; the context size is read through (a rerank may discover or learn it).
-    """
+class _Progress(Forwarding):
+    """Forwards to a backend and advances a progress bar per completed call."""
 
     def __init__(self, inner: Backend, bar: Any) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.bar = bar
-        self.name = inner.name
-        self.model = inner.model
-        self.supports_logprobs = inner.supports_logprobs
-        self.batch_size = inner.batch_size
-        self.preferred_strategy = inner.preferred_strategy
-        self.pointwise_method = getattr(inner, "pointwise_method", "expected")
-        self.supports_likelihood = inner.supports_likelihood
-        self.preferred_fusion = inner.preferred_fusion
-
-    @property
-    def context_tokens(self) -> int | None:
-        return self.inner.context_tokens
-
-    @context_tokens.setter
-    def context_tokens(self, value: int | None) -> None:
-        self.inner.context_tokens = value
-
-    def prompt_room(self) -> int | None:
-        return self.inner.prompt_room()
-
-    async def discover(self) -> None:
-        await self.inner.discover()
-
-    def cache_identity(self) -> dict[str, object]:
-        return self.inner.cache_identity()
 
     async def generate(self, prompt: Prompt) -> Completion:
         answer = await self.inner.generate(prompt)
@@ -203,9 +175,6 @@ class _Progress(Backend):
         answers = await self.inner.continuation_logprobs(pairs)
         self.bar.update(len(pairs))
         return answers
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def _bar(enabled: bool, **options: Any) -> Any:

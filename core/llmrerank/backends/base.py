@@ -223,6 +223,62 @@ class Backend(Closing, ABC):
         return f"{type(self).__name__}(model={self.model!r})"
 
 
+class _Inner:
+    """A :class:`Forwarding` attribute read from, and written to, the wrapped backend."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Forwarding | None, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(obj.inner, self.name)
+
+    def __set__(self, obj: Forwarding, value: Any) -> None:
+        setattr(obj.inner, self.name, value)
+
+
+class Forwarding(Backend):
+    """A backend that stands in for ``inner``: its settings are read through (the context size too,
+    which a rerank may discover or learn while it runs) and every call goes to ``inner``. Subclasses
+    override what they do differently (count calls, record prompts)."""
+
+    name = _Inner()
+    model = _Inner()
+    supports_logprobs = _Inner()
+    batch_size = _Inner()
+    preferred_strategy = _Inner()
+    supports_likelihood = _Inner()
+    preferred_fusion = _Inner()
+    context_tokens = _Inner()
+    answer_reserve = _Inner()
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        # Settings beyond the base class's that a strategy may read (e.g. pointwise_method).
+        if name.startswith("__") or name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def discover(self) -> None:
+        await self.inner.discover()
+
+    async def generate(self, prompt: Prompt) -> Completion:
+        return await self.inner.generate(prompt)
+
+    async def generate_batch(self, prompts: Sequence[Prompt]) -> list[Completion | BaseException]:
+        return await self.inner.generate_batch(prompts)
+
+    async def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood | BaseException]:
+        return await self.inner.continuation_logprobs(pairs)
+
+    def cache_identity(self) -> dict[str, object]:
+        return self.inner.cache_identity()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 class WorkerThreads:
     """A backend's own threads for blocking calls (a framework model's ``invoke`` / ``chat``).
 

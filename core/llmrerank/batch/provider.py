@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Backend, Completion, Prompt
+from ..backends.base import Backend, Completion, Forwarding, LogLikelihood, Prompt
 from ..errors import BackendError, ConfigurationError, ParseError, RateLimitError
 from ..reranker import Reranker
 from ..types import Usage
@@ -55,8 +55,9 @@ def _custom_id(row: int, body: Mapping[str, Any]) -> str:
     return f"r{row}-{digest}"
 
 
-class _StandIn(Backend):
-    """A backend that looks like ``real`` to the strategy (name, model, log-probs, preferences).
+class _StandIn(Forwarding):
+    """A backend that looks like ``real`` to the strategy (every setting read through) but answers
+    from a provider batch.
 
     ``batch_size`` is huge, so the driver hands over each step of a plan in one ``generate_batch``.
     """
@@ -64,18 +65,8 @@ class _StandIn(Backend):
     batch_size = MANY
 
     def __init__(self, real: Backend) -> None:
-        self._real = real
-        self.name = real.name
-        self.model = real.model
-        self.supports_logprobs = real.supports_logprobs
-        self.preferred_strategy = real.preferred_strategy
+        super().__init__(real)
         self.steps = 0
-
-    def __getattr__(self, name: str) -> Any:
-        # Capabilities a strategy may read beyond the base class's (e.g. pointwise_method).
-        if name.startswith("__") or name == "_real":
-            raise AttributeError(name)
-        return getattr(self._real, name)
 
     async def generate(self, prompt: Prompt) -> Completion:
         """Answer one prompt as a step of its own."""
@@ -83,6 +74,13 @@ class _StandIn(Backend):
         if isinstance(answer, BaseException):
             raise answer
         return answer
+
+    async def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood | BaseException]:
+        """Refused: the providers' batch APIs score no given text."""
+        raise NotBatchableError("a provider batch cannot score a continuation's log-probability (query_likelihood)")
+
+    async def aclose(self) -> None:
+        """Nothing to close: the real backend stays the caller's."""
 
 
 class _Recorder(_StandIn):
