@@ -32,7 +32,7 @@ from ..backends.base import Backend, Completion, Forwarding, LogLikelihood, Prom
 from ..errors import BackendError, ConfigurationError, ParseError, RateLimitError
 from ..reranker import Reranker
 from ..types import Usage
-from .job import Job, Outcome, documents, rerank_row
+from .job import Job, Outcome, documents, rerank_row, stops_the_job
 from .output import error_line, write_atomic
 from .rows import Row
 
@@ -466,15 +466,15 @@ async def run_provider(
             continue
         try:
             prompts = await first_step(reranker, row, job.top_k)
-        except NotBatchableError:
-            raise
         except Exception as exc:
+            if stops_the_job(exc):  # NotBatchableError too: every row would fail alike
+                raise
             job.record(Outcome("error", error_line(row.number, row.query_id, exc), Usage()))
             continue
         if not prompts:  # nothing to ask (e.g. one candidate): finish it now
             job.record(await assemble(reranker, provider, row, job.top_k, BatchResults("no batch", "nothing asked")))
             continue
-        bodies = {_custom_id(row.number, provider.body(p)): provider.body(p) for p in prompts}
+        bodies = {_custom_id(row.number, body): body for body in map(provider.body, prompts)}
         fresh.append((row, list(bodies.items())))
     unsent = len(fresh)
     if fresh and not cancel:
