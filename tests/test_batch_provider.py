@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +109,18 @@ def poisoned_input(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("api", APIS)
-def test_failed_and_missing_requests_degrade_their_rows(api: str, tmp_path: Path) -> None:
+def test_failed_and_missing_requests_degrade_their_rows(
+    api: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = poisoned_input(tmp_path)
-    with FakeBatchServer(failing_docs, omit=lambda custom_id: custom_id.startswith("r4-")) as server:
+    omit = lambda custom_id: custom_id.startswith("r4-")  # noqa: E731
+    with FakeBatchServer(failing_docs, omit=omit) as server, caplog.at_level(logging.WARNING, logger="llmrerank"):
         summary = batch_run(api, server, path, tmp_path / "out")
     assert (summary.results, summary.errors, summary.degraded) == (6, 0, 2)
+    # One warning per degraded row, from its real answers; none from recording the rows' prompts
+    # (the stand-in's empty answers would read as 6 unreadable reranks).
+    degraded = [r.getMessage() for r in caplog.records if "rerank degraded" in r.getMessage()]
+    assert len(degraded) == 2 and all("call_failed" in m for m in degraded)
     by_row = {r["row"]: r for r in records(summary.results_path)}
     assert "upstream overloaded" in by_row[2]["degraded_reason"] and by_row[2]["usage"]["failed_calls"] == 1
     assert "no result for this request" in by_row[4]["degraded_reason"] and by_row[4]["usage"]["failed_calls"] == 3

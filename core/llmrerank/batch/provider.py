@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -142,6 +144,21 @@ def _shadow(reranker: Reranker, backend: Backend) -> Reranker:
     )
 
 
+_RECORDING: contextvars.ContextVar[bool] = contextvars.ContextVar("llmrerank_batch_recording", default=False)
+
+
+class _QuietWhileRecording(logging.Filter):
+    """Drops the Reranker's own result warnings (degraded, fusion) in a task that is only recording a
+    row's first step: they describe the empty stand-in answers, and :func:`assemble` reruns the rerank
+    on the real answers, logging whatever applies then."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_RECORDING.get() and record.module == "reranker")
+
+
+logging.getLogger("llmrerank").addFilter(_QuietWhileRecording())
+
+
 async def first_step(reranker: Reranker, row: Row, top_k: int | None) -> list[Prompt]:
     """The prompts of the row's first LLM step, without repeats.
 
@@ -149,8 +166,12 @@ async def first_step(reranker: Reranker, row: Row, top_k: int | None) -> list[Pr
     :meth:`Reranker.arerank` raises for the row's input.
     """
     recorder = _Recorder(reranker.backend)
-    with contextlib.suppress(ParseError):  # strict=True on the empty answers: the step was recorded all the same
-        await _shadow(reranker, recorder).arerank(row.query, documents(row), top_k)
+    recording = _RECORDING.set(True)
+    try:
+        with contextlib.suppress(ParseError):  # strict=True on the empty answers: the step was recorded all the same
+            await _shadow(reranker, recorder).arerank(row.query, documents(row), top_k)
+    finally:
+        _RECORDING.reset(recording)
     if recorder.steps > 1:
         raise NotBatchableError(
             f"strategy {reranker.strategy.name} needs {recorder.steps} rounds of LLM calls for row {row.number} "
