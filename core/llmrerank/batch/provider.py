@@ -195,12 +195,8 @@ async def assemble(
     reranker: Reranker, provider: _Provider, row: Row, top_k: int | None, results: BatchResults
 ) -> Outcome:
     """Finish the row's rerank with the provider batch's answers."""
-    answers = _Answers(reranker.backend, provider, row.number, results)
-    outcome = await rerank_row(_shadow(reranker, answers), row, top_k)
-    if answers.steps > 1:
-        error = NotBatchableError(f"strategy {reranker.strategy.name} asked for a second round of calls")
-        return Outcome("error", error_line(row.number, row.query_id, error), Usage())
-    return outcome
+    # A second round would be answered with NotBatchableError, which stops the job (rerank_row raises it).
+    return await rerank_row(_shadow(reranker, _Answers(reranker.backend, provider, row.number, results)), row, top_k)
 
 
 # -- providers -------------------------------------------------------------------------------
