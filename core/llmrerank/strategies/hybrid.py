@@ -89,17 +89,8 @@ class Hybrid(Strategy):
         by_ce = sorted(range(n), key=lambda i: (-ce_scores.get(i, 0.0), i))
         kept, rest = by_ce[: self.keep], by_ce[self.keep :]
         subset = [Document(index=k, text=docs[i].text, id=docs[i].id) for k, i in enumerate(kept)]
-        llm = self.inner(ctx)
-        inner_ctx = Context(
-            top_k=ctx.top_k,
-            supports_logprobs=ctx.supports_logprobs,
-            strict=ctx.strict,
-            domain=ctx.domain,
-            pointwise_method=ctx.pointwise_method,
-            preferred_strategy=ctx.preferred_strategy,
-        )
         calls = [0, 0]  # answers seen, answers that were failures
-        inner = yield from _watch(llm.plan(query, subset, inner_ctx), calls)
+        inner = yield from _watch(self.inner(ctx).plan(query, subset, ctx), calls)
         diagnostics += [
             Diagnostic(d.code, d.message, None if d.index is None else kept[d.index]) for d in inner.diagnostics
         ]
