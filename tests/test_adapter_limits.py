@@ -127,20 +127,16 @@ def test_long_metadata_never_pushes_the_node_text_out() -> None:
     assert "background" not in backend.calls[-1].user
 
 
-class Flat:
-    """A cross-encoder stand-in: every pair scores the same."""
-
-    def predict(self, pairs: list[tuple[str, str]]) -> list[float]:
-        return [0.0] * len(pairs)
-
-
 def test_metadata_is_cut_to_the_limit_of_the_strategy_a_hybrid_runs() -> None:
     # Hybrid without llm= runs the backend's preferred strategy (listwise: 1200 characters a document),
     # not its own prefilter cut of 2000: the node text must still fit whole.
     from llmrerank import Hybrid
+    from llmrerank.testing import FakeCrossEncoder
 
     backend = FakeBackend(respond=lambda p: "[2] > [1] > [3]")
-    postprocessor = LLMRerankPostprocessor(backend=backend, strategy=Hybrid(cross_encoder=Flat(), keep=3))
+    postprocessor = LLMRerankPostprocessor(
+        backend=backend, strategy=Hybrid(cross_encoder=FakeCrossEncoder(lambda query, text: 0.0), keep=3)
+    )
     text = "Dogs bark at night. " * 54 + "THE END"  # 1087 characters
     nodes = [NodeWithScore(node=TextNode(text=t, metadata={"summary": "background " * 60})) for t in [text, *TEXTS[:2]]]
     postprocessor.postprocess_nodes(nodes, QueryBundle(QUERY))

@@ -14,7 +14,7 @@ import pytest
 from llmrerank import BatchScore, Hybrid, Listwise, Pairwise, Pointwise, Reranker, Setwise, Strategy
 from llmrerank.backends.base import Prompt
 from llmrerank.prompts import clip
-from llmrerank.testing import FakeBackend, overlap
+from llmrerank.testing import FakeBackend, FakeCrossEncoder, overlap
 from llmrerank.testing.injection import (
     INJECTIONS,
     TOPICS,
@@ -28,14 +28,6 @@ from llmrerank.testing.injection import (
 )
 from llmrerank.testing.server import FakeLLMServer
 
-
-class OverlapScorer:
-    """Cross-encoder stand-in scoring by query overlap."""
-
-    def predict(self, pairs: list[tuple[str, str]]) -> list[float]:
-        return [overlap(q, d) for q, d in pairs]
-
-
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "pointwise": lambda: Pointwise(method="generate"),
     "batch_score": lambda: BatchScore(),
@@ -44,7 +36,7 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "listwise": lambda: Listwise(),
     "listwise_sliding": lambda: Listwise(window=2, step=1),
     # keep=4 sends every document, the injected one included, to the LLM stage.
-    "hybrid": lambda: Hybrid(cross_encoder=OverlapScorer(), keep=4, llm="listwise"),
+    "hybrid": lambda: Hybrid(cross_encoder=FakeCrossEncoder(), keep=4, llm="listwise"),
 }
 IDS = [i.name for i in INJECTIONS]
 

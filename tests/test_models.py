@@ -526,19 +526,15 @@ def test_pointwise_and_pairwise_prompts_fit_too(strategy: str) -> None:
     assert "context_fitted" in {d.code for d in result.diagnostics}
 
 
-class Flat:
-    """A cross-encoder stand-in: every pair scores the same."""
-
-    def predict(self, pairs: list[tuple[str, str]]) -> list[float]:
-        return [0.0] * len(pairs)
-
-
 def test_a_hybrid_fits_its_llm_prompts_to_the_context_too() -> None:
     from llmrerank import Hybrid
+    from llmrerank.testing import FakeCrossEncoder
 
     docs = ["aurora " + "x" * 9000, "y" * 9000, "z " * 4000]
     with FakeLLMServer(aurora_first, flavor="vllm", context_tokens=1024, models=["gpt-test"]) as srv:
-        strategy = Hybrid(cross_encoder=Flat(), keep=3, llm=Listwise(max_doc_chars=20000))
+        strategy = Hybrid(
+            cross_encoder=FakeCrossEncoder(lambda query, text: 0.0), keep=3, llm=Listwise(max_doc_chars=20000)
+        )
         result = Reranker(strategy, openai(srv, context_tokens=1024)).rerank(QUERY, docs)
         sent = posts(srv)
     assert result.reranked and sent

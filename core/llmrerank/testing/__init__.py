@@ -184,9 +184,22 @@ def overlap_logprobs(prompt: Prompt, *, sharpness: float = 8.0) -> dict[str, flo
     return {label: math.log(w / total) for label, w in weights.items()}
 
 
+class FakeCrossEncoder:
+    """A cross-encoder stand-in for :class:`~llmrerank.Hybrid`: ``predict(pairs)`` scores each
+    ``(query, document)`` pair with ``score`` (default: :func:`overlap`)."""
+
+    def __init__(self, score: Callable[[str, str], float] = overlap) -> None:
+        self.score = score
+
+    def predict(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """One score per pair."""
+        return [float(self.score(query, text)) for query, text in pairs]
+
+
 __all__ = [
     "FakeBackend",
     "FakeBackendExhausted",
+    "FakeCrossEncoder",
     "overlap",
     "overlap_judge",
     "overlap_likelihood",
