@@ -200,10 +200,15 @@ class DiskCache:
             db = sqlite3.connect(self.directory / self.FILENAME, timeout=30, check_same_thread=False)
             try:
                 db.execute(
-                    "CREATE TABLE IF NOT EXISTS responses "
-                    "(key TEXT PRIMARY KEY, value TEXT NOT NULL, stored REAL NOT NULL, expires REAL)"
+                    "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
+                    "size INTEGER NOT NULL, stored REAL NOT NULL, expires REAL)"
                 )
-                db.execute("SELECT key, value, stored, expires FROM responses LIMIT 1").fetchall()
+                # Writes total the sizes and evict the oldest: indexes keep that off the values themselves.
+                db.execute("CREATE INDEX IF NOT EXISTS responses_by_age ON responses (stored, size)")
+                db.execute(
+                    "CREATE INDEX IF NOT EXISTS responses_expiring ON responses (expires) WHERE expires IS NOT NULL"
+                )
+                db.execute("SELECT key, value, size, stored, expires FROM responses LIMIT 1").fetchall()
                 db.commit()
             except BaseException:
                 db.close()
@@ -240,9 +245,12 @@ class DiskCache:
         expires = None if self.expire is None else now + self.expire
         try:
             with self._lock, self._db:
-                self._db.execute("REPLACE INTO responses VALUES (?, ?, ?, ?)", (key, text, now, expires))
+                self._db.execute(
+                    "REPLACE INTO responses (key, value, size, stored, expires) VALUES (?, ?, ?, ?, ?)",
+                    (key, text, len(text), now, expires),  # ASCII JSON: characters are bytes
+                )
                 self._db.execute("DELETE FROM responses WHERE expires IS NOT NULL AND expires < ?", (now,))
-                (total,) = self._db.execute("SELECT COALESCE(SUM(LENGTH(value)), 0) FROM responses").fetchone()
+                (total,) = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM responses").fetchone()
                 if total > self.size_limit:
                     self._evict(total)
         except sqlite3.Error as exc:
@@ -251,9 +259,10 @@ class DiskCache:
 
     def _evict(self, total: int) -> None:
         assert self._db is not None
-        rows = self._db.execute("SELECT key, LENGTH(value) FROM responses ORDER BY stored").fetchall()
         doomed = []
-        for key, size in rows:
+        for key, size in self._db.execute(
+            "SELECT key, size FROM responses ORDER BY stored"
+        ):  # read only as far as needed
             if total <= self.size_limit:
                 break
             doomed.append((key,))
