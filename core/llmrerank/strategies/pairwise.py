@@ -18,9 +18,9 @@ from typing import Any, ClassVar, Literal
 from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
-from ..prompts import check_template, clip, document_block, fit_chars, render, system_prompt
+from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Step, Strategy, failure
+from .base import Context, Plan, Ranking, Step, Strategy, failure, fit_documents
 
 PAIR_TEMPLATE = (
     "Compare how well two documents answer a query.\n\n"
@@ -74,13 +74,8 @@ class Pairwise(Strategy):
         n = len(docs)
         clipped = [clip(d.text, self.max_doc_chars) for d in docs]
         diagnostics: list[Diagnostic] = []
-        if ctx.context_tokens is not None and n >= 2:
-            a, b = sorted((c.text for c in clipped), key=len, reverse=True)[:2]
-            cap = fit_chars(lambda c: self.prompt(query, a[:c], b[:c], ctx), len(a), ctx.context_tokens)
-            if cap is not None:
-                clipped = [clip(c.text, cap) if len(c.text) > cap else c for c in clipped]
-                note = f"documents cut to {cap} characters to fit {ctx.context_tokens} tokens of context"
-                diagnostics.append(Diagnostic("context_fitted", note))
+        if n >= 2:  # a prompt holds the two longest
+            clipped, diagnostics = fit_documents(clipped, lambda two: self.prompt(query, two[0], two[1], ctx), 2, ctx)
         texts = [c.text for c in clipped]
         diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
         mode = self.mode if self.mode != "auto" else ("all_pairs" if n <= self.all_pairs_max else "sort")
