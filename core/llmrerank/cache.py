@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .backends.base import Backend, Completion, Prompt
+from .types import is_number
 
 logger = logging.getLogger("llmrerank")
 
@@ -73,7 +74,7 @@ def decode(data: Any) -> Completion:
         raise ValueError("bad token counts in a cached completion")
     logprobs = data.get("choice_logprobs")
     if logprobs is not None and not (
-        isinstance(logprobs, Mapping) and all(isinstance(k, str) and _is_number(v) for k, v in logprobs.items())
+        isinstance(logprobs, Mapping) and all(isinstance(k, str) and is_number(v) for k, v in logprobs.items())
     ):
         raise ValueError("bad choice_logprobs in a cached completion")
     model, unresolved = data.get("model"), data.get("unresolved") or ()
@@ -86,10 +87,6 @@ def decode(data: Any) -> Completion:
         model=model if isinstance(model, str) else None,
         unresolved=tuple(c for c in unresolved if isinstance(c, str)) if isinstance(unresolved, list | tuple) else (),
     )
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def lookup(cache: ResponseCache, backend: Backend, prompt: Prompt) -> Completion | None:

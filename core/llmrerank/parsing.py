@@ -9,6 +9,8 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .types import is_number
+
 _OPEN = re.compile(r"<(think|thinking|reasoning)>", re.IGNORECASE)
 _CLOSE = {tag: re.compile(rf"</{tag}>", re.IGNORECASE) for tag in ("think", "thinking", "reasoning")}
 _NUMBER = r"[-+]?\d+(?:[.,]\d+)?"
@@ -295,7 +297,7 @@ def _json_pairs(text: str) -> list[tuple[str, object]] | None:
             score = next((entry[k] for k in ("score", "rating", "relevance") if k in entry), None)
             if label is not None and score is not None:
                 pairs.append((str(label), score))
-        elif isinstance(entry, int | float) and not isinstance(entry, bool):
+        elif is_number(entry):
             pairs.append(("", entry))  # positional
     return pairs
 

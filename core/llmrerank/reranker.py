@@ -32,6 +32,7 @@ from .types import (
     check_query,
     check_top_k,
     document_list,
+    is_number,
     normalize_documents,
 )
 
@@ -81,7 +82,7 @@ def check_settings(
         raise ConfigurationError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
     if not isinstance(on_error, str) or on_error not in ON_ERROR:
         raise ConfigurationError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    if deadline is not None and not (_is_real(deadline) and 0 < deadline < math.inf):
+    if deadline is not None and not (is_number(deadline) and 0 < deadline < math.inf):
         raise ConfigurationError(f"deadline must be a finite number of seconds > 0 (or None), got {deadline!r}")
     if domain is not None and not isinstance(domain, str):
         raise ConfigurationError(f"domain must be a str or None, got {type(domain).__name__}")
@@ -95,12 +96,8 @@ def check_settings(
 
 def check_min_score(min_score: float | None) -> None:
     """Raise :class:`~llmrerank.errors.ConfigurationError` unless ``min_score`` is None or a number in 0-10."""
-    if min_score is not None and not (_is_real(min_score) and 0 <= min_score <= 10):
+    if min_score is not None and not (is_number(min_score) and 0 <= min_score <= 10):
         raise ConfigurationError(f"min_score must be a number from 0 to 10, got {min_score!r}")
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class Reranker(Closing):

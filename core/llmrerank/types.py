@@ -88,10 +88,15 @@ def _text_of(doc: Any, index: int) -> tuple[str, str | None]:
     )
 
 
+def is_number(value: object) -> bool:
+    """True for an int or a float (a bool is neither here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _as_text(value: Any, index: int) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if is_number(value):
         return str(value)
     raise InvalidInputError(f"documents[{index}] content is {type(value).__name__}, expected str")
 
