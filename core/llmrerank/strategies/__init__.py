@@ -43,8 +43,7 @@ def make_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
 def uses_likelihood(strategy: Strategy, preferred: str) -> bool:
     """Whether ``strategy`` yields :class:`Likelihood` steps; a hybrid without ``llm`` runs ``preferred``."""
     if isinstance(strategy, Hybrid):
-        inner = strategy.llm if isinstance(strategy.llm, Strategy) else STRATEGIES.get(preferred.lower())
-        return bool(inner is not None and inner.uses_likelihood)
+        return strategy.inner(Context(preferred_strategy=preferred)).uses_likelihood
     return strategy.uses_likelihood
 
 

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from ..backends.base import LogLikelihood
 from ..errors import ConfigurationError
-from ..prompts import clip, render
+from ..prompts import check_template, clip, render
 from ..types import Diagnostic, Document
 from .base import Context, Likelihood, Plan, Ranking, Strategy, failure
 
@@ -60,8 +60,7 @@ class QueryLikelihood(Strategy):
             raise ConfigurationError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
         if self.max_doc_chars < 1:
             raise ConfigurationError("max_doc_chars must be >= 1")
-        if self.template is not None and "{document}" not in self.template:
-            raise ConfigurationError("a query-likelihood template needs the {document} placeholder")
+        check_template(self.template, ("document",), "QueryLikelihood")
 
     def context(self, text: str) -> str:
         """The text the model reads before the query."""
