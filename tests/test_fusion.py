@@ -190,3 +190,18 @@ async def test_async_rerank_takes_explicit_scores() -> None:
     reranker = Reranker(QueryLikelihood(), backend, fusion=Fusion("zscore", weight=0.1))
     result = await reranker.arerank(QUERY, TEXTS, first_stage_scores=[0.0, 0.0, 100.0])
     assert result.indices[0] == 2 and result.score_kind == "fused"
+
+
+def test_a_rerank_nobody_judged_logs_one_warning_not_a_fusion_one_too(caplog: pytest.LogCaptureFixture) -> None:
+    from llmrerank.errors import BackendError
+
+    def down(prompt: object) -> str:
+        raise BackendError("server down", status_code=503)
+
+    reranker = Reranker(Pointwise(method="generate"), FakeBackend(respond=down), fusion="zscore")
+    docs = [{"content": t, "score": float(i)} for i, t in enumerate(TEXTS)]
+    with caplog.at_level(logging.WARNING, logger="llmrerank"):
+        result = reranker.rerank(QUERY, docs)
+    assert result.status == "fallback" and "fusion_skipped" in {d.code for d in result.diagnostics}
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "rerank degraded (call_failed)" in warning

@@ -170,8 +170,8 @@ def fuse(ranking: Ranking, first_stage: Sequence[float | None], fusion: Fusion) 
     present = [first_stage[i] for i in judged if first_stage[i] is not None]
     diagnostics = list(ranking.diagnostics)
     if not present or not judged:
-        why = "no document has a first-stage score" if judged else "the LLM judged no document"
-        diagnostics.append(Diagnostic("fusion_skipped", f"{why}; the LLM's order stands"))
+        why = "no document has a first-stage score; the LLM's order stands" if judged else "the LLM judged no document"
+        diagnostics.append(Diagnostic("fusion_skipped", why))
         return replace(ranking, diagnostics=diagnostics)
     low = min(s for s in present if s is not None)
     for i in judged:

@@ -350,7 +350,9 @@ class Reranker(Closing):
         fused = fuse(ranking, scores, fusion)
         missing = sum(d.code == "first_stage_missing" for d in fused.diagnostics)
         if fused.score_kind != "fused":
-            level = logging.WARNING if self._fusion_asked else logging.INFO
+            # Nothing judged: the rerank's own degraded warning says why; one warning, not two.
+            judged = len(ranking.unjudged) < len(ranking.order)
+            level = logging.WARNING if self._fusion_asked and judged else logging.INFO
             logger.log(level, "llmrerank: fusion skipped (%s)", fused.diagnostics[-1].message)
         elif missing:
             logger.warning(
