@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from llmrerank.batch import RerankerSpec, run_batch
-from llmrerank.testing.batch_server import overlap_reply
-from llmrerank.testing.server import FakeLLMServer
+from llmrerank.testing.server import FakeLLMServer, overlap_responder
 
 WORDS = ["aurora", "solar", "wind", "magnetic", "field", "charged", "particles", "light", "green", "oxygen", "sky"]
 
@@ -85,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OPENAI_API_KEY", "sk-benchmark")
     calls = 1 if args.strategy == "listwise" else args.docs
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp, FakeLLMServer(overlap_reply, latency=args.latency) as server:
+    with tempfile.TemporaryDirectory() as tmp, FakeLLMServer(overlap_responder, latency=args.latency) as server:
         path = Path(tmp) / "rows.jsonl"
         write_rows(path, args.rows, args.docs)
         write_rows(Path(tmp) / "one.jsonl", 1, args.docs)

@@ -13,8 +13,8 @@ from batch_support import BAD_LINES, assert_each_row_once, comparable, good_rows
 from llmrerank import ConfigurationError, Hybrid, Listwise, Pairwise, Reranker
 from llmrerank.batch import run_batch
 from llmrerank.pricing import load_prices
-from llmrerank.testing.batch_server import FakeBatchServer, overlap_reply
-from llmrerank.testing.server import Reply, ServerRequest
+from llmrerank.testing.batch_server import FakeBatchServer
+from llmrerank.testing.server import Reply, ServerRequest, overlap_responder
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
@@ -47,7 +47,7 @@ def test_one_provider_batch_gives_what_live_calls_give_at_half_the_cost(api: str
     path, total = mixed_input(tmp_path / "rows.jsonl", count=6)
     # A server on 127.0.0.1 has no list price (it could be anyone's): give the provider's as our own.
     prices = {name: load_prices()[name] for name in ("gpt-4o-mini", "claude-haiku-4-5")}
-    with FakeBatchServer(overlap_reply, batch_delay=0.1) as server:
+    with FakeBatchServer(overlap_responder, batch_delay=0.1) as server:
         batch = batch_run(api, server, path, tmp_path / "batch", prices=prices)
         assert created(server, api) == 1
         assert not [r for r in server.requests if r.path in ("/v1/chat/completions", "/v1/messages")]
@@ -69,7 +69,7 @@ def test_one_provider_batch_gives_what_live_calls_give_at_half_the_cost(api: str
 @pytest.mark.parametrize("api", APIS)
 def test_single_window_listwise_and_all_pairs_run_as_one_batch(api: str, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "rows.jsonl", good_rows(3, docs=4))
-    with FakeBatchServer(overlap_reply) as server:
+    with FakeBatchServer(overlap_responder) as server:
         listwise = batch_run(api, server, path, tmp_path / "listwise", Listwise(window=4, step=2))
         pairs = batch_run(api, server, path, tmp_path / "pairs", Pairwise(mode="all_pairs"))
     assert listwise.results == pairs.results == 3 and listwise.degraded == pairs.degraded == 0
@@ -80,7 +80,7 @@ def test_single_window_listwise_and_all_pairs_run_as_one_batch(api: str, tmp_pat
 @pytest.mark.parametrize("api", APIS)
 def test_a_strategy_needing_a_second_round_is_refused_before_anything_is_sent(api: str, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "rows.jsonl", good_rows(3, docs=6))
-    with FakeBatchServer(overlap_reply) as server:
+    with FakeBatchServer(overlap_responder) as server:
         with pytest.raises(ConfigurationError, match=r"listwise needs 2 rounds.*row 1.*pointwise"):
             batch_run(api, server, path, tmp_path / "a", Listwise(window=4, step=2))
         with pytest.raises(ConfigurationError, match=r"pairwise needs \d+ rounds"):
@@ -99,7 +99,7 @@ def failing_docs(request: ServerRequest) -> Reply | str:
     """Requests about candidates of row 2 fail with a 500; the rest are judged."""
     if "[[poison]]" in request.user:
         return Reply("upstream overloaded", status=500)
-    return overlap_reply(request)
+    return overlap_responder(request)
 
 
 def poisoned_input(tmp_path: Path) -> Path:
@@ -131,12 +131,12 @@ def test_failed_and_missing_requests_degrade_their_rows(
 def test_expired_requests_become_errors_and_retry_errors_sends_them_again(api: str, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "rows.jsonl", good_rows(6, docs=3))
     out = tmp_path / "out"
-    with FakeBatchServer(overlap_reply, outcome="expired", processed=9) as server:
+    with FakeBatchServer(overlap_responder, outcome="expired", processed=9) as server:
         summary = batch_run(api, server, path, out, on_error="raise")
     assert (summary.results, summary.errors) == (3, 3)  # 9 of 18 requests ran: rows 1-3
     errors = records(out / "errors.jsonl")
     assert [e["row"] for e in errors] == [4, 5, 6] and all("expired" in e["message"] for e in errors)
-    with FakeBatchServer(overlap_reply) as server:
+    with FakeBatchServer(overlap_responder) as server:
         again = batch_run(api, server, path, out, on_error="raise", retry_errors=True)
         (sent,) = server.batches.values()
         assert len(sent.requests) == 9  # only the rows that expired
@@ -146,7 +146,7 @@ def test_expired_requests_become_errors_and_retry_errors_sends_them_again(api: s
 
 def test_a_failed_openai_batch_fails_every_row_with_its_reason(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "rows.jsonl", good_rows(2, docs=2))
-    with FakeBatchServer(overlap_reply, outcome="failed") as server:
+    with FakeBatchServer(overlap_responder, outcome="failed") as server:
         summary = batch_run("openai", server, path, tmp_path / "out")
     assert summary.degraded == 2
     assert all("batch failed" in r["degraded_reason"] for r in records(summary.results_path))
@@ -156,7 +156,7 @@ def test_a_failed_openai_batch_fails_every_row_with_its_reason(tmp_path: Path) -
 def test_a_rerun_polls_the_saved_batch_instead_of_submitting_again(api: str, tmp_path: Path) -> None:
     path, total = mixed_input(tmp_path / "rows.jsonl", count=4)
     out = tmp_path / "out"
-    with FakeBatchServer(overlap_reply, batch_delay=3600) as server:
+    with FakeBatchServer(overlap_responder, batch_delay=3600) as server:
         first = batch_run(api, server, path, out, wait=False)
         assert (first.pending, first.results, first.errors) == (4, 0, len(BAD_LINES))
         assert len(first.provider_batches) == 1
@@ -175,7 +175,7 @@ def test_a_rerun_polls_the_saved_batch_instead_of_submitting_again(api: str, tmp
 def test_cancel_stops_the_open_batch_and_collects_it(api: str, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "rows.jsonl", good_rows(3, docs=2))
     out = tmp_path / "out"
-    with FakeBatchServer(overlap_reply, batch_delay=3600) as server:
+    with FakeBatchServer(overlap_responder, batch_delay=3600) as server:
         assert batch_run(api, server, path, out, wait=False).pending == 3
         summary = batch_run(api, server, path, out, cancel=True, on_error="raise")
         (batch,) = server.batches.values()
@@ -194,7 +194,7 @@ class WordScorer:
 @pytest.mark.parametrize("api", APIS)
 def test_hybrid_prefilters_locally_and_batches_its_llm_step(api: str, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "rows.jsonl", good_rows(3, docs=6))
-    with FakeBatchServer(overlap_reply) as server:
+    with FakeBatchServer(overlap_responder) as server:
         strategy = Hybrid(cross_encoder=WordScorer(), keep=3, llm="pointwise")
         summary = batch_run(api, server, path, tmp_path / "out", strategy)
         (sent,) = server.batches.values()
@@ -211,7 +211,7 @@ def test_a_job_over_the_providers_limit_is_split_between_rows(
 
     monkeypatch.setattr(provider._OpenAI if api == "openai" else provider._Anthropic, "max_requests", 10)
     path = write_jsonl(tmp_path / "rows.jsonl", good_rows(6, docs=3))
-    with FakeBatchServer(overlap_reply) as server:
+    with FakeBatchServer(overlap_responder) as server:
         summary = batch_run(api, server, path, tmp_path / "out")
         sizes = [len(b.requests) for b in server.batches.values()]
     assert sizes == [9, 9]  # three rows of three requests each; a row never spans two batches
@@ -227,7 +227,7 @@ def test_cli_submits_exits_and_collects_on_the_rerun(
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     path = write_jsonl(tmp_path / "rows.jsonl", good_rows(2, docs=3))
-    with FakeBatchServer(overlap_reply, batch_delay=3600) as server:
+    with FakeBatchServer(overlap_responder, batch_delay=3600) as server:
         args = ["batch", str(path), "--out", str(tmp_path / "out"), "--engine", "openai-batch"]
         args += ["--base-url", server.base_url, "--strategy", "pointwise", "--poll-interval", "0.02", "--no-progress"]
         assert main([*args, "--no-wait"]) == 0
@@ -243,7 +243,7 @@ def test_a_provider_batch_fuses_like_live_calls(tmp_path: Path) -> None:
     from llmrerank import Fusion
 
     path = write_jsonl(tmp_path / "rows.jsonl", good_rows(3))
-    with FakeBatchServer(overlap_reply, batch_delay=0.05) as server:
+    with FakeBatchServer(overlap_responder, batch_delay=0.05) as server:
         fused = Reranker("pointwise", backend("openai", server), fusion=Fusion("zscore", weight=0.3))
         batch = run_batch(path, tmp_path / "batch", fused, engine="openai-batch", poll_interval=0.02)
         live = run_batch(path, tmp_path / "live", fused)
@@ -255,7 +255,7 @@ def test_a_known_context_size_shapes_the_batch_as_it_shapes_live_calls(tmp_path:
     # 8 abstracts of 600 characters do not fit one listwise window in 800 tokens: live calls split
     # them into several windows, each built from the answers before, so a provider batch must refuse.
     path = write_jsonl(tmp_path / "rows.jsonl", good_rows(2, docs=8))
-    with FakeBatchServer(overlap_reply) as server:
+    with FakeBatchServer(overlap_responder) as server:
         small = OpenAIBackend(
             "gpt-4o-mini", base_url=server.base_url, api_key="sk-test", max_retries=0, context_tokens=800
         )
@@ -266,7 +266,7 @@ def test_a_known_context_size_shapes_the_batch_as_it_shapes_live_calls(tmp_path:
 
 def test_query_likelihood_is_refused_by_a_provider_batch(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "rows.jsonl", good_rows(2, docs=3))
-    with FakeBatchServer(overlap_reply) as server:
+    with FakeBatchServer(overlap_responder) as server:
         scorer = OpenAIBackend(
             "gpt-4o-mini", base_url=server.base_url, api_key="sk-test", max_retries=0, likelihood=True
         )

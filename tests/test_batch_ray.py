@@ -11,8 +11,7 @@ from batch_support import BAD_LINES, assert_each_row_once, comparable, good_rows
 from llmrerank import ConfigurationError, Reranker
 from llmrerank.batch import RerankerSpec, run_batch
 from llmrerank.testing import FakeBackend
-from llmrerank.testing.batch_server import overlap_reply
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
+from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
@@ -22,7 +21,7 @@ pytest.importorskip("openai")
 def responder(request: ServerRequest) -> Reply | str:
     if "[[poison]]" in request.user:
         return Reply("upstream overloaded", status=500)
-    return overlap_reply(request)
+    return overlap_responder(request)
 
 
 @pytest.fixture(scope="module")

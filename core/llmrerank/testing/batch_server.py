@@ -16,7 +16,7 @@ the results altogether. Standard library only.
 
 ::
 
-    with FakeBatchServer(overlap_reply, batch_delay=0.2) as srv:
+    with FakeBatchServer(overlap_responder, batch_delay=0.2) as srv:  # testing.server's word-overlap judge
         OpenAIBackend(base_url=srv.base_url, api_key="test")
 """
 
@@ -403,15 +403,6 @@ class FakeBatchServer(FakeLLMServer):
         return _jsonl(lines)
 
 
-def overlap_reply(request: ServerRequest) -> Reply:
-    """A responder answering llmrerank's prompts with :func:`~llmrerank.testing.overlap_judge` (log-probs too)."""
-    from ..backends.base import Prompt
-    from . import overlap_judge
-
-    text = overlap_judge(Prompt(request.system, request.user))
-    return Reply(text, top_logprobs={text: 0.0} if request.logprobs else None)
-
-
 def _jsonl(items: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(item) + "\n" for item in items).encode()
 
@@ -424,4 +415,4 @@ class _Invalid(Exception):
     pass
 
 
-__all__ = ["CHAT_ENDPOINT", "FakeBatch", "FakeBatchServer", "Outcome", "overlap_reply"]
+__all__ = ["CHAT_ENDPOINT", "FakeBatch", "FakeBatchServer", "Outcome"]
