@@ -8,7 +8,6 @@ counts it and moves the progress bar.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from ..errors import BadRequestError, ConfigurationError, InvalidInputError, Per
 from ..pricing import PriceSource
 from ..reranker import Reranker
 from ..types import Usage
-from .output import JobFolder, bad_row_line, error_line, result_line
+from .output import ERRORS, RESULTS, TREC, JobFolder, bad_row_line, error_line, result_line
 from .progress import JobProgress
 from .rows import BadRow, Item, Row, count_rows, read_rows
 
@@ -60,17 +59,17 @@ class BatchSummary:
     @property
     def results_path(self) -> Path:
         """``results.jsonl``."""
-        return self.output_dir / "results.jsonl"
+        return self.output_dir / RESULTS
 
     @property
     def errors_path(self) -> Path:
         """``errors.jsonl``."""
-        return self.output_dir / "errors.jsonl"
+        return self.output_dir / ERRORS
 
     @property
     def trec_path(self) -> Path:
         """``run.trec``."""
-        return self.output_dir / "run.trec"
+        return self.output_dir / TREC
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,6 @@ class Job:
         )
         self.started = time.perf_counter()
         self.rows = self.skipped = self.results = self.errors = self.degraded = 0
-        self.usage = Usage()
         total = count_rows(self.input_path) if progress else None
         self.progress = JobProgress(
             total=None if total is None else max(total - len(self.done.result_ids) - len(self.done.error_rows), 0),
@@ -221,7 +219,6 @@ class Job:
         else:
             self.folder.write_error(outcome.record)
             self.errors += 1
-        self.usage = self.usage + outcome.usage
         self.progress.add(1, outcome.usage)
 
     def finish(self, *, pending: int = 0, provider_batches: tuple[str, ...] = ()) -> BatchSummary:
@@ -236,7 +233,7 @@ class Job:
             results=self.results,
             errors=self.errors,
             degraded=self.degraded,
-            usage=self.usage,
+            usage=self.progress.usage,
             cost=self.progress.cost,
             wall_seconds=time.perf_counter() - self.started,
             pending=pending,
@@ -273,11 +270,6 @@ async def run_local(job: Job, reranker: Reranker, concurrency: int) -> None:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-
-
-def dumps(record: dict[str, Any]) -> str:
-    """One record as the JSON text engines pass around."""
-    return json.dumps(record, ensure_ascii=False, allow_nan=False)
 
 
 __all__ = ["BatchSummary", "Job", "Outcome", "RerankerSource", "build_reranker", "rerank_row", "run_local"]
