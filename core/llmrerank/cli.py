@@ -18,10 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .adaptive import DEFAULT_MAX_CONCURRENCY
 from .errors import ConfigurationError, LLMRerankError, require
+from .strategies import STRATEGIES
 
 BASELINES = ("bm25", "none")
-STRATEGY_NAMES = ("pointwise", "pairwise", "listwise", "hybrid", "batch_score", "setwise", "query_likelihood")
+STRATEGY_NAMES = tuple(STRATEGIES)
 BACKENDS = ("local", "openai", "anthropic", "fake")
 
 
@@ -45,8 +47,9 @@ def add_reranker_options(parser: argparse.ArgumentParser, *, batch: bool = False
     parser.add_argument(
         "--max-concurrency",
         type=int,
-        default=32,
-        help="most LLM calls in flight over all concurrent reranks (default: 32; adapts below it on rate limits)",
+        default=DEFAULT_MAX_CONCURRENCY,
+        help=f"most LLM calls in flight over all concurrent reranks (default: {DEFAULT_MAX_CONCURRENCY}; "
+        "adapts below it on rate limits)",
     )
     parser.add_argument(
         "--prices", help="JSON file of model -> {input, output} USD per 1M tokens, over the built-in table"
