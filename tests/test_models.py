@@ -581,6 +581,17 @@ def test_local_server_defaults_fail_fast() -> None:
     assert (hosted.timeout, hosted.max_retries) == (60.0, 2)
     mine = OpenAIBackend("m", base_url="http://127.0.0.1:8080/v1", api_key="k", timeout=20, max_retries=1)
     assert (mine.timeout, mine.max_retries) == (20, 1)
+    # A client made beforehand decides the server, for either provider, as the SDK will use it.
+    import anthropic
+    import openai
+
+    for made in (
+        OpenAIBackend("m", client=openai.AsyncOpenAI(api_key="k", base_url="http://127.0.0.1:8080/v1")),
+        AnthropicBackend("m", client=anthropic.AsyncAnthropic(api_key="k", base_url="http://127.0.0.1:8080")),
+    ):
+        assert made.server_url is not None and made.server_url.startswith("http://127.0.0.1:8080")
+        assert (made.timeout, made.max_retries) == (300.0, 0)
+        assert made.cache_identity()["base_url"] == made.server_url.rstrip("/")
 
 
 def test_a_timeout_after_a_context_error_names_the_400_first(caplog: pytest.LogCaptureFixture) -> None:

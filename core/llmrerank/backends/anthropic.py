@@ -5,14 +5,12 @@ The ``anthropic`` SDK is imported when a backend is created, so this module impo
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigurationError, InvalidResponseError, require
 from .base import Completion, Prompt
 from .sdk import SDKBackend, describe
-from .servers import call_defaults
 
 OVERLOADED = 529
 """Anthropic's "overloaded" status, reported as :class:`~llmrerank.errors.RateLimitError`."""
@@ -96,8 +94,6 @@ class AnthropicBackend(SDKBackend):
             raise ConfigurationError(f"reasoning_budget must be >= {MIN_THINKING_BUDGET} tokens (the API's minimum)")
         if budget is not None and temperature is not None:
             raise ConfigurationError("extended thinking takes no temperature: leave temperature=None")
-        url = base_url or os.environ.get("ANTHROPIC_BASE_URL")
-        timeout, max_retries = call_defaults(url, timeout, max_retries)
         super().__init__(
             require("anthropic", "anthropic"),
             model,
@@ -110,8 +106,6 @@ class AnthropicBackend(SDKBackend):
             default_headers=default_headers,
         )
         self.prompt_cache = prompt_cache
-        self.server_url = url
-        """The server's base URL (None: Anthropic's API)."""
         self.reasoning_effort = reasoning_effort
         self.reasoning_budget = budget
         """Extended-thinking budget in tokens; None: no thinking."""

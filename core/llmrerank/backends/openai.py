@@ -15,7 +15,6 @@ from ..errors import BadRequestError, ConfigurationError, InvalidResponseError, 
 from .base import Completion, LogLikelihood, Prompt, counts_for_choice
 from .sdk import SDKBackend, describe
 from .servers import (
-    call_defaults,
     discover_context,
     is_openai_api,
     is_openai_reasoning_model,
@@ -212,9 +211,6 @@ class OpenAIBackend(SDKBackend):
         reasoning_budget: int = REASONING_BUDGET,
         context_tokens: int | Literal["auto"] | None = None,
     ) -> None:
-        url = base_url or os.environ.get("OPENAI_BASE_URL")
-        if client is not None:
-            url = str(getattr(client, "base_url", "") or "") or url
         if reasoning_budget < 0:
             raise ConfigurationError("reasoning_budget must be >= 0")
         if (
@@ -223,7 +219,6 @@ class OpenAIBackend(SDKBackend):
             and (isinstance(context_tokens, bool) or not isinstance(context_tokens, int) or context_tokens < 1)
         ):
             raise ConfigurationError(f"context_tokens must be a positive int, 'auto' or None, got {context_tokens!r}")
-        timeout, max_retries = call_defaults(url, timeout, max_retries)
         super().__init__(
             require("openai", "openai"),
             model,
@@ -235,8 +230,6 @@ class OpenAIBackend(SDKBackend):
             temperature=temperature,
             default_headers=default_headers,
         )
-        self.server_url = url
-        """The server's base URL (None: OpenAI's API)."""
         self.reasoning = is_reasoning_model(model) if reasoning is None else reasoning
         """Whether the model thinks before answering (see the class docstring)."""
         self.reasoning_effort = reasoning_effort

@@ -30,6 +30,7 @@ from ..errors import (
     error_from_status,
 )
 from .base import RERANK_ENDS, Backend
+from .servers import call_defaults
 
 T = TypeVar("T")
 logger = logging.getLogger("llmrerank")
@@ -268,8 +269,8 @@ class SDKBackend(Backend):
         api_key: str | None,
         base_url: str | None,
         client: Any,
-        timeout: float,
-        max_retries: int,
+        timeout: float | None,
+        max_retries: int | None,
         temperature: float | None,
         default_headers: Mapping[str, str] | None,
     ) -> None:
@@ -277,8 +278,11 @@ class SDKBackend(Backend):
         self.model = model
         self.api_key = api_key
         self.base_url = base_url
-        self.timeout = timeout
-        self.max_retries = max_retries
+        given = str(getattr(client, "base_url", "") or "") if client is not None else ""
+        self.server_url: str | None = given or base_url or os.environ.get(self.base_url_env) or None
+        """The server's base URL as the SDK will resolve it (None: the provider's own API)."""
+        # Left out, they depend on the server (call_defaults): a local one gets a longer timeout, no retry.
+        self.timeout, self.max_retries = call_defaults(self.server_url, timeout, max_retries)
         self.temperature = temperature
         self.default_headers = dict(default_headers) if default_headers else None
         self._client = client
@@ -303,11 +307,7 @@ class SDKBackend(Backend):
 
     def cache_identity(self) -> dict[str, object]:
         """The server (base URL, as the SDK will resolve it) and the sampling settings."""
-        if self._client is not None:
-            url = str(getattr(self._client, "base_url", ""))
-        else:
-            url = self.base_url or os.environ.get(self.base_url_env) or ""
-        return {"base_url": url.rstrip("/"), "temperature": self.temperature}
+        return {"base_url": (self.server_url or "").rstrip("/"), "temperature": self.temperature}
 
     def __getstate__(self) -> dict[str, Any]:
         if self._client is not None:
