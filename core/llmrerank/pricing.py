@@ -17,7 +17,7 @@ reason (:func:`cost_basis`), unless your own table names its model.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -116,11 +116,22 @@ def price_of(model: str | None, prices: PriceSource = None) -> Price | None:
     if not model:
         return None
     table = load_prices(prices)
-    name = model.lower().rsplit("/", 1)[-1]
-    if name in table:
-        return table[name]
-    prefixes = [key for key in table if name.startswith(key)]
-    return table[max(prefixes, key=len)] if prefixes else None
+    key = _match(_model_key(model), table)
+    return None if key is None else table[key]
+
+
+def _model_key(model: str) -> str:
+    """How a model name is looked up: lower case, without an ``org/`` prefix."""
+    return model.lower().rsplit("/", 1)[-1]
+
+
+def _match(name: str, keys: Iterable[str]) -> str | None:
+    """The key ``name`` is priced by: itself, else the longest key it starts with, else None."""
+    keys = list(keys)
+    if name in keys:
+        return name
+    prefixes = [key for key in keys if name.startswith(key)]
+    return max(prefixes, key=len) if prefixes else None
 
 
 PROVIDER_HOSTS = {"openai": "api.openai.com", "anthropic": "api.anthropic.com"}
@@ -141,23 +152,17 @@ def cost_basis(
         return Price(0.0, 0.0), f"{backend} backend: no charge"
     if not model:
         return None, "n/a: no model name"
-    own = {str(k).lower() for k in _source_names(prices)}
-    name = model.lower().rsplit("/", 1)[-1]
-    if name in own or any(name.startswith(k) for k in own):
-        price = price_of(model, prices)
-        return price, "your price table"
+    data = {} if prices is None else _read(prices)  # a price file is read once
+    if _match(_model_key(model), (str(k).lower() for k in data)) is not None:
+        return price_of(model, data), "your price table"
     host = PROVIDER_HOSTS.get(backend or "")
     if server_url and host and (urlsplit(server_url).hostname or "").lower() != host:
         where = "a server of your own" if is_local_url(server_url) else "an API other than " + host
         return None, f"n/a: {where} at {server_url}; list prices do not apply (give yours with prices= / --prices)"
-    price = price_of(model, prices)
+    price = price_of(model, data)
     if price is None:
         return None, f"n/a: no known price for model {model!r} (give one with prices= / --prices)"
     return price, f"estimated, prices as of {PRICES_AS_OF}"
-
-
-def _source_names(prices: PriceSource) -> list[str]:
-    return [] if prices is None else [str(name) for name in _read(prices)]
 
 
 def estimate_cost(
