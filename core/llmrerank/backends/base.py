@@ -14,7 +14,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ConfigurationError
 
@@ -89,9 +89,6 @@ class LogLikelihood:
     prompt_tokens: int = 0
     """Tokens the model read for it (context and continuation), for accounting."""
     cached: bool = False
-
-    completion_tokens: ClassVar[int] = 0
-    """Nothing is generated; kept so the driver accounts for it like a :class:`Completion`."""
 
     def as_completion(self) -> Completion:
         """This result in the form the response cache stores."""
@@ -311,7 +308,5 @@ class WorkerThreads:
             pool.shutdown(wait=False)
 
     def __reduce__(self) -> tuple[type[WorkerThreads], tuple[int]]:
+        # copy, deepcopy and pickle alike: a new pool of the same size, its threads started on first use
         return (WorkerThreads, (self.max_workers,))
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> WorkerThreads:
-        return WorkerThreads(self.max_workers)

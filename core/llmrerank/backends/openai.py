@@ -236,9 +236,8 @@ class OpenAIBackend(SDKBackend):
         self.reasoning_budget = reasoning_budget
         self.answer_reserve = reasoning_budget if self.reasoning else 0
         self.supports_logprobs = (not self.reasoning) if logprobs is None else logprobs
-        self.discover_context = context_tokens == "auto"
         self.context_tokens = context_tokens if isinstance(context_tokens, int) else None
-        self._discovered = False
+        self._discover_pending = context_tokens == "auto"  # "auto": ask the server once, before the first rerank
         self.supports_likelihood = likelihood
 
     async def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood | BaseException]:
@@ -254,9 +253,9 @@ class OpenAIBackend(SDKBackend):
 
     async def discover(self) -> None:
         """With ``context_tokens="auto"``: ask the server once for its context size (never OpenAI's API)."""
-        if not self.discover_context or self._discovered:
+        if not self._discover_pending:
             return
-        self._discovered = True
+        self._discover_pending = False
         if self.server_url and not is_openai_api(self.server_url):
             key = self.api_key or os.environ.get("OPENAI_API_KEY")
             found = await discover_context(self.server_url, self.model, key)
