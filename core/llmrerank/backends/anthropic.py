@@ -120,7 +120,7 @@ class AnthropicBackend(SDKBackend):
         """The ``messages.create`` arguments for ``prompt`` (merge ``extra_body`` in for a Message Batches request)."""
         options: dict[str, Any] = {
             "model": self.model,
-            "max_tokens": prompt.max_tokens + (self.reasoning_budget or 0),
+            "max_tokens": prompt.max_tokens + self.answer_reserve,  # the thinking room prompt_room() keeps free
             "messages": [{"role": "user", "content": prompt.user}],
         }
         if prompt.system:

@@ -289,7 +289,8 @@ class OpenAIBackend(SDKBackend):
             options.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         if self.reasoning:
             native = is_openai_api(self.server_url) or is_openai_reasoning_model(self.model)
-            options["max_completion_tokens" if native else "max_tokens"] = budget + self.reasoning_budget
+            # The thinking room is the answer_reserve that prompt_room() keeps free: one number for both.
+            options["max_completion_tokens" if native else "max_tokens"] = budget + self.answer_reserve
         else:
             options["max_tokens"] = budget
             if self.temperature is not None:
