@@ -60,12 +60,15 @@ def node_text(node: BaseNode, mode: MetadataMode, limit: int | None) -> str:
     """The node's text for the LLM: its metadata (for ``mode``) cut first, so that the content itself
     always fits in ``limit`` characters when it can; the strategy cuts the content only when it alone
     is longer."""
+    full = node.get_content(metadata_mode=mode)
+    if limit is None or len(full) <= limit:  # it fits: LlamaIndex's own rendering
+        return full
     content = node.get_content(metadata_mode=MetadataMode.NONE)
     metadata = node.get_metadata_str(mode=mode) if mode != MetadataMode.NONE else ""
     if not metadata:
         return content
     template = getattr(node, "text_template", "{metadata_str}\n\n{content}")
-    room = len(metadata) if limit is None else limit - len(template.format(metadata_str="", content=content))
+    room = limit - len(template.format(metadata_str="", content=content))
     if room < min(len(metadata), 20):  # no room for a useful part of it
         return content
     return template.format(metadata_str=metadata[:room].rstrip(), content=content)
