@@ -185,11 +185,18 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
             return LlamaIndexLLMBackend(self.backend, max_workers=self.max_concurrency)
         return self.backend
 
-    def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> tuple[str, list[str]]:
+    def _start(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
+    ) -> tuple[str, list[str], list[float | None] | None]:
+        """The query, the nodes' texts for the LLM and their retriever scores (None without fusion)."""
         if query_bundle is None:
             raise InvalidInputError("LLMRerankPostprocessor needs the query: pass query_bundle or query_str")
-        limit = text_limit(self.reranker.strategy, self.reranker.backend) if nodes else None
-        return query_bundle.query_str, [node_text(n.node, self.metadata_mode, limit) for n in nodes]
+        if not nodes:
+            return query_bundle.query_str, [], None
+        reranker = self.reranker
+        limit = text_limit(reranker.strategy, reranker.backend)
+        texts = [node_text(n.node, self.metadata_mode, limit) for n in nodes]
+        return query_bundle.query_str, texts, reranker.first_stage_scores(nodes)
 
     def _event_payload(self, nodes: list[NodeWithScore], query: str, model_name: str) -> dict[str, Any]:
         return {
@@ -246,11 +253,10 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
         nodes: list[NodeWithScore],
         query_bundle: QueryBundle | None = None,
     ) -> list[NodeWithScore]:
-        query, texts = self._start(nodes, query_bundle)
+        query, texts, scores = self._start(nodes, query_bundle)
         if not nodes:
             return []
         reranker = self.reranker
-        scores = reranker.first_stage_scores(nodes)
 
         def run() -> RerankResult[str]:
             SYNC_CALLS.set(True)
@@ -264,10 +270,8 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
         nodes: list[NodeWithScore],
         query_bundle: QueryBundle | None = None,
     ) -> list[NodeWithScore]:
-        query, texts = self._start(nodes, query_bundle)
+        query, texts, scores = self._start(nodes, query_bundle)
         if not nodes:
             return []
         with self._reranking(nodes, query_bundle, query) as finish:
-            reranker = self.reranker
-            scores = reranker.first_stage_scores(nodes)
-            return finish(await reranker.arerank(query, texts, self.top_n, first_stage_scores=scores))
+            return finish(await self.reranker.arerank(query, texts, self.top_n, first_stage_scores=scores))
