@@ -10,6 +10,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 
 from llmrerank import Backend, Completion, Prompt
+from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
 from llmrerank.backends.base import WorkerThreads
 
 CALL_CONFIG: contextvars.ContextVar[RunnableConfig | None] = contextvars.ContextVar(
@@ -37,7 +38,7 @@ class ChatModelBackend(Backend):
 
     name = "langchain"
 
-    def __init__(self, model: BaseChatModel, *, max_workers: int = 8) -> None:
+    def __init__(self, model: BaseChatModel, *, max_workers: int = DEFAULT_MAX_CONCURRENCY) -> None:
         self.chat_model = model
         self._threads = WorkerThreads(max_workers)
         """Threads for blocking calls (``max_workers``: the reranker's ``max_concurrency``)."""

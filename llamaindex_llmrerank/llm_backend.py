@@ -10,6 +10,7 @@ from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageR
 from llama_index.core.llms import LLM
 
 from llmrerank import Backend, Completion, Prompt
+from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
 from llmrerank.backends.base import WorkerThreads
 
 SYNC_CALLS: contextvars.ContextVar[bool] = contextvars.ContextVar("llamaindex_llmrerank_sync_calls", default=False)
@@ -33,7 +34,7 @@ class LlamaIndexLLMBackend(Backend):
 
     name = "llamaindex"
 
-    def __init__(self, llm: LLM, *, max_workers: int = 8) -> None:
+    def __init__(self, llm: LLM, *, max_workers: int = DEFAULT_MAX_CONCURRENCY) -> None:
         self.llm = llm
         self._threads = WorkerThreads(max_workers)
         """Threads for blocking calls (``max_workers``: the reranker's ``max_concurrency``)."""
