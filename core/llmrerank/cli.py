@@ -196,8 +196,9 @@ def make_backend(kind: str | None, model: str | None = None, base_url: str | Non
     if kind == "openai":
         from .backends.openai import OpenAIBackend
 
-        if base_url and not model:
-            options["model"] = server_model(base_url)
+        served = server_model(base_url) if base_url and not model else None
+        if served:
+            options["model"] = served
         return OpenAIBackend(**options)
     if kind == "anthropic":
         from .backends.anthropic import AnthropicBackend
@@ -206,10 +207,10 @@ def make_backend(kind: str | None, model: str | None = None, base_url: str | Non
     raise ConfigurationError(f"unknown backend {kind!r}: use one of {', '.join(BACKENDS)}")
 
 
-def server_model(base_url: str) -> str:
+def server_model(base_url: str) -> str | None:
     """The model a server of your own serves, for ``--base-url`` without ``--model``: the one it lists
-    at ``GET /v1/models``. Several are a :class:`ConfigurationError` naming them; a server that
-    lists none gets OpenAI's default name (llama.cpp answers with its own model whatever is asked)."""
+    at ``GET /v1/models``. Several are a :class:`ConfigurationError` naming them; None when it lists
+    none (the backend's default name is sent; llama.cpp answers with its own model whatever is asked)."""
     import os
 
     from .backends.servers import served_models
@@ -218,7 +219,7 @@ def server_model(base_url: str) -> str:
     if len(names) > 1:
         shown = ", ".join(names[:10])
         raise ConfigurationError(f"the server at {base_url} serves several models ({shown}): pass --model")
-    return names[0] if names else "gpt-4o-mini"
+    return names[0] if names else None
 
 
 def make_strategy_object(name: str, args: argparse.Namespace) -> Any:
