@@ -21,9 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
-from urllib.parse import urlsplit
 
-from .backends.servers import is_local_url
+from .backends.servers import PROVIDER_HOSTS, is_local_url, is_provider_api
 from .errors import ConfigurationError
 from .types import Usage
 
@@ -134,10 +133,6 @@ def _match(name: str, keys: Iterable[str]) -> str | None:
     return max(prefixes, key=len) if prefixes else None
 
 
-PROVIDER_HOSTS = {"openai": "api.openai.com", "anthropic": "api.anthropic.com"}
-"""The API host whose list prices the built-in table holds, per backend name."""
-
-
 def cost_basis(
     model: str | None, prices: PriceSource = None, *, backend: str | None = None, server_url: str | None = None
 ) -> tuple[Price | None, str]:
@@ -155,9 +150,8 @@ def cost_basis(
     data = {} if prices is None else _read(prices)  # a price file is read once
     if _match(_model_key(model), (str(k).lower() for k in data)) is not None:
         return price_of(model, data), "your price table"
-    host = PROVIDER_HOSTS.get(backend or "")
-    if server_url and host and (urlsplit(server_url).hostname or "").lower() != host:
-        where = "a server of your own" if is_local_url(server_url) else "an API other than " + host
+    if backend in PROVIDER_HOSTS and not is_provider_api(backend, server_url):
+        where = "a server of your own" if is_local_url(server_url) else "an API other than " + PROVIDER_HOSTS[backend]
         return None, f"n/a: {where} at {server_url}; list prices do not apply (give yours with prices= / --prices)"
     price = price_of(model, data)
     if price is None:

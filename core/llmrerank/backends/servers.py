@@ -88,9 +88,18 @@ def is_reasoning_model(model: str) -> bool:
     return is_openai_reasoning_model(model) or bool(_REASONING.search(model.strip().lower()))
 
 
+PROVIDER_HOSTS = {"openai": "api.openai.com", "anthropic": "api.anthropic.com"}
+"""Each provider's own API host (the one whose list prices the built-in price table holds)."""
+
+
+def is_provider_api(provider: str, url: str | None) -> bool:
+    """Whether ``url`` is ``provider``'s own API (None: the SDK's default, which is)."""
+    return not url or (urlsplit(url).hostname or "").lower() == PROVIDER_HOSTS[provider]
+
+
 def is_openai_api(url: str | None) -> bool:
     """Whether ``url`` is OpenAI's own API (None: the SDK's default, which is)."""
-    return not url or (urlsplit(url).hostname or "").lower() == "api.openai.com"
+    return is_provider_api("openai", url)
 
 
 def _get_json(url: str, api_key: str | None, timeout: float) -> Any:
@@ -182,6 +191,7 @@ __all__ = [
     "API_TIMEOUT",
     "LOCAL_RETRIES",
     "LOCAL_TIMEOUT",
+    "PROVIDER_HOSTS",
     "call_defaults",
     "context_from_models",
     "context_from_props",
@@ -189,6 +199,7 @@ __all__ = [
     "is_local_url",
     "is_openai_api",
     "is_openai_reasoning_model",
+    "is_provider_api",
     "is_reasoning_model",
     "served_models",
     "stated_context",
