@@ -139,7 +139,8 @@ class Setwise(Strategy):
             heap[0] = heap[size]
             yield from sift(0, size)
         placed = [i for i in top if i in judged]
-        rest = [i for i in range(n) if i not in set(placed)]
+        chosen = set(placed)
+        rest = [i for i in range(n) if i not in chosen]
         return Ranking(placed + rest, "rank", diagnostics=diagnostics, unjudged=set(range(n)) - judged)
 
     def read(

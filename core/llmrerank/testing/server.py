@@ -662,9 +662,10 @@ def _legacy_completion(request: ServerRequest, reply: Reply, echo: bool) -> dict
     choices = []
     prompt_tokens = completion_tokens = 0
     for index, prompt in enumerate(prompts):
-        echoed = toy_tokens(prompt) if echo and body.get("echo") else []
+        read = toy_tokens(prompt)
+        echoed = read if echo and body.get("echo") else []
         tokens = echoed + generated
-        values = toy_logprobs(toy_tokens(prompt) + generated)[len(toy_tokens(prompt)) - len(echoed) :]
+        values = toy_logprobs(read + generated)[len(read) - len(echoed) :]
         offsets, at = [], 0
         for token in tokens:
             offsets.append(at)
@@ -675,7 +676,7 @@ def _legacy_completion(request: ServerRequest, reply: Reply, echo: bool) -> dict
             logprobs = {"tokens": tokens, "token_logprobs": values, "top_logprobs": top, "text_offset": offsets}
         text = "".join(tokens)
         choices.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": "length"})
-        prompt_tokens += len(toy_tokens(prompt))
+        prompt_tokens += len(read)
         completion_tokens += len(generated)
     return {
         "id": f"cmpl-{uuid.uuid4().hex[:24]}",
