@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from test_examples import judge
@@ -19,3 +20,12 @@ def openai_env_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLMServer
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
         monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
         yield srv
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A real redis-server on a free loopback port (tests/redis_support.py), stopped afterwards."""
+    from redis_support import RedisServer
+
+    with RedisServer() as server:
+        yield server

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from llmrerank import AnthropicBackend, LocalBackend, MissingDependencyError, OpenAIBackend
+from llmrerank import AnthropicBackend, LocalBackend, MissingDependencyError, OpenAIBackend, RedisCache
 from llmrerank.backends.cross_encoder import BiEncoderScorer
 from llmrerank.evaluation import BM25
 from llmrerank.testing.server import FakeLLMServer
@@ -24,6 +24,7 @@ OPTIONAL = (
     "openai", "anthropic", "torch", "transformers", "gguf", "sentence_transformers", "langchain_core",
     "langchain_classic", "llama_index", "bm25s", "Stemmer", "ir_measures", "matplotlib", "tqdm",
     "numpy", "pydantic", "httpx", "pyarrow", "pandas", "ray",
+    "redis",
 )  # fmt: skip
 """Top-level modules that only extras bring in."""
 
@@ -67,6 +68,7 @@ NEEDS: dict[str, tuple[tuple[str, ...], Callable[[], object]]] = {
     "langchain": (("langchain_core",), _import("langchain_llmrerank")),
     "llamaindex": (("llama_index", "llama_index.core"), _import("llamaindex_llmrerank")),
     "eval": (("bm25s",), lambda: BM25({"d": "some text"})),
+    "redis": (("redis",), lambda: RedisCache("redis://127.0.0.1:1/0")),
 }
 """Per extra: the modules it brings and a call that needs them."""
 

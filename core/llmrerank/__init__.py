@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .backends.base import Backend, Completion, Prompt
-from .cache import DiskCache, MemoryCache, ResponseCache
+from .cache import DiskCache, MemoryCache, RedisCache, ResponseCache
 from .errors import (
     BackendError,
     BackendTimeoutError,
@@ -101,6 +101,7 @@ __all__ = [
     "QueryLikelihood",
     "RankedDocument",
     "RateLimitError",
+    "RedisCache",
     "RerankResult",
     "Reranker",
     "ResponseCache",

@@ -5,11 +5,13 @@ generation settings), the full prompt (system, user, token budget and choices) a
 ``Backend.cache_salt``; values are the completion (text, token counts, log-probs), stored as plain
 JSON. Failed calls are never cached. Entries that cannot be read back (corrupted, or written by
 something else under the same key) count as misses, and a cache that fails to open, read or write
-never fails a rerank (see :func:`lookup`, :func:`store` and :class:`DiskCache`).
+never fails a rerank (see :func:`lookup`, :func:`store`, :class:`DiskCache` and :class:`RedisCache`).
+:func:`open_cache` turns a setting (``memory``, a folder, a ``redis://`` URL) into a cache.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -17,13 +19,17 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .backends.base import Backend, Completion, Prompt
+from .errors import ConfigurationError, require
 from .types import is_number
+
+T = TypeVar("T")
 
 logger = logging.getLogger("llmrerank")
 
@@ -291,3 +297,229 @@ class DiskCache:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["directory"], expire=state["expire"], size_limit=state["size_limit"])  # type: ignore[misc]
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password (``redis://user:secret@host`` -> ``redis://user:***@host``)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+class RedisCache:
+    """A cache on a Redis server at ``url`` (``redis://host:6379/0``, ``rediss://``, ``unix://``),
+    shared by every process and machine that uses the same server: the workers of ``llmrerank serve``.
+
+    Values are plain JSON strings under ``prefix`` + the key :func:`cache_key` builds, never pickled,
+    and checked when read (:func:`decode`). ``expire`` is a time-to-live in seconds (None keeps
+    entries). The size bound is the server's: set ``maxmemory`` and ``maxmemory-policy allkeys-lru``
+    (or ``volatile-ttl`` with ``expire``) in redis.conf; a write the server refuses (out of memory
+    under ``noeviction``) is skipped like an unreachable server.
+
+    Calls from a rerank run on a few threads of this cache (one ``MGET`` per step of a plan, one
+    ``SET`` per answer), so a slow server never blocks the event loop; ``timeout`` (seconds) bounds
+    each command. A server that cannot be reached (or that refuses, or whose answer times out) does
+    not fail a rerank: one warning is logged, every lookup is a miss and writes are skipped; after
+    ``retry_after`` seconds the next call tries again, and once the server answers the cache is used
+    again (logged at INFO). A new outage after that warns again: one warning per outage.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        expire: float | None = None,
+        prefix: str = "llmrerank:",
+        timeout: float = 1.0,
+        retry_after: float = 30.0,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(REDIS_SCHEMES):
+            raise ConfigurationError(f"RedisCache needs a redis://, rediss:// or unix:// URL, got {url!r}")
+        if expire is not None and not (is_number(expire) and expire > 0):
+            raise ConfigurationError(f"expire must be a number of seconds > 0 (or None), got {expire!r}")
+        redis: Any = require("redis", "redis")
+        self.url = url
+        self.expire = expire
+        self.prefix = prefix
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._lock = threading.Lock()
+        self._down_until: float | None = None  # set while an outage lasts: monotonic time of the next try
+        self._threads: ThreadPoolExecutor | None = None
+        self._try(lambda: self._client.ping(), None)  # warn now, not at the first rerank
+
+    def __repr__(self) -> str:
+        return f"RedisCache({_redacted(self.url)!r})"
+
+    def _try(self, command: Callable[[], T], default: T) -> T:
+        """``command()``, or ``default`` while the server is down (one warning per outage)."""
+        with self._lock:
+            if self._down_until is not None and time.monotonic() < self._down_until:
+                return default
+        try:
+            result = command()
+        except self._errors as exc:
+            with self._lock:
+                first = self._down_until is None
+                self._down_until = time.monotonic() + self.retry_after
+            if first:
+                logger.warning(
+                    "llmrerank: cannot use the Redis cache %s (%s: %s); running without a cache, "
+                    "trying again every %gs",
+                    _redacted(self.url),
+                    type(exc).__name__,
+                    exc,
+                    self.retry_after,
+                )
+            return default
+        with self._lock:
+            was_down, self._down_until = self._down_until is not None, None
+        if was_down:
+            logger.info("llmrerank: the Redis cache %s answers again", _redacted(self.url))
+        return result
+
+    @property
+    def available(self) -> bool:
+        """False while an outage lasts (lookups are misses, writes skipped)."""
+        return self._down_until is None
+
+    def get_many(self, keys: Sequence[str]) -> list[dict[str, Any] | ValueError | None]:
+        """The stored values (one ``MGET``), None for a miss, a ``ValueError`` for an entry that is
+        not a JSON object (corrupted or foreign)."""
+        raw = self._try(lambda: self._client.mget([self.prefix + key for key in keys]), None)
+        if raw is None:
+            return [None] * len(keys)
+        return [None if value is None else _json_object(value) for value in raw]
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored value, or None. Raises ``ValueError`` for an entry that is not a JSON object."""
+        (value,) = self.get_many([key])
+        if isinstance(value, ValueError):
+            raise value
+        return value
+
+    def set(self, key: str, value: dict[str, Any]) -> None:
+        """Store a value (with the ``expire`` time-to-live); skipped while the server is down."""
+        text = json.dumps(value)
+        ttl = None if self.expire is None else max(1, round(self.expire * 1000))
+        self._try(lambda: self._client.set(self.prefix + key, text, px=ttl), None)
+
+    async def aget_many(self, keys: Sequence[str]) -> list[dict[str, Any] | ValueError | None]:
+        """:meth:`get_many` on this cache's threads, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool(), self.get_many, keys)
+
+    async def aset(self, key: str, value: dict[str, Any]) -> None:
+        """:meth:`set` on this cache's threads, off the event loop."""
+        await asyncio.get_running_loop().run_in_executor(self._pool(), self.set, key, value)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="llmrerank-redis")
+            return self._threads
+
+    def clear(self) -> int:
+        """Delete this cache's entries (the keys under ``prefix``); return how many."""
+        keys: list[bytes] = self._try(lambda: list(self._client.scan_iter(match=self.prefix + "*", count=1000)), [])
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            self._try(lambda: self._client.unlink(*batch), 0)  # noqa: B023 (called at once)
+        return len(keys)
+
+    def __len__(self) -> int:
+        """The entries under ``prefix`` (a full ``SCAN``: for inspection, not for hot paths)."""
+        return sum(1 for _ in self._try(lambda: list(self._client.scan_iter(match=self.prefix + "*")), []))
+
+    def close(self) -> None:
+        """Close the connections and threads; a later call opens them again."""
+        with self._lock:
+            threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=False)
+        self._client.close()
+
+    def __enter__(self) -> RedisCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in ("url", "expire", "prefix", "timeout", "retry_after")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        url = state.pop("url")
+        self.__init__(url, **state)  # type: ignore[misc]
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+"""The URL schemes :class:`RedisCache` (and :func:`open_cache`) accept."""
+
+
+def _json_object(raw: bytes | str) -> dict[str, Any] | ValueError:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:  # not UTF-8, not JSON
+        return ValueError(f"a cache entry that is not JSON ({exc})")
+    return value if isinstance(value, dict) else ValueError("a cache entry that is not a JSON object")
+
+
+async def alookup_many(cache: ResponseCache, backend: Backend, prompts: Sequence[Prompt]) -> list[Completion | None]:
+    """The cached completions of ``prompts`` (None for each miss), as :func:`lookup` reads them.
+
+    A cache with ``aget_many`` (:class:`RedisCache`) is read in one round trip off the event loop;
+    any other one key by key.
+    """
+    read = getattr(cache, "aget_many", None)
+    if read is None:
+        return [lookup(cache, backend, prompt) for prompt in prompts]
+    try:
+        values = await read([cache_key(backend, prompt) for prompt in prompts])
+    except Exception as exc:
+        logger.warning("llmrerank: could not read the response cache (%s: %s)", type(exc).__name__, exc)
+        return [None] * len(prompts)
+    hits: list[Completion | None] = []
+    for value in values:
+        try:
+            if isinstance(value, BaseException):
+                raise value
+            hits.append(None if value is None else decode(value))
+        except Exception as exc:
+            logger.warning("llmrerank: ignoring an unusable cache entry (%s: %s)", type(exc).__name__, exc)
+            hits.append(None)
+    return hits
+
+
+async def astore(cache: ResponseCache, backend: Backend, prompt: Prompt, completion: Completion) -> None:
+    """:func:`store`, off the event loop for a cache with ``aset`` (:class:`RedisCache`)."""
+    write = getattr(cache, "aset", None)
+    if write is None:
+        store(cache, backend, prompt, completion)
+        return
+    try:
+        await write(cache_key(backend, prompt), encode(completion))
+    except Exception as exc:
+        logger.warning("llmrerank: could not write to the response cache (%s: %s)", type(exc).__name__, exc)
+
+
+def open_cache(spec: str | None, *, expire: float | None = None) -> ResponseCache | None:
+    """The cache a setting names: ``"memory"`` (:class:`MemoryCache`), a ``redis://``,
+    ``rediss://`` or ``unix://`` URL (:class:`RedisCache`), any other text a folder
+    (:class:`DiskCache`, ``~`` expanded); None, ``""`` or ``"none"``: no cache. ``expire`` (seconds)
+    applies to the disk and Redis caches."""
+    if spec is None:
+        return None
+    if not isinstance(spec, str):
+        raise ConfigurationError(f"a cache setting must be a string, got {type(spec).__name__}")
+    text = spec.strip()
+    if text.lower() in ("", "none"):
+        return None
+    if text.lower() == "memory":
+        return MemoryCache()
+    if text.startswith(REDIS_SCHEMES):
+        return RedisCache(text, expire=expire)
+    return DiskCache(text, expire=expire)

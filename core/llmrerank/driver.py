@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from .adaptive import CALL, AdaptiveLimiter
 from .backends.base import RERANK_ENDS, Backend, Completion, LogLikelihood, Prompt, likelihood_prompt
-from .cache import ResponseCache, lookup, store
+from .cache import ResponseCache, alookup_many, astore
 from .errors import (
     BackendError,
     BackendTimeoutError,
@@ -197,8 +197,10 @@ class Driver:
     async def _prompts(self, prompts: Sequence[Prompt], ask: Ask | None = None) -> list[Completion | BaseException]:
         answers: list[Completion | BaseException | None] = [None] * len(prompts)
         todo: list[int] = []
-        for i, prompt in enumerate(prompts):
-            hit = lookup(self.cache, self.backend, prompt) if self.cache is not None else None
+        hits: list[Completion | None] = [None] * len(prompts)
+        if self.cache is not None:
+            hits = await alookup_many(self.cache, self.backend, prompts)
+        for i, hit in enumerate(hits):
             if hit is not None:
                 answers[i] = hit
                 self.meter.cached_calls += 1
@@ -310,6 +312,6 @@ class Driver:
             self.meter.reasoning_tokens += result.reasoning_tokens
             self.meter.model = self.meter.model or result.model
             if self.cache is not None:
-                store(self.cache, self.backend, prompt, result)
+                await astore(self.cache, self.backend, prompt, result)
             out.append(result)
         return out
