@@ -24,7 +24,7 @@ OPTIONAL = (
     "openai", "anthropic", "torch", "transformers", "gguf", "sentence_transformers", "langchain_core",
     "langchain_classic", "llama_index", "bm25s", "Stemmer", "ir_measures", "matplotlib", "tqdm",
     "numpy", "pydantic", "httpx", "pyarrow", "pandas", "ray",
-    "redis",
+    "redis", "opentelemetry",
 )  # fmt: skip
 """Top-level modules that only extras bring in."""
 

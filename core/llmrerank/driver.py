@@ -22,6 +22,7 @@ from .errors import (
     error_from_status,
 )
 from .strategies.base import Likelihood, Plan, Predict, Ranking, Step
+from .telemetry import start_call_span
 from .types import Diagnostic, Usage
 
 OnError = Literal["degrade", "degrade_all", "raise"]
@@ -260,6 +261,7 @@ class Driver:
             skipped = BackendError("not sent: earlier calls of this rerank timed out", backend=self.backend.name)
             return [skipped] * len(prompts)
         token = CALL.set((self.limiter, slot))  # for the SDK's HTTP hooks (llmrerank.adaptive)
+        span = start_call_span(self.backend, prompts, likelihood=ask is not None)
         start = time.perf_counter()
         try:
             if ask is not None:
@@ -270,10 +272,14 @@ class Driver:
                 results = await self.backend.generate_batch(prompts)
         except Exception as exc:
             results = [exc] * len(prompts)
+        except BaseException as exc:  # cancelled: the deadline, a fatal sibling call, a client gone
+            span.end([exc])
+            raise
         finally:
             self.meter.llm_seconds += time.perf_counter() - start
             CALL.reset(token)
             self.limiter.give(slot)
+        span.end(results)
         limited = [r for r in results if isinstance(r, RateLimitError)]
         if limited and not slot.rate_limited:  # one the HTTP hook did not see (another backend)
             self.limiter.rate_limited(slot, limited[0].retry_after)

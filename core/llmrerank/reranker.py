@@ -21,6 +21,7 @@ from .prompts import clean_query, domain_instruction
 from .runner import run_blocking
 from .strategies import Strategy, make_strategy, uses_likelihood
 from .strategies.base import Context, Ranking
+from .telemetry import rerank_span
 from .types import (
     ABSOLUTE_SCORE_KINDS,
     DEGRADED_REASONS,
@@ -264,7 +265,26 @@ class Reranker(Closing):
         ``first_stage_scores`` (one number or None per document) replace the scores the reranker's
         ``fusion`` would read from the documents; without fusion they raise
         :class:`~llmrerank.errors.ConfigurationError`.
+
+        With ``opentelemetry-api`` installed, each rerank is a span with a child span per LLM call
+        (:mod:`llmrerank.telemetry`).
         """
+        with rerank_span(self.strategy.name, self.backend, documents, top_k) as record:
+            result = await self._arerank(
+                query, documents, top_k, min_score=min_score, first_stage_scores=first_stage_scores
+            )
+            record(result)
+            return result
+
+    async def _arerank(
+        self,
+        query: str,
+        documents: Sequence[D],
+        top_k: int | None,
+        *,
+        min_score: float | None,
+        first_stage_scores: Sequence[float | None] | None,
+    ) -> RerankResult[D]:
         started = time.perf_counter()
         query = check_query(query)
         top_k = check_top_k(top_k)
