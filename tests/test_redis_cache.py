@@ -225,6 +225,12 @@ def test_corrupted_values_are_rejected_and_rewritten(
         assert decode(json.loads(client.get(key))).text
 
 
+def test_an_empty_step_reads_nothing(cache: RedisCache, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="llmrerank"):
+        assert asyncio.run(cache.aget_many([])) == []
+    assert cache.available and caplog.records == []
+
+
 def test_a_key_of_another_type_is_a_miss(redis_server: RedisServer, cache: RedisCache) -> None:
     backend = FakeBackend(respond=overlap_judge)
     Reranker("listwise", backend, cache=cache).rerank(QUERY, DOCS)

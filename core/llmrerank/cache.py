@@ -390,6 +390,8 @@ class RedisCache:
     def get_many(self, keys: Sequence[str]) -> list[dict[str, Any] | ValueError | None]:
         """The stored values (one ``MGET``), None for a miss, a ``ValueError`` for an entry that is
         not a JSON object (corrupted or foreign)."""
+        if not keys:
+            return []  # MGET needs a key: the server would answer an error
         raw = self._try(lambda: self._client.mget([self.prefix + key for key in keys]), None)
         if raw is None:
             return [None] * len(keys)
@@ -475,6 +477,8 @@ async def alookup_many(cache: ResponseCache, backend: Backend, prompts: Sequence
     any other one key by key.
     """
     read = getattr(cache, "aget_many", None)
+    if not prompts:
+        return []
     if read is None:
         return [lookup(cache, backend, prompt) for prompt in prompts]
     try:
