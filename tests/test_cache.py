@@ -3,10 +3,12 @@ keys separate backends, models and prompts, DiskCache persists, bad entries are 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import pickle
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -320,3 +322,32 @@ def test_caches_survive_pickle(tmp_path: Path) -> None:
         disk.set("k", {"text": "b"})
         with pickle.loads(pickle.dumps(disk)) as clone:
             assert clone.get("k") == {"text": "b"}
+
+
+def test_disk_writes_leave_the_event_loop_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit can take tens of milliseconds (fsync): a rerank writes on a thread, not on the loop."""
+    disk = DiskCache(tmp_path / "c")
+    write = DiskCache.set
+
+    def slow_write(self: DiskCache, key: str, value: dict[str, Any]) -> None:
+        time.sleep(0.3)  # a slow disk
+        write(self, key, value)
+
+    monkeypatch.setattr(DiskCache, "set", slow_write)
+
+    async def rerank_while_ticking() -> int:
+        ticks = 0
+        task = asyncio.ensure_future(
+            Reranker("listwise", FakeBackend(respond=overlap_judge), cache=disk).arerank(QUERY, DOCS)
+        )
+        while not task.done():
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert (await task).indices == [1, 0, 2]
+        return ticks
+
+    try:
+        ticks = asyncio.run(rerank_while_ticking())
+        assert ticks >= 10 and len(disk) == 1
+    finally:
+        disk.close()

@@ -181,6 +181,9 @@ class DiskCache:
     is a time-to-live in seconds (None keeps entries); beyond ``size_limit`` bytes of values the
     oldest entries are evicted.
 
+    A rerank reads entries on the event loop (microseconds) and writes them on a thread
+    (:meth:`aset`: each write is a committed transaction).
+
     A folder that cannot be opened (corrupted database, unwritable or missing path) does not fail:
     one warning is logged and the cache stays empty (every lookup a miss). A failed write is logged
     once too, and later writes are skipped.
@@ -259,6 +262,10 @@ class DiskCache:
         except sqlite3.Error as exc:
             self._writable = False
             logger.warning("llmrerank: cannot write to the cache %s (%s); not writing to it again", self.directory, exc)
+
+    async def aset(self, key: str, value: dict[str, Any]) -> None:
+        """:meth:`set` on a thread: a write commits to disk (milliseconds of fsync) off the event loop."""
+        await asyncio.to_thread(self.set, key, value)
 
     def _evict(self, total: int) -> None:
         assert self._db is not None
