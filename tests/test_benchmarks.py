@@ -191,3 +191,13 @@ def test_self_hosted_on_a_loopback_llama_cpp(data: str) -> None:
     assert report["digit_probe"]["first_token_only"] == pytest.approx(1.0)
     assert report["digit_probe"]["two_tokens"] == pytest.approx(10 * 0.8 + 1 * 0.2)
     assert "| context auto | 2/2 |" in report["table"] and "model smollm2" in report["table"]
+
+
+def test_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = load("cache")
+    assert cache.main(["--ops", "20", "--batch", "4", "--reranks", "2", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "cache.json").read_text())["rows"]
+    assert {r["cache"] for r in rows} == {"MemoryCache", "DiskCache", "RedisCache"}
+    assert {"4 gets, one MGET", "4 gets, await aget_many", "await aset"} <= {r["operation"] for r in rows}
+    assert all(r["ops"] >= 1 and 0 < r["p50_us"] <= r["p99_us"] for r in rows)
+    assert "RedisCache" in capsys.readouterr().out and (tmp_path / "cache.md").is_file()
