@@ -351,3 +351,24 @@ def test_disk_writes_leave_the_event_loop_running(tmp_path: Path, monkeypatch: p
         assert ticks >= 10 and len(disk) == 1
     finally:
         disk.close()
+
+
+def test_a_slow_write_never_costs_the_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline passes while the answer is being written: the rerank keeps the answer (the write
+    goes on beside it) instead of counting the call as cut by the deadline."""
+    disk = DiskCache(tmp_path / "c")
+    write = DiskCache.set
+
+    def slow_write(self: DiskCache, key: str, value: dict[str, Any]) -> None:
+        time.sleep(0.4)
+        write(self, key, value)
+
+    monkeypatch.setattr(DiskCache, "set", slow_write)
+    try:
+        reranker = Reranker(Pointwise(method="generate"), FakeBackend(respond=overlap_judge), cache=disk, deadline=0.2)
+        result = reranker.rerank(QUERY, DOCS)
+        assert result.status == "reranked" and not result.degraded and result.indices[0] == 1
+        assert result.usage.calls == 3 and result.usage.failed_calls == 0
+    finally:
+        time.sleep(0.5)  # the writes' threads finish before the folder goes
+        disk.close()

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from .adaptive import CALL, AdaptiveLimiter
 from .backends.base import RERANK_ENDS, Backend, Completion, LogLikelihood, Prompt, likelihood_prompt
-from .cache import ResponseCache, alookup_many, astore
+from .cache import ResponseCache, alookup_many, astore, store
 from .errors import (
     BackendError,
     BackendTimeoutError,
@@ -136,6 +136,7 @@ class Driver:
         self.cache = cache
         self.meter = Meter()
         self._ends_at: float | None = None
+        self._writes: list[asyncio.Future[None]] = []
 
     async def run(self, plan: Plan) -> Ranking:
         """Drive ``plan`` to its :class:`Ranking`."""
@@ -149,10 +150,21 @@ class Driver:
                 step = plan.send(answers)
         except StopIteration as stop:
             ranking: Ranking = stop.value
+            if self._writes:  # the rerank's cache writes end with it (within the deadline)
+                await asyncio.wait(self._writes, timeout=self._remaining())
             return ranking
         finally:
             plan.close()
             RERANK_ENDS.reset(ends)
+
+    def _store(self, cache: ResponseCache, prompt: Prompt, completion: Completion) -> None:
+        """Write an answer to the cache: at once for an in-process cache; for one that writes off
+        the event loop (``aset``), as a task :meth:`run` waits for at the end, so that the answer is
+        never held up (nor lost to a deadline) by its write."""
+        if getattr(cache, "aset", None) is None:
+            store(cache, self.backend, prompt, completion)
+        else:
+            self._writes.append(asyncio.ensure_future(astore(cache, self.backend, prompt, completion)))
 
     def _remaining(self) -> float | None:
         if self._ends_at is None:
@@ -318,6 +330,6 @@ class Driver:
             self.meter.reasoning_tokens += result.reasoning_tokens
             self.meter.model = self.meter.model or result.model
             if self.cache is not None:
-                await astore(self.cache, self.backend, prompt, result)
+                self._store(self.cache, prompt, result)
             out.append(result)
         return out
