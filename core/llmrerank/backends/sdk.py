@@ -55,6 +55,15 @@ class ClientPerLoop:
     sockets there. A loop closed without that step leaves its client to :meth:`_reap`: marked
     closed and dropped (asyncio then frees the sockets when their transports are collected).
     :meth:`aclose` / :meth:`close` close every client now; clients are made again on demand.
+
+    A ``ClientPerLoop`` dropped without a close (a reranker built per web request and let go) has
+    its clients closed on their loops at once, by a finaliser that holds them. They must never
+    become garbage themselves while open: the collector would finalise their transports (which
+    closes the sockets behind the event loop's back) before a resurrected guard closed the client
+    again, and that second close unregisters the socket *numbers* from the loop's selector, which
+    live connections may have reused by then: those then never see their answer. So nothing a
+    client's guard refers to leads back to its ``ClientPerLoop``, and the finaliser keeps the
+    clients reachable until their close has run.
     """
 
     CLOSE_TIMEOUT = 10.0
@@ -64,6 +73,8 @@ class ClientPerLoop:
         self.factory = factory
         self._clients: dict[int, _Entry] = {}
         self._lock = threading.RLock()  # re-entered when _reap finishes a guard
+        finalizer = weakref.finalize(self, _drop_all, self._clients, self._lock)
+        finalizer.atexit = False  # at exit the background loop's shutdown closes them (llmrerank.runner)
 
     def get(self) -> Any:
         """The client of the running loop."""
@@ -73,24 +84,13 @@ class ClientPerLoop:
             if entry is None or entry.loop() is not loop:
                 self._reap()
                 entry = self._clients[id(loop)] = _Entry(loop, self.factory())
-                entry.guard = self._guard(id(loop), entry)
+                entry.guard = _guard(self._clients, self._lock, id(loop), entry)
                 # Started here, in the loop's thread: asyncio's first-iteration hook registers the
                 # generator with the loop, which finalises it at shutdown (see the class docstring).
                 first: Any = entry.guard.asend(None)
                 with contextlib.suppress(StopIteration):
                     first.send(None)
             return entry.client
-
-    async def _guard(self, key: int, entry: _Entry) -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self._clients.get(key) is entry:
-                    del self._clients[key]
-            loop = entry.loop()
-            if loop is not None and not loop.is_closed():
-                await _close(entry.client)
 
     def _reap(self) -> None:
         """Drop the clients of loops that are gone or closed (call with the lock held)."""
@@ -118,7 +118,7 @@ class ClientPerLoop:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.wrap_future(future), self.CLOSE_TIMEOUT)
             else:
-                _settle(entry, loop)
+                _drop(entry)
 
     def close(self) -> None:
         """Blocking :meth:`aclose`; inside a running loop, that loop's client is closed by a task on it."""
@@ -129,18 +129,44 @@ class ClientPerLoop:
         for entry in self._take_all():
             loop = entry.loop()
             if loop is not None and loop is running:
-                _background_tasks.add(task := loop.create_task(_finish(entry)))
-                task.add_done_callback(_background_tasks.discard)
+                _close_soon(entry)
             elif loop is not None and loop.is_running():
                 future = asyncio.run_coroutine_threadsafe(_finish(entry), loop)
                 with contextlib.suppress(Exception):
                     future.result(self.CLOSE_TIMEOUT)
             else:
-                _settle(entry, loop)
+                _drop(entry)
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._clients)
+
+
+async def _guard(
+    clients: dict[int, _Entry], lock: threading.RLock, key: int, entry: _Entry
+) -> AsyncGenerator[None, None]:
+    """Closes ``entry``'s client when its loop finalises async generators (see :class:`ClientPerLoop`).
+
+    A function, not a method: it must not refer to the ``ClientPerLoop``, whose finaliser closes
+    the clients it leaves behind."""
+    try:
+        yield
+    finally:
+        with lock:
+            if clients.get(key) is entry:
+                del clients[key]
+        loop = entry.loop()
+        if loop is not None and not loop.is_closed():
+            await _close(entry.client)
+
+
+def _drop_all(clients: dict[int, _Entry], lock: threading.RLock) -> None:
+    """The finaliser of a ``ClientPerLoop`` dropped without a close: close what it left open."""
+    with lock:
+        entries = list(clients.values())
+        clients.clear()
+    for entry in entries:
+        _drop(entry)
 
 
 _background_tasks: set[asyncio.Task[None]] = set()
@@ -173,12 +199,25 @@ async def _finish(entry: _Entry) -> None:
         await _close(entry.client)
 
 
-def _settle(entry: _Entry, loop: asyncio.AbstractEventLoop | None) -> None:
-    """An entry whose loop is not running: closed loops are reaped; an idle loop keeps the guard,
-    which asyncio finalises on that loop when it runs again or shuts down."""
-    if loop is None or loop.is_closed():
-        _abandon(entry)
-    # else: dropping our reference hands the guard to asyncio's async-generator finaliser.
+def _close_soon(entry: _Entry) -> None:
+    """Close ``entry``'s client in a task of the running loop (its own)."""
+    task = asyncio.get_running_loop().create_task(_finish(entry))
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
+
+
+def _drop(entry: _Entry) -> None:
+    """Close ``entry``'s client on its loop when that loop is not running here and now: in a task
+    queued on it (the loop keeps the client reachable until then: see :class:`ClientPerLoop`), or,
+    when the loop is closed, by :func:`_abandon`."""
+    loop = entry.loop()
+    if loop is not None and not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(_close_soon, entry)
+            return
+        except RuntimeError:  # closed meanwhile
+            pass
+    _abandon(entry)
 
 
 def _abandon(entry: _Entry) -> None:
