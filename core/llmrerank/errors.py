@@ -123,6 +123,17 @@ class ContextLengthError(BadRequestError):
     """
 
 
+class ServerUnreachableError(PermanentBackendError):
+    """No connection could be made to a server that has not answered any call yet (connection
+    refused, no such host, connect timeout): most often a wrong ``base_url`` or a server that is
+    not running. ``url`` is the address tried. Once a server has answered, a failure to connect is
+    a transient :class:`BackendError` (it may be restarting)."""
+
+    def __init__(self, message: str, *, backend: str | None = None, url: str | None = None) -> None:
+        super().__init__(message, backend=backend)
+        self.url = url
+
+
 _CONTEXT_LENGTH = re.compile(
     r"context[ _-]?(length|size|window)|maximum context|prompt is too long|too many (input )?tokens"
     r"|longer than the maximum model length|exceeds? the (available )?context",
