@@ -189,6 +189,12 @@ class Backend(Closing, ABC):
         Called before each rerank; a backend caches what it learned.
         """
 
+    async def answers(self) -> bool | None:
+        """Whether the server still answers at all, asked by the driver after a call timed out: a
+        quick request that needs no model work. False stops the rerank's later calls; None (the
+        default) means the backend cannot tell. Must not raise."""
+        return None
+
     @abstractmethod
     async def generate(self, prompt: Prompt) -> Completion:
         """Answer one prompt."""
@@ -259,6 +265,9 @@ class Forwarding(Backend):
 
     async def discover(self) -> None:
         await self.inner.discover()
+
+    async def answers(self) -> bool | None:
+        return await self.inner.answers()
 
     async def generate(self, prompt: Prompt) -> Completion:
         return await self.inner.generate(prompt)
