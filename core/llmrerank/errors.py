@@ -38,7 +38,7 @@ class InvalidInputError(LLMRerankError, ValueError):
 
 
 class BackendError(LLMRerankError):
-    """The LLM backend failed (transport error, HTTP error, SDK error) after the SDK's own retries.
+    """The LLM backend failed (transport error, HTTP error, SDK error) after its retries.
 
     A plain ``BackendError`` is *transient*: the same request may succeed later (a 5xx, a reset
     connection, a timeout, a response that was not a completion). :class:`PermanentBackendError`
@@ -65,7 +65,7 @@ class BackendError(LLMRerankError):
 
 
 class RateLimitError(BackendError):
-    """The backend answered 429 (or 529 overloaded) after the SDK's retries ran out."""
+    """The backend answered 429 (or 529 overloaded) after its retries ran out."""
 
     def __init__(
         self,

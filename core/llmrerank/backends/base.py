@@ -150,8 +150,9 @@ class Closing:
 class Backend(Closing, ABC):
     """An LLM that answers prompts. Subclasses implement :meth:`generate`.
 
-    Retries and per-call timeouts are the SDK's business (``max_retries``, ``timeout``);
-    a backend raises :class:`~llmrerank.errors.BackendError` subclasses once they are spent.
+    Retries and per-call timeouts are the backend's business (``max_retries``, ``timeout``: for
+    the SDK backends, :func:`~llmrerank.backends.sdk.retry_wait`); a backend raises
+    :class:`~llmrerank.errors.BackendError` subclasses once they are spent.
     """
 
     name: str = "backend"
