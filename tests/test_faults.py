@@ -115,11 +115,10 @@ def failed_messages(result: Any) -> list[str]:
 
 
 @pytest.mark.parametrize("api", APIS)
-async def test_rate_limit_then_success_is_retried_by_the_sdk(server: FakeLLMServer, api: str) -> None:
+async def test_rate_limit_then_success_is_retried(server: FakeLLMServer, api: str) -> None:
     server.responder = FailFirst(1, Reply(status=429, text="slow down", headers={"retry-after": "0.01"}))
     result = await rerank(Reranker("listwise", backend_for(api, server, max_retries=2)))
     assert len(server.requests) == 2  # one 429, one success
-    assert [r.headers.get("x-stainless-retry-count") for r in server.requests] == ["0", "1"]
     assert not result.degraded
     assert result.indices == BEST_FIRST
     assert result.usage.calls == 1 and result.usage.failed_calls == 0

@@ -15,9 +15,9 @@ congestion control does:
   Growing back to the limit that was last cut probes the server again; each probe refused at the
   same limit doubles the rounds spent just below it before the next one, so rate limits become rare.
 
-For the OpenAI and Anthropic SDKs, the limiter also sees the 429s that the SDK retries by itself
+For the OpenAI and Anthropic SDK backends, the limiter also sees the 429s that the backend retries
 (an ``httpx`` hook, :func:`on_request` / :func:`on_response`): a rejected request gives its slot
-back while the SDK waits to retry it, and its retry queues for a slot again under the lower limit.
+back while the backend waits to retry it, and its retry queues for a slot again under the lower limit.
 So a burst beyond what the server admits turns into a smaller one, not into a storm of retries.
 """
 
@@ -99,7 +99,7 @@ class AdaptiveLimiter(Limiter):
         unless a cut came since its slot was taken; and never leave it above the calls that were in
         flight when this one was sent, less one (the server refused that many).
 
-        ``retrying``: the SDK will send it again, so its slot is given back meanwhile
+        ``retrying``: the backend may send it again, so its slot is given back meanwhile
         (:func:`on_request` takes a new one)."""
         slot.rate_limited = True
         with self._lock:
@@ -168,7 +168,7 @@ async def on_request(request: Any) -> None:
 
 async def on_response(response: Any) -> None:
     """``httpx`` response hook: a 429/529 cuts the limit, pauses for its ``retry-after`` and gives the
-    slot back while the SDK waits to retry."""
+    slot back while the backend waits to retry."""
     current = CALL.get()
     if current is None or response.status_code not in RATE_LIMITED:
         return

@@ -41,6 +41,11 @@ def add_reranker_options(parser: argparse.ArgumentParser, *, batch: bool = False
         "(default: the backend's own)",
     )
     parser.add_argument("--base-url", help="API base URL for openai/anthropic (an OpenAI-compatible server, a proxy)")
+    parser.add_argument(
+        "--api-key",
+        help="API key for openai/anthropic (default: OPENAI_API_KEY / ANTHROPIC_API_KEY; a --base-url on this "
+        "machine or a private network needs none)",
+    )
     parser.add_argument("--window", type=int, help="listwise window (default: 20)")
     parser.add_argument("--step", type=int, help="listwise step (default: 10)")
     parser.add_argument("--domain", help="domain instruction: legal, medical, ecommerce or your own sentence")
@@ -175,8 +180,11 @@ def backend_kind(kind: str | None, model: str | None, base_url: str | None) -> t
     return kind, name or None
 
 
-def make_backend(kind: str | None, model: str | None = None, base_url: str | None = None) -> Any:
-    """The backend ``--backend`` names (or ``--model`` implies: :func:`backend_kind`)."""
+def make_backend(
+    kind: str | None, model: str | None = None, base_url: str | None = None, api_key: str | None = None
+) -> Any:
+    """The backend ``--backend`` names (or ``--model`` implies: :func:`backend_kind`); ``api_key``
+    None leaves the key to the environment (a server on this machine or a private network needs none)."""
     kind, model = backend_kind(kind, model, base_url)
     options: dict[str, Any] = {}
     if model:
@@ -186,17 +194,19 @@ def make_backend(kind: str | None, model: str | None = None, base_url: str | Non
 
         return FakeBackend(respond=overlap_judge, likelihood=overlap_likelihood, model=model or "fake")
     if kind == "local":
-        if base_url:
-            raise ConfigurationError("--base-url is for the openai and anthropic backends")
+        if base_url or api_key:
+            raise ConfigurationError("--base-url and --api-key are for the openai and anthropic backends")
         from .backends.local import LocalBackend
 
         return LocalBackend(**options)
     if base_url:
         options["base_url"] = base_url
+    if api_key:
+        options["api_key"] = api_key
     if kind == "openai":
         from .backends.openai import OpenAIBackend
 
-        served = server_model(base_url) if base_url and not model else None
+        served = server_model(base_url, api_key) if base_url and not model else None
         if served:
             options["model"] = served
         return OpenAIBackend(**options)
@@ -207,7 +217,7 @@ def make_backend(kind: str | None, model: str | None = None, base_url: str | Non
     raise ConfigurationError(f"unknown backend {kind!r}: use one of {', '.join(BACKENDS)}")
 
 
-def server_model(base_url: str) -> str | None:
+def server_model(base_url: str, api_key: str | None = None) -> str | None:
     """The model a server of your own serves, for ``--base-url`` without ``--model``: the one it lists
     at ``GET /v1/models``. Several are a :class:`ConfigurationError` naming them; None when it lists
     none (the backend's default name is sent; llama.cpp answers with its own model whatever is asked)."""
@@ -215,7 +225,7 @@ def server_model(base_url: str) -> str | None:
 
     from .backends.servers import served_models
 
-    names = served_models(base_url, os.environ.get("OPENAI_API_KEY")) or []
+    names = served_models(base_url, api_key or os.environ.get("OPENAI_API_KEY")) or []
     if len(names) > 1:
         shown = ", ".join(names[:10])
         raise ConfigurationError(f"the server at {base_url} serves several models ({shown}): pass --model")
@@ -336,14 +346,14 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     collection = load_beir(args.data, args.split)
     backend = None
     if len(names) == 1 and args.strategy is None:
-        backend = make_backend(args.backend, args.model, args.base_url)
+        backend = make_backend(args.backend, args.model, args.base_url, args.api_key)
         names.append(backend.preferred_strategy)
     reports = []
     for name in names:
         reranker = None
         if name != "bm25":
             if backend is None:
-                backend = make_backend(args.backend, args.model, args.base_url)
+                backend = make_backend(args.backend, args.model, args.base_url, args.api_key)
             reranker = Reranker(
                 make_strategy_object(name, args),
                 backend,
@@ -411,6 +421,7 @@ def run_batch_cli(args: argparse.Namespace) -> int:
         args.model,
         args.base_url,
         {"domain": args.domain, "max_concurrency": args.max_concurrency, "on_error": args.on_error},
+        api_key=args.api_key,
     )
     try:
         summary = run_batch(

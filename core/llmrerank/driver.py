@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +68,11 @@ class Meter:
     """What the driver itself did (``context_shrunk``)."""
     timeouts_in_a_row: int = 0
     circuit_open: bool = False
-    """Set once :data:`CIRCUIT_TIMEOUTS` calls in a row timed out: later calls of the rerank are not sent."""
+    """Set once :data:`CIRCUIT_TIMEOUTS` calls in a row timed out, or once a call timed out and the
+    server did not answer a quick check (:meth:`~llmrerank.backends.base.Backend.answers`): later
+    calls of the rerank are not sent."""
+    silent: bool = False
+    """The server did not answer the check after a timed-out call: it has stopped answering."""
 
     def usage(self, wall_seconds: float) -> Usage:
         """Freeze the counters."""
@@ -92,6 +98,14 @@ def _as_failure(exc: Exception, backend: Backend) -> LLMRerankError:
     error.backend = backend.name
     error.__cause__ = exc
     return error
+
+
+def reset_var(var: contextvars.ContextVar[Any], token: contextvars.Token[Any]) -> None:
+    """``var.reset(token)``, unless this runs in another context than the one ``token`` came from:
+    a rerank abandoned by its caller (an orphaned task) is closed by the collector, or at exit, in
+    whatever context is current then, and there is nothing of its own to restore there."""
+    with contextlib.suppress(ValueError):  # "<Token ...> was created in a different Context"
+        var.reset(token)
 
 
 def learn_context(backend: Backend, error: ContextLengthError) -> None:
@@ -137,6 +151,7 @@ class Driver:
         self.meter = Meter()
         self._ends_at: float | None = None
         self._writes: list[asyncio.Future[None]] = []
+        self._check: asyncio.Future[bool | None] | None = None
 
     async def run(self, plan: Plan) -> Ranking:
         """Drive ``plan`` to its :class:`Ranking`."""
@@ -155,7 +170,9 @@ class Driver:
             return ranking
         finally:
             plan.close()
-            RERANK_ENDS.reset(ends)
+            reset_var(RERANK_ENDS, ends)
+            if self._check is not None:
+                self._check.cancel()
 
     def _store(self, cache: ResponseCache, prompt: Prompt, completion: Completion) -> None:
         """Write an answer to the cache: at once for an in-process cache; for one that writes off
@@ -231,6 +248,7 @@ class Driver:
                 answers[i] = DeadlineExceededError(f"deadline of {self.deadline}s passed before this call")
             return [a for a in answers if a is not None]
         tasks = [asyncio.ensure_future(self._call([prompts[i] for i in chunk], ask=ask)) for chunk in chunks]
+        closed = False
         try:
             if tasks:
                 # A task raises only for a failure that ends the rerank (see is_fatal): stop the rest then.
@@ -239,10 +257,14 @@ class Driver:
                     exc = task.exception()
                     if exc is not None:
                         raise exc
+        except GeneratorExit:  # closed, not cancelled (an abandoned rerank collected): no loop to await on
+            closed = True
+            raise
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if not closed:
+                await asyncio.gather(*tasks, return_exceptions=True)
         for chunk, task in zip(chunks, tasks, strict=True):
             if task.cancelled():
                 self.meter.deadline_hit = True
@@ -258,6 +280,19 @@ class Driver:
                 answers[i] = answer
         return [a for a in answers if a is not None]
 
+    async def _check_silence(self) -> None:
+        """After a timed-out call: ask the backend, once per rerank, whether its server answers at
+        all; when it does not, open the circuit, so that one rerank spends about one ``timeout`` on
+        a server that stopped answering (not one per call)."""
+        if self._check is None:
+            self._check = asyncio.ensure_future(self.backend.answers())
+        try:
+            answers = await asyncio.shield(self._check)
+        except Exception:  # a backend's check must not fail the rerank
+            return
+        if answers is False:
+            self.meter.silent = self.meter.circuit_open = True
+
     async def _call(
         self, prompts: list[Prompt], after: BackendError | None = None, ask: Ask | None = None
     ) -> list[Completion | BaseException]:
@@ -268,6 +303,8 @@ class Driver:
         ``ask``: how to send them instead of :meth:`Backend.generate` (likelihood requests).
         """
         slot = await self.limiter.take()
+        if self._check is not None and not self._check.done():
+            await asyncio.wait([self._check])  # a call timed out: send nothing more until the server answers a check
         if self.meter.circuit_open:
             self.limiter.give(slot)
             skipped = BackendError("not sent: earlier calls of this rerank timed out", backend=self.backend.name)
@@ -289,7 +326,7 @@ class Driver:
             raise
         finally:
             self.meter.llm_seconds += time.perf_counter() - start
-            CALL.reset(token)
+            reset_var(CALL, token)
             self.limiter.give(slot)
         span.end(results)
         limited = [r for r in results if isinstance(r, RateLimitError)]
@@ -297,6 +334,8 @@ class Driver:
             self.limiter.rate_limited(slot, limited[0].retry_after)
         elif not any(isinstance(r, BaseException) for r in results):
             self.limiter.succeeded(slot)
+        if any(isinstance(r, BackendTimeoutError) for r in results) and not self.meter.circuit_open:
+            await self._check_silence()
         out: list[Completion | BaseException] = []
         for prompt, result in zip(prompts, results, strict=True):
             timed_out = isinstance(result, BackendTimeoutError)

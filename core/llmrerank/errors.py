@@ -38,7 +38,7 @@ class InvalidInputError(LLMRerankError, ValueError):
 
 
 class BackendError(LLMRerankError):
-    """The LLM backend failed (transport error, HTTP error, SDK error) after the SDK's own retries.
+    """The LLM backend failed (transport error, HTTP error, SDK error) after its retries.
 
     A plain ``BackendError`` is *transient*: the same request may succeed later (a 5xx, a reset
     connection, a timeout, a response that was not a completion). :class:`PermanentBackendError`
@@ -65,7 +65,7 @@ class BackendError(LLMRerankError):
 
 
 class RateLimitError(BackendError):
-    """The backend answered 429 (or 529 overloaded) after the SDK's retries ran out."""
+    """The backend answered 429 (or 529 overloaded) after its retries ran out."""
 
     def __init__(
         self,
@@ -121,6 +121,17 @@ class ContextLengthError(BadRequestError):
     Strategies whose prompts can shrink send a smaller prompt once before giving up (listwise
     and pointwise cut their documents to half).
     """
+
+
+class ServerUnreachableError(PermanentBackendError):
+    """No connection could be made to a server that has not answered any call yet (connection
+    refused, no such host, connect timeout): most often a wrong ``base_url`` or a server that is
+    not running. ``url`` is the address tried. Once a server has answered, a failure to connect is
+    a transient :class:`BackendError` (it may be restarting)."""
+
+    def __init__(self, message: str, *, backend: str | None = None, url: str | None = None) -> None:
+        super().__init__(message, backend=backend)
+        self.url = url
 
 
 _CONTEXT_LENGTH = re.compile(

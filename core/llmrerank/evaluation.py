@@ -432,9 +432,14 @@ async def _run_all(
             result.model if result is not None else None,
         )
 
+    running = [asyncio.ensure_future(one(t)) for t in tasks]
     try:
-        return list(await asyncio.gather(*(one(t) for t in tasks)))
+        return list(await asyncio.gather(*running))
     finally:
+        # A query that raised ends the run: the others are cancelled, not left running unowned.
+        for query in running:
+            query.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         if isinstance(reranker, Reranker):
             await reranker.backend.aclose()
 

@@ -311,7 +311,13 @@ class Reranker(Closing):
         diagnostics = list(ranking.diagnostics) + meter.diagnostics
         if meter.deadline_hit:
             diagnostics.append(Diagnostic("deadline_exceeded", f"deadline of {self.deadline}s passed"))
-        if meter.circuit_open:
+        if meter.silent:
+            diagnostics.append(
+                Diagnostic(
+                    "circuit_open", "a call timed out and the server did not answer a check; the rest were not sent"
+                )
+            )
+        elif meter.circuit_open:
             diagnostics.append(Diagnostic("circuit_open", "calls kept timing out; the rest were not sent"))
         unjudged = ranking.unjudged & set(range(len(docs)))
         left_out = any(d.code == "missing_appended" and d.index in unjudged for d in diagnostics)

@@ -40,7 +40,7 @@ not at all (every document keeps a fallback order)."""
 DEGRADED_REASONS = ("call_failed", "unreadable_answer", "incomplete_answer", "prefilter_failed", "deadline_exceeded")
 """The reason codes of :attr:`RerankResult.degraded_reasons`.
 
-- ``call_failed``: an LLM call failed after the SDK's retries (the warning names the error).
+- ``call_failed``: an LLM call failed after its retries (the warning names the error).
 - ``unreadable_answer``: an answer held no ranking, score or choice that could be read.
 - ``incomplete_answer``: a listwise answer named only some of its documents; the others follow in
   their previous order, marked ``fallback``.
@@ -203,7 +203,7 @@ class Usage:
     cached_calls: int = 0
     """Calls answered from the response cache."""
     failed_calls: int = 0
-    """Calls that ended in an error after the SDK's retries, or were cut off by the deadline."""
+    """Calls that ended in an error after their retries, or were cut off by the deadline."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     llm_seconds: float = 0.0

@@ -41,8 +41,9 @@ class AnthropicBackend(SDKBackend):
     With no ``api_key`` / ``base_url`` the SDK reads ``ANTHROPIC_API_KEY`` / ``ANTHROPIC_BASE_URL``.
     ``base_url`` has no ``/v1``: the SDK appends ``/v1/messages``. ``client`` is an
     ``anthropic.AsyncAnthropic`` used as is (and not closed by :meth:`aclose`); otherwise one
-    client is made per event loop. ``timeout`` (seconds per call) and ``max_retries`` go to the
-    SDK, which does the retrying; None picks them by server, as for
+    client is made per event loop. ``timeout`` (seconds per call, retries included) and
+    ``max_retries`` (retries per call, by the rule of :func:`~llmrerank.backends.sdk.retry_wait`;
+    the SDK itself never retries) are picked by server when None, as for
     :class:`~llmrerank.backends.openai.OpenAIBackend`. ``temperature`` is not sent by default: the
     API version that ``anthropic>=2`` sends (``2026-10-21``) rejects sampling parameters with a
     400; set it only for servers that accept it.
@@ -67,6 +68,7 @@ class AnthropicBackend(SDKBackend):
     error_class = "AnthropicError"
     title = "Anthropic"
     base_url_env = "ANTHROPIC_BASE_URL"
+    api_key_env = "ANTHROPIC_API_KEY"
     supports_logprobs = False
 
     def __init__(
@@ -113,7 +115,7 @@ class AnthropicBackend(SDKBackend):
 
     async def generate(self, prompt: Prompt) -> Completion:
         """One message; the answer is the reply's text blocks joined (thinking blocks are not the answer)."""
-        message = await self._request(self._current_client().messages.create(**self.request_options(prompt)))
+        message = await self._request(lambda: self._current_client().messages.create(**self.request_options(prompt)))
         return self.completion_from(message, prompt)
 
     def request_options(self, prompt: Prompt) -> dict[str, Any]:

@@ -150,8 +150,9 @@ class Closing:
 class Backend(Closing, ABC):
     """An LLM that answers prompts. Subclasses implement :meth:`generate`.
 
-    Retries and per-call timeouts are the SDK's business (``max_retries``, ``timeout``);
-    a backend raises :class:`~llmrerank.errors.BackendError` subclasses once they are spent.
+    Retries and per-call timeouts are the backend's business (``max_retries``, ``timeout``: for
+    the SDK backends, :func:`~llmrerank.backends.sdk.retry_wait`); a backend raises
+    :class:`~llmrerank.errors.BackendError` subclasses once they are spent.
     """
 
     name: str = "backend"
@@ -188,6 +189,12 @@ class Backend(Closing, ABC):
 
         Called before each rerank; a backend caches what it learned.
         """
+
+    async def answers(self) -> bool | None:
+        """Whether the server still answers at all, asked by the driver after a call timed out: a
+        quick request that needs no model work. False stops the rerank's later calls; None (the
+        default) means the backend cannot tell. Must not raise."""
+        return None
 
     @abstractmethod
     async def generate(self, prompt: Prompt) -> Completion:
@@ -259,6 +266,9 @@ class Forwarding(Backend):
 
     async def discover(self) -> None:
         await self.inner.discover()
+
+    async def answers(self) -> bool | None:
+        return await self.inner.answers()
 
     async def generate(self, prompt: Prompt) -> Completion:
         return await self.inner.generate(prompt)

@@ -149,11 +149,12 @@ class OpenAIBackend(SDKBackend):
     Point ``base_url`` at any OpenAI-compatible server (``http://localhost:8000/v1`` for vLLM);
     one started without a key takes any ``api_key`` (the SDK insists on one).
     ``client`` is an ``openai.AsyncOpenAI`` used as is (and not closed by :meth:`aclose`);
-    otherwise one client is made per event loop. ``timeout`` (seconds per call) and ``max_retries``
-    go to the SDK, which does the retrying; None picks them by server
-    (:func:`~llmrerank.backends.servers.call_defaults`): 60 s and 2 retries for a hosted API,
-    300 s and no retry for a local server, which keeps working on a request the client abandoned
-    (so a retry doubles its load) and whose first error is the cause worth reporting.
+    otherwise one client is made per event loop. ``timeout`` (seconds per call, retries included) and
+    ``max_retries`` (retries per call, of what a retry can fix:
+    :func:`~llmrerank.backends.sdk.retry_wait`; the SDK itself never retries, a ``client`` you pass
+    included) are picked by server when None (:func:`~llmrerank.backends.servers.call_defaults`):
+    60 s for a hosted API, 300 s for a local server, 2 retries for both; a timed-out call to a
+    local server is not retried, since the server keeps working on a request the client abandoned.
     ``temperature`` None leaves it out of the request.
 
     ``logprobs`` (None: True, except for reasoning models) sets :attr:`supports_logprobs`: OpenAI,
@@ -192,6 +193,7 @@ class OpenAIBackend(SDKBackend):
     error_class = "OpenAIError"
     title = "OpenAI"
     base_url_env = "OPENAI_BASE_URL"
+    api_key_env = "OPENAI_API_KEY"
 
     def __init__(
         self,
@@ -248,7 +250,7 @@ class OpenAIBackend(SDKBackend):
     async def _continuation(self, context: str, continuation: str) -> LogLikelihood:
         prompt = context + continuation
         options: dict[str, Any] = {"model": self.model, "prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 0}
-        response = await self._request(self._current_client().completions.create(**options))
+        response = await self._request(lambda: self._current_client().completions.create(**options))
         return echoed_likelihood(response, prompt, continuation, self.name)
 
     async def discover(self) -> None:
@@ -271,7 +273,9 @@ class OpenAIBackend(SDKBackend):
 
     async def generate(self, prompt: Prompt) -> Completion:
         """One chat completion; with ``prompt.choices`` and log-probs, also the choices' log-probs."""
-        response = await self._request(self._current_client().chat.completions.create(**self.request_options(prompt)))
+        response = await self._request(
+            lambda: self._current_client().chat.completions.create(**self.request_options(prompt))
+        )
         return self.completion_from(response, prompt)
 
     def _wants_logprobs(self, prompt: Prompt) -> bool:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import copy
 import email.utils
 import importlib
 import logging
 import math
 import os
+import random
 import threading
 import time
 import weakref
@@ -27,10 +27,11 @@ from ..errors import (
     ConfigurationError,
     InvalidResponseError,
     RateLimitError,
+    ServerUnreachableError,
     error_from_status,
 )
 from .base import RERANK_ENDS, Backend
-from .servers import call_defaults
+from .servers import call_defaults, is_local_url
 
 T = TypeVar("T")
 logger = logging.getLogger("llmrerank")
@@ -55,6 +56,15 @@ class ClientPerLoop:
     sockets there. A loop closed without that step leaves its client to :meth:`_reap`: marked
     closed and dropped (asyncio then frees the sockets when their transports are collected).
     :meth:`aclose` / :meth:`close` close every client now; clients are made again on demand.
+
+    A ``ClientPerLoop`` dropped without a close (a reranker built per web request and let go) has
+    its clients closed on their loops at once, by a finaliser that holds them. They must never
+    become garbage themselves while open: the collector would finalise their transports (which
+    closes the sockets behind the event loop's back) before a resurrected guard closed the client
+    again, and that second close unregisters the socket *numbers* from the loop's selector, which
+    live connections may have reused by then: those then never see their answer. So nothing a
+    client's guard refers to leads back to its ``ClientPerLoop``, and the finaliser keeps the
+    clients reachable until their close has run.
     """
 
     CLOSE_TIMEOUT = 10.0
@@ -64,6 +74,8 @@ class ClientPerLoop:
         self.factory = factory
         self._clients: dict[int, _Entry] = {}
         self._lock = threading.RLock()  # re-entered when _reap finishes a guard
+        finalizer = weakref.finalize(self, _drop_all, self._clients, self._lock)
+        finalizer.atexit = False  # at exit the background loop's shutdown closes them (llmrerank.runner)
 
     def get(self) -> Any:
         """The client of the running loop."""
@@ -73,24 +85,13 @@ class ClientPerLoop:
             if entry is None or entry.loop() is not loop:
                 self._reap()
                 entry = self._clients[id(loop)] = _Entry(loop, self.factory())
-                entry.guard = self._guard(id(loop), entry)
+                entry.guard = _guard(self._clients, self._lock, id(loop), entry)
                 # Started here, in the loop's thread: asyncio's first-iteration hook registers the
                 # generator with the loop, which finalises it at shutdown (see the class docstring).
                 first: Any = entry.guard.asend(None)
                 with contextlib.suppress(StopIteration):
                     first.send(None)
             return entry.client
-
-    async def _guard(self, key: int, entry: _Entry) -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self._clients.get(key) is entry:
-                    del self._clients[key]
-            loop = entry.loop()
-            if loop is not None and not loop.is_closed():
-                await _close(entry.client)
 
     def _reap(self) -> None:
         """Drop the clients of loops that are gone or closed (call with the lock held)."""
@@ -118,7 +119,7 @@ class ClientPerLoop:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.wrap_future(future), self.CLOSE_TIMEOUT)
             else:
-                _settle(entry, loop)
+                _drop(entry)
 
     def close(self) -> None:
         """Blocking :meth:`aclose`; inside a running loop, that loop's client is closed by a task on it."""
@@ -129,33 +130,47 @@ class ClientPerLoop:
         for entry in self._take_all():
             loop = entry.loop()
             if loop is not None and loop is running:
-                _background_tasks.add(task := loop.create_task(_finish(entry)))
-                task.add_done_callback(_background_tasks.discard)
+                _close_soon(entry)
             elif loop is not None and loop.is_running():
                 future = asyncio.run_coroutine_threadsafe(_finish(entry), loop)
                 with contextlib.suppress(Exception):
                     future.result(self.CLOSE_TIMEOUT)
             else:
-                _settle(entry, loop)
+                _drop(entry)
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._clients)
 
 
+async def _guard(
+    clients: dict[int, _Entry], lock: threading.RLock, key: int, entry: _Entry
+) -> AsyncGenerator[None, None]:
+    """Closes ``entry``'s client when its loop finalises async generators (see :class:`ClientPerLoop`).
+
+    A function, not a method: it must not refer to the ``ClientPerLoop``, whose finaliser closes
+    the clients it leaves behind."""
+    try:
+        yield
+    finally:
+        with lock:
+            if clients.get(key) is entry:
+                del clients[key]
+        loop = entry.loop()
+        if loop is not None and not loop.is_closed():
+            await _close(entry.client)
+
+
+def _drop_all(clients: dict[int, _Entry], lock: threading.RLock) -> None:
+    """The finaliser of a ``ClientPerLoop`` dropped without a close: close what it left open."""
+    with lock:
+        entries = list(clients.values())
+        clients.clear()
+    for entry in entries:
+        _drop(entry)
+
+
 _background_tasks: set[asyncio.Task[None]] = set()
-
-_CALL_ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar("llmrerank_call_ends", default=None)
-"""``time.monotonic()`` by which the SDK call in progress must end (its timeout or the rerank's deadline)."""
-
-
-async def _refuse_late_retry(response: Any) -> None:
-    """httpx response hook: a ``retry-after`` that ends past the call's end gets ``x-should-retry: false``,
-    which both SDKs obey, so they raise the error at once instead of sleeping through the budget."""
-    wait = retry_after(response.headers)
-    ends = _CALL_ENDS.get()
-    if wait is not None and ends is not None and time.monotonic() + wait > ends:
-        response.headers["x-should-retry"] = "false"
 
 
 async def _close(client: Any) -> None:
@@ -173,12 +188,25 @@ async def _finish(entry: _Entry) -> None:
         await _close(entry.client)
 
 
-def _settle(entry: _Entry, loop: asyncio.AbstractEventLoop | None) -> None:
-    """An entry whose loop is not running: closed loops are reaped; an idle loop keeps the guard,
-    which asyncio finalises on that loop when it runs again or shuts down."""
-    if loop is None or loop.is_closed():
-        _abandon(entry)
-    # else: dropping our reference hands the guard to asyncio's async-generator finaliser.
+def _close_soon(entry: _Entry) -> None:
+    """Close ``entry``'s client in a task of the running loop (its own)."""
+    task = asyncio.get_running_loop().create_task(_finish(entry))
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
+
+
+def _drop(entry: _Entry) -> None:
+    """Close ``entry``'s client on its loop when that loop is not running here and now: in a task
+    queued on it (the loop keeps the client reachable until then: see :class:`ClientPerLoop`), or,
+    when the loop is closed, by :func:`_abandon`."""
+    loop = entry.loop()
+    if loop is not None and not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(_close_soon, entry)
+            return
+        except RuntimeError:  # closed meanwhile
+            pass
+    _abandon(entry)
 
 
 def _abandon(entry: _Entry) -> None:
@@ -243,13 +271,88 @@ def describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+RETRY_STATUSES = frozenset({408, 409, 429})
+"""HTTP statuses a retry may fix, besides every 5xx (500, 502, 503, 504, Anthropic's 529)."""
+INITIAL_BACKOFF = 0.5
+"""Seconds before the first retry when the server gives no ``retry-after``; doubled each retry."""
+MAX_BACKOFF = 8.0
+"""The longest backoff between two tries (a ``retry-after`` is honoured as it is)."""
+LOCAL_PLACEHOLDER_KEY = "no-key"
+"""The API key sent to a server on this machine or a private network when none is given or set in
+the environment: such servers are mostly started without one, and the SDKs refuse to run without."""
+CHECK_TIMEOUT = 5.0
+"""Seconds a server has to answer ``GET /models`` after a call timed out, before a rerank stops
+sending it calls (:meth:`SDKBackend.answers`)."""
+CONNECT_TIMEOUT = 10.0
+"""Seconds to open a connection (at most the call's timeout): an address that drops packets
+fails in this time, not after the call's whole timeout."""
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _transport_cause(exc: BaseException) -> str:
+    """What the HTTP library said under an SDK connection error (``ConnectError: [Errno 111] ...``)."""
+    for cause in _causes(exc)[1:]:
+        if type(cause).__module__.startswith(("httpx", "httpcore")):
+            return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+    return ""
+
+
+def _not_connected(exc: BaseException) -> bool:
+    """Whether the connection could not be made at all (refused, no such host, connect timeout)."""
+    return any(type(c).__name__ in ("ConnectError", "ConnectTimeout") for c in _causes(exc))
+
+
+def retry_wait(exc: BaseException, retries: int, max_retries: int, *, local: bool) -> float | None:
+    """Seconds to wait before trying a failed SDK call again, or None: do not retry.
+
+    The one retry rule of the SDK backends (their SDKs never retry by themselves): while fewer than
+    ``max_retries`` retries were made, retry what a retry can fix, wherever the server is: 408,
+    409, 429 and every 5xx (529 included), unless the server's ``x-should-retry`` says otherwise; a
+    connection refused, reset or closed without an answer. A timed-out call is retried only on a
+    hosted API: a server you host (:func:`~llmrerank.backends.servers.is_local_url`) keeps working
+    on a request the client gave up on, so a retry would double its load (a connection that timed
+    out before it was made is retried: nothing was sent). The wait is the answer's ``retry-after``
+    (``retry-after-ms``), else exponential backoff from :data:`INITIAL_BACKOFF` to
+    :data:`MAX_BACKOFF` with jitter; the caller does not wait past the call's timeout or the
+    rerank's deadline (:meth:`SDKBackend._request`).
+    """
+    if retries >= max_retries:
+        return None
+    response = getattr(exc, "response", None)
+    status = getattr(exc, "status_code", None)
+    headers = getattr(response, "headers", None)
+    if status is not None:
+        should = headers.get("x-should-retry") if headers is not None else None
+        if should == "false" or (should != "true" and status not in RETRY_STATUSES and status < 500):
+            return None
+        wait = retry_after(headers)
+        if wait is not None:
+            return wait
+    else:
+        names = {k.__name__ for k in type(exc).__mro__}
+        if "APIConnectionError" not in names:  # the SDK's transport errors, its timeouts included
+            return None
+        if local and "APITimeoutError" in names and not _not_connected(exc):
+            return None
+    return min(INITIAL_BACKOFF * 2.0**retries, MAX_BACKOFF) * (1 - 0.25 * random.random())
+
+
 class SDKBackend(Backend):
     """A backend over an official async SDK client (``openai.AsyncOpenAI``, ``anthropic.AsyncAnthropic``).
 
     Subclasses name the SDK's async client and base error classes, pass the imported SDK module to
     ``__init__``, and implement :meth:`generate` with :meth:`_current_client`, turning the SDK's
-    exceptions into typed errors with :meth:`_error`. ``timeout`` and ``max_retries`` go to the
-    SDK, which does the retrying.
+    exceptions into typed errors with :meth:`_error`. ``timeout`` bounds each call, retries
+    included; ``max_retries`` is how many retries :meth:`_request` makes, by the rule of
+    :func:`retry_wait` (the SDK's own retries are off).
     """
 
     client_class: str
@@ -260,6 +363,8 @@ class SDKBackend(Backend):
     """The provider's name in messages (``OpenAI``)."""
     base_url_env: str
     """The environment variable the SDK reads the base URL from when none is given."""
+    api_key_env: str
+    """The environment variable the SDK reads the API key from when none is given."""
 
     def __init__(
         self,
@@ -281,25 +386,31 @@ class SDKBackend(Backend):
         given = str(getattr(client, "base_url", "") or "") if client is not None else ""
         self.server_url: str | None = given or base_url or os.environ.get(self.base_url_env) or None
         """The server's base URL as the SDK will resolve it (None: the provider's own API)."""
-        # Left out, they depend on the server (call_defaults): a local one gets a longer timeout, no retry.
+        # Left out, they depend on the server (call_defaults): a local one gets a longer timeout.
         self.timeout, self.max_retries = call_defaults(self.server_url, timeout, max_retries)
         self.temperature = temperature
         self.default_headers = dict(default_headers) if default_headers else None
         self._client = client
         self._clients = ClientPerLoop(self._make_client)
+        self.answered = False
+        """Whether any call of this backend has had an HTTP answer (an error status counts): until
+        then a failure to connect raises :class:`~llmrerank.errors.ServerUnreachableError`."""
 
     def _make_client(self) -> Any:
+        api_key = self.api_key
+        if api_key is None and not os.environ.get(self.api_key_env) and is_local_url(self.server_url):
+            api_key = LOCAL_PLACEHOLDER_KEY  # a server you host needs none, the SDK insists on one
         try:
             return getattr(self._sdk, self.client_class)(
-                api_key=self.api_key,
+                api_key=api_key,
                 base_url=self.base_url,
-                timeout=self.timeout,
-                max_retries=self.max_retries,
+                # A connection that cannot be made fails within CONNECT_TIMEOUT, not the call's timeout.
+                timeout=self._sdk.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT)),
+                max_retries=0,  # llmrerank retries (SDKBackend._request), by the rule of retry_wait
                 default_headers=self.default_headers,
-                # The SDK's own HTTP client, with hooks that stop retries which could not finish in time
-                # and let the adaptive limiter see every 429, the ones the SDK retries included.
+                # The SDK's own HTTP client, with hooks that let the adaptive limiter see every 429.
                 http_client=self._sdk.DefaultAsyncHttpxClient(
-                    event_hooks={"request": [on_request], "response": [_refuse_late_retry, on_response]}
+                    event_hooks={"request": [on_request], "response": [on_response]}
                 ),
             )
         except (self.sdk_error, ValueError) as exc:  # e.g. no API key anywhere
@@ -341,49 +452,102 @@ class SDKBackend(Backend):
         return error
 
     def _current_client(self) -> Any:
-        return self._client if self._client is not None else self._clients.get()
+        if self._client is not None:
+            # A client you pass keeps its settings but not its retries: llmrerank retries (see _request).
+            return self._client.with_options(max_retries=0)
+        return self._clients.get()
 
-    async def _request(self, call: Awaitable[T]) -> T:
-        """Await an SDK call, retries included, for at most :attr:`timeout` seconds; its errors become
-        typed llmrerank errors.
+    async def _request(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Await the SDK call ``call()`` makes, retried by the rule of :func:`retry_wait`, for at most
+        :attr:`timeout` seconds in all; its errors become typed llmrerank errors.
 
         The SDK's own timeout bounds each network operation (a server dripping bytes passes it); this
-        bounds the whole call. A retry the server asks to wait for (``retry-after``) past the end of
-        the call or of the rerank's deadline is not waited for: the call fails at once with a
-        :class:`~llmrerank.errors.RateLimitError` carrying ``retry_after``.
+        bounds the whole call, retries and their waits included. A wait (``retry-after`` or backoff)
+        that would end past the call's time or the rerank's deadline is not waited for: the call
+        fails at once (a :class:`~llmrerank.errors.RateLimitError` carries its ``retry_after``).
         """
         ends = time.monotonic() + self.timeout
         deadline = RERANK_ENDS.get()
-        token = _CALL_ENDS.set(ends if deadline is None else min(ends, deadline))
+        limit = ends if deadline is None else min(ends, deadline)
+        retries = 0
+        while True:
+            try:
+                result = await asyncio.wait_for(call(), max(ends - time.monotonic(), 0.0))
+                self.answered = True
+                return result
+            except asyncio.TimeoutError:
+                raise BackendTimeoutError(
+                    f"no complete answer within timeout={self.timeout}s from {self._where()}", backend=self.name
+                ) from None
+            except self.sdk_error as exc:
+                if getattr(exc, "status_code", None) is not None:
+                    self.answered = True  # an HTTP answer, if an error: the server is there
+                error = self._error(exc)
+                wait = retry_wait(exc, retries, self.max_retries, local=is_local_url(self.server_url))
+                if wait is None or time.monotonic() + wait > limit:
+                    raise error from exc
+            except ConfigurationError:
+                raise  # no client could be made (no API key)
+            except ValueError as exc:  # a body the SDK could not decode
+                raise InvalidResponseError(f"invalid response: {exc}", backend=self.name) from exc
+            except TypeError as exc:
+                # The Anthropic SDK finds out at request time that it has no credentials at all.
+                if "authentication" in str(exc).lower():
+                    raise ConfigurationError(f"no {self.title} credentials: {exc}") from exc
+                raise
+            logger.debug("llmrerank: retrying a call to %s in %.2fs after %s", self._where(), wait, error)
+            retries += 1
+            await asyncio.sleep(wait)
+
+    async def answers(self) -> bool | None:
+        """Whether the server answers ``GET /models`` (any HTTP status counts) within
+        :data:`CHECK_TIMEOUT` seconds (or the call timeout, when shorter): a server that stopped
+        answering (llama-server after SIGTERM keeps its connections open, silent) does not."""
+        timeout = min(CHECK_TIMEOUT, self.timeout)
         try:
-            return await asyncio.wait_for(call, self.timeout)
+            await asyncio.wait_for(self._current_client().models.list(timeout=timeout), timeout)
         except asyncio.TimeoutError:
-            raise BackendTimeoutError(f"no complete answer within timeout={self.timeout}s", backend=self.name) from None
+            return False
         except self.sdk_error as exc:
-            raise self._error(exc) from exc
-        except ValueError as exc:  # a body the SDK could not decode
-            raise InvalidResponseError(f"invalid response: {exc}", backend=self.name) from exc
-        except TypeError as exc:
-            # The Anthropic SDK finds out at request time that it has no credentials at all.
-            if "authentication" in str(exc).lower():
-                raise ConfigurationError(f"no {self.title} credentials: {exc}") from exc
-            raise
-        finally:
-            _CALL_ENDS.reset(token)
+            return getattr(exc, "status_code", None) is not None
+        except Exception as exc:  # the check is advice: it never fails the rerank
+            logger.debug("llmrerank: checking %s failed: %s: %s", self._where(), type(exc).__name__, exc)
+            return None
+        return True
+
+    def _where(self) -> str:
+        """The server's address, for messages."""
+        return self.server_url or f"{self.title}'s API"
 
     def _is_rate_limit(self, exc: Exception) -> bool:
         """Whether ``exc`` asks the caller to slow down (the SDK's RateLimitError; subclasses add more)."""
         return isinstance(exc, self._sdk.RateLimitError)
 
     def _error(self, exc: Exception) -> BackendError:
-        """The typed llmrerank error for an SDK exception (see :func:`~llmrerank.errors.error_from_status`)."""
+        """The typed llmrerank error for an SDK exception (see :func:`~llmrerank.errors.error_from_status`).
+
+        Errors without an HTTP answer name the server's address. While no call of this backend has
+        had an answer (:attr:`answered`), a failure to connect is a
+        :class:`~llmrerank.errors.ServerUnreachableError`: a wrong ``base_url`` must not pass for a
+        reranker that keeps the input order."""
         status = getattr(exc, "status_code", None)
         message = f"{type(exc).__name__}: {exc}"
         if self._is_rate_limit(exc):
             headers = getattr(getattr(exc, "response", None), "headers", None)
             return RateLimitError(message, status_code=status, backend=self.name, retry_after=retry_after(headers))
-        if isinstance(exc, self._sdk.APITimeoutError):
-            return BackendTimeoutError(message, backend=self.name)
+        if status is None and isinstance(exc, self._sdk.APIConnectionError):  # timeouts included
+            cause = _transport_cause(exc)
+            detail = f"{message} ({self._where()}: {cause})" if cause else f"{message} ({self._where()})"
+            if not self.answered and _not_connected(exc):
+                return ServerUnreachableError(
+                    f"cannot connect to {self._where()}, which has not answered any call yet: check that "
+                    f"the server is running and that base_url is right [{detail}]",
+                    backend=self.name,
+                    url=self._where(),
+                )
+            if isinstance(exc, self._sdk.APITimeoutError):
+                return BackendTimeoutError(detail, backend=self.name)
+            return BackendError(detail, backend=self.name)
         return error_from_status(status, message, backend=self.name)
 
     async def aclose(self) -> None:
@@ -398,4 +562,4 @@ class SDKBackend(Backend):
         self._clients.close()
 
 
-__all__ = ["ClientPerLoop", "SDKBackend", "retry_after"]
+__all__ = ["ClientPerLoop", "SDKBackend", "retry_after", "retry_wait"]

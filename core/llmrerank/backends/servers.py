@@ -1,10 +1,11 @@
 """What the SDK backends know about the server they talk to: OpenAI's own API or one you host.
 
 Self-hosted servers (vLLM, Ollama, llama.cpp's ``llama-server``) differ from the APIs in ways a
-reranker feels: a CPU server takes tens of seconds per listwise window, retrying a call it is still
-working on doubles its load, their context is often a few thousand tokens, and several report that
+reranker feels: a CPU server takes tens of seconds per listwise window, retrying a call it timed out on
+doubles its load, their context is often a few thousand tokens, and several report that
 context size. This module holds those rules in one place: which addresses are local, the timeout
-and retry defaults for each kind of server, which model names are reasoning models, and the
+and retry defaults for each kind of server (the retry rule itself is
+:func:`~llmrerank.backends.sdk.retry_wait`), which model names are reasoning models, and the
 time-boxed discovery of a server's context size.
 """
 
@@ -24,13 +25,14 @@ logger = logging.getLogger("llmrerank")
 API_TIMEOUT = 60.0
 """Seconds per call to a hosted API (OpenAI, Anthropic, any non-local address)."""
 API_RETRIES = 2
-"""SDK retries per call to a hosted API (429, 5xx, timeouts, resets)."""
+"""Retries per call to a hosted API, of what a retry can fix (:func:`~llmrerank.backends.sdk.retry_wait`)."""
 LOCAL_TIMEOUT = 300.0
 """Seconds per call to a server on this machine or a private network: a CPU server took 51 s for
 one default listwise window of 20 documents (SmolLM2-135M, llama.cpp, 2 cores)."""
-LOCAL_RETRIES = 0
-"""SDK retries per call to a local server: none. A local server keeps working on a request the
-client gave up on, so a retry after a timeout doubles its load, and the first error is the cause."""
+LOCAL_RETRIES = 2
+"""Retries per call to a local server: as many as for an API, of what a retry can fix (429, 5xx, a
+connection refused or closed before the request was sent). A timed-out call is never retried
+there: the server keeps working on a request the client gave up on, so a retry doubles its load."""
 DISCOVERY_TIMEOUT = 2.0
 """Seconds the context-size discovery may take, all requests together."""
 

@@ -44,12 +44,15 @@ class RerankerSpec:
     model: str | None = None
     base_url: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    api_key: str | None = field(default=None, repr=False)
+    """The ``--api-key`` (None: from the environment; a server of your own needs none)."""
 
     def __call__(self) -> Reranker:
         """Build the Reranker."""
         from ..cli import make_backend
 
-        return Reranker(self.strategy, make_backend(self.backend, self.model, self.base_url), **dict(self.options))
+        backend = make_backend(self.backend, self.model, self.base_url, self.api_key)
+        return Reranker(self.strategy, backend, **dict(self.options))
 
 
 @dataclass(frozen=True)

@@ -229,6 +229,7 @@ class _Provider:
         raise NotImplementedError
 
     async def _call(self, call: Any) -> Any:
+        """``call()``'s SDK call, with the backend's retries and error mapping."""
         return await self.backend._request(call)
 
     @property
@@ -269,9 +270,9 @@ class _OpenAI(_Provider):
 
     async def submit(self, path: Path) -> str:
         content = await asyncio.to_thread(path.read_bytes)
-        upload = await self._call(self.client.files.create(file=(path.name, content), purpose="batch"))
+        upload = await self._call(lambda: self.client.files.create(file=(path.name, content), purpose="batch"))
         batch = await self._call(
-            self.client.batches.create(
+            lambda: self.client.batches.create(
                 input_file_id=upload.id,
                 endpoint=self.endpoint,
                 completion_window="24h",
@@ -281,18 +282,18 @@ class _OpenAI(_Provider):
         return str(batch.id)
 
     async def poll(self, batch_id: str) -> tuple[bool, str]:
-        batch = await self._call(self.client.batches.retrieve(batch_id))
+        batch = await self._call(lambda: self.client.batches.retrieve(batch_id))
         counts = batch.request_counts
         done = f" {counts.completed + counts.failed}/{counts.total}" if counts is not None else ""
         return batch.status in self.ended, f"{batch_id}: {batch.status}{done}"
 
     async def cancel(self, batch_id: str) -> None:
-        await self._call(self.client.batches.cancel(batch_id))
+        await self._call(lambda: self.client.batches.cancel(batch_id))
 
     async def _lines(self, file_id: str | None) -> list[dict[str, Any]]:
         if not file_id:
             return []
-        content = await self._call(self.client.files.content(file_id))
+        content = await self._call(lambda: self.client.files.content(file_id))
         out = []
         for line in content.content.decode("utf-8", "replace").splitlines():
             try:
@@ -304,7 +305,7 @@ class _OpenAI(_Provider):
         return out
 
     async def results(self, batch_id: str) -> BatchResults:
-        batch = await self._call(self.client.batches.retrieve(batch_id))
+        batch = await self._call(lambda: self.client.batches.retrieve(batch_id))
         out: dict[str, Any] = {}
         for item in await self._lines(batch.error_file_id) + await self._lines(batch.output_file_id):
             response = item.get("response") or {}
@@ -340,21 +341,21 @@ class _Anthropic(_Provider):
     async def submit(self, path: Path) -> str:
         text = await asyncio.to_thread(path.read_text, encoding="utf-8")
         requests = [json.loads(line) for line in text.splitlines() if line.strip()]
-        batch = await self._call(self.client.messages.batches.create(requests=requests))
+        batch = await self._call(lambda: self.client.messages.batches.create(requests=requests))
         return str(batch.id)
 
     async def poll(self, batch_id: str) -> tuple[bool, str]:
-        batch = await self._call(self.client.messages.batches.retrieve(batch_id))
+        batch = await self._call(lambda: self.client.messages.batches.retrieve(batch_id))
         c = batch.request_counts
         counts = f" ok={c.succeeded} errored={c.errored} expired={c.expired} canceled={c.canceled}"
         return batch.processing_status == "ended", f"{batch_id}: {batch.processing_status}{counts}"
 
     async def cancel(self, batch_id: str) -> None:
-        await self._call(self.client.messages.batches.cancel(batch_id))
+        await self._call(lambda: self.client.messages.batches.cancel(batch_id))
 
     async def results(self, batch_id: str) -> BatchResults:
         out: dict[str, Any] = {}
-        stream = await self._call(self.client.messages.batches.results(batch_id))
+        stream = await self._call(lambda: self.client.messages.batches.results(batch_id))
         async for entry in stream:
             result = entry.result
             kind = getattr(result, "type", None)
