@@ -282,3 +282,15 @@ def test_pointwise_reranks_a_run_through_the_python_api() -> None:
         name="pw",
     )
     assert report.first_stage == "run:bm25-top20" and report.usage.calls == 30 and report.name == "pw"
+
+
+def test_demo_says_which_data_its_figures_come_from(capsys) -> None:
+    from llmrerank import demo
+
+    scifact_slice = load_beir(demo.CHECKOUT_SLICE)
+    assert demo.on_slice(scifact_slice)
+    assert "committed SciFact slice (20 queries), not the full collection" in demo.data_label(scifact_slice)
+    other = load_beir(SLICE)
+    assert not demo.on_slice(other) and "(3 judged test queries)" in demo.data_label(other)
+    example = demo.load_example(None, 3, scifact_slice)
+    assert "the slice committed with the tests" in example.source
