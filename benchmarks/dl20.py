@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         by_depth: dict[int, list[EvalReport]] = {}
         for (depth, _), found in parts.items():
             by_depth.setdefault(depth, []).append(merged(found))
-        write(out, by_depth, args, backend, argv, time.perf_counter() - started)
+        write(out, by_depth, args, backend, argv, time.perf_counter() - started, len(collection.queries))
     return 0
 
 
@@ -150,13 +150,19 @@ def from_json(data: dict[str, Any]) -> EvalReport:
 
 
 def write(
-    out: Path, by_depth: dict[int, list[EvalReport]], args: argparse.Namespace, backend: Any, argv: Any, secs: float
+    out: Path,
+    by_depth: dict[int, list[EvalReport]],
+    args: argparse.Namespace,
+    backend: Any,
+    argv: Any,
+    secs: float,
+    judged: int,
 ) -> None:
     """Print and write the table so far."""
     table = markdown(by_depth)
     first = next(iter(by_depth.values()))[0]
     note = (
-        f"TREC DL20 passage, the first {first.queries} of 54 judged queries (queries.jsonl order), official BM25 "
+        f"TREC DL20 passage, the first {first.queries} of {judged} judged queries (queries.jsonl order), official BM25 "
         f"top-100 run; trec_eval conventions (RR, P@1: grade >= {first.relevance}); interval: 95% paired bootstrap "
         f"over queries (10,000 resamples, seed 0); backend {args.backend}, model {backend.model}; "
         f"Python {platform.python_version()} on {platform.machine()}, 2 shared CPU cores, nice; "

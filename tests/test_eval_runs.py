@@ -294,3 +294,38 @@ def test_demo_says_which_data_its_figures_come_from(capsys) -> None:
     assert not demo.on_slice(other) and "(3 judged test queries)" in demo.data_label(other)
     example = demo.load_example(None, 3, scifact_slice)
     assert "the slice committed with the tests" in example.source
+
+
+def test_dl20_benchmark_runs_in_resumable_chunks_with_intervals(tmp_path, capsys) -> None:
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "dl20.py"
+    spec = importlib.util.spec_from_file_location("benchmark_dl20", path)
+    assert spec is not None and spec.loader is not None
+    dl20 = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = dl20
+    spec.loader.exec_module(dl20)
+    args = ["--data", str(SLICE), "--run", str(SLICE / "bm25-top20.tsv"), "--backend", "fake", "--chunk", "2"]
+    args += ["--strategy", "query_likelihood", "--depth", "5", "10", "--out", str(tmp_path)]
+    assert dl20.main(args) == 0
+    first = capsys.readouterr()
+    assert first.err.count("chunk ") == 2 * 2 * 2  # 2 chunks x 2 depths x (bm25, query_likelihood)
+    saved = json.loads((tmp_path / "dl20.json").read_text())
+    rows = {(r["name"], r["depth"]): r for r in saved["reports"]}
+    assert set(rows) == {("bm25", 5), ("query_likelihood", 5), ("bm25", 10), ("query_likelihood", 10)}
+    assert all(r["queries"] == 3 and r["relevance"] == 2 for r in rows.values())
+    ql = rows["query_likelihood", 10]
+    assert ql["usage"]["cached_calls"] > 0  # depth 10 reuses depth 5's scorings
+    assert ql["vs_bm25"]["low"] <= ql["vs_bm25"]["delta"] <= ql["vs_bm25"]["high"]
+    assert rows["bm25", 10]["metrics"]["nDCG@10"] == pytest.approx(
+        evaluate(load_beir(SLICE), run=SLICE / "bm25-top20.tsv", depth=10).metrics["nDCG@10"]
+    )
+    assert "the first 3 of 3 judged queries" in (tmp_path / "dl20.md").read_text()
+    assert dl20.main(args) == 0  # resumed: every chunk is read back, none rerun
+    again = capsys.readouterr()
+    assert "chunk " not in again.err
+    resumed = json.loads((tmp_path / "dl20.json").read_text())["reports"]
+    assert [(r["metrics"], r["vs_bm25"], r["usage"]) for r in resumed] == [
+        (r["metrics"], r["vs_bm25"], r["usage"]) for r in saved["reports"]
+    ]

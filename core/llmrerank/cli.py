@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
             "BM25 (bm25s) retrieves the top --depth documents for each judged query, or --run gives them; "
             "each strategy reranks them; ir-measures scores nDCG@3, nDCG@10, RR@10, RR, P@1 and R@k with "
             "trec_eval's conventions. The first stage's order is always reported as the baseline, and each "
-            "strategy's nDCG@10 difference from it with a 95%% paired-bootstrap interval. Prints a table "
+            "strategy's nDCG@10 difference from it with a 95% paired-bootstrap interval. Prints a table "
             "per depth (and published figures for the setup, when known); with --out, writes report.json "
             "and plot.png (and depth.png for several depths)."
         ),
