@@ -402,10 +402,11 @@ def plot_depths(by_depth: Mapping[int, Sequence[Any]], path: str | Path) -> Path
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
     for i, name in enumerate(names):
         reports = [by_depth[d][i] for d in depths]
-        left.plot(depths, [r.metrics.get("nDCG@10", 0.0) for r in reports], marker="o", label=name)
+        color = f"C{i % 10}"  # one colour per strategy in both panels
+        left.plot(depths, [r.metrics.get("nDCG@10", 0.0) for r in reports], marker="o", label=name, color=color)
         if i:
             calls = [(r.usage.calls + r.usage.cached_calls) / max(r.queries, 1) for r in reports]
-            right.plot(depths, calls, marker="o", label=name)
+            right.plot(depths, calls, marker="o", label=name, color=color)
     left.set_ylabel("nDCG@10")
     right.set_ylabel("LLM calls per query (cold run)")
     for ax in (left, right):
