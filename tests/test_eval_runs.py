@@ -135,6 +135,11 @@ def test_the_shipped_dl20_run_gives_the_published_bm25_figure(capsys) -> None:
     assert report.queries == 54 and round(report.metrics["nDCG@10"], 4) == 0.4796
     trec = evaluate(SHARED, run=SHARED / "raw" / "trec_bm25_dl20.txt", depth=100)
     assert trec.metrics == report.metrics
+    run, qrels = read_run(SHARED / "bm25-top100.tsv"), read_qrels(SHARED / "qrels" / "test.tsv")
+    for q in report.per_query:  # trec_eval written out agrees query by query
+        ranking = [d for d, _ in run.hits[q.query_id]]
+        assert q.metrics["nDCG@10"] == pytest.approx(reference_ndcg(ranking, qrels[q.query_id]))
+        assert q.metrics["RR"] == pytest.approx(reference_rr(ranking, qrels[q.query_id], 2))
     assert main(["eval", "--data", str(SHARED), "--run", str(SHARED / "bm25-top100.tsv"), "--strategy", "bm25",
                  "--depth", "100", "--no-progress"]) == 0  # fmt: skip
     out = capsys.readouterr().out
