@@ -14,8 +14,9 @@ not scored again at depth 100 (their prompts are the same). Queries: the first `
 ones in ``queries.jsonl`` order. Each strategy's nDCG@10 difference from BM25 on the same queries comes
 with a 95% paired-bootstrap interval (:func:`llmrerank.evaluation.paired_difference`).
 
-    OMP_NUM_THREADS=1 nice python benchmarks/dl20.py --depth 20 --out benchmarks/results/dl20-d20
-    OMP_NUM_THREADS=1 nice python benchmarks/dl20.py --depth 20 100 --queries 6 --out benchmarks/results/dl20-d100
+    OMP_NUM_THREADS=1 nice python benchmarks/dl20.py --depth 20 --out benchmarks/results/dl20-depth20
+    OMP_NUM_THREADS=1 nice python benchmarks/dl20.py --depth 20 100 --queries 12 --chunk 3 \\
+        --out benchmarks/results/dl20-depth100
 """
 
 from __future__ import annotations
