@@ -4,7 +4,8 @@ The 300 judged SciFact test queries are split by :func:`llmrerank.evaluation.spl
 sorted numerically, alternately assigned); settings are picked on the tuning half
 (``benchmarks/tuning.py``) and this script reports on the REPORT half by default (``--half``).
 Each method reranks the BM25 top ``--depth`` of the first N queries of that half and is compared
-with BM25 on exactly the same queries. Methods (``name`` or ``name:queries``):
+with BM25 on exactly the same queries (ΔnDCG@10 with its 95% paired-bootstrap interval over them).
+Methods (``name`` or ``name:queries``):
 
 - ``pointwise_expected``, ``pointwise_yes_no``: a 0-10 rating from log-probs / P(Yes);
 - ``query_likelihood_sum``, ``query_likelihood_mean``, ``query_likelihood_pmi``: log P(query | document);
@@ -52,7 +53,7 @@ from llmrerank import (
     Strategy,
 )
 from llmrerank.cli import make_backend
-from llmrerank.evaluation import EvalReport, evaluate, load_beir, split_halves
+from llmrerank.evaluation import EvalReport, evaluate, load_beir, paired_difference, split_halves
 from llmrerank.testing.server import loopback_backend
 
 DEFAULT_STRATEGIES = [
@@ -114,14 +115,17 @@ def parse_strategies(values: Sequence[str], default_queries: int) -> dict[int, l
     return groups
 
 
-def row(r: EvalReport, cost: EvalReport | None = None) -> dict[str, Any]:
-    """The figures of one report that the table shows; the cost columns from ``cost`` when given."""
+def row(r: EvalReport, cost: EvalReport | None = None, baseline: EvalReport | None = None) -> dict[str, Any]:
+    """The figures of one report that the table shows; the cost columns from ``cost`` when given;
+    the 95% paired-bootstrap interval of the nDCG@10 difference from ``baseline`` (BM25, same queries)."""
     paid = cost or r
     n = max(paid.queries, 1)
+    difference = paired_difference(r, baseline) if baseline is not None and baseline is not r else None
     return {
         "strategy": r.name,
         "queries": r.queries,
         "nDCG@10": r.metrics["nDCG@10"],
+        "ΔnDCG@10 95% CI": None if difference is None else [difference.low, difference.high],
         "MRR@10": r.metrics["RR@10"],
         "P@1": r.metrics["P@1"],
         "calls/q": paid.usage.calls / n,
@@ -134,11 +138,14 @@ def row(r: EvalReport, cost: EvalReport | None = None) -> dict[str, Any]:
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The table in markdown; ΔnDCG@10 against the BM25 row of the same query count."""
     base = {r["queries"]: r["nDCG@10"] for r in rows if r["strategy"] == "bm25"}
-    head = ["strategy", "queries", "nDCG@10", "ΔnDCG@10", "MRR@10", "P@1", "calls/q", "tokens/q", "s/q", "degraded"]
+    head = ["strategy", "queries", "nDCG@10", "ΔnDCG@10 [95% CI]", "MRR@10", "P@1", "calls/q", "tokens/q", "s/q"]
+    head.append("degraded")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in rows:
         delta = r["nDCG@10"] - base.get(r["queries"], r["nDCG@10"])
-        cells = [r["strategy"], str(r["queries"]), f"{r['nDCG@10']:.3f}", f"{delta:+.3f}", f"{r['MRR@10']:.3f}"]
+        ci = r.get("ΔnDCG@10 95% CI")
+        shown = f"{delta:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+        cells = [r["strategy"], str(r["queries"]), f"{r['nDCG@10']:.3f}", shown, f"{r['MRR@10']:.3f}"]
         cells += [f"{r['P@1']:.3f}", f"{r['calls/q']:.1f}", f"{r['tokens/q']:.0f}", f"{r['s/q']:.2f}"]
         lines.append("| " + " | ".join([*cells, str(r["degraded"])]) + " |")
     return "\n".join(lines)
@@ -212,8 +219,9 @@ def run(args: argparse.Namespace, backend: Any, argv: Sequence[str] | None) -> i
     started = time.perf_counter()
     for count, names in parse_strategies(args.strategy, args.queries).items():
         common: dict[str, Any] = {"depth": args.depth, "queries": half[:count], "progress": not args.no_progress}
-        reports.append(evaluate(collection, None, **common))
-        rows.append(row(reports[-1]))
+        bm25 = evaluate(collection, None, **common)
+        reports.append(bm25)
+        rows.append(row(bm25))
         shared: dict[str, tuple[MemoryCache, EvalReport]] = {}  # per family: cache, first run (the payer)
         for name in names:
             strategy = make_strategy(name, args.depth, args.max_doc_chars, backend.preferred_strategy)
@@ -223,13 +231,13 @@ def run(args: argparse.Namespace, backend: Any, argv: Sequence[str] | None) -> i
             payer = payer or plain
             shared[family] = (cache, payer)
             reports.append(plain)
-            rows.append(row(plain, cost=payer))
+            rows.append(row(plain, cost=payer, baseline=bm25))
             print(f"{name}: {plain.wall_seconds:.0f} s", file=sys.stderr, flush=True)
             if fusion is not None:
                 fused_reranker = Reranker(strategy, backend, cache=cache, fusion=fusion)
                 fused = evaluate(collection, fused_reranker, name=f"{name} + fusion", with_scores=True, **common)
                 reports.append(fused)
-                rows.append(row(fused, cost=payer))
+                rows.append(row(fused, cost=payer, baseline=bm25))
     table = markdown(rows)
     machine = f"Python {platform.python_version()} on {platform.machine()}"
     fused_note = f"fusion: {fusion.describe()} with the BM25 scores" if fusion is not None else "no fusion rows"

@@ -150,11 +150,13 @@ def test_metrics_match_a_hand_computation() -> None:
     per = {q.query_id: q.metrics for q in report.per_query}
     # q1: the one relevant document at rank 2.
     assert per["q1"] == pytest.approx(
-        {"nDCG@3": 1 / math.log2(3), "nDCG@10": 1 / math.log2(3), "RR@10": 0.5, "P@1": 0.0, "R@2": 1.0}
+        {"nDCG@3": 1 / math.log2(3), "nDCG@10": 1 / math.log2(3), "RR@10": 0.5, "RR": 0.5, "P@1": 0.0, "R@2": 1.0}
     )
     # q2: grades 2, 0, 1 against the ideal 2, 1 (trec_eval's linear gain).
     ndcg = (2 + 1 / math.log2(4)) / (2 + 1 / math.log2(3))
-    assert per["q2"] == pytest.approx({"nDCG@3": ndcg, "nDCG@10": ndcg, "RR@10": 1.0, "P@1": 1.0, "R@2": 0.5})
+    assert per["q2"] == pytest.approx(
+        {"nDCG@3": ndcg, "nDCG@10": ndcg, "RR@10": 1.0, "RR": 1.0, "P@1": 1.0, "R@2": 0.5}
+    )
     # q3: nothing retrieved still counts, as zeros.
     assert per["q3"] == dict.fromkeys(per["q3"], 0.0)
     assert report.metrics["RR@10"] == pytest.approx(1.5 / 3)

@@ -4,6 +4,8 @@
 
     llmrerank eval --strategy bm25 pointwise listwise --backend local --depth 20 --queries 50 --out runs/local
     llmrerank eval --backend openai --model gpt-4o-mini --strategy listwise pairwise --queries 100
+    llmrerank eval --data ../shared/data/trec-dl20-passage --run ../shared/data/trec-dl20-passage/bm25-top100.tsv \
+        --model openai:gpt-4o-mini --strategy listwise --depth 20 100
     llmrerank batch rows.jsonl --out runs/batch --backend openai --strategy pointwise --concurrency 16
     llmrerank demo
 """
@@ -14,7 +16,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="compare reranking strategies on a BEIR collection: quality, LLM calls, tokens, cost, latency",
         description=(
-            "BM25 (bm25s) retrieves the top --depth documents for each judged query; each strategy reranks "
-            "them; ir-measures scores nDCG@3, nDCG@10, RR@10, P@1 and R@k. The BM25 order is always "
-            "reported as the baseline. Prints a table; with --out, writes report.json and plot.png."
+            "BM25 (bm25s) retrieves the top --depth documents for each judged query, or --run gives them; "
+            "each strategy reranks them; ir-measures scores nDCG@3, nDCG@10, RR@10, RR, P@1 and R@k with "
+            "trec_eval's conventions. The first stage's order is always reported as the baseline, and each "
+            "strategy's nDCG@10 difference from it with a 95% paired-bootstrap interval. Prints a table "
+            "per depth (and published figures for the setup, when known); with --out, writes report.json "
+            "and plot.png (and depth.png for several depths)."
         ),
     )
     ev.add_argument(
-        "--data", help="BEIR folder (default: $LLMRERANK_DATA, else shared/data/scifact beside the checkout)"
+        "--data",
+        help="BEIR folder (default: $LLMRERANK_DATA, else shared/data/scifact beside the checkout, else the "
+        "checkout's SciFact slice, saying so)",
+    )
+    ev.add_argument(
+        "--run",
+        metavar="FILE",
+        help="first-stage run instead of BM25: TREC format 'qid Q0 docid rank score tag' or TSV "
+        "'query-id corpus-id rank score'; documents ordered by score as trec_eval does",
     )
     ev.add_argument("--split", default="test", help="qrels split (default: test)")
     ev.add_argument(
@@ -87,9 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: bm25 and the backend's preferred strategy)",
     )
     add_reranker_options(ev)
-    ev.add_argument("--depth", type=int, default=20, help="BM25 documents reranked per query (default: 20)")
+    ev.add_argument(
+        "--depth",
+        type=int,
+        nargs="+",
+        default=[20],
+        help="first-stage documents reranked per query; several (10 20 50 100) give a depth curve, the LLM "
+        "calls of one depth answering the same prompts at the next from a cache (default: 20)",
+    )
     ev.add_argument("--queries", type=int, help="evaluate the first N judged queries (default: all)")
     ev.add_argument("--k", type=int, default=10, help="recall cutoff for R@k (default: 10)")
+    ev.add_argument(
+        "--relevance",
+        type=int,
+        metavar="GRADE",
+        help="lowest grade RR, P and R count relevant (default: the collection's convention, 2 on TREC DL's "
+        "0-3 grades, else 1)",
+    )
     ev.add_argument("--concurrency", type=int, default=1, help="queries reranked at once (default: 1)")
     ev.add_argument("--out", help="folder for report.json and plot.png")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -111,8 +139,17 @@ def add_batch_parser(sub: Any) -> None:
             "Rerunning the same command skips the rows already written (resume after Ctrl-C or a crash)."
         ),
     )
-    ba.add_argument("input", help="JSONL or Parquet (.parquet) file of rows")
+    ba.add_argument("input", nargs="?", help="JSONL or Parquet (.parquet) file of rows (or --run with --data)")
     ba.add_argument("--out", required=True, help="output folder (created; a rerun resumes it)")
+    ba.add_argument(
+        "--run",
+        metavar="FILE",
+        help="a first-stage run (TREC 'qid Q0 docid rank score tag' or TSV 'query-id corpus-id rank score') "
+        "instead of INPUT: with --data, converted to OUT/input.jsonl (trec_eval's order, the run's scores) "
+        "and reranked; OUT/run.trec is then a run trec_eval reads",
+    )
+    ba.add_argument("--data", help="with --run: the BEIR folder holding the queries' and documents' texts")
+    ba.add_argument("--depth", type=int, help="with --run: rerank each query's top N documents (default: all)")
     ba.add_argument(
         "--engine",
         choices=ENGINES,
@@ -249,24 +286,30 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def differences(reports: Sequence[Any]) -> list[Any]:
+    """Each report's nDCG@10 difference from the first (the baseline), with its paired-bootstrap interval."""
+    from .evaluation import paired_difference
+
+    return [paired_difference(r, reports[0]) for r in reports] if reports else []
+
+
 def format_table(reports: Sequence[Any]) -> str:
-    """The comparison table printed by ``llmrerank eval``."""
+    """The comparison table printed by ``llmrerank eval`` (one depth)."""
     if not reports:
         return ""
     from .pricing import PRICES_AS_OF
 
     metrics = list(reports[0].metrics)
-    base = reports[0].metrics.get("nDCG@10", 0.0)
-    head = ["strategy", *metrics, "ΔnDCG@10", "calls/q", "in tok/q", "out tok/q", "USD/1k q", "p50 s", "p95 s"]
+    head = ["strategy", *metrics, "ΔnDCG@10 [95% CI]", "calls/q", "in tok/q", "out tok/q", "USD/1k q", "p50 s", "p95 s"]
     rows = [head]
-    for r in reports:
+    for r, d in zip(reports, differences(reports), strict=True):
         n = max(r.queries, 1)
         cost = None if r.cost is None else r.cost * 1000 / n
         rows.append(
             [
                 r.name,
-                *(_num(r.metrics[m]) for m in metrics),
-                f"{r.metrics.get('nDCG@10', 0.0) - base:+.3f}",
+                *(_num(r.metrics[m], 4) for m in metrics),
+                "baseline" if r is reports[0] else str(d),
                 f"{r.usage.calls / n:.1f}",
                 f"{r.usage.prompt_tokens / n:.0f}",
                 f"{r.usage.completion_tokens / n:.0f}",
@@ -292,7 +335,18 @@ def format_table(reports: Sequence[Any]) -> str:
         where = f"backend {llm.backend}, model {llm.model}{asked}; "
         if llm.cost is None:
             cost = f"USD/1k q {llm.cost_note}"
-    lines.append(f"{first.queries} queries, BM25 depth {first.depth}; {where}{cost}; p50/p95: seconds per query")
+    stage = "BM25" if first.first_stage == "bm25" else f"run {first.first_stage.removeprefix('run:')}"
+    cached = sum(r.usage.cached_calls for r in reports)
+    reused = f"; {cached} more calls answered from the cache (not counted in calls/q)" if cached else ""
+    lines.append(
+        f"{Path(first.data or '').name or 'input'}: {first.queries} queries, {stage} depth {first.depth}; "
+        f"{where}{cost}; p50/p95: seconds per query{reused}"
+    )
+    lines.append(
+        f"trec_eval conventions: nDCG linear gains over all judged documents; RR, P, R count grade >= "
+        f"{first.relevance} relevant; Δ: mean per-query difference from the baseline with a 95% paired "
+        "bootstrap interval (10,000 resamples of the queries, seed 0)"
+    )
     for r in reports:
         if r.degraded:
             reasons = ", ".join(f"{code} {count}" for code, count in sorted(r.degraded_reasons.items()))
@@ -300,6 +354,84 @@ def format_table(reports: Sequence[Any]) -> str:
                 f"degraded: {r.name} on {r.degraded} of {r.queries} queries ({reasons}); first: {r.first_problem()}"
             )
     return "\n".join(lines)
+
+
+def published_rows(data: str | None, depth: int) -> list[Any]:
+    """The published figures for the collection at ``data`` and ``depth`` (:mod:`llmrerank.published`)."""
+    from .published import collection_key, published_for
+
+    return published_for(collection_key(data), depth)
+
+
+def format_published(rows: Sequence[Any], depth: int) -> str:
+    """Published figures as lines under the table, labelled as such; "" when there are none."""
+    from .published import LABEL
+
+    if not rows:
+        return ""
+    lines = [f"nDCG@10 {LABEL} (all judged queries, first stage top {depth}):"]
+    width = max(len(f.method) for f in rows)
+    for f in rows:
+        lines.append(f"  {f.method:<{width}}  {f.figure():>11}  {f.collection}; {f.source}")
+    return "\n".join(lines)
+
+
+def depth_table(by_depth: Mapping[int, Sequence[Any]]) -> str:
+    """nDCG@10 (with its interval) and LLM calls per query of each strategy at each depth."""
+    depths = sorted(by_depth)
+    names = [r.name for r in by_depth[depths[0]]]
+    head = ["strategy", *(f"depth {d}" for d in depths)]
+    rows = [head]
+    for i, name in enumerate(names):
+        cells = [name]
+        for d in depths:
+            reports = by_depth[d]
+            r, diff = reports[i], differences(reports)[i]
+            calls = (r.usage.calls + r.usage.cached_calls) / max(r.queries, 1)
+            delta = "" if i == 0 else f" {diff}"
+            cells.append(f"{r.metrics['nDCG@10']:.4f}{delta}, {calls:.1f} calls/q")
+        rows.append(cells)
+    widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(
+        "nDCG@10, its difference from the baseline at that depth [95% CI], and LLM calls per query a cold run "
+        "makes (cache hits from shallower depths included)"
+    )
+    return "\n".join(lines)
+
+
+def plot_depths(by_depth: Mapping[int, Sequence[Any]], path: str | Path) -> Path:
+    """nDCG@10 and LLM calls per query (estimated USD per 1k queries when priced) against depth."""
+    matplotlib: Any = require("matplotlib", "eval")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depths = sorted(by_depth)
+    names = [r.name for r in by_depth[depths[0]]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
+    for i, name in enumerate(names):
+        reports = [by_depth[d][i] for d in depths]
+        color = f"C{i % 10}"  # one colour per strategy in both panels
+        left.plot(depths, [r.metrics.get("nDCG@10", 0.0) for r in reports], marker="o", label=name, color=color)
+        if i:
+            calls = [(r.usage.calls + r.usage.cached_calls) / max(r.queries, 1) for r in reports]
+            right.plot(depths, calls, marker="o", label=name, color=color)
+    left.set_ylabel("nDCG@10")
+    right.set_ylabel("LLM calls per query (cold run)")
+    for ax in (left, right):
+        ax.set_xlabel("depth (first-stage documents reranked)")
+        ax.set_xticks(depths)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    first = by_depth[depths[0]][0]
+    fig.suptitle(f"{Path(first.data or '').name or 'collection'}: {first.queries} queries", fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
 
 
 def plot(reports: Sequence[Any], path: str | Path) -> Path:
@@ -328,7 +460,10 @@ def plot(reports: Sequence[Any], path: str | Path) -> Path:
     right.set_xlabel("latency p50 (s per query)")
     if reports:
         r = reports[0]
-        fig.suptitle(f"{Path(r.data or '').name or 'collection'}: {r.queries} queries, BM25 top {r.depth}", fontsize=10)
+        stage = "BM25" if r.first_stage == "bm25" else r.first_stage.removeprefix("run:")
+        fig.suptitle(
+            f"{Path(r.data or '').name or 'collection'}: {r.queries} queries, {stage} top {r.depth}", fontsize=10
+        )
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out)
@@ -338,46 +473,73 @@ def plot(reports: Sequence[Any], path: str | Path) -> Path:
 
 def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``llmrerank eval``."""
+    from .cache import MemoryCache
+    from .evaluation import default_data_or_slice, load_beir, read_run
     from .evaluation import evaluate as run
-    from .evaluation import load_beir
     from .reranker import Reranker
 
     names = strategies_from(args.strategy)
-    collection = load_beir(args.data, args.split)
+    data = args.data
+    if data is None:
+        data, note = default_data_or_slice()
+        if note:
+            print(f"llmrerank: {note}", file=sys.stderr)
+    collection = load_beir(data, args.split)
+    first_stage = read_run(args.run) if args.run else None
+    depths = sorted(set(args.depth))
+    if depths[0] < 1:
+        raise ConfigurationError("--depth must be >= 1")
     backend = None
     if len(names) == 1 and args.strategy is None:
         backend = make_backend(args.backend, args.model, args.base_url, args.api_key)
         names.append(backend.preferred_strategy)
-    reports = []
-    for name in names:
-        reranker = None
-        if name != "bm25":
-            if backend is None:
-                backend = make_backend(args.backend, args.model, args.base_url, args.api_key)
-            reranker = Reranker(
-                make_strategy_object(name, args),
-                backend,
-                domain=args.domain,
-                max_concurrency=args.max_concurrency,
+    # One cache per strategy over the depths: a prompt asked at depth 20 is answered again at 50 for free.
+    caches = {name: MemoryCache(maxsize=1_000_000, max_bytes=2**30) for name in names} if len(depths) > 1 else {}
+    by_depth: dict[int, list[Any]] = {}
+    for depth in depths:
+        reports = by_depth.setdefault(depth, [])
+        for name in names:
+            reranker = None
+            if name != "bm25":
+                if backend is None:
+                    backend = make_backend(args.backend, args.model, args.base_url, args.api_key)
+                reranker = Reranker(
+                    make_strategy_object(name, args),
+                    backend,
+                    domain=args.domain,
+                    max_concurrency=args.max_concurrency,
+                    cache=caches.get(name),
+                )
+            reports.append(
+                run(
+                    collection,
+                    reranker,
+                    depth=depth,
+                    queries=args.queries,
+                    k=args.k,
+                    name=None if reranker is None and first_stage is not None else name,
+                    prices=args.prices,
+                    concurrency=args.concurrency,
+                    progress=not args.no_progress,
+                    with_scores=True,  # first-stage scores for fusion (the local default fuses them)
+                    run=first_stage,
+                    relevance=args.relevance,
+                )
             )
-        reports.append(
-            run(
-                collection,
-                reranker,
-                depth=args.depth,
-                queries=args.queries,
-                k=args.k,
-                name=name,
-                prices=args.prices,
-                concurrency=args.concurrency,
-                progress=not args.no_progress,
-                with_scores=True,  # BM25 scores for fusion (the local default fuses them)
-            )
-        )
-    table = format_table(reports)
+    tables = []
+    for depth in depths:
+        tables.append(format_table(by_depth[depth]))
+        published = format_published(published_rows(str(collection.path), depth), depth)
+        if published:
+            tables.append(published)
+    if len(depths) > 1:
+        tables.append(depth_table(by_depth))
+    table = "\n\n".join(tables)
     print(table)
+    reports = [r for depth in depths for r in by_depth[depth]]
     if args.out:
         from .pricing import PRICES_AS_OF
+        from .published import LABEL
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -386,19 +548,37 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "data": str(collection.path),
             "split": args.split,
+            "first_stage": reports[0].first_stage,
+            "relevance": reports[0].relevance,
             "backend": backend.name if backend is not None else args.backend,
             "model": next((r.model for r in reports if r.model), args.model),
-            "depth": args.depth,
+            "depth": depths[0] if len(depths) == 1 else depths,
             "k": args.k,
             "queries": reports[0].queries,
             "cost_note": next((r.cost_note for r in reports if r.backend), f"estimated, prices as of {PRICES_AS_OF}"),
+            "interval": "95% paired bootstrap over queries (10,000 resamples, seed 0) of the nDCG@10 difference "
+            "from the baseline (the first-stage order at the same depth)",
             "table": table,
-            "results": [r.to_dict() for r in reports],
+            "results": [
+                {**r.to_dict(), "vs_baseline": d.to_dict()}
+                for depth in depths
+                for r, d in zip(by_depth[depth], differences(by_depth[depth]), strict=True)
+            ],
+            "published": [
+                {**asdict(f), "label": LABEL}
+                for depth in depths
+                for f in published_rows(str(collection.path), depth)
+                if f.depth == depth or depth == depths[0]
+            ],
         }
         (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-        plot(reports, out / "plot.png")
-        print(f"wrote {out / 'report.json'} and {out / 'plot.png'}")
-    failed = [r.name for r in reports if r.always_degraded]
+        plot(by_depth[depths[-1]], out / "plot.png")
+        written = [out / "report.json", out / "plot.png"]
+        if len(depths) > 1:
+            written.append(plot_depths(by_depth, out / "depth.png"))
+        print(f"wrote {', '.join(map(str, written))}")
+    at = (lambda r: f" (depth {r.depth})") if len(depths) > 1 else (lambda r: "")
+    failed = [f"{r.name}{at(r)}" for r in reports if r.always_degraded]
     if failed:
         print(
             f"llmrerank: error: {', '.join(failed)} degraded on every query: the figures above are the fallback "
@@ -409,11 +589,42 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def batch_input(args: argparse.Namespace) -> str:
+    """The rows file of ``llmrerank batch``: INPUT, or ``--run`` with ``--data`` converted to
+    ``OUT/input.jsonl`` (written once: a rerun resumes on the same rows)."""
+    if args.run is None:
+        if args.data is not None or args.depth is not None:
+            raise ConfigurationError("--data and --depth go with --run")
+        if args.input is None:
+            raise ConfigurationError("give an INPUT file of rows, or --run FILE --data DIR")
+        return str(args.input)
+    if args.input is not None:
+        raise ConfigurationError("give either INPUT or --run, not both")
+    if args.data is None:
+        raise ConfigurationError("--run needs --data: the BEIR folder with the queries' and documents' texts")
+    if args.depth is not None and args.depth < 1:
+        raise ConfigurationError("--depth must be >= 1")
+    rows_file = Path(args.out) / "input.jsonl"
+    if not rows_file.is_file():
+        from .evaluation import load_beir, run_rows
+
+        rows = run_rows(args.run, load_beir(args.data), depth=args.depth)
+        rows_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = rows_file.with_suffix(".jsonl.partial")
+        with partial.open("w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        partial.replace(rows_file)
+        print(f"wrote {len(rows)} rows from {args.run} to {rows_file}", file=sys.stderr)
+    return str(rows_file)
+
+
 def run_batch_cli(args: argparse.Namespace) -> int:
     """``llmrerank batch``."""
     from .batch import RerankerSpec, run_batch
     from .pricing import PRICES_AS_OF
 
+    source = batch_input(args)
     backend = args.backend or {"openai-batch": "openai", "anthropic-batch": "anthropic"}.get(args.engine)
     spec = RerankerSpec(
         backend,
@@ -425,7 +636,7 @@ def run_batch_cli(args: argparse.Namespace) -> int:
     )
     try:
         summary = run_batch(
-            args.input,
+            source,
             args.out,
             spec,
             engine=args.engine,

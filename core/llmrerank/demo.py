@@ -126,6 +126,9 @@ def load_example(query: str | None, depth: int, collection: Collection | None) -
     else:
         text, label, relevant = label, "your query", frozenset()
     (hits,) = index.search([text], depth)
+    where = f"BM25 over {len(collection.documents)} SciFact abstracts"
+    if on_slice(collection):
+        where += " (the slice committed with the tests: the full collection was not found)"
     return Example(
         query=text,
         label=f"SciFact query {label}" if relevant else label,
@@ -133,8 +136,20 @@ def load_example(query: str | None, depth: int, collection: Collection | None) -
         texts=[collection.documents[d] for d, _ in hits],
         first_stage=[s for _, s in hits],
         relevant=relevant,
-        source=f"BM25 over {len(collection.documents)} SciFact abstracts",
+        source=where,
     )
+
+
+def on_slice(collection: Collection) -> bool:
+    """Whether ``collection`` is the checkout's slice rather than a full collection."""
+    return collection.path.resolve() == CHECKOUT_SLICE.resolve()
+
+
+def data_label(collection: Collection) -> str:
+    """Which data measured figures come from, in words."""
+    if on_slice(collection):
+        return f"the committed SciFact slice ({len(collection.queries)} queries), not the full collection"
+    return f"the SciFact collection at {collection.path} ({len(collection.queries)} judged test queries)"
 
 
 def _builtin(query: str | None, depth: int) -> Example:
@@ -326,12 +341,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if example.first_stage_label != "BM25":
         return 0  # built-in passages: no SciFact collection to measure on
     print()
-    if measured is not None:
-        print(figures(measured, setting(reranker), f"measured in this run ({measured['seconds']:.0f} s):"))
+    if measured is not None and collection is not None:
+        source = f"measured in this run on {data_label(collection)} ({measured['seconds']:.0f} s):"
+        print(figures(measured, setting(reranker), source))
     elif backend.name == "local" and setting(reranker) == PRECOMPUTED["setting"] and args.depth == PRECOMPUTED["depth"]:
+        here = f" (this run used {data_label(collection)})" if collection is not None and on_slice(collection) else ""
         source = (
-            f"PRECOMPUTED on {PRECOMPUTED['measured']} by `{PRECOMPUTED['command']}` "
-            f"({PRECOMPUTED['seconds']:.0f} s); run it to measure here:"
+            f"PRECOMPUTED on {PRECOMPUTED['measured']} on the full SciFact collection (300 judged test queries) "
+            f"by `{PRECOMPUTED['command']}` ({PRECOMPUTED['seconds']:.0f} s), not measured in this run{here}; "
+            "run it to measure here:"
         )
         print(figures(PRECOMPUTED, PRECOMPUTED["setting"], source))
     else:

@@ -6,12 +6,20 @@
 >>> report = evaluate(reranker=Reranker("listwise"), depth=20, queries=50)      # doctest: +SKIP
 >>> report.metrics["nDCG@10"], report.cost, report.latency_p95                  # doctest: +SKIP
 
-The pipeline: BM25 over the collection (``bm25s``: Lucene-style BM25, ``k1=1.5``, ``b=0.75``,
+The pipeline: BM25 over the collection, or a given first-stage run (``run=``, a TREC run file:
+:func:`read_run`), (``bm25s``: Lucene-style BM25, ``k1=1.5``, ``b=0.75``,
 English stopwords and the Snowball English stemmer from PyStemmer; each document indexed as
 ``title + "\\n" + text``) keeps the top ``depth`` documents per judged query; the reranker
 reorders them; ``ir-measures`` scores the new order against the qrels: nDCG@3, nDCG@10, RR@10
-(MRR@10 once averaged), P@1 and R@k. Every query counts in the means, including those with
-nothing retrieved (they score 0).
+(MRR@10 once averaged), RR (trec_eval's ``recip_rank``, no cutoff), P@1 and R@k. Every query counts
+in the means, including those with nothing retrieved (they score 0).
+
+trec_eval conventions (:func:`score_rankings`): nDCG uses the grades as linear gains and its
+ideal ranking is built from every judged document of the query, those the run never retrieved
+included; RR, P and R count a document relevant when its grade is at least the binary relevance
+level, which follows the collection's convention (:func:`binary_relevance`: 2 on TREC DL's 0-3
+scale, else 1) and can be set (``relevance=``). Paired differences between two reports on the
+same queries come with a seeded bootstrap interval (:func:`paired_difference`).
 
 The data: a folder in BEIR layout (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``),
 given as ``data=``, else ``$LLMRERANK_DATA``, else the first ``shared/data/scifact`` found beside
@@ -48,7 +56,10 @@ ENV_VAR = "LLMRERANK_DATA"
 DEFAULT_COLLECTION = Path("shared", "data", "scifact")
 """Where the default collection is looked for, relative to the working directory and its parents."""
 
-CUTOFF_METRICS = ("nDCG@3", "nDCG@10", "RR@10", "P@1")
+CHECKOUT_SLICE = Path(__file__).resolve().parents[2] / "tests" / "data" / "scifact-slice"
+"""In a checkout without the full collection: the SciFact slice the tests use (20 queries, 288 abstracts)."""
+
+CUTOFF_METRICS = ("nDCG@3", "nDCG@10", "RR@10", "RR", "P@1")
 """Metrics always reported; ``R@k`` follows with the ``k`` asked for."""
 
 RerankFn = Callable[[str, Any], Union[RerankResult, Sequence[int], Awaitable[Union[RerankResult, Sequence[int]]]]]  # noqa: UP007
@@ -80,6 +91,23 @@ def default_data_path() -> Path:
     )
 
 
+def default_data_or_slice() -> tuple[Path, str | None]:
+    """:func:`default_data_path`, else the committed SciFact slice of a checkout, with a note saying so.
+
+    Returns ``(path, note)``; ``note`` is None when the default collection was found. Raises
+    :class:`ConfigurationError` when neither is there (an installed package has no slice).
+    """
+    try:
+        return default_data_path(), None
+    except ConfigurationError as exc:
+        if not (CHECKOUT_SLICE / "corpus.jsonl").is_file():
+            raise
+        return CHECKOUT_SLICE, (
+            f"no SciFact collection found ({exc}); using the slice committed with the tests at {CHECKOUT_SLICE} "
+            "(20 queries, 288 abstracts): its figures are NOT the full collection's"
+        )
+
+
 @dataclass(frozen=True)
 class Collection:
     """A BEIR collection in memory: documents, judged queries and their relevance judgments."""
@@ -92,6 +120,8 @@ class Collection:
     qrels: Mapping[str, Mapping[str, int]]
     """Query id -> document id -> relevance grade."""
     split: str = "test"
+    all_queries: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """Every query of ``queries.jsonl``, judged or not (what a run may rank)."""
     _indexes: dict[bool, BM25] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __repr__(self) -> str:
@@ -150,8 +180,122 @@ def load_beir(path: str | Path | None = None, split: str = "test") -> Collection
         title, text = str(doc.get("title") or "").strip(), str(doc.get("text") or "").strip()
         documents[str(doc["_id"])] = f"{title}\n{text}" if title else text
     qrels = read_qrels(qrels_file)
-    queries = {str(q["_id"]): str(q["text"]) for q in _read_jsonl(root / "queries.jsonl") if str(q["_id"]) in qrels}
-    return Collection(root, documents, queries, {q: qrels[q] for q in queries}, split)
+    every = {str(q["_id"]): str(q["text"]) for q in _read_jsonl(root / "queries.jsonl")}
+    queries = {q: text for q, text in every.items() if q in qrels}
+    return Collection(root, documents, queries, {q: qrels[q] for q in queries}, split, every)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A first-stage run: per query, the candidate documents with their scores, best first."""
+
+    path: Path
+    name: str
+    """The file name without its suffix (TREC tags are often uninformative, such as ``rank``)."""
+    hits: Mapping[str, tuple[tuple[str, float], ...]]
+    """Query id -> (document id, score) pairs in trec_eval's order (see :func:`read_run`)."""
+
+    def __repr__(self) -> str:
+        return f"Run(path={str(self.path)!r}, name={self.name!r}, queries={len(self.hits)})"
+
+
+def read_run(path: str | Path) -> Run:
+    """Read a first-stage run: the TREC format ``qid Q0 docid rank score tag`` (whitespace-separated,
+    what trec_eval reads) or the TSV form ``query-id corpus-id rank score`` (header optional).
+
+    Each query's documents are put in the order trec_eval evaluates them: by score, descending,
+    ties broken by document id, descending. The rank column is read, checked to be a number and
+    otherwise ignored, as trec_eval ignores it; a run whose ranks follow its scores (the official
+    runs do) keeps its order, except among tied scores. A document listed twice for one query is a
+    :class:`ConfigurationError` (trec_eval refuses it too).
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise ConfigurationError(f"run file {source} not found")
+    hits: dict[str, dict[str, float]] = {}
+    with source.open(encoding="utf-8") as lines:
+        for n, line in enumerate(lines, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) == 6:
+                qid, _, doc, rank, score, _ = parts
+            elif len(parts) == 4:
+                qid, doc, rank, score = parts
+            else:
+                raise ConfigurationError(
+                    f"{source}:{n}: expected 'qid Q0 docid rank score tag' (TREC) or 'query-id corpus-id rank score' "
+                    f"(TSV), got {len(parts)} columns"
+                )
+            try:
+                int(rank)
+                value = float(score)
+            except ValueError:
+                if n == 1:
+                    continue  # the TSV header
+                raise ConfigurationError(f"{source}:{n}: rank {rank!r} or score {score!r} is not a number") from None
+            if not math.isfinite(value):
+                raise ConfigurationError(f"{source}:{n}: score {score!r} is not finite")
+            found = hits.setdefault(qid, {})
+            if doc in found:
+                raise ConfigurationError(f"{source}:{n}: document {doc} is listed twice for query {qid}")
+            found[doc] = value
+    if not hits:
+        raise ConfigurationError(f"run file {source} holds no ranking")
+    ordered = {
+        qid: tuple(sorted(found.items(), key=lambda hit: (hit[1], hit[0]), reverse=True)) for qid, found in hits.items()
+    }
+    return Run(source, source.stem, ordered)
+
+
+def run_rows(
+    run: str | Path | Run, collection: Collection, *, depth: int | None = None, judged_only: bool = False
+) -> list[dict[str, Any]]:
+    """A run file as batch rows (``llmrerank batch``'s input, :mod:`llmrerank.batch.rows`): per query
+    of the run, ``{"query_id", "query", "candidates": [{"id", "text", "score"}]}`` with the run's top
+    ``depth`` documents (all when None) in trec_eval's order and with the run's scores.
+
+    The texts come from ``collection`` (its ``queries.jsonl`` and ``corpus.jsonl``: every query of
+    the file, judged or not, unless ``judged_only``); a query or document it lacks is a
+    :class:`ConfigurationError` naming a few.
+    """
+    given = run if isinstance(run, Run) else read_run(run)
+    texts = collection.all_queries or collection.queries
+    wanted = [q for q in given.hits if not judged_only or q in collection.queries]
+    unknown = [q for q in wanted if q not in texts]
+    if unknown:
+        raise ConfigurationError(
+            f"{len(unknown)} queries of run {given.path} are not in {collection.path}: {unknown[:5]}"
+        )
+    rows = []
+    missing: set[str] = set()
+    for qid in wanted:
+        hits = given.hits[qid][:depth]
+        missing.update(d for d, _ in hits if d not in collection.documents)
+        rows.append(
+            {
+                "query_id": qid,
+                "query": texts[qid],
+                "candidates": [{"id": d, "text": collection.documents.get(d, ""), "score": s} for d, s in hits],
+            }
+        )
+    if missing:
+        raise ConfigurationError(
+            f"{len(missing)} documents of run {given.path} are not in {collection.path}/corpus.jsonl: "
+            f"{sorted(missing)[:5]}"
+        )
+    return rows
+
+
+def binary_relevance(qrels: Mapping[str, Mapping[str, int]]) -> int:
+    """The lowest grade counted relevant by RR, P and R: the collection's convention.
+
+    2 when the grades reach 3 (TREC Deep Learning's 0-3 scale, where 1 is "related" and the track
+    reports binary measures at grade 2: trec_eval ``-l 2``), else 1 (trec_eval's default, and
+    BEIR's binary collections).
+    """
+    top = max((g for judged in qrels.values() for g in judged.values()), default=1)
+    return 2 if top >= 3 else 1
 
 
 class BM25:
@@ -235,6 +379,10 @@ class EvalReport:
     cost_note: str = ""
     """How :attr:`cost` was reached: ``estimated, prices as of ...``, or ``n/a: ...`` and why."""
     requested_model: str | None = None
+    relevance: int = 1
+    """The lowest grade RR, P and R count relevant (:func:`binary_relevance`)."""
+    first_stage: str = "bm25"
+    """What produced the candidates: ``bm25`` (retrieved here) or ``run:NAME`` (a run file's)."""
 
     @property
     def queries(self) -> int:
@@ -284,6 +432,8 @@ class EvalReport:
             "queries": self.queries,
             "depth": self.depth,
             "k": self.k,
+            "first_stage": self.first_stage,
+            "relevance": self.relevance,
             "metrics": dict(self.metrics),
             "usage": asdict(self.usage),
             "calls_per_query": self.calls_per_query,
@@ -331,15 +481,19 @@ def metric_names(k: int) -> tuple[str, ...]:
 
 
 def score_rankings(
-    rankings: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]], k: int = 10
+    rankings: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]], k: int = 10, relevance: int = 1
 ) -> dict[str, dict[str, float]]:
-    """Per-query metrics (see :func:`metric_names`) of ranked document ids, computed by ir-measures.
+    """Per-query metrics (see :func:`metric_names`) of ranked document ids, computed by ir-measures
+    (its trec_eval provider: ``ndcg_cut``, ``recip_rank``, ``P``, ``recall`` with ``-l relevance``).
 
-    A query with no ranked document scores 0 on every metric.
+    nDCG uses the grades as linear gains over every judged document; RR, P and R count grades
+    ``>= relevance``. A query with no ranked document scores 0 on every metric.
     """
     ir_measures: Any = require("ir_measures", "eval", "ir-measures")
+    if relevance < 1:
+        raise ConfigurationError("relevance (the lowest grade counted relevant) must be >= 1")
     names = metric_names(k)
-    measures = [ir_measures.parse_measure(n) for n in names]
+    measures = [ir_measures.parse_measure(_with_level(n, relevance)) for n in names]
     by_measure = {m: n for m, n in zip(measures, names, strict=True)}
     # Strictly decreasing scores: trec_eval breaks score ties by document id, not by our order.
     run = {
@@ -353,6 +507,71 @@ def score_rankings(
         for m in ir_measures.iter_calc(measures, {q: j for q, j in judged.items() if j}, run):
             out[m.query_id][by_measure[m.measure]] = float(m.value)
     return out
+
+
+def _with_level(name: str, relevance: int) -> str:
+    """``P@1`` -> ``P(rel=2)@1`` for a binary measure when the level is not trec_eval's default 1."""
+    if relevance == 1 or name.startswith("nDCG"):
+        return name
+    measure, at, cutoff = name.partition("@")
+    return f"{measure}(rel={relevance}){at}{cutoff}"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A strategy's paired difference from a baseline on one metric, over the same queries."""
+
+    metric: str
+    delta: float
+    """Mean of the per-query differences (strategy minus baseline)."""
+    low: float
+    high: float
+    """The 95% interval (``level``) of ``delta``."""
+    queries: int
+    method: str = "paired bootstrap"
+    resamples: int = 10_000
+    seed: int = 0
+    level: float = 0.95
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.delta:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
+
+def paired_difference(
+    report: EvalReport,
+    baseline: EvalReport,
+    metric: str = "nDCG@10",
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Difference:
+    """The mean per-query difference ``report - baseline`` on ``metric`` with a paired bootstrap
+    percentile interval: ``resamples`` draws of the queries with replacement (``random.Random(seed)``,
+    so the same reports give the same interval), the same draw for both reports.
+
+    The reports must cover the same queries (matched by id); raises :class:`ConfigurationError` if not.
+    """
+    import random
+
+    mine = {q.query_id: q.metrics[metric] for q in report.per_query}
+    theirs = {q.query_id: q.metrics[metric] for q in baseline.per_query}
+    if set(mine) != set(theirs):
+        raise ConfigurationError(f"{report.name} and {baseline.name} were measured on different queries")
+    diffs = [mine[q] - theirs[q] for q in mine]
+    n = len(diffs)
+    if n == 0:
+        return Difference(metric, 0.0, 0.0, 0.0, 0, resamples=resamples, seed=seed, level=level)
+    draw = random.Random(seed)
+    means = sorted(sum(diffs[draw.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    tail = (1 - level) / 2
+    low = means[min(resamples - 1, math.floor(tail * resamples))]
+    high = means[min(resamples - 1, math.ceil((1 - tail) * resamples) - 1)]
+    return Difference(metric, sum(diffs) / n, low, high, n, resamples=resamples, seed=seed, level=level)
 
 
 # --------------------------------------------------------------------------- running
@@ -482,6 +701,8 @@ def _measure(
     prices: PriceSource,
     concurrency: int,
     progress: bool,
+    relevance: int | None = None,
+    first_stage: str = "bm25",
 ) -> EvalReport:
     if concurrency < 1:
         raise ConfigurationError("concurrency must be >= 1")
@@ -499,7 +720,9 @@ def _measure(
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - started
-    per_query_metrics = score_rankings({r.query_id: r.ranking for r in results}, qrels, k)
+    if relevance is None:
+        relevance = binary_relevance(qrels)
+    per_query_metrics = score_rankings({r.query_id: r.ranking for r in results}, qrels, k, relevance)
     results = [replace(r, metrics=per_query_metrics[r.query_id]) for r in results]
     names = metric_names(k)
     means = {n: sum(m[n] for m in per_query_metrics.values()) / len(results) if results else 0.0 for n in names}
@@ -533,6 +756,8 @@ def _measure(
         model=model,
         cost_note=note,
         requested_model=requested if requested != model else None,
+        relevance=relevance,
+        first_stage=first_stage,
     )
 
 
@@ -575,26 +800,46 @@ def evaluate(
     progress: bool = False,
     stem: bool = True,
     with_scores: bool = False,
+    run: str | Path | Run | None = None,
+    relevance: int | None = None,
 ) -> EvalReport:
-    """BM25 top ``depth``, reranked by ``reranker``, scored against the collection's qrels.
+    """BM25 top ``depth`` (or a given run's), reranked by ``reranker``, scored against the collection's qrels.
 
     ``data``: a BEIR folder or a loaded :class:`Collection` (default: :func:`default_data_path`).
-    ``reranker``: None (the BM25 order itself, the baseline), a :class:`~llmrerank.Reranker`, or a
+    ``reranker``: None (the first stage's order itself, the baseline), a :class:`~llmrerank.Reranker`, or a
     function ``(query, texts) -> RerankResult | list of positions`` (sync or async; ``texts`` are
-    the BM25 hits' texts, best first; positions left out follow in BM25 order).
+    the first stage's hits' texts, best first; positions left out follow in first-stage order).
+    ``run``: a first-stage run file (or a :class:`Run` from :func:`read_run`): its top ``depth``
+    documents per query, in trec_eval's order and with its scores, replace BM25; the baseline
+    (``reranker=None``) is then the run itself, named after it. Every judged query is evaluated;
+    one the run does not list has no candidates and scores 0.
     ``queries``: how many judged queries (the first N in file order) or which query ids; None: all.
     ``k``: the recall cutoff (R@k). ``model``: the model name for the cost estimate when
     ``reranker`` is a function (a Reranker's backend knows its own). ``prices``: overrides for the
     price table (a dict or a JSON file; see :mod:`llmrerank.pricing`). ``concurrency``: queries
     reranked at once (latency is per query either way). ``progress``: show a tqdm bar.
     ``stem=False`` indexes without stemming. ``with_scores=True`` passes each hit as a dict
-    ``{"id", "content", "score"}`` with its BM25 score (what a Reranker's ``fusion`` reads).
+    ``{"id", "content", "score"}`` with its first-stage score (what a Reranker's ``fusion`` reads).
+    ``relevance``: the lowest grade RR, P and R count relevant (default: :func:`binary_relevance`).
     """
     if depth < 1:
         raise ConfigurationError("depth must be >= 1")
     collection = data if isinstance(data, Collection) else load_beir(data, split)
     ids = select_queries(collection, queries)
-    hits = collection.bm25(stem=stem).search([collection.queries[q] for q in ids], depth)
+    first_stage = "bm25"
+    if run is None:
+        hits = collection.bm25(stem=stem).search([collection.queries[q] for q in ids], depth)
+    else:
+        given = run if isinstance(run, Run) else read_run(run)
+        hits = [list(given.hits.get(q, ()))[:depth] for q in ids]
+        missing = sorted({d for found in hits for d, _ in found if d not in collection.documents})
+        if missing:
+            raise ConfigurationError(
+                f"{len(missing)} documents of run {given.path} are not in {collection.path}/corpus.jsonl: {missing[:5]}"
+            )
+        first_stage = f"run:{given.name}"
+        if reranker is None and name is None:
+            name = first_stage
 
     def hit(doc_id: str, score: float) -> Any:
         text = collection.documents[doc_id]
@@ -616,6 +861,8 @@ def evaluate(
         prices=prices,
         concurrency=concurrency,
         progress=progress,
+        relevance=relevance,
+        first_stage=first_stage,
     )
 
 
@@ -651,6 +898,7 @@ def evaluate_reranking(
     prices: PriceSource = None,
     concurrency: int = 1,
     progress: bool = False,
+    relevance: int | None = None,
 ) -> EvalReport:
     """Evaluate a reranker on your own queries and candidate lists, without a BEIR folder.
 
@@ -664,7 +912,8 @@ def evaluate_reranking(
     id -> grade; either a dict keyed by query id or a list aligned with ``queries``.
 
     ``rerank_fn``: a :class:`~llmrerank.Reranker`, a function ``(query, documents) ->
-    RerankResult | list of positions`` or None (keep the given order). Returns an
+    RerankResult | list of positions`` or None (keep the given order). ``relevance``: the lowest
+    grade RR, P and R count relevant (default: :func:`binary_relevance`). Returns an
     :class:`EvalReport` with the same metrics as :func:`evaluate`.
 
     >>> report = evaluate_reranking(
@@ -709,21 +958,31 @@ def evaluate_reranking(
         prices=prices,
         concurrency=concurrency,
         progress=progress,
+        relevance=relevance,
+        first_stage="input",
     )
 
 
 __all__ = [
     "BM25",
+    "CHECKOUT_SLICE",
     "ENV_VAR",
     "Collection",
+    "Difference",
     "EvalReport",
     "QueryResult",
+    "Run",
+    "binary_relevance",
+    "default_data_or_slice",
     "default_data_path",
     "evaluate",
     "evaluate_reranking",
     "load_beir",
+    "paired_difference",
     "percentile",
     "read_qrels",
+    "read_run",
+    "run_rows",
     "score_rankings",
     "select_queries",
     "split_halves",
