@@ -35,6 +35,18 @@ from llmrerank.parsing import (
         ("15/10", None),
         ("no idea", None),
         ("", None),
+        ("Relevance (0-10): 7", 7.0),
+        ("7 (on a 0-10 scale)", 7.0),
+        ("Score: 8 / 10", 8.0),
+        ("10/10", 10.0),
+        # No rating, only the scale: never the scale's 10 or 0.
+        ("Score: X/10", None),
+        ("N/10", None),
+        ("?/10", None),
+        ("nan/10", None),
+        ("Score: ? out of 10", None),
+        ("I cannot rate this (N/A). Scale: 0-10", None),
+        ("rating: none (0-10 scale)", None),
     ],
 )
 def test_parse_score(text: str, expected: float | None) -> None:
@@ -137,3 +149,15 @@ def test_a_ranking_cut_anywhere_keeps_its_complete_ids_in_order(data: st.DataObj
     perm = parse_permutation(text[:cut], n)
     assert perm.order[:complete] == tuple(ranking[:complete])
     assert sorted(perm.order) == list(range(n))
+
+
+@pytest.mark.parametrize("answer", ["Score: X/10", "?/10", "nan/10", "I cannot rate this (N/A). Scale: 0-10"])
+def test_a_pointwise_answer_without_a_rating_leaves_the_document_unscored(answer: str) -> None:
+    from llmrerank import Pointwise, Reranker
+    from llmrerank.testing import FakeBackend
+
+    backend = FakeBackend(["3", answer, "8"])
+    result = Reranker(Pointwise(method="generate"), backend, max_concurrency=1).rerank("q", ["a", "b", "c"])
+    assert result.status == "partial" and result.degraded_reasons == ("unreadable_answer",)
+    assert result.indices == [2, 0, 1] and result[2].score is None and result[2].fallback
+    assert "score_unparsed" in {d.code for d in result[2].diagnostics}

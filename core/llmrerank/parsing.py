@@ -21,6 +21,10 @@ _CUT_ID = re.compile(r"\[\s{0,3}(-?\d{1,12})\s{0,3}$")
 _LABELLED = re.compile(r"(?<![a-z])(?:doc(?:ument)?|passage)s?[ \t:#_]{0,6}(-?\d+)(?!\d|\.\d)", re.IGNORECASE)
 _BARE = re.compile(r"(?<![\w.])-?\d+(?!\d|\.\d)")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
+# A scale named in an answer: a denominator ("/10", "out of 10") or a range of the usual scales ("0-10", "1 to 5").
+_SCALE_MENTION = re.compile(
+    r"(?:/|out of)\s*\d+(?:\.\d+)?|(?<![\d.,])[01]\s*(?:-|\u2013|\u2014|to)\s*(?:5|10|100)(?![\d.,])", re.IGNORECASE
+)
 
 
 def strip_thinking(text: str) -> str:
@@ -72,7 +76,8 @@ def parse_score(text: str, low: float = 0.0, high: float = 10.0) -> float | None
     """Read a relevance score in ``[low, high]`` from free text, or None.
 
     Understands ``7``, ``7.5``, ``Score: 8``, ``8/10``, ``8 out of 10``, ``80/100`` and
-    ``{"score": 8}``. A number outside the range (and no scale that brings it in) gives None.
+    ``{"score": 8}``. A number outside the range (and no scale that brings it in) gives None, and
+    so does an answer whose only numbers name the scale (``X/10``, ``?/10``, ``N/A (0-10 scale)``).
     """
     text = strip_thinking(text)
     if not text:
@@ -86,6 +91,9 @@ def parse_score(text: str, low: float = 0.0, high: float = 10.0) -> float | None
         if math.isfinite(scale) and scale > 0 and 0 <= value <= scale:
             return low + (high - low) * value / scale
         return None
+    # With no "N/10" rating, the scale is not a rating either: "X/10", "?/10" or "N/A (0-10 scale)"
+    # would otherwise read the 10 or the 0 of the scale as the score.
+    text = _SCALE_MENTION.sub(" ", text)
     labelled = re.search(rf"(?:score|rating|relevance)\W{{0,4}}\s*({_NUMBER})", text, re.IGNORECASE)
     match = labelled or re.search(_NUMBER, text)
     if not match:
