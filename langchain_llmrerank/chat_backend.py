@@ -11,7 +11,7 @@ from langchain_core.runnables import RunnableConfig
 
 from llmrerank import Backend, Completion, Prompt
 from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
-from llmrerank.backends.base import WorkerThreads
+from llmrerank.backends.base import WorkerThreads, token_count
 
 CALL_CONFIG: contextvars.ContextVar[RunnableConfig | None] = contextvars.ContextVar(
     "langchain_llmrerank_call_config", default=None
@@ -63,8 +63,8 @@ class ChatModelBackend(Backend):
         usage: Any = getattr(reply, "usage_metadata", None) or {}
         return Completion(
             text=reply.text,
-            prompt_tokens=int(usage.get("input_tokens", 0) or 0),
-            completion_tokens=int(usage.get("output_tokens", 0) or 0),
+            prompt_tokens=token_count(usage.get("input_tokens", 0)),
+            completion_tokens=token_count(usage.get("output_tokens", 0)),
         )
 
     async def aclose(self) -> None:
