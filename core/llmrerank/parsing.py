@@ -235,9 +235,33 @@ def choice_mass(logprobs: Mapping[str, float] | None, choices: tuple[str, ...]) 
     return min(total, 1.0)
 
 
-def choice_distribution(logprobs: Mapping[str, float] | None, choices: tuple[str, ...]) -> dict[str, float]:
-    """Normalise the choices' log-probabilities into probabilities over the choices that were seen."""
+LOGPROB_SLACK = 1e-3
+"""How far above 0 a reported log-prob may be (rounding) before it counts as unusable."""
+
+
+def unusable_logprobs(logprobs: Mapping[str, float] | None, choices: tuple[str, ...]) -> tuple[str, ...]:
+    """The choices whose reported log-prob no probability has: NaN, +Infinity, or above 0 (p > 1).
+
+    One such value makes the whole answer's log-probs suspect (renormalising over the other
+    choices would read a confident ``"9"`` as a middling score): callers read the text instead.
+    """
     if not logprobs:
+        return ()
+    bad = []
+    for c in choices:
+        if c in logprobs:
+            value = float(logprobs[c])
+            if math.isnan(value) or value > LOGPROB_SLACK:
+                bad.append(c)
+    return tuple(bad)
+
+
+def choice_distribution(logprobs: Mapping[str, float] | None, choices: tuple[str, ...]) -> dict[str, float]:
+    """Normalise the choices' log-probabilities into probabilities over the choices that were seen.
+
+    Empty when there are none, or when any is unusable (:func:`unusable_logprobs`).
+    """
+    if not logprobs or unusable_logprobs(logprobs, choices):
         return {}
     seen = {c: float(logprobs[c]) for c in choices if c in logprobs and math.isfinite(logprobs[c])}
     if not seen:

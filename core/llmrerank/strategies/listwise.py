@@ -29,7 +29,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_permutation
 from ..prompts import check_template, clip, document_block, fit_chars, fits, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Context, Plan, Ranking, Strategy, failure, shrinkable
+from .base import Context, Plan, Ranking, Strategy, failure, logprobs_note, shrinkable
 
 LIST_TEMPLATE = (
     "Rank documents by how well they answer a query.\n\n"
@@ -193,6 +193,8 @@ class Listwise(Strategy):
         for ``first_token``), or None if unreadable."""
         labels = self.labels(len(ids))
         probs = choice_distribution(answer.choice_logprobs, tuple(labels)) if self.method == "first_token" else {}
+        if self.method == "first_token":
+            diagnostics += logprobs_note(answer, tuple(labels), where=where)
         if probs:
             seen = sorted((p, -k) for k, label in enumerate(labels) if (p := probs.get(label)) is not None)
             ranked = [-k for _, k in reversed(seen)]

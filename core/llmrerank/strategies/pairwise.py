@@ -20,7 +20,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
 from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Step, Strategy, failure, fit_documents
+from .base import Context, Plan, Ranking, Step, Strategy, failure, fit_documents, logprobs_note
 
 PAIR_TEMPLATE = (
     "Compare how well two documents answer a query.\n\n"
@@ -152,6 +152,7 @@ class Pairwise(Strategy):
             diagnostics.append(Diagnostic("call_failed", f"{type(error).__name__}: {error}", index))
             return None
         assert isinstance(answer, Completion)
+        diagnostics += logprobs_note(answer, AB, index)
         probs = choice_distribution(answer.choice_logprobs, AB)
         if probs:
             return probs.get("A", 0.0)

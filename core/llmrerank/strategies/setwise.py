@@ -24,7 +24,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
 from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Step, Strategy, failure, fit_documents, shrinkable
+from .base import Context, Plan, Ranking, Step, Strategy, failure, fit_documents, logprobs_note, shrinkable
 
 SET_TEMPLATE = (
     "Which of the documents below is the most relevant to the query?\n\n"
@@ -154,6 +154,7 @@ class Setwise(Strategy):
             return None
         assert isinstance(answer, Completion)
         labels = LETTERS[: len(ids)]
+        diagnostics += logprobs_note(answer, labels, where=where)
         probs = choice_distribution(answer.choice_logprobs, labels)
         if probs:
             # Labels the model finds equally likely keep the first-stage order.
