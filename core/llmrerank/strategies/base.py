@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Union
 
 from ..backends.base import Completion, Prompt
+from ..errors import ConfigurationError
 from ..parsing import unusable_logprobs
 from ..prompts import Clip, clip, fit_chars
 from ..types import Diagnostic, Document, ScoreKind
@@ -97,6 +98,13 @@ class Strategy(ABC):
         None: no cut), before any fitting to a known context."""
         limit = getattr(self, "max_doc_chars", None)
         return limit if isinstance(limit, int) else None
+
+
+def check_int(name: str, value: object, low: int) -> None:
+    """Raise :class:`~llmrerank.errors.ConfigurationError` unless ``value`` is an int >= ``low``
+    (``"20"``, ``2.5`` and ``True`` are not): a strategy's numeric setting, checked when it is made."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigurationError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def logprobs_note(

@@ -12,7 +12,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, choice_mass, parse_reason, parse_score
 from ..prompts import check_template, clip, document_block, fit_chars, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Context, Plan, Ranking, Strategy, failure, logprobs_note
+from .base import Context, Plan, Ranking, Strategy, check_int, failure, logprobs_note
 
 SCORE_TEMPLATE = (
     "Judge how relevant a document is to a query.\n\n"
@@ -69,8 +69,7 @@ class Pointwise(Strategy):
     def __post_init__(self) -> None:
         if self.method not in ("auto", "generate", "expected", "yes_no"):
             raise ConfigurationError(f"unknown pointwise method {self.method!r}")
-        if self.max_doc_chars < 1:
-            raise ConfigurationError("max_doc_chars must be >= 1")
+        check_int("max_doc_chars", self.max_doc_chars, 1)
         check_template(self.template, ("query", "document"), "Pointwise")
 
     def resolve_method(self, ctx: Context) -> str:
