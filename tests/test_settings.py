@@ -4,6 +4,7 @@ without their placeholders, data frames as document lists, and cross-encoders th
 from __future__ import annotations
 
 import sys
+import types
 from typing import Any
 
 import numpy as np
@@ -189,6 +190,36 @@ def test_a_missing_sentence_transformers_reaches_the_caller(monkeypatch: pytest.
     reranker = Reranker(Hybrid(cross_encoder="cross-encoder/ms-marco-MiniLM-L-6-v2"), FakeBackend(["[1] > [2]"]))
     with pytest.raises(MissingDependencyError, match="sentence-transformers"):
         reranker.rerank(QUERY, DOCS)
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        pytest.param(np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9]], dtype=np.float32), id="two-labels"),
+        pytest.param(np.array([0.1, 0.2, 0.9], dtype=np.float32), id="one-label"),
+    ],
+)
+def test_a_cross_encoder_loaded_by_name_reads_two_label_output(monkeypatch: pytest.MonkeyPatch, output: Any) -> None:
+    """``Hybrid(cross_encoder="name")`` loads a sentence-transformers CrossEncoder; a 2-label model
+    predicts ``(n, 2)``, read as the generic ``predict(pairs)`` path reads it (column 1)."""
+    loaded: list[str] = []
+
+    class CrossEncoder:
+        def __init__(self, name: str, **options: Any) -> None:
+            loaded.append(name)
+
+        def predict(self, pairs: list[tuple[str, str]], **options: Any) -> Any:
+            assert len(pairs) == len(output)
+            return output
+
+    monkeypatch.setitem(sys.modules, "sentence_transformers", types.SimpleNamespace(CrossEncoder=CrossEncoder))
+    reranker = Reranker(
+        Hybrid(cross_encoder="org/two-label-reranker", keep=2, llm="listwise"), FakeBackend(["[1] > [2]"])
+    )
+    result = reranker.rerank(QUERY, DOCS)
+    assert loaded == ["org/two-label-reranker"]
+    assert result.status == "reranked" and "prefilter_failed" not in {d.code for d in result.diagnostics}
+    assert result.indices == [2, 1, 0]
 
 
 @pytest.mark.parametrize(
