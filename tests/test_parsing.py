@@ -8,14 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmrerank import BatchScore, Listwise, Reranker
 from llmrerank.parsing import (
     choice_distribution,
     parse_choice,
+    parse_labelled_scores,
     parse_permutation,
     parse_reason,
     parse_score,
     strip_thinking,
 )
+from llmrerank.testing import FakeBackend
 
 
 @pytest.mark.parametrize(
@@ -108,6 +111,18 @@ def test_choice_distribution_normalises_seen_choices() -> None:
 # --- cases from peers' suites (LlamaIndex, rank_llm, RankGPT) -----------------------------------
 
 
+def test_llamaindex_choice_select_lines_read_the_id_not_the_relevance() -> None:
+    """LlamaIndex's parser reads "<label>: N, <label>: R" whatever the labels; models copy its field names."""
+    answer = "answer_num: 2, answer_relevance: 8\nanswer_num: 4, answer_relevance: 6"
+    perm = parse_permutation(answer, 10)
+    assert perm.order[:2] == (1, 3) and perm.parsed == 2 and perm.out_of_range == 0
+    assert parse_labelled_scores(answer, 5).scores == {1: 8.0, 3: 6.0}
+    listwise = Reranker(Listwise(), FakeBackend([answer])).rerank("q", list("abcde"))
+    assert listwise.indices[:2] == [1, 3] and "permutation_repaired" in {d.code for d in listwise.diagnostics}
+    scored = Reranker(BatchScore(), FakeBackend([answer])).rerank("q", list("abcde"))
+    assert [(d.index, d.score) for d in scored][:2] == [(1, 8.0), (3, 6.0)]
+
+
 def test_labelled_ids_win_over_other_numbers() -> None:
     perm = parse_permutation("Doc: 2, Relevance: 8\nDoc: 4, Relevance: 6", 10)
     assert perm.order[:2] == (1, 3)
@@ -153,8 +168,7 @@ def test_a_ranking_cut_anywhere_keeps_its_complete_ids_in_order(data: st.DataObj
 
 @pytest.mark.parametrize("answer", ["Score: X/10", "?/10", "nan/10", "I cannot rate this (N/A). Scale: 0-10"])
 def test_a_pointwise_answer_without_a_rating_leaves_the_document_unscored(answer: str) -> None:
-    from llmrerank import Pointwise, Reranker
-    from llmrerank.testing import FakeBackend
+    from llmrerank import Pointwise
 
     backend = FakeBackend(["3", answer, "8"])
     result = Reranker(Pointwise(method="generate"), backend, max_concurrency=1).rerank("q", ["a", "b", "c"])

@@ -20,6 +20,12 @@ _CUT_ID = re.compile(r"\[\s{0,3}(-?\d{1,12})\s{0,3}$")
 # "Doc: 2", "Document #3", "passage 4": bounded separators keep the scan linear.
 _LABELLED = re.compile(r"(?<![a-z])(?:doc(?:ument)?|passage)s?[ \t:#_]{0,6}(-?\d+)(?!\d|\.\d)", re.IGNORECASE)
 _BARE = re.compile(r"(?<![\w.])-?\d+(?!\d|\.\d)")
+# LlamaIndex's choice-select form, whatever the labels: "answer_num: 2, answer_relevance: 8" per line.
+# Group 1 is the id, group 2 the labelled value after it (LlamaIndex's own parser reads the same way).
+_CHOICE_LINE = re.compile(
+    r"^\W{0,4}[a-z_][\w \t#]{0,24}:[ \t]{0,3}#?(-?\d{1,12})[ \t]{0,3}[,;][ \t]{0,3}([a-z_][\w \t]{0,24}:.*)$",
+    re.IGNORECASE | re.MULTILINE,
+)
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 # A scale named in an answer: a denominator ("/10", "out of 10") or a range of the usual scales ("0-10", "1 to 5").
 _SCALE_MENTION = re.compile(
@@ -167,12 +173,12 @@ def normalize_digits(text: str) -> str:
 def _id_tokens(text: str) -> list[str]:
     """The id tokens of a listwise answer, by the most specific form present: ``[N]`` (plus an id cut
     off at the very end, ``... > [5``), else labelled ids (``Doc: N``, ``Document #N``, ``passage N``),
-    else bare numbers."""
+    else choice-select lines (``answer_num: N, answer_relevance: R``: the first number), else bare numbers."""
     tokens = _BRACKETED.findall(text)
     if tokens:
         cut = _CUT_ID.search(text[-32:])
         return [*tokens, cut.group(1)] if cut else tokens
-    return _LABELLED.findall(text) or _BARE.findall(text)
+    return _LABELLED.findall(text) or [m.group(1) for m in _CHOICE_LINE.finditer(text)] or _BARE.findall(text)
 
 
 def parse_permutation(text: str, n: int) -> Permutation:
@@ -337,7 +343,8 @@ def _json_pairs(text: str) -> list[tuple[str, object]] | None:
 def parse_labelled_scores(text: str, n: int, low: float = 0.0, high: float = 10.0) -> LabelledScores:
     """Read a score in ``[low, high]`` for each of ``n`` items labelled ``[1]..[n]``.
 
-    Understands one line per item (``[3] 7``, ``[3]: 8/10``, ``3: 7``, ``Doc: 3, Relevance: 7``),
+    Understands one line per item (``[3] 7``, ``[3]: 8/10``, ``3: 7``, ``Doc: 3, Relevance: 7``,
+    ``answer_num: 3, answer_relevance: 7``),
     several on one line (``[1] 7, [2] 3``), and JSON (``{"3": 7}``, ``{"scores": {"[3]": 7}}``,
     ``[{"id": 3, "score": 7}]``). Each score is read as :func:`parse_score` reads one (``8/10``
     is 8). Labels outside ``1..n`` are dropped, a label scored twice keeps its first score, and
@@ -350,6 +357,8 @@ def parse_labelled_scores(text: str, n: int, low: float = 0.0, high: float = 10.
     pairs: list[tuple[str, object]] = [(m.group(1), m.group(2)) for m in _LABELLED_SCORE.finditer(text)]
     if not pairs:
         pairs = _json_pairs(text) or []
+    if not pairs:
+        pairs = [(m.group(1), m.group(2)) for m in _CHOICE_LINE.finditer(text)]
     if not pairs:
         pairs = [(m.group(1), m.group(2)) for m in _SCORE_LINE.finditer(text)]
     positional = bool(pairs) and all(label == "" for label, _ in pairs)
