@@ -16,7 +16,9 @@ from pydantic import ConfigDict, Field, InstanceOf, PrivateAttr, model_validator
 
 from llmrerank import Backend, RankedDocument, RerankResult, Strategy
 from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
+from llmrerank.errors import InvalidInputError
 from llmrerank.options import LazyReranker, RerankerSlot, check_options
+from llmrerank.types import document_list
 
 from .chat_backend import CALL_CONFIG, SYNC_CALLS, ChatModelBackend
 
@@ -125,12 +127,13 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
     ) -> RerankResult[Document]:
         """Rerank ``documents`` for ``query``: the whole result, whose documents are the annotated copies
         that :meth:`compress_documents` returns (best ``top_n``, above ``min_score``)."""
+        documents = _langchain_documents(documents)
         reranker = self.reranker
 
         def run() -> RerankResult[Document]:
             CALL_CONFIG.set(RunnableConfig(callbacks=callbacks))
             SYNC_CALLS.set(True)
-            return reranker.rerank(query, list(documents), self.top_n)
+            return reranker.rerank(query, documents, self.top_n)
 
         result = _annotated(contextvars.copy_context().run(run))
         config = _traced(callbacks)
@@ -142,10 +145,11 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> RerankResult[Document]:
         """Async :meth:`rerank`, on the running event loop."""
+        documents = _langchain_documents(documents)
         reranker = self.reranker
         token = CALL_CONFIG.set(RunnableConfig(callbacks=callbacks))
         try:
-            result = _annotated(await reranker.arerank(query, list(documents), self.top_n))
+            result = _annotated(await reranker.arerank(query, documents, self.top_n))
         finally:
             CALL_CONFIG.reset(token)
         config = _traced(callbacks)
@@ -174,6 +178,20 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
         if not documents:
             return []
         return (await self.arerank(documents, query, callbacks)).documents
+
+
+def _langchain_documents(documents: Sequence[Any]) -> list[Document]:
+    """The documents as a list, each a LangChain ``Document``: anything else raises
+    :class:`~llmrerank.errors.InvalidInputError` before any LLM call (the results are copies of
+    each document with rerank metadata, which only a ``Document`` has)."""
+    items = list(document_list(documents))
+    for i, doc in enumerate(items):
+        if not isinstance(doc, Document):
+            raise InvalidInputError(
+                f"documents[{i}] is a {type(doc).__name__}, not a LangChain Document: pass "
+                "Document(page_content=..., metadata=...), or use llmrerank.Reranker for plain texts and dicts"
+            )
+    return items
 
 
 RESULT_EVENT = "llmrerank_result"

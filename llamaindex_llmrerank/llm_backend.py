@@ -11,7 +11,7 @@ from llama_index.core.llms import LLM
 
 from llmrerank import Backend, Completion, Prompt
 from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
-from llmrerank.backends.base import WorkerThreads
+from llmrerank.backends.base import WorkerThreads, token_count
 
 SYNC_CALLS: contextvars.ContextVar[bool] = contextvars.ContextVar("llamaindex_llmrerank_sync_calls", default=False)
 """True inside a blocking postprocess: the LLM's blocking ``chat`` is used, each call in a worker thread.
@@ -76,5 +76,5 @@ def _usage(response: ChatResponse) -> tuple[int, int]:
         prompt = get("prompt_tokens") or get("input_tokens")
         completion = get("completion_tokens") or get("output_tokens")
         if isinstance(prompt, int) or isinstance(completion, int):
-            return int(prompt or 0), int(completion or 0)
+            return token_count(prompt), token_count(completion)
     return 0, 0

@@ -173,10 +173,11 @@ async def test_openai_empty_choices_is_not_an_answer(server: FakeLLMServer) -> N
         await answer(backend_for("openai", server))
 
 
-async def test_openai_null_content(server: FakeLLMServer) -> None:
+async def test_openai_null_content_is_not_an_answer(server: FakeLLMServer) -> None:
     body = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": null}, "finish_reason": "stop"}]}'
     server.responder = Reply(raw_body=body)
-    assert (await answer(backend_for("openai", server))).text == ""
+    with pytest.raises(InvalidResponseError, match="no content"):
+        await answer(backend_for("openai", server))
 
 
 async def test_openai_from_environment(server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -205,3 +206,40 @@ def test_a_rerank_nobody_judged_logs_one_warning_not_a_fusion_one_too(caplog: py
     assert result.status == "fallback" and "fusion_skipped" in {d.code for d in result.diagnostics}
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "rerank degraded (call_failed)" in warning
+
+
+@pytest.mark.parametrize("method", ["zscore", "minmax", "rrf"])
+@pytest.mark.parametrize(
+    "first_stage",
+    [
+        [1e200, -1e200, 1.0],
+        [sys.float_info.max, -sys.float_info.max, 0.0],
+        [sys.float_info.max, sys.float_info.max, -sys.float_info.max],
+        [5e-324, -5e-324, 0.0],
+    ],
+)
+def test_extreme_first_stage_scores_fuse_to_finite_scores(method: str, first_stage: list[float]) -> None:
+    docs = [{"content": t, "score": s} for t, s in zip(TEXTS, first_stage, strict=True)]
+    backend = FakeBackend(respond=overlap_judge)
+    result = Reranker(Pointwise(method="generate"), backend, fusion=Fusion(method, weight=0.3)).rerank(QUERY, docs)
+    assert result.score_kind == "fused" and result.status == "reranked"
+    assert all(d.score is not None and math.isfinite(d.score) for d in result)
+    retriever_only = fuse(ranking({0: 1.0, 1: 1.0, 2: 1.0}), first_stage, Fusion(method, weight=0.0))
+    best = max(range(3), key=lambda i: (first_stage[i], -i))
+    assert retriever_only.order[0] == best  # the retriever's order survives the scaling
+
+
+def test_a_first_stage_score_beyond_float_range_counts_as_missing() -> None:
+    assert first_stage_score({"text": "a", "score": 10**400}) is None
+    assert first_stage_score(SimpleNamespace(page_content="a", metadata={"relevance_score": -(10**400)})) is None
+    assert check_scores([10**400, 2, None], 3) == [None, 2.0, None]
+    langchain_like = [SimpleNamespace(page_content=t, metadata={"score": s}) for t, s in zip(TEXTS, [10**400, 2, 1])]
+    backend = FakeBackend(respond=overlap_judge)
+    result = Reranker(Pointwise(method="generate"), backend, fusion="minmax").rerank(QUERY, langchain_like)
+    assert result.score_kind == "fused" and all(d.score is not None and math.isfinite(d.score) for d in result)
+    assert [d.index for d in result.diagnostics if d.code == "first_stage_missing"] == [0]
+    explicit = Reranker(Pointwise(method="generate"), backend, fusion="zscore")
+    calls = len(backend.calls)
+    fused = explicit.rerank(QUERY, TEXTS, first_stage_scores=[1, 10**400, 3])
+    assert len(backend.calls) == calls + 3 and math.isfinite(fused[0].score or 0.0)
+    assert [d.index for d in fused.diagnostics if d.code == "first_stage_missing"] == [1]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -17,11 +20,13 @@ pytest.importorskip("openai")
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
-from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.language_models import SimpleChatModel
+from langchain_core.language_models.fake_chat_models import FakeChatModel, FakeListChatModel
 from langchain_core.retrievers import BaseRetriever
 
 from langchain_llmrerank import ChatModelBackend, LLMRerankCompressor
 from llmrerank import ConfigurationError, Fusion, MemoryCache, Pointwise, Prompt
+from llmrerank.errors import InvalidInputError
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_likelihood
 from llmrerank.testing.server import FakeLLMServer, overlap_responder
 
@@ -362,3 +367,61 @@ def test_permanent_errors_reach_the_caller(server: FakeLLMServer) -> None:
     )
     with pytest.raises(AuthenticationError):
         retriever.invoke(QUERY)
+
+
+class SlowSyncChatModel(SimpleChatModel):
+    """A chat model with only a blocking ``_call`` (LangChain runs it in the default executor for ``ainvoke``)."""
+
+    delay: float = 0.2
+    answer: str = "5"
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    @property
+    def _llm_type(self) -> str:
+        return "slow-sync"
+
+    def _call(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> str:
+        with LOCK:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        time.sleep(self.delay)
+        with LOCK:
+            self.in_flight -= 1
+        return self.answer
+
+
+LOCK = threading.Lock()
+
+
+def test_which_chat_models_have_their_own_async_path() -> None:
+    from langchain_llmrerank.chat_backend import native_async
+
+    assert not native_async(SlowSyncChatModel()) and not native_async(FakeListChatModel(responses=["x"]))
+    assert native_async(FakeChatModel())  # its own _agenerate
+
+
+def test_a_sync_only_chat_model_gets_max_concurrency_in_async_code() -> None:
+    model = SlowSyncChatModel()
+    compressor = LLMRerankCompressor(backend=model, strategy="pointwise", max_concurrency=12, top_n=None)
+    docs = [Document(page_content=f"document {i}") for i in range(12)]
+
+    async def run() -> Sequence[Document]:
+        # The default executor as small as on a 2-core machine's smallest: it must not be the bound.
+        asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(2))
+        return await compressor.acompress_documents(docs, QUERY)
+
+    got = asyncio.run(run())
+    assert len(got) == 12 and all(d.metadata["relevance_score"] == 5.0 for d in got)
+    assert model.max_in_flight >= 8
+
+
+def test_plain_dicts_are_refused_before_any_call() -> None:
+    backend = FakeBackend(respond=overlap_judge)
+    compressor = LLMRerankCompressor(backend=backend)
+    dicts = [{"page_content": t, "metadata": {}} for t in TEXTS]
+    with pytest.raises(InvalidInputError, match=r"documents\[0\] is a dict, not a LangChain Document"):
+        compressor.compress_documents(dicts, QUERY)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match=r"documents\[1\] is a str"):
+        asyncio.run(compressor.acompress_documents([make_docs()[0], "text"], QUERY))  # type: ignore[list-item]
+    assert backend.calls == []

@@ -8,14 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmrerank import BatchScore, Listwise, Reranker
 from llmrerank.parsing import (
     choice_distribution,
     parse_choice,
+    parse_labelled_scores,
     parse_permutation,
     parse_reason,
     parse_score,
     strip_thinking,
 )
+from llmrerank.testing import FakeBackend
 
 
 @pytest.mark.parametrize(
@@ -35,6 +38,18 @@ from llmrerank.parsing import (
         ("15/10", None),
         ("no idea", None),
         ("", None),
+        ("Relevance (0-10): 7", 7.0),
+        ("7 (on a 0-10 scale)", 7.0),
+        ("Score: 8 / 10", 8.0),
+        ("10/10", 10.0),
+        # No rating, only the scale: never the scale's 10 or 0.
+        ("Score: X/10", None),
+        ("N/10", None),
+        ("?/10", None),
+        ("nan/10", None),
+        ("Score: ? out of 10", None),
+        ("I cannot rate this (N/A). Scale: 0-10", None),
+        ("rating: none (0-10 scale)", None),
     ],
 )
 def test_parse_score(text: str, expected: float | None) -> None:
@@ -96,6 +111,18 @@ def test_choice_distribution_normalises_seen_choices() -> None:
 # --- cases from peers' suites (LlamaIndex, rank_llm, RankGPT) -----------------------------------
 
 
+def test_llamaindex_choice_select_lines_read_the_id_not_the_relevance() -> None:
+    """LlamaIndex's parser reads "<label>: N, <label>: R" whatever the labels; models copy its field names."""
+    answer = "answer_num: 2, answer_relevance: 8\nanswer_num: 4, answer_relevance: 6"
+    perm = parse_permutation(answer, 10)
+    assert perm.order[:2] == (1, 3) and perm.parsed == 2 and perm.out_of_range == 0
+    assert parse_labelled_scores(answer, 5).scores == {1: 8.0, 3: 6.0}
+    listwise = Reranker(Listwise(), FakeBackend([answer])).rerank("q", list("abcde"))
+    assert listwise.indices[:2] == [1, 3] and "permutation_repaired" in {d.code for d in listwise.diagnostics}
+    scored = Reranker(BatchScore(), FakeBackend([answer])).rerank("q", list("abcde"))
+    assert [(d.index, d.score) for d in scored][:2] == [(1, 8.0), (3, 6.0)]
+
+
 def test_labelled_ids_win_over_other_numbers() -> None:
     perm = parse_permutation("Doc: 2, Relevance: 8\nDoc: 4, Relevance: 6", 10)
     assert perm.order[:2] == (1, 3)
@@ -137,3 +164,14 @@ def test_a_ranking_cut_anywhere_keeps_its_complete_ids_in_order(data: st.DataObj
     perm = parse_permutation(text[:cut], n)
     assert perm.order[:complete] == tuple(ranking[:complete])
     assert sorted(perm.order) == list(range(n))
+
+
+@pytest.mark.parametrize("answer", ["Score: X/10", "?/10", "nan/10", "I cannot rate this (N/A). Scale: 0-10"])
+def test_a_pointwise_answer_without_a_rating_leaves_the_document_unscored(answer: str) -> None:
+    from llmrerank import Pointwise
+
+    backend = FakeBackend(["3", answer, "8"])
+    result = Reranker(Pointwise(method="generate"), backend, max_concurrency=1).rerank("q", ["a", "b", "c"])
+    assert result.status == "partial" and result.degraded_reasons == ("unreadable_answer",)
+    assert result.indices == [2, 0, 1] and result[2].score is None and result[2].fallback
+    assert "score_unparsed" in {d.code for d in result[2].diagnostics}

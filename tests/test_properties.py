@@ -389,8 +389,14 @@ def test_parsing_stays_linear_on_pathological_output(text: str) -> None:
 
 
 def test_huge_logprobs_do_not_overflow() -> None:
-    backend = FakeBackend(respond=lambda p: "x", logprobs=lambda p: {"Yes": 900.0, "No": 10.0, "9": 1000.0})
+    """Positive log-probs are no probabilities: the answer's text is read instead (never an overflow)."""
+
+    def respond(prompt: Prompt) -> str:
+        return "Yes" if prompt.choices == ("Yes", "No") else "7"
+
+    backend = FakeBackend(respond=respond, logprobs=lambda p: {"Yes": 900.0, "No": 10.0, "9": 1000.0})
     result = Reranker(Pointwise(method="yes_no"), backend).rerank(QUERY, DOCS[:2])
-    assert all(item.score is not None and math.isfinite(item.score) for item in result)
+    assert [item.score for item in result] == [10.0, 10.0]
+    assert "logprobs_unusable" in {d.code for d in result.diagnostics}
     result = Reranker(Pointwise(method="expected"), backend).rerank(QUERY, DOCS[:2])
-    assert [item.score for item in result] == [9.0, 9.0]
+    assert [item.score for item in result] == [7.0, 7.0] and result.score_kind == "relevance"

@@ -4,12 +4,14 @@ without their placeholders, data frames as document lists, and cross-encoders th
 from __future__ import annotations
 
 import sys
+import types
 from typing import Any
 
 import numpy as np
 import pytest
 
 from llmrerank import (
+    BatchScore,
     ConfigurationError,
     Hybrid,
     InvalidInputError,
@@ -17,7 +19,9 @@ from llmrerank import (
     MissingDependencyError,
     Pairwise,
     Pointwise,
+    QueryLikelihood,
     Reranker,
+    Setwise,
 )
 from llmrerank.options import build_reranker
 from llmrerank.testing import FakeBackend, overlap_judge
@@ -186,3 +190,57 @@ def test_a_missing_sentence_transformers_reaches_the_caller(monkeypatch: pytest.
     reranker = Reranker(Hybrid(cross_encoder="cross-encoder/ms-marco-MiniLM-L-6-v2"), FakeBackend(["[1] > [2]"]))
     with pytest.raises(MissingDependencyError, match="sentence-transformers"):
         reranker.rerank(QUERY, DOCS)
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        pytest.param(np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9]], dtype=np.float32), id="two-labels"),
+        pytest.param(np.array([0.1, 0.2, 0.9], dtype=np.float32), id="one-label"),
+    ],
+)
+def test_a_cross_encoder_loaded_by_name_reads_two_label_output(monkeypatch: pytest.MonkeyPatch, output: Any) -> None:
+    """``Hybrid(cross_encoder="name")`` loads a sentence-transformers CrossEncoder; a 2-label model
+    predicts ``(n, 2)``, read as the generic ``predict(pairs)`` path reads it (column 1)."""
+    loaded: list[str] = []
+
+    class CrossEncoder:
+        def __init__(self, name: str, **options: Any) -> None:
+            loaded.append(name)
+
+        def predict(self, pairs: list[tuple[str, str]], **options: Any) -> Any:
+            assert len(pairs) == len(output)
+            return output
+
+    monkeypatch.setitem(sys.modules, "sentence_transformers", types.SimpleNamespace(CrossEncoder=CrossEncoder))
+    reranker = Reranker(
+        Hybrid(cross_encoder="org/two-label-reranker", keep=2, llm="listwise"), FakeBackend(["[1] > [2]"])
+    )
+    result = reranker.rerank(QUERY, DOCS)
+    assert loaded == ["org/two-label-reranker"]
+    assert result.status == "reranked" and "prefilter_failed" not in {d.code for d in result.diagnostics}
+    assert result.indices == [2, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("make", "settings", "name"),
+    [
+        pytest.param(Listwise, {"window": "20"}, "window", id="listwise-window-str"),
+        pytest.param(Listwise, {"step": "5"}, "step", id="listwise-step-str"),
+        pytest.param(Listwise, {"window": 2.5}, "window", id="listwise-window-float"),
+        pytest.param(Listwise, {"max_doc_chars": "1200"}, "max_doc_chars", id="listwise-chars-str"),
+        pytest.param(Pointwise, {"max_doc_chars": None}, "max_doc_chars", id="pointwise-chars-none"),
+        pytest.param(Pairwise, {"all_pairs_max": "8"}, "all_pairs_max", id="pairwise-all-pairs-str"),
+        pytest.param(Pairwise, {"max_doc_chars": True}, "max_doc_chars", id="pairwise-chars-bool"),
+        pytest.param(Setwise, {"max_doc_chars": "900"}, "max_doc_chars", id="setwise-chars-str"),
+        pytest.param(BatchScore, {"max_doc_chars": 1.5}, "max_doc_chars", id="batch-chars-float"),
+        pytest.param(QueryLikelihood, {"max_doc_chars": "800"}, "max_doc_chars", id="likelihood-chars-str"),
+        pytest.param(Hybrid, {"keep": "10"}, "keep", id="hybrid-keep-str"),
+        pytest.param(Hybrid, {"max_doc_chars": "2000"}, "max_doc_chars", id="hybrid-chars-str"),
+    ],
+)
+def test_a_strategys_numeric_setting_of_the_wrong_type_raises_configuration_error(
+    make: Any, settings: dict[str, Any], name: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        make(**settings)

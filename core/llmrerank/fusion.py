@@ -78,9 +78,14 @@ def make_fusion(fusion: Fusion | str | None) -> Fusion | None:
 
 
 def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None: not a number, NaN, infinite, or beyond a float's range
+    (an int like ``10**400``, which ``float()`` refuses with OverflowError)."""
     if isinstance(value, bool) or not isinstance(value, Real):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except (OverflowError, ValueError):
+        return None
     return number if math.isfinite(number) else None
 
 
@@ -124,6 +129,11 @@ def check_scores(values: Any, n: int) -> list[float | None]:
 
 
 def _standardised(values: list[float], method: str) -> list[float]:
+    # Both methods ignore the scale, so dividing by the largest magnitude first changes nothing but
+    # keeps every difference and square finite (1e200 - -1e200 and 1e200 ** 2 overflow).
+    largest = max((abs(v) for v in values), default=0.0)
+    if largest > 0:
+        values = [v / largest for v in values]
     if method == "minmax":
         low, high = min(values), max(values)
         return [(v - low) / (high - low) if high > low else 0.0 for v in values]

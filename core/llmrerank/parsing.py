@@ -20,7 +20,17 @@ _CUT_ID = re.compile(r"\[\s{0,3}(-?\d{1,12})\s{0,3}$")
 # "Doc: 2", "Document #3", "passage 4": bounded separators keep the scan linear.
 _LABELLED = re.compile(r"(?<![a-z])(?:doc(?:ument)?|passage)s?[ \t:#_]{0,6}(-?\d+)(?!\d|\.\d)", re.IGNORECASE)
 _BARE = re.compile(r"(?<![\w.])-?\d+(?!\d|\.\d)")
+# LlamaIndex's choice-select form, whatever the labels: "answer_num: 2, answer_relevance: 8" per line.
+# Group 1 is the id, group 2 the labelled value after it (LlamaIndex's own parser reads the same way).
+_CHOICE_LINE = re.compile(
+    r"^\W{0,4}[a-z_][\w \t#]{0,24}:[ \t]{0,3}#?(-?\d{1,12})[ \t]{0,3}[,;][ \t]{0,3}([a-z_][\w \t]{0,24}:.*)$",
+    re.IGNORECASE | re.MULTILINE,
+)
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
+# A scale named in an answer: a denominator ("/10", "out of 10") or a range of the usual scales ("0-10", "1 to 5").
+_SCALE_MENTION = re.compile(
+    r"(?:/|out of)\s*\d+(?:\.\d+)?|(?<![\d.,])[01]\s*(?:-|\u2013|\u2014|to)\s*(?:5|10|100)(?![\d.,])", re.IGNORECASE
+)
 
 
 def strip_thinking(text: str) -> str:
@@ -72,7 +82,8 @@ def parse_score(text: str, low: float = 0.0, high: float = 10.0) -> float | None
     """Read a relevance score in ``[low, high]`` from free text, or None.
 
     Understands ``7``, ``7.5``, ``Score: 8``, ``8/10``, ``8 out of 10``, ``80/100`` and
-    ``{"score": 8}``. A number outside the range (and no scale that brings it in) gives None.
+    ``{"score": 8}``. A number outside the range (and no scale that brings it in) gives None, and
+    so does an answer whose only numbers name the scale (``X/10``, ``?/10``, ``N/A (0-10 scale)``).
     """
     text = strip_thinking(text)
     if not text:
@@ -86,6 +97,9 @@ def parse_score(text: str, low: float = 0.0, high: float = 10.0) -> float | None
         if math.isfinite(scale) and scale > 0 and 0 <= value <= scale:
             return low + (high - low) * value / scale
         return None
+    # With no "N/10" rating, the scale is not a rating either: "X/10", "?/10" or "N/A (0-10 scale)"
+    # would otherwise read the 10 or the 0 of the scale as the score.
+    text = _SCALE_MENTION.sub(" ", text)
     labelled = re.search(rf"(?:score|rating|relevance)\W{{0,4}}\s*({_NUMBER})", text, re.IGNORECASE)
     match = labelled or re.search(_NUMBER, text)
     if not match:
@@ -159,12 +173,12 @@ def normalize_digits(text: str) -> str:
 def _id_tokens(text: str) -> list[str]:
     """The id tokens of a listwise answer, by the most specific form present: ``[N]`` (plus an id cut
     off at the very end, ``... > [5``), else labelled ids (``Doc: N``, ``Document #N``, ``passage N``),
-    else bare numbers."""
+    else choice-select lines (``answer_num: N, answer_relevance: R``: the first number), else bare numbers."""
     tokens = _BRACKETED.findall(text)
     if tokens:
         cut = _CUT_ID.search(text[-32:])
         return [*tokens, cut.group(1)] if cut else tokens
-    return _LABELLED.findall(text) or _BARE.findall(text)
+    return _LABELLED.findall(text) or [m.group(1) for m in _CHOICE_LINE.finditer(text)] or _BARE.findall(text)
 
 
 def parse_permutation(text: str, n: int) -> Permutation:
@@ -227,9 +241,33 @@ def choice_mass(logprobs: Mapping[str, float] | None, choices: tuple[str, ...]) 
     return min(total, 1.0)
 
 
-def choice_distribution(logprobs: Mapping[str, float] | None, choices: tuple[str, ...]) -> dict[str, float]:
-    """Normalise the choices' log-probabilities into probabilities over the choices that were seen."""
+LOGPROB_SLACK = 1e-3
+"""How far above 0 a reported log-prob may be (rounding) before it counts as unusable."""
+
+
+def unusable_logprobs(logprobs: Mapping[str, float] | None, choices: tuple[str, ...]) -> tuple[str, ...]:
+    """The choices whose reported log-prob no probability has: NaN, +Infinity, or above 0 (p > 1).
+
+    One such value makes the whole answer's log-probs suspect (renormalising over the other
+    choices would read a confident ``"9"`` as a middling score): callers read the text instead.
+    """
     if not logprobs:
+        return ()
+    bad = []
+    for c in choices:
+        if c in logprobs:
+            value = float(logprobs[c])
+            if math.isnan(value) or value > LOGPROB_SLACK:
+                bad.append(c)
+    return tuple(bad)
+
+
+def choice_distribution(logprobs: Mapping[str, float] | None, choices: tuple[str, ...]) -> dict[str, float]:
+    """Normalise the choices' log-probabilities into probabilities over the choices that were seen.
+
+    Empty when there are none, or when any is unusable (:func:`unusable_logprobs`).
+    """
+    if not logprobs or unusable_logprobs(logprobs, choices):
         return {}
     seen = {c: float(logprobs[c]) for c in choices if c in logprobs and math.isfinite(logprobs[c])}
     if not seen:
@@ -305,7 +343,8 @@ def _json_pairs(text: str) -> list[tuple[str, object]] | None:
 def parse_labelled_scores(text: str, n: int, low: float = 0.0, high: float = 10.0) -> LabelledScores:
     """Read a score in ``[low, high]`` for each of ``n`` items labelled ``[1]..[n]``.
 
-    Understands one line per item (``[3] 7``, ``[3]: 8/10``, ``3: 7``, ``Doc: 3, Relevance: 7``),
+    Understands one line per item (``[3] 7``, ``[3]: 8/10``, ``3: 7``, ``Doc: 3, Relevance: 7``,
+    ``answer_num: 3, answer_relevance: 7``),
     several on one line (``[1] 7, [2] 3``), and JSON (``{"3": 7}``, ``{"scores": {"[3]": 7}}``,
     ``[{"id": 3, "score": 7}]``). Each score is read as :func:`parse_score` reads one (``8/10``
     is 8). Labels outside ``1..n`` are dropped, a label scored twice keeps its first score, and
@@ -318,6 +357,8 @@ def parse_labelled_scores(text: str, n: int, low: float = 0.0, high: float = 10.
     pairs: list[tuple[str, object]] = [(m.group(1), m.group(2)) for m in _LABELLED_SCORE.finditer(text)]
     if not pairs:
         pairs = _json_pairs(text) or []
+    if not pairs:
+        pairs = [(m.group(1), m.group(2)) for m in _CHOICE_LINE.finditer(text)]
     if not pairs:
         pairs = [(m.group(1), m.group(2)) for m in _SCORE_LINE.finditer(text)]
     positional = bool(pairs) and all(label == "" for label, _ in pairs)

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigurationError, InvalidResponseError, require
-from .base import Completion, Prompt
+from .base import Completion, Prompt, token_count
 from .sdk import SDKBackend, describe
 
 OVERLOADED = 529
@@ -138,17 +138,22 @@ class AnthropicBackend(SDKBackend):
     def completion_from(self, message: Any, prompt: Prompt) -> Completion:
         """The :class:`Completion` in a Messages API response (an SDK object) to ``prompt``.
 
-        Raises :class:`~llmrerank.errors.InvalidResponseError` when it is not a message.
+        Raises :class:`~llmrerank.errors.InvalidResponseError` when it is not a message or has no
+        content block at all. Token counts that are not whole numbers >= 0 count as unknown.
         """
         blocks = getattr(message, "content", None)
         if not isinstance(blocks, list):
             raise InvalidResponseError(
                 f"the server answered with {describe(message)} instead of a message", backend=self.name
             )
+        if not blocks:
+            # No block at all, not even thinking: a failed call, never an empty answer to cache.
+            stop = getattr(message, "stop_reason", None)
+            raise InvalidResponseError(f"the message has no content (stop_reason {stop!r})", backend=self.name)
         text = "".join(getattr(b, "text", "") or "" for b in blocks if getattr(b, "type", None) == "text")
         usage = getattr(message, "usage", None)
         prompt_tokens = sum(
-            int(getattr(usage, name, 0) or 0)
+            token_count(getattr(usage, name, 0))
             for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
         )
         model = getattr(message, "model", None)
@@ -156,11 +161,11 @@ class AnthropicBackend(SDKBackend):
         return Completion(
             text=text,
             prompt_tokens=prompt_tokens,
-            completion_tokens=int(getattr(usage, "output_tokens", 0) or 0),
+            completion_tokens=token_count(getattr(usage, "output_tokens", 0)),
             finish_reason=getattr(message, "stop_reason", None),
-            cached_prompt_tokens=int(getattr(usage, "cache_read_input_tokens", 0) or 0),
+            cached_prompt_tokens=token_count(getattr(usage, "cache_read_input_tokens", 0)),
             model=model if isinstance(model, str) and model else None,
-            reasoning_tokens=int(getattr(details, "thinking_tokens", 0) or 0),
+            reasoning_tokens=token_count(getattr(details, "thinking_tokens", 0)),
         )
 
     def system_blocks(self, system: str) -> str | list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -111,6 +112,19 @@ LIKELIHOOD_SYSTEM = "\x00continuation-logprob"
 def likelihood_prompt(context: str, continuation: str) -> Prompt:
     """The cache-key form of a likelihood request (never sent to a model as a prompt)."""
     return Prompt(LIKELIHOOD_SYSTEM, context, max_tokens=0, choices=(continuation,))
+
+
+def token_count(value: Any) -> int:
+    """A token count as a server reported it, or 0 (unknown) when it is not a whole number >= 0.
+
+    A count of ``"abc"``, ``-5`` or ``1.5`` says nothing about the answer beside it: the answer is
+    kept and the count is left out of the usage, as a missing one is.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return 0
+    return int(value) if value >= 0 else 0
 
 
 def counts_for_choice(text: str, key: str) -> bool:

@@ -47,9 +47,10 @@ class CrossEncoderScorer(_LazyModel):
         return self._model
 
     def predict(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """Relevance score per (query, document) pair; higher is better."""
+        """Relevance score per (query, document) pair; higher is better. The model's output is read
+        by :func:`prefilter_scores`: a 2-label model's ``(n, 2)`` output gives its "relevant" column."""
         scores = self._load().predict(list(pairs), batch_size=self.batch_size, show_progress_bar=False)
-        return [float(s) for s in scores]
+        return prefilter_scores(scores, len(pairs))
 
 
 class BiEncoderScorer(_LazyModel):

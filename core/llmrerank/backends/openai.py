@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from ..errors import BadRequestError, ConfigurationError, InvalidResponseError, require
-from .base import Completion, LogLikelihood, Prompt, counts_for_choice
+from .base import Completion, LogLikelihood, Prompt, counts_for_choice, token_count
 from .sdk import SDKBackend, describe
 from .servers import (
     discover_context,
@@ -71,7 +71,7 @@ def echoed_likelihood(response: Any, prompt: str, continuation: str, backend: st
             backend=backend,
         )
     usage = getattr(response, "usage", None)
-    prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+    prompt_tokens = token_count(getattr(usage, "prompt_tokens", 0))
     if 0 < prompt_tokens < len(tokens):
         tokens, values = tokens[:prompt_tokens], values[:prompt_tokens]
     covered, start = 0, len(tokens)
@@ -309,7 +309,9 @@ class OpenAIBackend(SDKBackend):
         Only the message's ``content`` is the answer: ``reasoning_content`` (vLLM, DeepSeek) is not.
 
         Raises :class:`~llmrerank.errors.InvalidResponseError` when it is not one (no choices, an
-        HTML page, a JSON array) or its content is neither text nor text parts.
+        HTML page, a JSON array), its content is neither text nor text parts, or it has no content
+        at all (``null``) with no log-probs, refusal or thinking beside it. Token counts that are
+        not whole numbers >= 0 count as unknown (:func:`~llmrerank.backends.base.token_count`).
         """
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices:
@@ -320,31 +322,47 @@ class OpenAIBackend(SDKBackend):
         message = getattr(first, "message", None)
         if message is None:
             raise InvalidResponseError("the chat completion's first choice has no message", backend=self.name)
-        text = message_text(getattr(message, "content", None), self.name)
+        content = getattr(message, "content", None)
+        text = message_text(content, self.name)
         usage = getattr(response, "usage", None)
         details = getattr(usage, "completion_tokens_details", None)
-        cached_tokens = int(getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0)
+        cached_tokens = token_count(getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0))
         lp = None
         unresolved: tuple[str, ...] = ()
         if self._wants_logprobs(prompt) and prompt.choices:
-            content = getattr(getattr(first, "logprobs", None), "content", None)
-            if content:
+            tokens = getattr(getattr(first, "logprobs", None), "content", None)
+            if tokens:
                 positions = [
-                    (p.token, p.logprob, [(t.token, t.logprob) for t in (p.top_logprobs or ())]) for p in content
+                    (p.token, p.logprob, [(t.token, t.logprob) for t in (p.top_logprobs or ())]) for p in tokens
                 ]
                 lp, unresolved = chained_logprobs(positions, prompt.choices)
+        finish_reason = getattr(first, "finish_reason", None)
+        if content is None and lp is None and not _said_something(message, finish_reason):
+            # Nothing to read and nothing wrong with the prompt: a failed call (retried by the next
+            # rerank), never an empty answer for the cache to serve from now on.
+            raise InvalidResponseError(
+                f"the chat completion has no content (finish_reason {finish_reason!r})", backend=self.name
+            )
         model = getattr(response, "model", None)
         return Completion(
             text=text,
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            prompt_tokens=token_count(getattr(usage, "prompt_tokens", 0)),
+            completion_tokens=token_count(getattr(usage, "completion_tokens", 0)),
             choice_logprobs=lp,
-            finish_reason=getattr(first, "finish_reason", None),
+            finish_reason=finish_reason,
             model=model if isinstance(model, str) and model else None,
-            reasoning_tokens=int(getattr(details, "reasoning_tokens", 0) or 0),
+            reasoning_tokens=token_count(getattr(details, "reasoning_tokens", 0)),
             unresolved=unresolved,
             cached_prompt_tokens=cached_tokens,
         )
+
+
+def _said_something(message: Any, finish_reason: Any) -> bool:
+    """Whether a message without content still answered: a refusal, or a model that thought until
+    its token budget ran out (``finish_reason="length"``, thinking in ``reasoning_content``)."""
+    if finish_reason == "length":
+        return True
+    return any(getattr(message, name, None) for name in ("refusal", "reasoning_content", "reasoning"))
 
 
 def message_text(content: Any, backend: str = "openai") -> str:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Union
 
 from ..backends.base import Completion, Prompt
+from ..errors import ConfigurationError
+from ..parsing import unusable_logprobs
 from ..prompts import Clip, clip, fit_chars
 from ..types import Diagnostic, Document, ScoreKind
 
@@ -96,6 +98,26 @@ class Strategy(ABC):
         None: no cut), before any fitting to a known context."""
         limit = getattr(self, "max_doc_chars", None)
         return limit if isinstance(limit, int) else None
+
+
+def check_int(name: str, value: object, low: int) -> None:
+    """Raise :class:`~llmrerank.errors.ConfigurationError` unless ``value`` is an int >= ``low``
+    (``"20"``, ``2.5`` and ``True`` are not): a strategy's numeric setting, checked when it is made."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigurationError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def logprobs_note(
+    answer: Completion, choices: tuple[str, ...], index: int | None = None, where: str = ""
+) -> list[Diagnostic]:
+    """A ``logprobs_unusable`` diagnostic when the answer's log-probs hold a NaN, +Infinity or positive
+    value on one of ``choices`` (:func:`~llmrerank.parsing.unusable_logprobs`): its text was read instead."""
+    bad = unusable_logprobs(answer.choice_logprobs, choices)
+    if not bad:
+        return []
+    values = ", ".join(f"{c!r}: {float((answer.choice_logprobs or {})[c])}" for c in bad)
+    message = f"{where}{': ' if where else ''}log-probs that no probability has ({values}); the answer's text was read"
+    return [Diagnostic("logprobs_unusable", message, index)]
 
 
 def failure(answer: Any) -> BaseException | None:

@@ -19,7 +19,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import parse_labelled_scores
 from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Strategy, failure, fit_documents, shrinkable
+from .base import Context, Plan, Ranking, Strategy, check_int, failure, fit_documents, shrinkable
 
 BATCH_TEMPLATE = (
     "Rate how relevant each document below is to the query, from 0 (unrelated) to 10 (answers it fully). "
@@ -62,8 +62,7 @@ class BatchScore(Strategy):
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigurationError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
-        if self.max_doc_chars < 1:
-            raise ConfigurationError("max_doc_chars must be >= 1")
+        check_int("max_doc_chars", self.max_doc_chars, 1)
         check_template(self.template, ("query", "documents"), "BatchScore")
 
     def absolute_scores(self, ctx: Context) -> bool:

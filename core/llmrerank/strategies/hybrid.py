@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from ..backends.cross_encoder import checked
 from ..errors import ConfigurationError
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Predict, Ranking, Strategy, failure
+from .base import Context, Plan, Predict, Ranking, Strategy, check_int, failure
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class Hybrid(Strategy):
     def __post_init__(self) -> None:
         from . import make_strategy
 
-        if self.keep < 1:
-            raise ConfigurationError("keep must be >= 1")
+        check_int("keep", self.keep, 1)
+        check_int("max_doc_chars", self.max_doc_chars, 1)
         if self.llm is None:
             return
         inner = make_strategy(self.llm)

@@ -29,7 +29,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_permutation
 from ..prompts import check_template, clip, document_block, fit_chars, fits, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Context, Plan, Ranking, Strategy, failure, shrinkable
+from .base import Context, Plan, Ranking, Strategy, check_int, failure, logprobs_note, shrinkable
 
 LIST_TEMPLATE = (
     "Rank documents by how well they answer a query.\n\n"
@@ -73,12 +73,14 @@ class Listwise(Strategy):
     """``generate`` (the model writes the order) or ``first_token`` (log-prob scores; see the module docstring)."""
 
     def __post_init__(self) -> None:
+        check_int("window", self.window, 2)
+        if self.step is not None:
+            check_int("step", self.step, 1)
+        check_int("max_doc_chars", self.max_doc_chars, 1)
         if self.step is None:
             object.__setattr__(self, "step", max(1, self.window // 2))
         if self.window < 2 or not 1 <= self.stride <= self.window:
             raise ConfigurationError(f"need window >= 2 and 1 <= step <= window (got {self.window}, {self.step})")
-        if self.max_doc_chars < 1:
-            raise ConfigurationError("max_doc_chars must be >= 1")
         if self.method not in ("generate", "first_token"):
             raise ConfigurationError(f"unknown listwise method {self.method!r}: use 'generate' or 'first_token'")
         if self.method == "first_token" and self.window > len(LETTERS):
@@ -193,6 +195,8 @@ class Listwise(Strategy):
         for ``first_token``), or None if unreadable."""
         labels = self.labels(len(ids))
         probs = choice_distribution(answer.choice_logprobs, tuple(labels)) if self.method == "first_token" else {}
+        if self.method == "first_token":
+            diagnostics += logprobs_note(answer, tuple(labels), where=where)
         if probs:
             seen = sorted((p, -k) for k, label in enumerate(labels) if (p := probs.get(label)) is not None)
             ranked = [-k for _, k in reversed(seen)]

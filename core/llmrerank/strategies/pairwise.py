@@ -20,7 +20,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
 from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Step, Strategy, failure, fit_documents
+from .base import Context, Plan, Ranking, Step, Strategy, check_int, failure, fit_documents, logprobs_note
 
 PAIR_TEMPLATE = (
     "Compare how well two documents answer a query.\n\n"
@@ -49,8 +49,8 @@ class Pairwise(Strategy):
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "all_pairs", "sort"):
             raise ConfigurationError(f"unknown pairwise mode {self.mode!r}")
-        if self.max_doc_chars < 1 or self.all_pairs_max < 2:
-            raise ConfigurationError("max_doc_chars must be >= 1 and all_pairs_max >= 2")
+        check_int("max_doc_chars", self.max_doc_chars, 1)
+        check_int("all_pairs_max", self.all_pairs_max, 2)
         check_template(self.template, ("query", "document_a", "document_b"), "Pairwise")
 
     def prompt(self, query: str, a: str, b: str, ctx: Context) -> Prompt:
@@ -152,6 +152,7 @@ class Pairwise(Strategy):
             diagnostics.append(Diagnostic("call_failed", f"{type(error).__name__}: {error}", index))
             return None
         assert isinstance(answer, Completion)
+        diagnostics += logprobs_note(answer, AB, index)
         probs = choice_distribution(answer.choice_logprobs, AB)
         if probs:
             return probs.get("A", 0.0)

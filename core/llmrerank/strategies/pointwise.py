@@ -12,7 +12,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, choice_mass, parse_reason, parse_score
 from ..prompts import check_template, clip, document_block, fit_chars, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Context, Plan, Ranking, Strategy, failure
+from .base import Context, Plan, Ranking, Strategy, check_int, failure, logprobs_note
 
 SCORE_TEMPLATE = (
     "Judge how relevant a document is to a query.\n\n"
@@ -69,8 +69,7 @@ class Pointwise(Strategy):
     def __post_init__(self) -> None:
         if self.method not in ("auto", "generate", "expected", "yes_no"):
             raise ConfigurationError(f"unknown pointwise method {self.method!r}")
-        if self.max_doc_chars < 1:
-            raise ConfigurationError("max_doc_chars must be >= 1")
+        check_int("max_doc_chars", self.max_doc_chars, 1)
         check_template(self.template, ("query", "document"), "Pointwise")
 
     def resolve_method(self, ctx: Context) -> str:
@@ -133,12 +132,15 @@ class Pointwise(Strategy):
         answers = yield [p for p, _ in built]
         scores: dict[int, float] = {}
         reasons: dict[int, str] = {}
+        from_logprobs = 0
         for i, answer in enumerate(answers):
             error = failure(answer)
             if error is not None:
                 diagnostics.append(Diagnostic("call_failed", f"{type(error).__name__}: {error}", i))
                 continue
             score, how = read_score(answer, method)
+            if method in ("expected", "yes_no"):
+                diagnostics += logprobs_note(answer, SCALE if method == "expected" else ("Yes", "No"), i)
             if score is None:
                 if ctx.strict:
                     raise ParseError("no 0-10 score in the answer", output=answer.text)
@@ -147,6 +149,7 @@ class Pointwise(Strategy):
             scores[i] = score
             diagnostics.append(Diagnostic(how, f"{score:.3g}", i))
             if how == "score_from_logprobs":
+                from_logprobs += 1
                 diagnostics += logprob_doubts(answer, method, i)
             if self.with_reason:
                 reason = parse_reason(answer.text)
@@ -154,7 +157,8 @@ class Pointwise(Strategy):
                     reasons[i] = reason
         scored = sorted(scores, key=lambda i: (-scores[i], i))
         unscored = [i for i in range(len(docs)) if i not in scores]
-        kind: ScoreKind = "logprob" if method in ("expected", "yes_no") else "relevance"
+        # Labelled by what was read: a yes/no or 0-10 answer read from the text is a relevance rating.
+        kind: ScoreKind = "logprob" if from_logprobs else "relevance"
         return Ranking(scored + unscored, kind, scores, reasons, diagnostics, set(unscored))
 
 

@@ -10,7 +10,7 @@ from ..backends.base import LogLikelihood
 from ..errors import ConfigurationError
 from ..prompts import check_template, clip, render
 from ..types import Diagnostic, Document
-from .base import Context, Likelihood, Plan, Ranking, Strategy, failure
+from .base import Context, Likelihood, Plan, Ranking, Strategy, check_int, failure
 
 QUESTION_TEMPLATE = "Passage: {document}\nPlease write a question based on this passage.\nQuestion:"
 """The context before the query (UPR's prompt); placeholder ``{document}``."""
@@ -58,8 +58,7 @@ class QueryLikelihood(Strategy):
     def __post_init__(self) -> None:
         if self.normalization not in NORMALIZATIONS:
             raise ConfigurationError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-        if self.max_doc_chars < 1:
-            raise ConfigurationError("max_doc_chars must be >= 1")
+        check_int("max_doc_chars", self.max_doc_chars, 1)
         check_template(self.template, ("document",), "QueryLikelihood")
 
     def context(self, text: str) -> str:

@@ -24,7 +24,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
 from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Step, Strategy, failure, fit_documents, shrinkable
+from .base import Context, Plan, Ranking, Step, Strategy, check_int, failure, fit_documents, logprobs_note, shrinkable
 
 SET_TEMPLATE = (
     "Which of the documents below is the most relevant to the query?\n\n"
@@ -68,8 +68,7 @@ class Setwise(Strategy):
         size = self.set_size
         if isinstance(size, bool) or not isinstance(size, int) or not 2 <= size <= MAX_SET_SIZE:
             raise ConfigurationError(f"set_size must be an int from 2 to {MAX_SET_SIZE}, got {size!r}")
-        if self.max_doc_chars < 1:
-            raise ConfigurationError("max_doc_chars must be >= 1")
+        check_int("max_doc_chars", self.max_doc_chars, 1)
         check_template(self.template, ("query", "documents"), "Setwise")
 
     def prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
@@ -154,6 +153,7 @@ class Setwise(Strategy):
             return None
         assert isinstance(answer, Completion)
         labels = LETTERS[: len(ids)]
+        diagnostics += logprobs_note(answer, labels, where=where)
         probs = choice_distribution(answer.choice_logprobs, labels)
         if probs:
             # Labels the model finds equally likely keep the first-stage order.
