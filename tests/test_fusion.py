@@ -233,7 +233,9 @@ def test_a_first_stage_score_beyond_float_range_counts_as_missing() -> None:
     assert first_stage_score({"text": "a", "score": 10**400}) is None
     assert first_stage_score(SimpleNamespace(page_content="a", metadata={"relevance_score": -(10**400)})) is None
     assert check_scores([10**400, 2, None], 3) == [None, 2.0, None]
-    langchain_like = [SimpleNamespace(page_content=t, metadata={"score": s}) for t, s in zip(TEXTS, [10**400, 2, 1])]
+    langchain_like = [
+        SimpleNamespace(page_content=t, metadata={"score": s}) for t, s in zip(TEXTS, [10**400, 2, 1], strict=True)
+    ]
     backend = FakeBackend(respond=overlap_judge)
     result = Reranker(Pointwise(method="generate"), backend, fusion="minmax").rerank(QUERY, langchain_like)
     assert result.score_kind == "fused" and all(d.score is not None and math.isfinite(d.score) for d in result)
