@@ -182,7 +182,6 @@ def add_serve_parser(sub: Any) -> None:
 def run_serve_cli(args: argparse.Namespace) -> int:
     """``llmrerank serve``."""
     import dataclasses
-    import logging
     import os
 
     from .serve.config import ServeConfig, load_config, read_api_keys
@@ -219,11 +218,10 @@ def run_serve_cli(args: argparse.Namespace) -> int:
             if name not in config.presets
         }
         config = dataclasses.replace(config, presets={**presets, **config.presets})
-    from .serve.app import SETTINGS_ENV, create_app, settings_json
+    from .serve.app import LOG_LEVEL_ENV, SETTINGS_ENV, configure_logging, create_app, settings_json
     from .serve.runner import _uvicorn
 
-    level = args.log_level.upper()
-    logging.basicConfig(level=level, format="%(message)s")
+    configure_logging(args.log_level)
     app = create_app(config)
     app.state.service.backend()  # a bad --backend/--model fails here, before the port opens
     if not keys:
@@ -238,6 +236,7 @@ def run_serve_cli(args: argparse.Namespace) -> int:
     }
     if args.workers > 1:
         os.environ[SETTINGS_ENV] = settings_json(config)
+        os.environ[LOG_LEVEL_ENV] = args.log_level
         uvicorn.run("llmrerank.serve.app:app_from_environment", factory=True, workers=args.workers, **options)
     else:
         uvicorn.run(app, **options)

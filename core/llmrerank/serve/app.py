@@ -54,6 +54,17 @@ logger = logging.getLogger("llmrerank.serve")
 
 SETTINGS_ENV = "LLMRERANK_SERVE_SETTINGS"
 """Where ``llmrerank serve --workers N`` hands its settings to each worker process (JSON)."""
+LOG_LEVEL_ENV = "LLMRERANK_SERVE_LOG_LEVEL"
+"""And its log level."""
+
+
+def configure_logging(level: str) -> None:
+    """One JSON line per request on ``llmrerank.serve.access`` at ``info``; the HTTP clients' own
+    debug logs (which hold request bodies: documents) only at ``debug``."""
+    logging.basicConfig(level=level.upper(), format="%(message)s")
+    if level.lower() != "debug":
+        for name in ("openai", "anthropic", "httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class HTTPProblem(Exception):
@@ -434,4 +445,5 @@ def app_from_environment() -> Starlette:
     text = os.environ.get(SETTINGS_ENV)
     if not text:
         raise ConfigurationError(f"${SETTINGS_ENV} is not set: start workers with `llmrerank serve --workers N`")
+    configure_logging(os.environ.get(LOG_LEVEL_ENV, "info"))
     return create_app(config_from_json(text))
