@@ -23,7 +23,7 @@ from llmrerank.testing.server import FakeLLMServer
 OPTIONAL = (
     "openai", "anthropic", "torch", "transformers", "gguf", "sentence_transformers", "langchain_core",
     "langchain_classic", "llama_index", "bm25s", "Stemmer", "ir_measures", "matplotlib", "tqdm",
-    "numpy", "pydantic", "httpx", "pyarrow", "pandas", "ray",
+    "numpy", "pydantic", "httpx", "pyarrow", "pandas", "ray", "starlette", "uvicorn", "prometheus_client",
 )  # fmt: skip
 """Top-level modules that only extras bring in."""
 
@@ -67,6 +67,7 @@ NEEDS: dict[str, tuple[tuple[str, ...], Callable[[], object]]] = {
     "langchain": (("langchain_core",), _import("langchain_llmrerank")),
     "llamaindex": (("llama_index", "llama_index.core"), _import("llamaindex_llmrerank")),
     "eval": (("bm25s",), lambda: BM25({"d": "some text"})),
+    "serve": (("starlette",), lambda: importlib.import_module("llmrerank.serve").create_app()),
 }
 """Per extra: the modules it brings and a call that needs them."""
 

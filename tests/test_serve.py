@@ -345,3 +345,21 @@ def test_max_tokens_per_doc_cuts_what_the_llm_reads(upstream: FakeLLMServer) -> 
         assert answer["meta"]["llmrerank"]["documents_cut"] == 1
         assert [r["index"] for r in answer["results"]] == [0, 1]
         assert upstream.requests and not any("TAILWORD " * 4 in r.user for r in upstream.requests)  # 40 characters
+
+
+def test_service_keys_from_flag_file_and_environment(tmp_path: Path) -> None:
+    from llmrerank.errors import ConfigurationError
+    from llmrerank.serve import API_KEY_ENV, read_api_keys
+    from llmrerank.serve.app import check_key
+
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# service keys\nfile-key\n\n", encoding="utf-8")
+    keys = read_api_keys("flag-key", str(keys_file), {API_KEY_ENV: "env-a, env-b"})
+    assert keys == ("flag-key", "file-key", "env-a", "env-b")
+    assert all(check_key(k, keys) for k in keys)
+    assert not check_key("flag-ke", keys) and not check_key(None, keys) and not check_key("", keys)
+    assert check_key(None, ())  # no keys configured: no auth
+    empty = tmp_path / "empty"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(ConfigurationError, match="no key"):
+        read_api_keys(None, str(empty), {})

@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backends.base import Backend
 from ..errors import (
@@ -42,12 +42,10 @@ from .config import DEFAULT_MODEL, Preset, ServeConfig, make_cache
 from .metrics import Metrics
 from .wire import Api, RerankRequest, cohere_body, error_body, headers, model_list, parse_request, tei_body
 
-require("starlette", "serve")
-
-from starlette.applications import Starlette  # noqa: E402
-from starlette.requests import ClientDisconnect, Request  # noqa: E402
-from starlette.responses import JSONResponse, Response  # noqa: E402
-from starlette.routing import Route  # noqa: E402
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
 
 access_log = logging.getLogger("llmrerank.serve.access")
 logger = logging.getLogger("llmrerank.serve")
@@ -258,6 +256,12 @@ def create_app(config: ServeConfig | None = None, *, backend: Backend | None = N
     :class:`~llmrerank.testing.FakeBackend`, a backend you configured). Mount it in your own
     Starlette or FastAPI app, or run it with uvicorn (``llmrerank serve`` does).
     """
+    require("starlette", "serve")
+    from starlette.applications import Starlette
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
     config = config or ServeConfig()
     service = Service(config, backend)
     metrics = Metrics()
