@@ -363,3 +363,30 @@ def test_service_keys_from_flag_file_and_environment(tmp_path: Path) -> None:
     empty.write_text("\n", encoding="utf-8")
     with pytest.raises(ConfigurationError, match="no key"):
         read_api_keys(None, str(empty), {})
+
+
+def readme_block(*lines: str) -> str:
+    """The one ```python block of README.md that holds all of ``lines``."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.DOTALL | re.MULTILINE)
+    (found,) = [b for b in blocks if all(line in b for line in lines)]
+    return found
+
+
+def test_readme_service_snippets_run(upstream: FakeLLMServer, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("langchain_cohere")
+    from langchain_core.documents import Document
+
+    backend = OpenAIBackend("fake-model", base_url=upstream.base_url, api_key="test")
+    with serve_in_thread(create_app(ServeConfig(api_keys=("secret",)), backend=backend)) as base:
+        sdk = readme_block("cohere.ClientV2(", "answer.meta.llmrerank").replace("http://127.0.0.1:8080", base)
+        exec(compile(sdk, "README.md", "exec"), {})
+        assert capsys.readouterr().out.strip() == "[(1, 1.0), (0, 0.5)] reranked"  # the LLM's order: reversed
+        chain = readme_block("from langchain_cohere import CohereRerank").replace("http://127.0.0.1:8080", base)
+        names: dict[str, Any] = {"documents": [Document(page_content=d) for d in DOCS]}
+        exec(compile(chain, "README.md", "exec"), names)
+        assert [d.page_content for d in names["best"]] == [DOCS[i] for i in RATED_ORDER[:3]]
+    app_block = readme_block("from llmrerank.serve import Preset, ServeConfig, create_app")
+    names = {}
+    exec(compile(app_block, "README.md", "exec"), names)
+    assert "fast" in names["app"].state.service.presets
