@@ -191,3 +191,13 @@ def test_self_hosted_on_a_loopback_llama_cpp(data: str) -> None:
     assert report["digit_probe"]["first_token_only"] == pytest.approx(1.0)
     assert report["digit_probe"]["two_tokens"] == pytest.approx(10 * 0.8 + 1 * 0.2)
     assert "| context auto | 2/2 |" in report["table"] and "model smollm2" in report["table"]
+
+
+def test_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    assert load("serve").main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert "reranks/s, 2 workers, 0 ms LLM" in rows and "added latency p50, 200 ms LLM" in rows
+    assert "| 50 clients at once, 0 ms LLM | 0 errors |" in out

@@ -395,6 +395,9 @@ def create_app(config: ServeConfig | None = None, *, backend: Backend | None = N
         return Response(body, headers={"content-type": content_type})
 
     async def lifespan(app: Starlette) -> Any:
+        # Build the LLM backend before the first request (it may ask a server which model it serves):
+        # a bad --backend / --model stops the server at start-up instead of failing every request.
+        await asyncio.to_thread(service.backend)
         state.ready = True
         yield
         state.ready = False
