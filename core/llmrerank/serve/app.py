@@ -266,6 +266,7 @@ def create_app(config: ServeConfig | None = None, *, backend: Backend | None = N
     service = Service(config, backend)
     metrics = Metrics()
     state = _State()
+    pid = os.getpid()  # which worker answered, in the access log
 
     def answer_problem(api: Api | None, problem: HTTPProblem) -> JSONResponse:
         return JSONResponse(error_body(api, problem.status, problem.message), problem.status, problem.headers)
@@ -279,7 +280,7 @@ def create_app(config: ServeConfig | None = None, *, backend: Backend | None = N
         if access_log.isEnabledFor(logging.INFO):
             client = request.client.host if request.client else None
             record = {"method": request.method, "path": endpoint, "status": status, "ms": round(seconds * 1000, 2)}
-            record.update({"client": client, **fields})
+            record.update({"client": client, "pid": pid, **fields})
             access_log.info(json.dumps(record, default=str))
 
     async def run(request: Request, parsed: RerankRequest, reranker: Reranker) -> RerankResult[Any]:
