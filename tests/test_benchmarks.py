@@ -201,3 +201,13 @@ def test_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert {"4 gets, one MGET", "4 gets, await aget_many", "await aset"} <= {r["operation"] for r in rows}
     assert all(r["ops"] >= 1 and 0 < r["p50_us"] <= r["p99_us"] for r in rows)
     assert "RedisCache" in capsys.readouterr().out and (tmp_path / "cache.md").is_file()
+
+
+def test_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    assert load("serve").main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert "reranks/s, 2 workers, 0 ms LLM" in rows and "added latency p50, 200 ms LLM" in rows
+    assert "| 50 clients at once, 0 ms LLM | 0 errors |" in out

@@ -24,7 +24,7 @@ OPTIONAL = (
     "openai", "anthropic", "torch", "transformers", "gguf", "sentence_transformers", "langchain_core",
     "langchain_classic", "llama_index", "bm25s", "Stemmer", "ir_measures", "matplotlib", "tqdm",
     "numpy", "pydantic", "httpx", "pyarrow", "pandas", "ray",
-    "redis", "opentelemetry",
+    "redis", "opentelemetry", "starlette", "uvicorn", "prometheus_client",
 )  # fmt: skip
 """Top-level modules that only extras bring in."""
 
@@ -69,6 +69,7 @@ NEEDS: dict[str, tuple[tuple[str, ...], Callable[[], object]]] = {
     "llamaindex": (("llama_index", "llama_index.core"), _import("llamaindex_llmrerank")),
     "eval": (("bm25s",), lambda: BM25({"d": "some text"})),
     "redis": (("redis",), lambda: RedisCache("redis://127.0.0.1:1/0")),
+    "serve": (("starlette",), lambda: importlib.import_module("llmrerank.serve").create_app()),
 }
 """Per extra: the modules it brings and a call that needs them."""
 

@@ -7,6 +7,7 @@
     llmrerank eval --data ../shared/data/trec-dl20-passage --run ../shared/data/trec-dl20-passage/bm25-top100.tsv \
         --model openai:gpt-4o-mini --strategy listwise --depth 20 100
     llmrerank batch rows.jsonl --out runs/batch --backend openai --strategy pointwise --concurrency 16
+    llmrerank serve --port 8080 --backend openai --model gpt-4o-mini --api-key secret
     llmrerank demo
 """
 
@@ -67,7 +68,7 @@ def add_reranker_options(parser: argparse.ArgumentParser, *, batch: bool = False
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``llmrerank`` command."""
     parser = argparse.ArgumentParser(prog="llmrerank", description="Rerank retrieved documents with LLMs.")
-    sub = parser.add_subparsers(dest="command", metavar="{eval,batch,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{eval,batch,serve,demo}")
     ev = sub.add_parser(
         "eval",
         help="compare reranking strategies on a BEIR collection: quality, LLM calls, tokens, cost, latency",
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="folder for report.json and plot.png")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_batch_parser(sub)
+    add_serve_parser(sub)
     sub.add_parser("demo", help="a short offline demonstration (arguments go to the demo)", add_help=False)
     return parser
 
@@ -175,6 +177,112 @@ def add_batch_parser(sub: Any) -> None:
     ba.add_argument("--no-wait", action="store_true", help="provider batch: submit and exit; rerun to collect")
     ba.add_argument("--cancel", action="store_true", help="provider batch: cancel the open batches, keep what ended")
     ba.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_serve_parser(sub: Any) -> None:
+    """``llmrerank serve``: its arguments."""
+    sv = sub.add_parser(
+        "serve",
+        help="serve reranking over HTTP: Cohere /v1/rerank and /v2/rerank, Jina, TEI /rerank",
+        description=(
+            "A request's model is a strategy name (" + ", ".join(STRATEGY_NAMES) + "), default (the backend's "
+            "preferred strategy) or a preset of --config. The LLM comes from --backend/--model/--base-url and "
+            "OPENAI_* / ANTHROPIC_* as for eval; --api-key is this service's own key, which clients send."
+        ),
+        # The service's --api-key replaces any LLM --api-key the shared reranker options may define.
+        conflict_handler="resolve",
+    )
+    add_reranker_options(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    sv.add_argument("--config", help="TOML file of [server] settings and [presets.NAME] tables")
+    sv.add_argument(
+        "--api-key",
+        help="this service's key: clients send Authorization: Bearer KEY (also $LLMRERANK_SERVE_API_KEY; "
+        "none: no auth). The LLM's own key comes from OPENAI_API_KEY / ANTHROPIC_API_KEY or --llm-api-key",
+    )
+    sv.add_argument("--api-key-file", help="file of service keys, one a line")
+    sv.add_argument("--llm-api-key", help="the upstream LLM's key (default: OPENAI_API_KEY / ANTHROPIC_API_KEY)")
+    sv.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    sv.add_argument(
+        "--grace-period", type=float, default=30.0, help="seconds to finish requests in flight on SIGTERM (default: 30)"
+    )
+    sv.add_argument("--max-documents", type=int, help="documents per request (default: 1000; 413 past it)")
+    sv.add_argument("--max-bytes", type=int, help="bytes per request body (default: 5 MiB; 413 past it)")
+    sv.add_argument("--max-in-flight", type=int, help="reranks at once per worker (default: 64; 429 past it)")
+    sv.add_argument(
+        "--on-error",
+        choices=("degrade", "degrade_all", "raise"),
+        help="a failed LLM call: degrade (default; a 200 that says so) or raise (502/503)",
+    )
+    sv.add_argument("--cache", help="response cache: memory, a folder, or redis://... (default: none)")
+    sv.add_argument("--cors-origin", action="append", help="allow this browser origin (repeatable; default: CORS off)")
+    sv.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="default: info")
+    sv.add_argument("--log-text", action="store_true", help="put queries in the access log (default: never)")
+
+
+def run_serve_cli(args: argparse.Namespace) -> int:
+    """``llmrerank serve``."""
+    import dataclasses
+    import os
+
+    from .serve.config import ServeConfig, load_config, read_api_keys
+
+    if args.llm_api_key:
+        kind, _ = backend_kind(args.backend, args.model, args.base_url)
+        os.environ["ANTHROPIC_API_KEY" if kind == "anthropic" else "OPENAI_API_KEY"] = args.llm_api_key
+    base = ServeConfig(
+        backend=args.backend,
+        model=args.model,
+        base_url=args.base_url,
+        max_concurrency=args.max_concurrency,
+        prices=args.prices,
+    )
+    config = load_config(args.config, base)
+    given = {
+        "max_documents": args.max_documents,
+        "max_bytes": args.max_bytes,
+        "max_in_flight": args.max_in_flight,
+        "on_error": args.on_error,
+        "cache": args.cache,
+        "cors_origins": tuple(args.cors_origin) if args.cors_origin else None,
+        "log_text": args.log_text or None,
+    }
+    keys = read_api_keys(args.api_key, args.api_key_file)
+    config = dataclasses.replace(config, api_keys=keys, **{k: v for k, v in given.items() if v is not None})
+    if args.domain or args.window or args.step:
+        from .serve.app import Service
+
+        shared = {"domain": args.domain, "window": args.window, "step": args.step}
+        presets = {
+            name: dataclasses.replace(p, **{k: v for k, v in shared.items() if v is not None})
+            for name, p in Service(config).presets.items()
+            if name not in config.presets
+        }
+        config = dataclasses.replace(config, presets={**presets, **config.presets})
+    from .serve.app import LOG_LEVEL_ENV, SETTINGS_ENV, configure_logging, create_app, settings_json
+    from .serve.runner import _uvicorn
+
+    configure_logging(args.log_level)
+    app = create_app(config)
+    app.state.service.backend()  # a bad --backend/--model fails here, before the port opens
+    if not keys:
+        print("llmrerank serve: no --api-key: every request is accepted", file=sys.stderr)
+    uvicorn = _uvicorn()
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "access_log": False,  # llmrerank.serve.access writes one JSON line per request instead
+        "timeout_graceful_shutdown": args.grace_period,
+    }
+    if args.workers > 1:
+        os.environ[SETTINGS_ENV] = settings_json(config)
+        os.environ[LOG_LEVEL_ENV] = args.log_level
+        uvicorn.run("llmrerank.serve.app:app_from_environment", factory=True, workers=args.workers, **options)
+    else:
+        uvicorn.run(app, **options)
+    return 0
 
 
 def strategies_from(values: Sequence[str] | None) -> list[str]:
@@ -687,6 +795,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "batch":
             return run_batch_cli(args)
+        if args.command == "serve":
+            return run_serve_cli(args)
         return run_eval(args, args_list)
     except LLMRerankError as exc:
         print(f"llmrerank: error: {exc}", file=sys.stderr)

@@ -1,0 +1,458 @@
+"""The ASGI app: :func:`create_app`.
+
+Starlette rather than FastAPI: the app has six routes whose JSON is checked by hand so that bad
+input gets the library's own :class:`~llmrerank.errors.InvalidInputError` message in each API's
+error shape; FastAPI would add pydantic validation (its own 422 shape, per-document model
+building on 1,000-document requests) and OpenAPI generation that these fixed, third-party API
+shapes do not need. Starlette is what FastAPI runs on, so the app mounts in either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from ..backends.base import Backend
+from ..cache import open_cache
+from ..errors import (
+    BackendError,
+    ConfigurationError,
+    DeadlineExceededError,
+    InvalidInputError,
+    LLMRerankError,
+    ParseError,
+    PermanentBackendError,
+    RateLimitError,
+    require,
+)
+from ..pricing import estimate_cost
+from ..prompts import domain_instruction
+from ..reranker import Reranker
+from ..strategies import STRATEGIES
+from ..types import RerankResult
+from .config import DEFAULT_MODEL, Preset, ServeConfig
+from .metrics import Metrics
+from .wire import Api, RerankRequest, cohere_body, error_body, headers, model_list, parse_request, tei_body
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+
+access_log = logging.getLogger("llmrerank.serve.access")
+logger = logging.getLogger("llmrerank.serve")
+
+SETTINGS_ENV = "LLMRERANK_SERVE_SETTINGS"
+"""Where ``llmrerank serve --workers N`` hands its settings to each worker process (JSON)."""
+LOG_LEVEL_ENV = "LLMRERANK_SERVE_LOG_LEVEL"
+"""And its log level."""
+
+
+def configure_logging(level: str) -> None:
+    """One JSON line per request on ``llmrerank.serve.access`` at ``info``; the HTTP clients' own
+    debug logs (which hold request bodies: documents) only at ``debug``."""
+    logging.basicConfig(level=level.upper(), format="%(message)s")
+    if level.lower() != "debug":
+        for name in ("openai", "anthropic", "httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class HTTPProblem(Exception):
+    """An answer other than 200: its status, message and headers (written in the API's error shape)."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class Service:
+    """The rerankers behind the names a request's ``model`` can use, built on first use."""
+
+    def __init__(self, config: ServeConfig, backend: Backend | None = None) -> None:
+        self.config = config
+        self._backend = backend
+        self._rerankers: dict[str, Reranker] = {}
+        self._refused: dict[str, str] = {}
+        self.presets: dict[str, Preset] = {
+            name: Preset(strategy=name, on_error=config.on_error, cache=config.cache) for name in STRATEGIES
+        }
+        self.presets[DEFAULT_MODEL] = Preset(on_error=config.on_error, cache=config.cache)
+        self.presets.update(config.presets)
+
+    def backend(self) -> Backend:
+        """The server's LLM, from the same flags and environment as ``llmrerank eval``."""
+        if self._backend is None:
+            from ..cli import make_backend
+
+            self._backend = make_backend(self.config.backend, self.config.model, self.config.base_url)
+        return self._backend
+
+    def reranker(self, name: str) -> Reranker:
+        """The reranker ``name`` names; :class:`HTTPProblem` 404 for an unknown or unusable name."""
+        found = self._rerankers.get(name)
+        if found is not None:
+            return found
+        preset = self.presets.get(name)
+        if preset is None:
+            raise HTTPProblem(404, f"model {name!r} not found; this server serves: {', '.join(self.presets)}")
+        if name in self._refused:
+            raise HTTPProblem(404, self._refused[name])
+        try:
+            reranker = self._build(preset)
+        except ConfigurationError as exc:
+            self._refused[name] = f"model {name!r} is not available on this server: {exc}"
+            raise HTTPProblem(404, self._refused[name]) from exc
+        self._rerankers[name] = reranker
+        return reranker
+
+    def _build(self, preset: Preset) -> Reranker:
+        from ..cli import make_backend, make_strategy_object
+
+        backend = make_backend(preset.backend, preset.model, preset.base_url) if preset.own_llm else self.backend()
+        strategy = make_strategy_object(
+            preset.strategy or backend.preferred_strategy, argparse.Namespace(window=preset.window, step=preset.step)
+        )
+        options: dict[str, Any] = {}
+        if self.config.max_concurrency is not None:
+            options["max_concurrency"] = self.config.max_concurrency
+        fusion = None if preset.fusion in (None, "", "none", "off") else preset.fusion
+        return Reranker(
+            strategy,
+            backend,
+            domain=preset.domain,
+            on_error=preset.on_error,  # type: ignore[arg-type]
+            deadline=preset.deadline,
+            cache=open_cache(preset.cache),
+            fusion=fusion,
+            **options,
+        )
+
+    def models(self) -> list[dict[str, Any]]:
+        """The names a request can use, with what each runs (the unusable ones left out)."""
+        out = []
+        for name, preset in self.presets.items():
+            try:
+                reranker = self.reranker(name)
+            except HTTPProblem:
+                continue
+            out.append(
+                {
+                    "name": name,
+                    "strategy": reranker.strategy.name,
+                    "backend": reranker.backend.name,
+                    "llm": reranker.backend.model,
+                    "fusion": reranker.fusion.method if reranker.fusion is not None else None,
+                    "allow_instruction": preset.allow_instruction,
+                }
+            )
+        return out
+
+    async def aclose(self) -> None:
+        """Close every backend's connections."""
+        seen: set[int] = set()
+        for reranker in self._rerankers.values():
+            if id(reranker.backend) not in seen:
+                seen.add(id(reranker.backend))
+                await reranker.aclose()
+
+
+def _bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def check_key(token: str | None, keys: tuple[str, ...]) -> bool:
+    """Whether ``token`` is one of ``keys``, in time that does not depend on where they differ."""
+    if not keys:
+        return True
+    given = (token or "").encode()
+    matched = False
+    for key in keys:  # every key is compared: no early exit tells which one came close
+        matched |= hmac.compare_digest(given, key.encode())
+    return matched and token is not None
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request's JSON body, read up to ``max_bytes`` (413 past it; 400 when it is not JSON)."""
+    length = request.headers.get("content-length")
+    too_big = f"request body over the server's limit of {max_bytes} bytes"
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise HTTPProblem(413, too_big)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise HTTPProblem(413, too_big)
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError as exc:
+        raise HTTPProblem(400, f"the request body is not valid JSON: {exc}") from exc
+
+
+async def until_disconnect(request: Request) -> None:
+    """Return when the client goes away (the body is read already: the next message is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready; its LLM calls were cancelled."""
+
+
+async def run_unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
+    """``work``'s result; cancelled, with its LLM calls, as soon as the client disconnects."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(until_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+        watcher.cancel()
+    if task.cancelled() or not task.done():
+        raise ClientGone
+    return task.result()
+
+
+def problem_from(error: LLMRerankError) -> HTTPProblem:
+    """The HTTP answer for a library error raised by a rerank."""
+    if isinstance(error, InvalidInputError | ConfigurationError):
+        return HTTPProblem(400, str(error))
+    if isinstance(error, RateLimitError):
+        wait = error.retry_after
+        retry = {"retry-after": str(max(1, round(wait)))} if wait else {}
+        return HTTPProblem(503, f"the upstream LLM is rate limited: {error}", retry)
+    if isinstance(error, PermanentBackendError | ParseError):
+        return HTTPProblem(502, f"the upstream LLM failed: {type(error).__name__}: {error}")
+    if isinstance(error, BackendError | DeadlineExceededError):
+        return HTTPProblem(503, f"the upstream LLM is unavailable: {type(error).__name__}: {error}")
+    return HTTPProblem(500, f"{type(error).__name__}: {error}")
+
+
+@dataclass
+class _State:
+    in_flight: int = 0
+    ready: bool = True
+
+
+def create_app(config: ServeConfig | None = None, *, backend: Backend | None = None) -> Starlette:
+    """The ASGI app serving Cohere v1/v2, Jina and TEI rerank requests with ``config``'s presets.
+
+    ``backend`` replaces the LLM that ``config.backend``/``model``/``base_url`` would build (a
+    :class:`~llmrerank.testing.FakeBackend`, a backend you configured). Mount it in your own
+    Starlette or FastAPI app, or run it with uvicorn (``llmrerank serve`` does).
+    """
+    require("starlette", "serve")
+    from starlette.applications import Starlette
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    config = config or ServeConfig()
+    service = Service(config, backend)
+    metrics = Metrics()
+    state = _State()
+    pid = os.getpid()  # which worker answered, in the access log
+
+    def answer_problem(api: Api | None, problem: HTTPProblem) -> JSONResponse:
+        return JSONResponse(error_body(api, problem.status, problem.message), problem.status, problem.headers)
+
+    def authorize(request: Request) -> None:
+        if not check_key(_bearer(request), config.api_keys):
+            raise HTTPProblem(401, "invalid or missing API key: send Authorization: Bearer <key>")
+
+    def log(request: Request, endpoint: str, status: int, seconds: float, **fields: Any) -> None:
+        metrics.observe_request(endpoint, status, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            client = request.client.host if request.client else None
+            record = {"method": request.method, "path": endpoint, "status": status, "ms": round(seconds * 1000, 2)}
+            record.update({"client": client, "pid": pid, **fields})
+            access_log.info(json.dumps(record, default=str))
+
+    async def run(request: Request, parsed: RerankRequest, reranker: Reranker) -> RerankResult[Any]:
+        n = len(parsed.texts)
+        first_stage = None
+        if reranker.fusion is not None and n:
+            # The request's order is the retriever's: best first. Without scores of its own, fusion uses it.
+            first_stage = parsed.first_stage or [float(n - i) for i in range(n)]
+        if state.in_flight >= config.max_in_flight:
+            wait = str(max(1, round(config.retry_after)))
+            raise HTTPProblem(429, f"server busy: {config.max_in_flight} reranks in flight", {"retry-after": wait})
+        state.in_flight += 1
+        metrics.in_flight.inc()
+        try:
+            work = reranker.arerank(parsed.query, parsed.texts, parsed.top_n, first_stage_scores=first_stage)
+            return await run_unless_disconnected(request, work)
+        finally:
+            state.in_flight -= 1
+            metrics.in_flight.dec()
+
+    def rerank_route(api: Api) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            started = time.perf_counter()
+            path = request.url.path
+            fields: dict[str, Any] = {}
+            try:
+                authorize(request)
+                parsed = parse_request(api, await read_json(request, config.max_bytes), DEFAULT_MODEL)
+                fields.update(name=parsed.model, documents=len(parsed.texts))
+                if config.log_text:
+                    fields["query"] = parsed.query
+                reranker = service.reranker(parsed.model)
+                preset = service.presets[parsed.model]
+                limit = preset.max_documents or config.max_documents
+                if len(parsed.texts) > limit:
+                    raise HTTPProblem(413, f"{len(parsed.texts)} documents is over this model's limit of {limit}")
+                if parsed.instruction is not None:
+                    if not preset.allow_instruction:
+                        raise HTTPProblem(400, f"model {parsed.model!r} does not accept an instruction")
+                    domain_instruction(parsed.instruction)
+                    reranker = copy.copy(reranker)  # shares the backend and the call bound
+                    reranker.domain = parsed.instruction
+                result = await run(request, parsed, reranker)
+            except HTTPProblem as problem:
+                log(request, path, problem.status, time.perf_counter() - started, error=problem.message[:200], **fields)
+                return answer_problem(api, problem)
+            except LLMRerankError as error:
+                failure = problem_from(error)
+                log(request, path, failure.status, time.perf_counter() - started, error=failure.message[:200], **fields)
+                return answer_problem(api, failure)
+            except (ClientGone, ClientDisconnect):
+                metrics.cancelled.inc()
+                log(request, path, 499, time.perf_counter() - started, error="client disconnected", **fields)
+                return Response(status_code=499)
+            backend = reranker.backend
+            model = result.model or backend.model
+            cost = estimate_cost(
+                model,
+                result.usage,
+                config.prices,
+                backend=backend.name,
+                server_url=getattr(backend, "server_url", None),
+            )
+            metrics.observe_rerank(parsed.model, result, model, cost)
+            normalization = getattr(reranker.strategy, "normalization", "pmi")
+            body: Any
+            if api == "tei":
+                body = tei_body(parsed, result, normalization)
+            else:
+                body = cohere_body(parsed, result, parsed.model, cost, normalization)
+            answer = JSONResponse(body, headers=headers(result, parsed.model, len(parsed.texts), normalization))
+            log(
+                request,
+                path,
+                200,
+                time.perf_counter() - started,
+                strategy=result.strategy,
+                rerank=result.status,
+                degraded=list(result.degraded_reasons),
+                calls=result.usage.calls,
+                prompt_tokens=result.usage.prompt_tokens,
+                completion_tokens=result.usage.completion_tokens,
+                **fields,
+            )
+            return answer
+
+        return endpoint
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        if not state.ready:
+            return JSONResponse({"status": "shutting down"}, 503)
+        try:
+            service.backend()
+        except LLMRerankError as exc:
+            return JSONResponse({"status": "not ready", "reason": str(exc)}, 503)
+        return JSONResponse({"status": "ready", "in_flight": state.in_flight})
+
+    async def models(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            authorize(request)
+        except HTTPProblem as problem:
+            log(request, "/v1/models", 401, time.perf_counter() - started)
+            return answer_problem(None, problem)
+        log(request, "/v1/models", 200, time.perf_counter() - started)
+        return JSONResponse(model_list(service.models()))
+
+    async def prometheus(request: Request) -> Response:
+        body, content_type = metrics.render()
+        return Response(body, headers={"content-type": content_type})
+
+    async def lifespan(app: Starlette) -> Any:
+        # Build the LLM backend before the first request (it may ask a server which model it serves):
+        # a bad --backend / --model stops the server at start-up instead of failing every request.
+        await asyncio.to_thread(service.backend)
+        state.ready = True
+        yield
+        state.ready = False
+        await service.aclose()
+
+    from contextlib import asynccontextmanager
+
+    routes = [
+        Route("/v2/rerank", rerank_route("cohere-v2"), methods=["POST"]),
+        Route("/v1/rerank", rerank_route("cohere-v1"), methods=["POST"]),
+        Route("/rerank", rerank_route("tei"), methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+    ]
+    middleware = []
+    if config.cors_origins:
+        from starlette.middleware import Middleware
+        from starlette.middleware.cors import CORSMiddleware
+
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type"],
+            )
+        )
+    app = Starlette(routes=routes, middleware=middleware, lifespan=asynccontextmanager(lifespan))
+    app.state.service = service
+    app.state.metrics = metrics
+    return app
+
+
+def settings_json(config: ServeConfig) -> str:
+    """``config`` as the JSON :func:`app_from_environment` reads back (for worker processes)."""
+    return json.dumps(asdict(config))
+
+
+def config_from_json(text: str) -> ServeConfig:
+    """The :class:`ServeConfig` written by :func:`settings_json`."""
+    data = json.loads(text)
+    presets = {name: Preset(**values) for name, values in data.pop("presets", {}).items()}
+    for key in ("api_keys", "cors_origins"):
+        data[key] = tuple(data.get(key) or ())
+    return replace(ServeConfig(**data), presets=presets)
+
+
+def app_from_environment() -> Starlette:
+    """The app of one ``llmrerank serve --workers N`` worker: its settings come from the environment."""
+    text = os.environ.get(SETTINGS_ENV)
+    if not text:
+        raise ConfigurationError(f"${SETTINGS_ENV} is not set: start workers with `llmrerank serve --workers N`")
+    configure_logging(os.environ.get(LOG_LEVEL_ENV, "info"))
+    return create_app(config_from_json(text))

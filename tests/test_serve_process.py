@@ -1,0 +1,129 @@
+"""``llmrerank serve`` as a real process: the issue's done-when command answered by the cohere SDK,
+SIGTERM draining a request in flight, and ``--workers 2``."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("httpx")
+pytest.importorskip("cohere")
+pytest.importorskip("openai")
+
+import cohere
+import httpx
+
+from llmrerank.serve.runner import bound_socket
+from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ["Mars is red.", "Saturn has rings.", "Venus is hot.", "Jupiter has faint rings."]
+
+
+def reverse(request: ServerRequest) -> Reply:
+    """Listwise: the documents reversed; 'slow' queries take 2 s."""
+    labels = re.findall(r'<document id="([^"]*)">', request.user)
+    return Reply(text=" > ".join(reversed(labels)), delay=2.0 if "slow" in request.user else 0.0)
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(reverse) as srv:
+        yield srv
+
+
+def start(upstream: FakeLLMServer, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    sock.close()  # the server binds it again; nothing else on loopback takes it in between
+    env = {
+        **os.environ,
+        "OPENAI_BASE_URL": upstream.base_url,
+        "OPENAI_API_KEY": "test",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "core"), str(ROOT)]),
+    }
+    env.pop("ANTHROPIC_API_KEY", None)
+    command = [sys.executable, "-m", "llmrerank.cli", "serve", "--port", str(port), *extra]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read().decode() if proc.stdout else "exited")
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("llmrerank serve did not start")
+
+
+def test_done_when_command_and_sigterm_drains(upstream: FakeLLMServer) -> None:
+    proc, url = start(
+        upstream, "--backend", "openai", "--model", "gpt-4o-mini", "--api-key", "secret", "--grace-period", "10"
+    )
+    try:
+        co = cohere.ClientV2("secret", base_url=url)
+        answer = co.rerank(model="listwise", query="which planet has rings", documents=DOCS)
+        assert [r.index for r in answer.results] == [3, 2, 1, 0]
+        assert upstream.requests[-1].model == "gpt-4o-mini"
+        slow: list[object] = []
+        worker = threading.Thread(
+            target=lambda: slow.append(co.rerank(model="listwise", query="slow rings", documents=DOCS))
+        )
+        worker.start()
+        deadline = time.monotonic() + 10
+        while not any("slow" in r.user for r in upstream.requests) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        worker.join(timeout=15)
+        assert [r.index for r in slow[0].results] == [3, 2, 1, 0]  # type: ignore[attr-defined]
+        assert proc.wait(timeout=15) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/health", timeout=1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    log = proc.stdout.read().decode() if proc.stdout else ""
+    assert '"status": 200' in log and "secret" not in log and "Saturn" not in log
+
+
+def test_two_workers(upstream: FakeLLMServer) -> None:
+    proc, url = start(upstream, "--backend", "openai", "--model", "gpt-4o-mini", "--workers", "2")
+    try:
+        children = [p for p in os.listdir("/proc") if p.isdigit() and _parent(p) == proc.pid]
+        assert len(children) >= 2
+        body = {"model": "listwise", "query": "rings", "documents": DOCS}
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: httpx.post(f"{url}/v2/rerank", json=body, timeout=30), range(16)))
+        assert all(a.status_code == 200 for a in answers)
+        assert {tuple(r["index"] for r in a.json()["results"]) for a in answers} == {(3, 2, 1, 0)}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _parent(pid: str) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return -1
+    return int(stat.rsplit(")", 1)[1].split()[1])
