@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,3 +128,32 @@ def _parent(pid: str) -> int:
     except OSError:
         return -1
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def test_two_workers_share_one_redis_cache(upstream: FakeLLMServer, redis_server: Any, tmp_path: Path) -> None:
+    """Workers are stateless: a rerank one worker paid for is served from Redis by every worker."""
+    config = tmp_path / "serve.toml"
+    config.write_text(f'[presets.shared]\nstrategy = "listwise"\ncache = "{redis_server.url}"\n')
+    proc, url = start(
+        upstream, "--backend", "openai", "--model", "gpt-4o-mini", "--workers", "2", "--config", str(config)
+    )
+    try:
+        body = {"model": "shared", "query": "rings shared", "documents": DOCS}
+        first = httpx.post(f"{url}/v2/rerank", json=body, timeout=30)
+        assert first.status_code == 200 and [r["index"] for r in first.json()["results"]] == [3, 2, 1, 0]
+        sent = len(upstream.requests)
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: httpx.post(f"{url}/v2/rerank", json=body, timeout=30), range(24)))
+        assert all(a.status_code == 200 for a in answers)
+        assert {tuple(r["index"] for r in a.json()["results"]) for a in answers} == {(3, 2, 1, 0)}
+        assert len(upstream.requests) == sent  # every worker found the answer in Redis
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    log = proc.stdout.read().decode() if proc.stdout else ""
+    answered_by = set(re.findall(r'"pid": (\d+)', log))
+    assert len(answered_by) >= 2, f"one worker answered every request: {answered_by}"
