@@ -33,6 +33,7 @@ from .strategies import (
     QueryLikelihood,
     Setwise,
     Strategy,
+    TopDown,
     make_strategy,
 )
 from .types import Diagnostic, RankedDocument, RerankResult, Usage
@@ -106,6 +107,7 @@ __all__ = [
     "ResponseCache",
     "Setwise",
     "Strategy",
+    "TopDown",
     "Usage",
     "backend_for",
     "default_backend",

@@ -41,8 +41,14 @@ def add_reranker_options(parser: argparse.ArgumentParser, *, batch: bool = False
         "(default: the backend's own)",
     )
     parser.add_argument("--base-url", help="API base URL for openai/anthropic (an OpenAI-compatible server, a proxy)")
-    parser.add_argument("--window", type=int, help="listwise window (default: 20)")
+    parser.add_argument("--window", type=int, help="listwise and topdown window (default: 20)")
     parser.add_argument("--step", type=int, help="listwise step (default: 10)")
+    parser.add_argument(
+        "--self-consistency",
+        type=int,
+        metavar="K",
+        help="listwise and topdown: rank each window K times in seeded shuffled orders, Borda count (default: 1)",
+    )
     parser.add_argument("--domain", help="domain instruction: legal, medical, ecommerce or your own sentence")
     parser.add_argument(
         "--max-concurrency",
@@ -223,15 +229,17 @@ def server_model(base_url: str) -> str | None:
 
 
 def make_strategy_object(name: str, args: argparse.Namespace) -> Any:
-    """The strategy ``name`` with the listwise window options applied."""
+    """The strategy ``name`` with the listwise window options applied (to topdown too, but ``--step``)."""
     from .strategies import make_strategy
 
-    options = {}
-    if name == "listwise":
+    options: dict[str, Any] = {}
+    if name in ("listwise", "topdown"):
         if args.window is not None:
             options["window"] = args.window
-        if args.step is not None:
+        if args.step is not None and name == "listwise":
             options["step"] = args.step
+        if getattr(args, "self_consistency", None) is not None:
+            options["self_consistency"] = args.self_consistency
     return make_strategy(name, **options)
 
 
