@@ -191,3 +191,39 @@ def test_self_hosted_on_a_loopback_llama_cpp(data: str) -> None:
     assert report["digit_probe"]["first_token_only"] == pytest.approx(1.0)
     assert report["digit_probe"]["two_tokens"] == pytest.approx(10 * 0.8 + 1 * 0.2)
     assert "| context auto | 2/2 |" in report["table"] and "model smollm2" in report["table"]
+
+
+def test_methods_on_a_tiny_dl20(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/methods.py on a made-up DL20-layout folder: 2 queries, 30 candidates each."""
+    pytest.importorskip("openai")
+    (tmp_path / "qrels").mkdir()
+    docs, queries, qrels, run = [], [], ["query-id\tcorpus-id\tscore"], ["query-id\tcorpus-id\trank\tscore"]
+    for q in ("1", "2"):
+        queries.append(json.dumps({"_id": q, "text": f"question {q}"}))
+        for i in range(30):
+            doc = f"{q}-{i}"
+            docs.append(json.dumps({"_id": doc, "title": "", "text": f"passage {doc} text"}))
+            qrels.append(f"{q}\t{doc}\t{(i * 7) % 4}")
+            run.append(f"{q}\t{doc}\t{i + 1}\t{30 - i}")
+    (tmp_path / "corpus.jsonl").write_text("\n".join(docs) + "\n")
+    (tmp_path / "queries.jsonl").write_text("\n".join(queries) + "\n")
+    (tmp_path / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
+    (tmp_path / "bm25-top100.tsv").write_text("\n".join(run) + "\n")
+    bench = load("methods")
+    args = ["--data", str(tmp_path), "--latency", "0", "--concurrency", "1", "--out", str(tmp_path / "out")]
+    assert bench.main(["all", "--k", "1", "3", *args]) == 0
+    out = capsys.readouterr().out
+    firsts = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| 1.0 |")]
+    assert firsts == [
+        "listwise, self_consistency=1",
+        "listwise, self_consistency=3",
+        "listwise (window 20, step 10)",
+        "topdown (window 20, top_k 10)",
+        "topdown, self_consistency=3",
+    ]
+    saved = json.loads((tmp_path / "out" / "methods-all-bm25.json").read_text())["rows"]
+    cost = {r["reranker"]: r for r in saved if r["part"] == "topdown cost"}
+    assert cost["listwise (window 20, step 10)"]["rounds"] == 2.0  # 30 documents: 2 windows
+    assert cost["topdown (window 20, top_k 10)"]["rounds"] >= 2.0
+    oracle = next(line for line in out.splitlines() if line.startswith("| topdown (window 20, top_k 10) |"))
+    assert float(oracle.split("|")[2]) == pytest.approx(1.0)  # the oracle finds the ideal top 10

@@ -110,7 +110,7 @@ def test_self_consistency_sends_k_seeded_shuffles_at_once(server: FakeLLMServer)
     result = reranker.rerank(QUERY, docs)
     assert result.usage.calls == 3 and server.max_in_flight == 3  # one round of three calls
     shown = [[t for _, t in read_prompt(r.user)[1]] for r in server.requests]
-    assert shown[0] == docs and all(sorted(s) == sorted(docs) for s in shown) and len({tuple(s) for s in shown}) == 3
+    assert docs in shown and all(sorted(s) == sorted(docs) for s in shown) and len({tuple(s) for s in shown}) == 3
     assert result.score_kind == "borda" and result.status == "reranked"
     scores = [item.score for item in result]
     assert all(s is not None and 0.0 <= s <= 1.0 for s in scores)
@@ -236,8 +236,8 @@ def test_topdown_through_the_server_ranks_the_top_and_reports_cost(server: FakeL
     assert result.usage.calls == len(server.requests) < Listwise(window=20, step=10).calls(100)
     shown = [[t for _, t in read_prompt(r.user)[1]] for r in server.requests]
     assert shown[0] == docs[:20] and all(len(s) <= 20 for s in shown)
-    pivot = next(t for t in shown[1] if t in shown[0])  # every group is shown with the pivot, last
-    assert all(s[-1] == pivot for s in shown[1:-1] if len(s) == 20)
+    pivot = shown[1][0]  # every group is shown with the pivot, first
+    assert pivot in shown[0] and all(s[0] == pivot for s in shown[1:-1] if len(s) == 20)
 
 
 def test_topdown_short_list_is_one_window_and_validates() -> None:
@@ -293,3 +293,40 @@ async def test_topdown_async_matches_sync() -> None:
         *(Reranker(TopDown(), FakeBackend(respond=judge.answer)).arerank(QUERY, docs) for _ in range(2))
     )
     assert all(r.indices == sync.indices for r in results)
+
+
+# --- both adapters ---------------------------------------------------------------------------------
+
+
+def test_langchain_compressor_takes_the_new_strategies() -> None:
+    pytest.importorskip("langchain_core")
+    from langchain_core.documents import Document as LCDocument
+
+    from langchain_llmrerank import LLMRerankCompressor
+
+    docs, grades = corpus(6, 45, informative=True)
+    judge = BiasedJudge(lambda q, t: grades[t], bias=0.0)
+    best = sorted(docs, key=grades.__getitem__, reverse=True)
+    for strategy in ("topdown", TopDown(top_k=5), Listwise(self_consistency=3)):
+        backend_ = FakeBackend(respond=judge.answer)
+        compressor = LLMRerankCompressor(backend=backend_, strategy=strategy, top_n=5)
+        out = compressor.compress_documents([LCDocument(page_content=d) for d in docs], QUERY)
+        assert [d.page_content for d in out] == best[:5], strategy
+        kind = out[0].metadata["rerank_score_kind"]
+        assert kind == ("borda" if isinstance(strategy, Listwise) else "rank")
+
+
+def test_llamaindex_postprocessor_takes_the_new_strategies() -> None:
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from llamaindex_llmrerank import LLMRerankPostprocessor
+
+    docs, grades = corpus(7, 45, informative=True)
+    judge = BiasedJudge(lambda q, t: grades[t], bias=0.0)
+    best = sorted(docs, key=grades.__getitem__, reverse=True)
+    for strategy in ("topdown", Listwise(self_consistency=3)):
+        post = LLMRerankPostprocessor(backend=FakeBackend(respond=judge.answer), strategy=strategy, top_n=5)
+        nodes = [NodeWithScore(node=TextNode(text=d), score=1.0) for d in docs]
+        out = post.postprocess_nodes(nodes, query_str=QUERY)
+        assert [n.node.get_content() for n in out] == best[:5], strategy

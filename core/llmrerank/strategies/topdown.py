@@ -5,8 +5,9 @@ the top ``top_k`` in three rounds:
 
 1. rank the first ``window`` documents (one call) and take the ``top_k``-th of them as the *pivot*;
    the documents above it are candidates, those below it are out of the top;
-2. rank every other group of ``window - 1`` documents together with the pivot, all groups at once
-   (one round of parallel calls); the documents ranked above the pivot join the candidates;
+2. rank every other group of ``window - 1`` documents together with the pivot, shown first, all
+   groups at once (one round of parallel calls); the documents ranked above the pivot join the
+   candidates;
 3. rank the candidates and the pivot in one window (when they are more than a window, repeat from
    1 on them).
 
@@ -103,7 +104,9 @@ class TopDown(Strategy):
             candidates = ranked[: depth - 1]
             below = ranked[depth:] + below
             groups = [pool[k : k + window - 1] for k in range(window, len(pool), window - 1)]
-            shows = [lw.shown([*group, pivot], g + 1) for g, group in enumerate(groups)]
+            # The pivot goes first: a document must beat it, not tie with it (a judge's ties go to
+            # what it is shown first), to become a candidate.
+            shows = [lw.shown([pivot, *group], g + 1) for g, group in enumerate(groups)]
             prompts = [lw.prompt(query, [texts[i] for i in s], ctx) for shown in shows for s in shown]
             answers = yield prompts
             passes = len(shows[0]) if shows else 0
