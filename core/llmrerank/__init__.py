@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backends.base import Backend, Completion, Prompt
 from .cache import DiskCache, MemoryCache, ResponseCache
+from .diversity import MMR, Dedup
 from .errors import (
     BackendError,
     BackendTimeoutError,
@@ -73,6 +74,7 @@ __version__ = "0.2.0.dev0"
 
 __all__ = [
     "DOMAINS",
+    "MMR",
     "AnthropicBackend",
     "Backend",
     "BackendError",
@@ -83,6 +85,7 @@ __all__ = [
     "ConfigurationError",
     "CrossEncoderScorer",
     "DeadlineExceededError",
+    "Dedup",
     "Diagnostic",
     "DiskCache",
     "EvalReport",

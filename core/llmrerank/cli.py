@@ -1,4 +1,5 @@
-"""The ``llmrerank`` command: ``eval`` (quality, cost, speed per strategy), ``batch`` (rerank a file), ``demo``.
+"""The ``llmrerank`` command: ``eval`` (quality, cost, speed per strategy), ``batch`` (rerank a file),
+``calibrate`` (fit scores to P(relevant)), ``demo``.
 
 ::
 
@@ -65,7 +66,7 @@ def add_reranker_options(parser: argparse.ArgumentParser, *, batch: bool = False
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``llmrerank`` command."""
     parser = argparse.ArgumentParser(prog="llmrerank", description="Rerank retrieved documents with LLMs.")
-    sub = parser.add_subparsers(dest="command", metavar="{eval,batch,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{eval,batch,calibrate,demo}")
     ev = sub.add_parser(
         "eval",
         help="compare reranking strategies on a BEIR collection: quality, LLM calls, tokens, cost, latency",
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="folder for report.json and plot.png")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_batch_parser(sub)
+    add_calibrate_parser(sub)
     sub.add_parser("demo", help="a short offline demonstration (arguments go to the demo)", add_help=False)
     return parser
 
@@ -139,6 +141,81 @@ def add_batch_parser(sub: Any) -> None:
     ba.add_argument("--no-wait", action="store_true", help="provider batch: submit and exit; rerun to collect")
     ba.add_argument("--cancel", action="store_true", help="provider batch: cancel the open batches, keep what ended")
     ba.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_calibrate_parser(sub: Any) -> None:
+    """``llmrerank calibrate``: fit a strategy's raw score to P(relevant) on judged queries."""
+    ca = sub.add_parser(
+        "calibrate",
+        help="fit a map from a strategy's raw score to P(relevant) on judged queries (for Reranker(calibration=...))",
+        description=(
+            "Reranks the judged queries' candidates (BM25's top --depth, or a --run file's) with --strategy "
+            "and --model, pairs each document's raw score with its qrels judgment, fits a monotone map "
+            "(isotonic or Platt) and saves it in --out, keyed by model and strategy. By default only the "
+            "tuning half of the queries is used, so the report half stays for measuring."
+        ),
+    )
+    ca.add_argument("--data", help="BEIR folder (default: $LLMRERANK_DATA, else shared/data/scifact)")
+    ca.add_argument("--split", default="test", help="qrels split (default: test)")
+    ca.add_argument("--run", help="candidates per query: a TREC run file, or qid docid rank score columns")
+    ca.add_argument("--strategy", choices=STRATEGY_NAMES, help="strategy (default: the backend's preferred one)")
+    add_reranker_options(ca)
+    ca.add_argument("--method", choices=("isotonic", "platt"), default="isotonic", help="the map (default: isotonic)")
+    ca.add_argument("--half", choices=("tuning", "report", "all"), default="tuning", help="queries (default: tuning)")
+    ca.add_argument("--queries", type=int, help="the first N queries of the half (default: all)")
+    ca.add_argument("--depth", type=int, default=20, help="candidates reranked per query (default: 20)")
+    ca.add_argument("--relevant", type=int, default=1, help="lowest qrels grade counted relevant (default: 1)")
+    ca.add_argument("--concurrency", type=int, default=4, help="queries reranked at once (default: 4)")
+    ca.add_argument("--out", default="calibration.json", help="calibration file, added to (default: calibration.json)")
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """``llmrerank calibrate``."""
+    from .calibrate import gather_pairs, pick_queries, read_run
+    from .calibration import expected_calibration_error, fit_calibration, save_calibration
+    from .evaluation import load_beir
+    from .reranker import Reranker
+    from .runner import run_blocking
+
+    collection = load_beir(args.data, args.split)
+    backend = make_backend(args.backend, args.model, args.base_url)
+    name = args.strategy or backend.preferred_strategy
+    reranker = Reranker(make_strategy_object(name, args), backend, domain=args.domain, fusion=None)
+    ids = pick_queries(collection, args.half, args.queries)
+    run = read_run(args.run) if args.run else None
+    pairs = run_blocking(
+        gather_pairs(
+            reranker, collection, ids, depth=args.depth, run=run, relevant=args.relevant, concurrency=args.concurrency
+        )
+    )
+    fitted_on = {
+        "data": str(collection.path),
+        "split": args.split,
+        "half": args.half,
+        "queries": pairs.queries,
+        "depth": args.depth,
+        "run": args.run,
+        "relevant_grade": args.relevant,
+    }
+    calibration = fit_calibration(
+        pairs.scores,
+        pairs.labels,
+        model=backend.model,
+        strategy=reranker.strategy.name,
+        score_kind=pairs.score_kind,
+        method=args.method,
+        fitted_on=fitted_on,
+    )
+    path = save_calibration(calibration, args.out)
+    ece = expected_calibration_error([calibration.probability(s) for s in pairs.scores], pairs.labels)
+    print(
+        f"{calibration.method} map for {calibration.key} ({pairs.score_kind} scores): {len(pairs.scores)} "
+        f"documents of {pairs.queries} queries, {calibration.positives} relevant; ECE on them {ece:.3f}"
+    )
+    if pairs.degraded:
+        print(f"llmrerank: {pairs.degraded} of {pairs.queries} reranks degraded (their scored documents count)")
+    print(f"wrote {path}: Reranker(..., calibration={str(path)!r}, min_probability=0.5)")
+    return 0
 
 
 def strategies_from(values: Sequence[str] | None) -> list[str]:
@@ -473,6 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "batch":
             return run_batch_cli(args)
+        if args.command == "calibrate":
+            return run_calibrate(args)
         return run_eval(args, args_list)
     except LLMRerankError as exc:
         print(f"llmrerank: error: {exc}", file=sys.stderr)

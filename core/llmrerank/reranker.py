@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from .adaptive import DEFAULT_MAX_CONCURRENCY, AdaptiveLimiter
 from .backends.base import Backend, Closing
 from .cache import ResponseCache
+from .calibration import Calibration, load_calibration
+from .diversity import MMR, Dedup, default_embedder, duplicates, make_dedup, mmr_order, relevance, unit_vectors
 from .driver import Driver, Meter, OnError
 from .errors import ConfigurationError, InvalidInputError
 from .fusion import Fusion, check_scores, fuse, make_fusion
@@ -132,6 +136,15 @@ class Reranker(Closing):
     ``metadata["score"]`` / ``["relevance_score"]``, or ``rerank(..., first_stage_scores=...)``);
     ``score_kind`` is then ``"fused"``. ``"auto"`` (default): the backend's ``preferred_fusion``
     when the strategy is the backend's preferred one, else none. None: never.
+
+    ``calibration``: a calibration file (``llmrerank calibrate``) or a
+    :class:`~llmrerank.calibration.Calibration` holding a map for this backend's model and this
+    strategy: scores become P(relevant) in [0, 1] (``score_kind="probability"``; the order is kept,
+    and ``fusion="auto"`` means none), and ``min_probability`` drops documents below it into
+    :attr:`~llmrerank.types.RerankResult.dropped`. ``diversity``: an :class:`~llmrerank.diversity.MMR`
+    reorders the result by maximal marginal relevance; ``dedup`` (a cosine threshold such as 0.95, or
+    a :class:`~llmrerank.diversity.Dedup`) drops near-duplicates of better-ranked documents into
+    ``dropped`` with a ``duplicate`` diagnostic (:mod:`llmrerank.diversity`).
     """
 
     def __init__(
@@ -147,6 +160,10 @@ class Reranker(Closing):
         cache: ResponseCache | None = None,
         fusion: Fusion | str | None = "auto",
         min_score: float | None = None,
+        calibration: str | Path | Calibration | None = None,
+        min_probability: float | None = None,
+        diversity: MMR | None = None,
+        dedup: Dedup | float | None = None,
     ) -> None:
         check_settings(
             max_concurrency=max_concurrency,
@@ -176,6 +193,12 @@ class Reranker(Closing):
             self.fusion = self.backend.preferred_fusion if preferred else None
         else:
             self.fusion = make_fusion(fusion)
+        self.calibration = self._load_calibration(calibration, min_probability, min_score)
+        self.min_probability = min_probability
+        if diversity is not None and not isinstance(diversity, MMR):
+            raise ConfigurationError(f"diversity must be an llmrerank.MMR, got {type(diversity).__name__}")
+        self.diversity = diversity
+        self.dedup = make_dedup(dedup)
         self.domain = domain
         self.max_concurrency = max_concurrency
         self.on_error = on_error
@@ -221,6 +244,66 @@ class Reranker(Closing):
                 "use Pointwise (or Hybrid(llm='pointwise')), or filter on rank with top_k"
             )
         return min_score
+
+    def _load_calibration(
+        self, calibration: str | Path | Calibration | None, min_probability: float | None, min_score: float | None
+    ) -> Calibration | None:
+        if min_probability is not None and not (is_number(min_probability) and 0 <= min_probability <= 1):
+            raise ConfigurationError(f"min_probability must be a number from 0 to 1, got {min_probability!r}")
+        if calibration is None:
+            if min_probability is not None:
+                raise ConfigurationError("min_probability needs calibration=FILE (fit one with: llmrerank calibrate)")
+            return None
+        if not isinstance(calibration, str | Path | Calibration):
+            raise ConfigurationError(f"calibration must be a file path or a Calibration, got {calibration!r}")
+        if min_score is not None:
+            raise ConfigurationError("with calibration, filter on min_probability, not min_score")
+        if self._fusion_asked and self.fusion is not None:
+            raise ConfigurationError("calibration maps the strategy's own score; fused scores are not it: fusion=None")
+        self.fusion = None
+        return load_calibration(calibration, self.backend.model, self.strategy.name)
+
+    async def _diversify(
+        self, ranked: list[RankedDocument[Any]], texts: Sequence[str], kind: str
+    ) -> tuple[list[RankedDocument[Any]], list[RankedDocument[Any]], list[Diagnostic]]:
+        """Drop near-duplicates and reorder by MMR (as set); (kept, duplicates, diagnostics).
+
+        An embedder that fails leaves the order as it is, with a ``diversity_failed`` diagnostic and
+        a warning; a missing sentence-transformers raises (a configuration error)."""
+        if len(ranked) < 2 or (self.dedup is None and self.diversity is None):
+            return ranked, [], []
+        embedder = (self.dedup.embedder if self.dedup is not None else None) or (
+            self.diversity.embedder if self.diversity is not None else None
+        )
+        try:
+            embedder = embedder or default_embedder()
+            raw = await asyncio.to_thread(embedder.encode, [texts[d.index] for d in ranked])
+            vectors = unit_vectors(raw, len(ranked))
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            message = f"embedder failed, order kept: {type(exc).__name__}: {exc}"
+            logger.warning("llmrerank: %s", message)
+            return ranked, [], [Diagnostic("diversity_failed", message)]
+        notes: list[Diagnostic] = []
+        dropped: list[RankedDocument[Any]] = []
+        if self.dedup is not None:
+            found = duplicates(vectors, self.dedup.threshold)
+            for p, (kept, similarity) in found.items():
+                note = Diagnostic(
+                    "duplicate", f"cosine {similarity:.3f} with document {ranked[kept].index}", ranked[p].index
+                )
+                dropped.append(replace(ranked[p], diagnostics=(*ranked[p].diagnostics, note)))
+                notes.append(note)
+            ranked = [d for p, d in enumerate(ranked) if p not in found]
+            vectors = [v for p, v in enumerate(vectors) if p not in found]
+        if self.diversity is not None and len(ranked) > 1:
+            scores = relevance([d.score for d in ranked], kind == "probability")
+            order = mmr_order(scores, vectors, self.diversity.lambda_)
+            moved = sum(p != q for p, q in enumerate(order))
+            notes.append(Diagnostic("diversified", f"MMR (lambda {self.diversity.lambda_}) moved {moved} documents"))
+            ranked = [ranked[p] for p in order]
+        return ranked, dropped, notes
 
     def _limiter(self) -> AdaptiveLimiter:
         # One bound for every thread and event loop this reranker is used from.
@@ -287,6 +370,8 @@ class Reranker(Closing):
         ranking = _complete(ranking, len(docs))
         if self.fusion is not None:
             ranking = self._fuse(self.fusion, ranking, originals, first_stage_scores)
+        if self.calibration is not None:
+            ranking = calibrate(ranking, self.calibration)
         meter = driver.meter
         diagnostics = list(ranking.diagnostics) + meter.diagnostics
         if meter.deadline_hit:
@@ -328,6 +413,12 @@ class Reranker(Closing):
             # Unscored (fallback) documents were not judged below the threshold: they stay.
             dropped = [d for d in ranked if d.score is not None and d.score < threshold]
             ranked = [d for d in ranked if d.score is None or d.score >= threshold]
+        if self.min_probability is not None and kind == "probability":
+            dropped = [d for d in ranked if d.score is not None and d.score < self.min_probability]
+            ranked = [d for d in ranked if d.score is None or d.score >= self.min_probability]
+        ranked, duplicate, notes = await self._diversify(ranked, [d.text for d in docs], kind)
+        dropped += duplicate
+        diagnostics += notes
         kept = ranked[:top_k] if top_k else ranked
         return RerankResult(
             items=tuple(replace(d, rank=r + 1) for r, d in enumerate(kept)),
@@ -377,6 +468,17 @@ class Reranker(Closing):
         return run_blocking(
             self.arerank(query, documents, top_k, min_score=min_score, first_stage_scores=first_stage_scores)
         )
+
+
+def calibrate(ranking: Ranking, calibration: Calibration) -> Ranking:
+    """``ranking`` with its scores mapped to P(relevant) (``score_kind="probability"``), when they are
+    the kind the calibration was fitted on; else as it is, with a ``calibration_skipped`` diagnostic."""
+    if ranking.score_kind != calibration.score_kind or not ranking.scores:
+        note = f"scores are {ranking.score_kind!r}, the calibration maps {calibration.score_kind!r}: not mapped"
+        ranking.diagnostics.append(Diagnostic("calibration_skipped", note))
+        return ranking
+    scores = {i: calibration.probability(s) for i, s in ranking.scores.items()}
+    return replace(ranking, score_kind="probability", scores=scores)
 
 
 def _complete(ranking: Ranking, n: int) -> Ranking:
