@@ -18,6 +18,10 @@ seeded), and the paired difference against the row each method improves on with 
 
     python benchmarks/methods.py consistency --bias 0 1 2 --noise 0.5
     python benchmarks/methods.py topdown --latency 0.2 --bias 1 --noise 0.5
+    python benchmarks/methods.py diversity --bias 1 --noise 0.5
+
+- ``diversity``: listwise over the BM25 top ``--depth`` (biased judge), then ``dedup`` and ``MMR``
+  with the bundled all-MiniLM-L6-v2: duplicates dropped and nDCG@10 before and after.
 """
 
 from __future__ import annotations
@@ -253,9 +257,72 @@ def topdown(args: argparse.Namespace, data: Dl20, server: FakeLLMServer, rows: l
             sliding = sliding or ndcg(report)
 
 
+class CachedEmbedder:
+    """The bundled all-MiniLM-L6-v2, each passage encoded once over all rows."""
+
+    def __init__(self) -> None:
+        from llmrerank.diversity import default_embedder
+
+        self.model = default_embedder()
+        self.seen: dict[str, Any] = {}
+
+    def encode(self, texts: Sequence[str]) -> list[Any]:
+        new = [t for t in dict.fromkeys(texts) if t not in self.seen]
+        if new:
+            self.seen.update(zip(new, self.model.encode(new), strict=True))
+        return [self.seen[t] for t in texts]
+
+
+def diversity(args: argparse.Namespace, data: Dl20, server: FakeLLMServer, rows: list[dict[str, Any]]) -> None:
+    from llmrerank import MMR, Dedup
+
+    tasks = data.tasks(args.depth)
+    embedder = CachedEmbedder()
+    judge = BiasedJudge(data.relevance, bias=args.bias[0], noise=args.noise, seed=args.seed, max_grade=3)
+    settings: dict[str, dict[str, Any]] = {
+        "listwise": {},
+        "+ dedup 0.95": {"dedup": Dedup(0.95, embedder=embedder)},
+        "+ dedup 0.90": {"dedup": Dedup(0.90, embedder=embedder)},
+        "+ MMR 0.7": {"diversity": MMR(0.7, embedder=embedder)},
+        "+ dedup 0.95 + MMR 0.7": {"dedup": Dedup(0.95, embedder=embedder), "diversity": MMR(0.7, embedder=embedder)},
+    }
+    print(
+        f"\nDiversity after listwise: DL20, {len(tasks)} queries, BM25 top {args.depth}, judge bias {args.bias[0]}, "
+        f"noise {args.noise}; all-MiniLM-L6-v2 cosine\n"
+    )
+    print(line(["after the rerank", "nDCG@10 [95% CI]", "Δ [95% CI]", "dropped/q", "queries with a drop"]))
+    print(line(["---", "---:", "---:", "---:", "---:"]))
+    server.responder = judge
+    base: list[float] | None = None
+    for name, options in settings.items():
+        backend = OpenAIBackend("fake-model", base_url=server.base_url, api_key="benchmark")
+        reranker = Reranker(Listwise(), backend, **options)
+        truth = {t["id"]: dict(data.collection.qrels[t["id"]]) for t in tasks}
+        dropped: list[int] = []
+
+        def rerank(query: str, docs: Any, reranker: Reranker = reranker, dropped: list[int] = dropped) -> Any:
+            result = reranker.rerank(query, docs)
+            dropped.append(len(result.dropped))
+            return result
+
+        report = evaluate_reranking(tasks, truth, rerank, name=name)
+        values = ndcg(report)
+        low, high = interval(values)
+        delta = ""
+        if base is not None:
+            diff = [a - b for a, b in zip(values, base, strict=True)]
+            dl, dh = interval(diff)
+            delta = f"{statistics.fmean(diff):+.3f} [{dl:+.3f}, {dh:+.3f}]"
+        cells = [f"{statistics.fmean(values):.3f} [{low:.3f}, {high:.3f}]", delta]
+        cells += [f"{statistics.fmean(dropped):.2f}", str(sum(d > 0 for d in dropped))]
+        print(line([name, *cells]))
+        rows.append({"part": "diversity", "setting": name, "ndcg": statistics.fmean(values), "dropped": sum(dropped)})
+        base = base or values
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("consistency", "topdown", "all"))
+    parser.add_argument("part", choices=("consistency", "topdown", "diversity", "all"))
     parser.add_argument(
         "--data", type=Path, help="DL20 folder (default: $LLMRERANK_DL20 or shared/data/trec-dl20-passage)"
     )
@@ -278,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             consistency(args, data, server, rows)
         if args.part in ("topdown", "all"):
             topdown(args, data, server, rows)
+        if args.part == "diversity":  # needs sentence-transformers and the bundled model
+            diversity(args, data, server, rows)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         settings = {**vars(args), "data": str(args.data), "out": str(args.out)}

@@ -28,6 +28,8 @@ class Pairs:
     queries: int
     degraded: int
     """Queries whose rerank degraded (their judged documents still count where they have a score)."""
+    sizes: tuple[int, ...] = ()
+    """Pairs per query, in query order (for intervals by query)."""
 
 
 def read_run(path: str | Path) -> dict[str, list[str]]:
@@ -114,6 +116,7 @@ async def gather_pairs(
         score_kind=kinds.pop(),
         queries=len(query_ids),
         degraded=sum(d for _, _, d in done),
+        sizes=tuple(len(scores) for scores, _, _ in done),
     )
 
 
