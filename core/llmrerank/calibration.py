@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigurationError
+from .strategies.base import Ranking
+from .types import Diagnostic
 
 Method = Literal["isotonic", "platt"]
 
@@ -241,6 +243,17 @@ def load_calibration(source: str | Path | Calibration, model: str, strategy: str
     return source if isinstance(source, Calibration) else Calibration.from_json(found[key])
 
 
+def calibrate_ranking(ranking: Ranking, calibration: Calibration) -> Ranking:
+    """``ranking`` with its scores mapped to P(relevant) (``score_kind="probability"``), when they are
+    the kind the calibration was fitted on; else as it is, with a ``calibration_skipped`` diagnostic."""
+    if ranking.score_kind != calibration.score_kind or not ranking.scores:
+        note = f"scores are {ranking.score_kind!r}, the calibration maps {calibration.score_kind!r}: not mapped"
+        ranking.diagnostics.append(Diagnostic("calibration_skipped", note))
+        return ranking
+    scores = {i: calibration.probability(s) for i, s in ranking.scores.items()}
+    return replace(ranking, score_kind="probability", scores=scores)
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -256,6 +269,7 @@ def _read(path: Path) -> dict[str, Any]:
 __all__ = [
     "Calibration",
     "Method",
+    "calibrate_ranking",
     "calibration_key",
     "expected_calibration_error",
     "fit_calibration",

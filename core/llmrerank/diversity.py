@@ -16,13 +16,17 @@ Similarity is the **cosine** of the two documents' embeddings.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import ConfigurationError
-from .types import is_number
+from .types import Diagnostic, RankedDocument, is_number
+
+logger = logging.getLogger("llmrerank")
 
 
 def _check_embedder(embedder: Any, owner: str) -> None:
@@ -140,4 +144,55 @@ def mmr_order(relevance: Sequence[float], vectors: Sequence[Sequence[float]], la
     return chosen
 
 
-__all__ = ["MMR", "Dedup", "cosine", "default_embedder", "duplicates", "make_dedup", "mmr_order", "relevance"]
+async def diversify(
+    ranked: list[RankedDocument[Any]], texts: Sequence[str], kind: str, mmr: MMR | None, dedup: Dedup | None
+) -> tuple[list[RankedDocument[Any]], list[RankedDocument[Any]], list[Diagnostic]]:
+    """Drop near-duplicates and reorder by MMR (as set) a rerank's documents, best first (``texts``:
+    every input document's text, by input position); returns (kept, duplicates, diagnostics).
+
+    An embedder that fails leaves the order as it is, with a ``diversity_failed`` diagnostic and a
+    warning; a missing sentence-transformers raises (a configuration error)."""
+    if len(ranked) < 2 or (dedup is None and mmr is None):
+        return ranked, [], []
+    embedder = (dedup.embedder if dedup is not None else None) or (mmr.embedder if mmr is not None else None)
+    try:
+        embedder = embedder or default_embedder()
+        raw = await asyncio.to_thread(embedder.encode, [texts[d.index] for d in ranked])
+        vectors = unit_vectors(raw, len(ranked))
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        message = f"embedder failed, order kept: {type(exc).__name__}: {exc}"
+        logger.warning("llmrerank: %s", message)
+        return ranked, [], [Diagnostic("diversity_failed", message)]
+    notes: list[Diagnostic] = []
+    dropped: list[RankedDocument[Any]] = []
+    if dedup is not None:
+        found = duplicates(vectors, dedup.threshold)
+        for p, (kept, similarity) in found.items():
+            note = Diagnostic(
+                "duplicate", f"cosine {similarity:.3f} with document {ranked[kept].index}", ranked[p].index
+            )
+            dropped.append(replace(ranked[p], diagnostics=(*ranked[p].diagnostics, note)))
+            notes.append(note)
+        ranked = [d for p, d in enumerate(ranked) if p not in found]
+        vectors = [v for p, v in enumerate(vectors) if p not in found]
+    if mmr is not None and len(ranked) > 1:
+        order = mmr_order(relevance([d.score for d in ranked], kind == "probability"), vectors, mmr.lambda_)
+        moved = sum(p != q for p, q in enumerate(order))
+        notes.append(Diagnostic("diversified", f"MMR (lambda {mmr.lambda_}) moved {moved} documents"))
+        ranked = [ranked[p] for p in order]
+    return ranked, dropped, notes
+
+
+__all__ = [
+    "MMR",
+    "Dedup",
+    "cosine",
+    "default_embedder",
+    "diversify",
+    "duplicates",
+    "make_dedup",
+    "mmr_order",
+    "relevance",
+]

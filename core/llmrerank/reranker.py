@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
@@ -15,8 +14,8 @@ from typing import Any
 from .adaptive import DEFAULT_MAX_CONCURRENCY, AdaptiveLimiter
 from .backends.base import Backend, Closing
 from .cache import ResponseCache
-from .calibration import Calibration, load_calibration
-from .diversity import MMR, Dedup, default_embedder, duplicates, make_dedup, mmr_order, relevance, unit_vectors
+from .calibration import Calibration, calibrate_ranking, load_calibration
+from .diversity import MMR, Dedup, diversify, make_dedup
 from .driver import Driver, Meter, OnError
 from .errors import ConfigurationError, InvalidInputError
 from .fusion import Fusion, check_scores, fuse, make_fusion
@@ -111,7 +110,7 @@ class Reranker(Closing):
     >>> result = r.rerank("what is BM25?", docs, top_k=5)                               # doctest: +SKIP
 
     ``strategy``: ``"pointwise"``, ``"batch_score"``, ``"pairwise"``, ``"setwise"``, ``"listwise"``,
-    ``"hybrid"`` or a strategy object
+    ``"topdown"``, ``"hybrid"`` or a strategy object
     (for options); None picks the backend's preferred one (listwise for API models, query likelihood,
     ``"query_likelihood"``, for the local model). ``backend``: a backend, a model name routed to its provider
     (``"openai:gpt-4.1-mini"``, ``"anthropic:claude-haiku-4-5"``, ``"claude-haiku-4-5"``: see
@@ -263,48 +262,6 @@ class Reranker(Closing):
         self.fusion = None
         return load_calibration(calibration, self.backend.model, self.strategy.name)
 
-    async def _diversify(
-        self, ranked: list[RankedDocument[Any]], texts: Sequence[str], kind: str
-    ) -> tuple[list[RankedDocument[Any]], list[RankedDocument[Any]], list[Diagnostic]]:
-        """Drop near-duplicates and reorder by MMR (as set); (kept, duplicates, diagnostics).
-
-        An embedder that fails leaves the order as it is, with a ``diversity_failed`` diagnostic and
-        a warning; a missing sentence-transformers raises (a configuration error)."""
-        if len(ranked) < 2 or (self.dedup is None and self.diversity is None):
-            return ranked, [], []
-        embedder = (self.dedup.embedder if self.dedup is not None else None) or (
-            self.diversity.embedder if self.diversity is not None else None
-        )
-        try:
-            embedder = embedder or default_embedder()
-            raw = await asyncio.to_thread(embedder.encode, [texts[d.index] for d in ranked])
-            vectors = unit_vectors(raw, len(ranked))
-        except ConfigurationError:
-            raise
-        except Exception as exc:
-            message = f"embedder failed, order kept: {type(exc).__name__}: {exc}"
-            logger.warning("llmrerank: %s", message)
-            return ranked, [], [Diagnostic("diversity_failed", message)]
-        notes: list[Diagnostic] = []
-        dropped: list[RankedDocument[Any]] = []
-        if self.dedup is not None:
-            found = duplicates(vectors, self.dedup.threshold)
-            for p, (kept, similarity) in found.items():
-                note = Diagnostic(
-                    "duplicate", f"cosine {similarity:.3f} with document {ranked[kept].index}", ranked[p].index
-                )
-                dropped.append(replace(ranked[p], diagnostics=(*ranked[p].diagnostics, note)))
-                notes.append(note)
-            ranked = [d for p, d in enumerate(ranked) if p not in found]
-            vectors = [v for p, v in enumerate(vectors) if p not in found]
-        if self.diversity is not None and len(ranked) > 1:
-            scores = relevance([d.score for d in ranked], kind == "probability")
-            order = mmr_order(scores, vectors, self.diversity.lambda_)
-            moved = sum(p != q for p, q in enumerate(order))
-            notes.append(Diagnostic("diversified", f"MMR (lambda {self.diversity.lambda_}) moved {moved} documents"))
-            ranked = [ranked[p] for p in order]
-        return ranked, dropped, notes
-
     def _limiter(self) -> AdaptiveLimiter:
         # One bound for every thread and event loop this reranker is used from.
         return self._limits
@@ -371,7 +328,7 @@ class Reranker(Closing):
         if self.fusion is not None:
             ranking = self._fuse(self.fusion, ranking, originals, first_stage_scores)
         if self.calibration is not None:
-            ranking = calibrate(ranking, self.calibration)
+            ranking = calibrate_ranking(ranking, self.calibration)
         meter = driver.meter
         diagnostics = list(ranking.diagnostics) + meter.diagnostics
         if meter.deadline_hit:
@@ -416,7 +373,7 @@ class Reranker(Closing):
         if self.min_probability is not None and kind == "probability":
             dropped = [d for d in ranked if d.score is not None and d.score < self.min_probability]
             ranked = [d for d in ranked if d.score is None or d.score >= self.min_probability]
-        ranked, duplicate, notes = await self._diversify(ranked, [d.text for d in docs], kind)
+        ranked, duplicate, notes = await diversify(ranked, [d.text for d in docs], kind, self.diversity, self.dedup)
         dropped += duplicate
         diagnostics += notes
         kept = ranked[:top_k] if top_k else ranked
@@ -468,17 +425,6 @@ class Reranker(Closing):
         return run_blocking(
             self.arerank(query, documents, top_k, min_score=min_score, first_stage_scores=first_stage_scores)
         )
-
-
-def calibrate(ranking: Ranking, calibration: Calibration) -> Ranking:
-    """``ranking`` with its scores mapped to P(relevant) (``score_kind="probability"``), when they are
-    the kind the calibration was fitted on; else as it is, with a ``calibration_skipped`` diagnostic."""
-    if ranking.score_kind != calibration.score_kind or not ranking.scores:
-        note = f"scores are {ranking.score_kind!r}, the calibration maps {calibration.score_kind!r}: not mapped"
-        ranking.diagnostics.append(Diagnostic("calibration_skipped", note))
-        return ranking
-    scores = {i: calibration.probability(s) for i, s in ranking.scores.items()}
-    return replace(ranking, score_kind="probability", scores=scores)
 
 
 def _complete(ranking: Ranking, n: int) -> Ranking:

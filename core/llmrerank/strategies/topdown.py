@@ -142,7 +142,3 @@ class TopDown(Strategy):
             kind = "borda" if self.self_consistency > 1 else "first_token"
         kept = {i: s for i, s in scores.items() if i in judged}
         return Ranking(order, kind, kept, {}, diagnostics, unjudged if n >= 2 else set())
-
-    def doc_chars(self, ctx: Context) -> int | None:
-        """Listwise's document cut."""
-        return self.max_doc_chars
