@@ -314,3 +314,36 @@ def test_both_adapters_take_calibration_and_diversity(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="min_probability needs calibration"):  # pydantic's, with our message
         LLMRerankCompressor(backend=FakeBackend(respond=overlap_judge), min_probability=0.5)
     assert isinstance(load_calibration(path, "fake-model", "pointwise"), Calibration)
+
+
+def test_cli_eval_takes_calibration_and_diversity(
+    server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("bm25s")
+    pytest.importorskip("ir_measures")
+    from llmrerank.cli import after_rerank, build_parser
+
+    parsed = build_parser().parse_args(["eval", "--calibration", "c.json", "--min-probability", "0.4", "--mmr", "0.6"])
+    options = after_rerank(parsed)
+    assert options["calibration"] == "c.json" and options["min_probability"] == 0.4
+    assert options["diversity"] == MMR(lambda_=0.6) and "dedup" not in options
+    fitted = fit_calibration(
+        [0, 3, 6, 10], [0, 0, 1, 1], model="fake-model", strategy="pointwise", score_kind="logprob"
+    )
+    path = save_calibration(fitted, tmp_path / "cal.json")
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    args = [
+        "eval",
+        "--data",
+        str(SLICE),
+        "--strategy",
+        "pointwise",
+        "--backend",
+        "openai",
+        "--base-url",
+        server.base_url,
+    ]
+    args += ["--model", "fake-model", "--queries", "2", "--depth", "5", "--no-progress", "--calibration", str(path)]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["queries"] == 2 and "pointwise" in capsys.readouterr().out

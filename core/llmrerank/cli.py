@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--queries", type=int, help="evaluate the first N judged queries (default: all)")
     ev.add_argument("--k", type=int, default=10, help="recall cutoff for R@k (default: 10)")
     ev.add_argument("--concurrency", type=int, default=1, help="queries reranked at once (default: 1)")
+    ev.add_argument("--calibration", help="calibration file (llmrerank calibrate): scores as P(relevant)")
+    ev.add_argument("--min-probability", type=float, help="with --calibration: drop documents below it")
+    ev.add_argument("--dedup", type=float, help="drop near-duplicates at this embedding cosine (e.g. 0.95)")
+    ev.add_argument("--mmr", type=float, metavar="LAMBDA", help="reorder by maximal marginal relevance (e.g. 0.7)")
     ev.add_argument("--out", help="folder for report.json and plot.png")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_batch_parser(sub)
@@ -411,6 +415,22 @@ def plot(reports: Sequence[Any], path: str | Path) -> Path:
     return out
 
 
+def after_rerank(args: argparse.Namespace) -> dict[str, Any]:
+    """The Reranker options of ``--calibration``, ``--min-probability``, ``--dedup`` and ``--mmr``, as given."""
+    from .diversity import MMR
+
+    options: dict[str, Any] = {}
+    if args.calibration is not None:
+        options["calibration"] = args.calibration
+    if args.min_probability is not None:
+        options["min_probability"] = args.min_probability
+    if args.dedup is not None:
+        options["dedup"] = args.dedup
+    if args.mmr is not None:
+        options["diversity"] = MMR(lambda_=args.mmr)
+    return options
+
+
 def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``llmrerank eval``."""
     from .evaluation import evaluate as run
@@ -434,6 +454,7 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 backend,
                 domain=args.domain,
                 max_concurrency=args.max_concurrency,
+                **after_rerank(args),
             )
         reports.append(
             run(
