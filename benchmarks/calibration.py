@@ -142,7 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"| {name} | {label} | {len(test.scores)} | {sum(test.labels)} | {ece} | {score} |")
             rows.append({"strategy": name, "map": label, "ece": ece, "brier": score, "pairs": len(test.scores)})
             curves[name].append((label, reliability(probabilities, test.labels)))
+        if args.out:
+            write(args, rows, curves)
     print(f"({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def write(args: argparse.Namespace, rows: list[dict[str, Any]], curves: dict[str, Any]) -> None:
+    """calibration.json and the reliability plot, calibration.png (rewritten after each strategy)."""
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "calibration.json").write_text(
@@ -164,8 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(args.out / "calibration.png", dpi=110)
+        plt.close(fig)
         print(f"wrote {args.out / 'calibration.json'} and {args.out / 'calibration.png'}")
-    return 0
 
 
 if __name__ == "__main__":
