@@ -227,3 +227,15 @@ def test_methods_on_a_tiny_dl20(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert cost["topdown (window 20, top_k 10)"]["rounds"] >= 2.0
     oracle = next(line for line in out.splitlines() if line.startswith("| topdown (window 20, top_k 10) |"))
     assert float(oracle.split("|")[2]) == pytest.approx(1.0)  # the oracle finds the ideal top 10
+
+
+def test_calibration(data: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("openai")
+    bench = load("calibration")
+    args = ["--data", data, "--backend", "loopback", "--strategy", "pointwise_expected", "--queries", "8"]
+    assert bench.main([*args, "--depth", "5", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    maps = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| pointwise_expected |")]
+    assert maps == ["raw (score / 10)", "isotonic", "platt"]
+    saved = json.loads((tmp_path / "calibration.json").read_text())["rows"]
+    assert [r["map"] for r in saved] == maps and (tmp_path / "calibration.png").stat().st_size > 0
