@@ -109,6 +109,15 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
     """Combine the LLM's score with each document's ``metadata["score"]`` or ``["relevance_score"]``
     (a retriever's score): an ``llmrerank.Fusion``, a method name (``"zscore"``, ``"minmax"``,
     ``"rrf"``), None for never, or ``"auto"``: the backend's default (the local model's)."""
+    calibration: Any = None
+    """A calibration file (``llmrerank calibrate``) for this model and strategy: ``relevance_score``
+    becomes P(relevant) in [0, 1] (``rerank_score_kind`` ``"probability"``)."""
+    min_probability: float | None = Field(default=None, ge=0, le=1)
+    """With ``calibration``: drop documents less likely relevant than this."""
+    diversity: Any = None
+    """An ``llmrerank.MMR(lambda_=0.7, embedder=...)``: reorder the result by maximal marginal relevance."""
+    dedup: Any = None
+    """A cosine threshold (``0.95``) or an ``llmrerank.Dedup``: drop near-duplicates of better-ranked documents."""
 
     _slot: RerankerSlot = PrivateAttr(default_factory=lambda: RerankerSlot())
 

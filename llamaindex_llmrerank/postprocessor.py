@@ -167,6 +167,15 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     """Combine the LLM's score with each node's retrieval score (``NodeWithScore.score``): an
     ``llmrerank.Fusion``, a method name (``"zscore"``, ``"minmax"``, ``"rrf"``), None for never, or
     ``"auto"``: the backend's default (the local model's)."""
+    calibration: Any = Field(default=None, exclude=True)
+    """A calibration file (``llmrerank calibrate``) for this model and strategy: the node's score
+    becomes P(relevant) in [0, 1] (``rerank_score_kind`` ``"probability"``)."""
+    min_probability: float | None = Field(default=None, ge=0, le=1)
+    """With ``calibration``: drop nodes less likely relevant than this."""
+    diversity: Any = Field(default=None, exclude=True)
+    """An ``llmrerank.MMR(lambda_=0.7, embedder=...)``: reorder the result by maximal marginal relevance."""
+    dedup: Any = Field(default=None, exclude=True)
+    """A cosine threshold (``0.95``) or an ``llmrerank.Dedup``: drop near-duplicates of better-ranked nodes."""
 
     _slot: RerankerSlot = PrivateAttr(default_factory=lambda: RerankerSlot())
 

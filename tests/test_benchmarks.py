@@ -211,3 +211,51 @@ def test_serve(capsys: pytest.CaptureFixture[str]) -> None:
     rows = table_rows(out)
     assert "reranks/s, 2 workers, 0 ms LLM" in rows and "added latency p50, 200 ms LLM" in rows
     assert "| 50 clients at once, 0 ms LLM | 0 errors |" in out
+
+
+def test_methods_on_a_tiny_dl20(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/methods.py on a made-up DL20-layout folder: 2 queries, 30 candidates each."""
+    pytest.importorskip("openai")
+    (tmp_path / "qrels").mkdir()
+    docs, queries, qrels, run = [], [], ["query-id\tcorpus-id\tscore"], ["query-id\tcorpus-id\trank\tscore"]
+    for q in ("1", "2"):
+        queries.append(json.dumps({"_id": q, "text": f"question {q}"}))
+        for i in range(30):
+            doc = f"{q}-{i}"
+            docs.append(json.dumps({"_id": doc, "title": "", "text": f"passage {doc} text"}))
+            qrels.append(f"{q}\t{doc}\t{(i * 7) % 4}")
+            run.append(f"{q}\t{doc}\t{i + 1}\t{30 - i}")
+    (tmp_path / "corpus.jsonl").write_text("\n".join(docs) + "\n")
+    (tmp_path / "queries.jsonl").write_text("\n".join(queries) + "\n")
+    (tmp_path / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
+    (tmp_path / "bm25-top100.tsv").write_text("\n".join(run) + "\n")
+    bench = load("methods")
+    args = ["--data", str(tmp_path), "--latency", "0", "--concurrency", "1", "--out", str(tmp_path / "out")]
+    assert bench.main(["all", "--k", "1", "3", *args]) == 0
+    out = capsys.readouterr().out
+    firsts = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| 1.0 |")]
+    assert firsts == [
+        "listwise, self_consistency=1",
+        "listwise, self_consistency=3",
+        "listwise (window 20, step 10)",
+        "topdown (window 20, top_k 10)",
+        "topdown, self_consistency=3",
+    ]
+    saved = json.loads((tmp_path / "out" / "methods-all-bm25.json").read_text())["rows"]
+    cost = {r["reranker"]: r for r in saved if r["part"] == "topdown cost"}
+    assert cost["listwise (window 20, step 10)"]["rounds"] == 2.0  # 30 documents: 2 windows
+    assert cost["topdown (window 20, top_k 10)"]["rounds"] >= 2.0
+    oracle = next(line for line in out.splitlines() if line.startswith("| topdown (window 20, top_k 10) |"))
+    assert float(oracle.split("|")[2]) == pytest.approx(1.0)  # the oracle finds the ideal top 10
+
+
+def test_calibration(data: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("openai")
+    bench = load("calibration")
+    args = ["--data", data, "--backend", "loopback", "--strategy", "pointwise_expected", "--queries", "8"]
+    assert bench.main([*args, "--depth", "5", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    maps = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| pointwise_expected |")]
+    assert maps == ["raw (score / 10)", "isotonic", "platt"]
+    saved = json.loads((tmp_path / "calibration.json").read_text())["rows"]
+    assert [r["map"] for r in saved] == maps and (tmp_path / "calibration.png").stat().st_size > 0

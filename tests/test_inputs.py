@@ -10,7 +10,17 @@ from typing import Any
 
 import pytest
 
-from llmrerank import BatchScore, InvalidInputError, Listwise, Pairwise, Pointwise, Reranker, Setwise, Strategy
+from llmrerank import (
+    BatchScore,
+    InvalidInputError,
+    Listwise,
+    Pairwise,
+    Pointwise,
+    Reranker,
+    Setwise,
+    Strategy,
+    TopDown,
+)
 from llmrerank.prompts import clean_query, sanitize
 from llmrerank.testing import FakeBackend, overlap_judge
 from llmrerank.testing.server import FakeLLMServer
@@ -25,6 +35,7 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "pairwise": lambda: Pairwise(max_doc_chars=300),
     "setwise": lambda: Setwise(max_doc_chars=300),
     "listwise": lambda: Listwise(max_doc_chars=300),
+    "topdown": lambda: TopDown(window=3, top_k=1, max_doc_chars=300),
 }
 
 

@@ -30,6 +30,7 @@ from llmrerank import (
     RerankResult,
     Setwise,
     Strategy,
+    TopDown,
 )
 from llmrerank.backends.base import Completion, Prompt
 from llmrerank.parsing import parse_choice, parse_permutation, parse_reason, parse_score
@@ -65,6 +66,8 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "setwise_pairs": lambda: Setwise(set_size=2),
     "listwise": lambda: Listwise(),
     "listwise_sliding": lambda: Listwise(window=3, step=1),
+    "listwise_consistent": lambda: Listwise(window=3, step=1, self_consistency=3),
+    "topdown": lambda: TopDown(window=3, top_k=1),
     "hybrid": lambda: Hybrid(cross_encoder=CountScorer(), keep=3, llm=Listwise(window=2, step=1)),
     "hybrid_pointwise": lambda: Hybrid(cross_encoder=CountScorer(), keep=4, llm="pointwise"),
 }

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backends.base import Backend, Completion, Prompt
 from .cache import DiskCache, MemoryCache, RedisCache, ResponseCache
+from .diversity import MMR, Dedup
 from .errors import (
     BackendError,
     BackendTimeoutError,
@@ -33,6 +34,7 @@ from .strategies import (
     QueryLikelihood,
     Setwise,
     Strategy,
+    TopDown,
     make_strategy,
 )
 from .types import Diagnostic, RankedDocument, RerankResult, Usage
@@ -72,6 +74,7 @@ __version__ = "0.2.0.dev0"
 
 __all__ = [
     "DOMAINS",
+    "MMR",
     "AnthropicBackend",
     "Backend",
     "BackendError",
@@ -82,6 +85,7 @@ __all__ = [
     "ConfigurationError",
     "CrossEncoderScorer",
     "DeadlineExceededError",
+    "Dedup",
     "Diagnostic",
     "DiskCache",
     "EvalReport",
@@ -107,6 +111,7 @@ __all__ = [
     "ResponseCache",
     "Setwise",
     "Strategy",
+    "TopDown",
     "Usage",
     "backend_for",
     "default_backend",

@@ -1,4 +1,5 @@
-"""The ``llmrerank`` command: ``eval`` (quality, cost, speed per strategy), ``batch`` (rerank a file), ``demo``.
+"""The ``llmrerank`` command: ``eval`` (quality, cost, speed per strategy), ``batch`` (rerank a file),
+``calibrate`` (fit scores to P(relevant)), ``demo``.
 
 ::
 
@@ -50,8 +51,14 @@ def add_reranker_options(parser: argparse.ArgumentParser, *, batch: bool = False
         help="API key for openai/anthropic (default: OPENAI_API_KEY / ANTHROPIC_API_KEY; a --base-url on this "
         "machine or a private network needs none)",
     )
-    parser.add_argument("--window", type=int, help="listwise window (default: 20)")
+    parser.add_argument("--window", type=int, help="listwise and topdown window (default: 20)")
     parser.add_argument("--step", type=int, help="listwise step (default: 10)")
+    parser.add_argument(
+        "--self-consistency",
+        type=int,
+        metavar="K",
+        help="listwise and topdown: rank each window K times in seeded shuffled orders, Borda count (default: 1)",
+    )
     parser.add_argument("--domain", help="domain instruction: legal, medical, ecommerce or your own sentence")
     parser.add_argument(
         "--max-concurrency",
@@ -68,7 +75,7 @@ def add_reranker_options(parser: argparse.ArgumentParser, *, batch: bool = False
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``llmrerank`` command."""
     parser = argparse.ArgumentParser(prog="llmrerank", description="Rerank retrieved documents with LLMs.")
-    sub = parser.add_subparsers(dest="command", metavar="{eval,batch,serve,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{eval,batch,serve,calibrate,demo}")
     ev = sub.add_parser(
         "eval",
         help="compare reranking strategies on a BEIR collection: quality, LLM calls, tokens, cost, latency",
@@ -120,10 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
         "0-3 grades, else 1)",
     )
     ev.add_argument("--concurrency", type=int, default=1, help="queries reranked at once (default: 1)")
+    ev.add_argument("--calibration", help="calibration file (llmrerank calibrate): scores as P(relevant)")
+    ev.add_argument("--min-probability", type=float, help="with --calibration: drop documents below it")
+    ev.add_argument("--dedup", type=float, help="drop near-duplicates at this embedding cosine (e.g. 0.95)")
+    ev.add_argument("--mmr", type=float, metavar="LAMBDA", help="reorder by maximal marginal relevance (e.g. 0.7)")
     ev.add_argument("--out", help="folder for report.json and plot.png")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_batch_parser(sub)
     add_serve_parser(sub)
+    add_calibrate_parser(sub)
     sub.add_parser("demo", help="a short offline demonstration (arguments go to the demo)", add_help=False)
     return parser
 
@@ -285,6 +297,81 @@ def run_serve_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_calibrate_parser(sub: Any) -> None:
+    """``llmrerank calibrate``: fit a strategy's raw score to P(relevant) on judged queries."""
+    ca = sub.add_parser(
+        "calibrate",
+        help="fit a map from a strategy's raw score to P(relevant) on judged queries (for Reranker(calibration=...))",
+        description=(
+            "Reranks the judged queries' candidates (BM25's top --depth, or a --run file's) with --strategy "
+            "and --model, pairs each document's raw score with its qrels judgment, fits a monotone map "
+            "(isotonic or Platt) and saves it in --out, keyed by model and strategy. By default only the "
+            "tuning half of the queries is used, so the report half stays for measuring."
+        ),
+    )
+    ca.add_argument("--data", help="BEIR folder (default: $LLMRERANK_DATA, else shared/data/scifact)")
+    ca.add_argument("--split", default="test", help="qrels split (default: test)")
+    ca.add_argument("--run", help="candidates per query: a TREC run file, or qid docid rank score columns")
+    ca.add_argument("--strategy", choices=STRATEGY_NAMES, help="strategy (default: the backend's preferred one)")
+    add_reranker_options(ca)
+    ca.add_argument("--method", choices=("isotonic", "platt"), default="isotonic", help="the map (default: isotonic)")
+    ca.add_argument("--half", choices=("tuning", "report", "all"), default="tuning", help="queries (default: tuning)")
+    ca.add_argument("--queries", type=int, help="the first N queries of the half (default: all)")
+    ca.add_argument("--depth", type=int, default=20, help="candidates reranked per query (default: 20)")
+    ca.add_argument("--relevant", type=int, default=1, help="lowest qrels grade counted relevant (default: 1)")
+    ca.add_argument("--concurrency", type=int, default=4, help="queries reranked at once (default: 4)")
+    ca.add_argument("--out", default="calibration.json", help="calibration file, added to (default: calibration.json)")
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """``llmrerank calibrate``."""
+    from .calibrate import gather_pairs, pick_queries, read_run
+    from .calibration import expected_calibration_error, fit_calibration, save_calibration
+    from .evaluation import load_beir
+    from .reranker import Reranker
+    from .runner import run_blocking
+
+    collection = load_beir(args.data, args.split)
+    backend = make_backend(args.backend, args.model, args.base_url, args.api_key)
+    name = args.strategy or backend.preferred_strategy
+    reranker = Reranker(make_strategy_object(name, args), backend, domain=args.domain, fusion=None)
+    ids = pick_queries(collection, args.half, args.queries)
+    run = read_run(args.run) if args.run else None
+    pairs = run_blocking(
+        gather_pairs(
+            reranker, collection, ids, depth=args.depth, run=run, relevant=args.relevant, concurrency=args.concurrency
+        )
+    )
+    fitted_on = {
+        "data": str(collection.path),
+        "split": args.split,
+        "half": args.half,
+        "queries": pairs.queries,
+        "depth": args.depth,
+        "run": args.run,
+        "relevant_grade": args.relevant,
+    }
+    calibration = fit_calibration(
+        pairs.scores,
+        pairs.labels,
+        model=backend.model,
+        strategy=reranker.strategy.name,
+        score_kind=pairs.score_kind,
+        method=args.method,
+        fitted_on=fitted_on,
+    )
+    path = save_calibration(calibration, args.out)
+    ece = expected_calibration_error([calibration.probability(s) for s in pairs.scores], pairs.labels)
+    print(
+        f"{calibration.method} map for {calibration.key} ({pairs.score_kind} scores): {len(pairs.scores)} "
+        f"documents of {pairs.queries} queries, {calibration.positives} relevant; ECE on them {ece:.3f}"
+    )
+    if pairs.degraded:
+        print(f"llmrerank: {pairs.degraded} of {pairs.queries} reranks degraded (their scored documents count)")
+    print(f"wrote {path}: Reranker(..., calibration={str(path)!r}, min_probability=0.5)")
+    return 0
+
+
 def strategies_from(values: Sequence[str] | None) -> list[str]:
     """Strategy names from ``--strategy`` values; the BM25 baseline always comes first."""
     names = ["bm25"]
@@ -378,15 +465,17 @@ def server_model(base_url: str, api_key: str | None = None) -> str | None:
 
 
 def make_strategy_object(name: str, args: argparse.Namespace) -> Any:
-    """The strategy ``name`` with the listwise window options applied."""
+    """The strategy ``name`` with the listwise window options applied (to topdown too, but ``--step``)."""
     from .strategies import make_strategy
 
-    options = {}
-    if name == "listwise":
+    options: dict[str, Any] = {}
+    if name in ("listwise", "topdown"):
         if args.window is not None:
             options["window"] = args.window
-        if args.step is not None:
+        if args.step is not None and name == "listwise":
             options["step"] = args.step
+        if getattr(args, "self_consistency", None) is not None:
+            options["self_consistency"] = args.self_consistency
     return make_strategy(name, **options)
 
 
@@ -579,6 +668,22 @@ def plot(reports: Sequence[Any], path: str | Path) -> Path:
     return out
 
 
+def after_rerank(args: argparse.Namespace) -> dict[str, Any]:
+    """The Reranker options of ``--calibration``, ``--min-probability``, ``--dedup`` and ``--mmr``, as given."""
+    from .diversity import MMR
+
+    options: dict[str, Any] = {}
+    if args.calibration is not None:
+        options["calibration"] = args.calibration
+    if args.min_probability is not None:
+        options["min_probability"] = args.min_probability
+    if args.dedup is not None:
+        options["dedup"] = args.dedup
+    if args.mmr is not None:
+        options["diversity"] = MMR(lambda_=args.mmr)
+    return options
+
+
 def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``llmrerank eval``."""
     from .cache import MemoryCache
@@ -617,6 +722,7 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
                     domain=args.domain,
                     max_concurrency=args.max_concurrency,
                     cache=caches.get(name),
+                    **after_rerank(args),
                 )
             reports.append(
                 run(
@@ -797,6 +903,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_batch_cli(args)
         if args.command == "serve":
             return run_serve_cli(args)
+        if args.command == "calibrate":
+            return run_calibrate(args)
         return run_eval(args, args_list)
     except LLMRerankError as exc:
         print(f"llmrerank: error: {exc}", file=sys.stderr)

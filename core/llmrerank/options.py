@@ -8,11 +8,14 @@ construction live here once, so the adapters stay thin and agree with each other
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 from .adaptive import DEFAULT_MAX_CONCURRENCY
 from .backends.base import Backend
 from .cache import ResponseCache
+from .calibration import Calibration
+from .diversity import MMR, Dedup, make_dedup
 from .errors import ConfigurationError
 from .fusion import Fusion, make_fusion
 from .reranker import OnError, Reranker, check_settings, default_backend
@@ -31,6 +34,10 @@ FIELDS = (
     "cache",
     "min_score",
     "fusion",
+    "calibration",
+    "min_probability",
+    "diversity",
+    "dedup",
 )
 """The settings an adapter passes through by name to :func:`check_options` and :func:`build_reranker`."""
 
@@ -49,6 +56,10 @@ def check_options(
     cache: object | None = None,
     min_score: float | None = None,
     fusion: object = "auto",
+    calibration: object = None,
+    min_probability: float | None = None,
+    diversity: object = None,
+    dedup: object = None,
 ) -> None:
     """Raise :class:`~llmrerank.errors.ConfigurationError` for settings that cannot work together."""
     check_settings(
@@ -73,6 +84,11 @@ def check_options(
             raise ConfigurationError(f"min_score needs 0-10 scores; use strategy='pointwise', not {chosen.name!r}")
     if fusion != "auto":
         make_fusion(fusion)  # type: ignore[arg-type]
+    if min_probability is not None and calibration is None:
+        raise ConfigurationError("min_probability needs calibration=FILE (fit one with: llmrerank calibrate)")
+    if diversity is not None and not isinstance(diversity, MMR):
+        raise ConfigurationError(f"diversity must be an llmrerank.MMR, got {type(diversity).__name__}")
+    make_dedup(dedup)  # type: ignore[arg-type]
 
 
 def api_backend(model: str) -> Backend:
@@ -99,6 +115,10 @@ def build_reranker(
     cache: ResponseCache | Any = None,
     min_score: float | None = None,
     fusion: Fusion | str | None = "auto",
+    calibration: str | Path | Calibration | None = None,
+    min_probability: float | None = None,
+    diversity: MMR | None = None,
+    dedup: Dedup | float | None = None,
 ) -> Reranker:
     """A :class:`~llmrerank.Reranker` for these settings (checked with :func:`check_options` first).
 
@@ -119,6 +139,10 @@ def build_reranker(
         cache=cache,
         min_score=min_score,
         fusion=fusion,
+        calibration=calibration,
+        min_probability=min_probability,
+        diversity=diversity,
+        dedup=dedup,
     )
     if backend is None:
         backend = api_backend(model) if model is not None else default_backend()
@@ -137,6 +161,10 @@ def build_reranker(
         cache=cache,
         min_score=min_score,
         fusion=fusion,
+        calibration=calibration,
+        min_probability=min_probability,
+        diversity=diversity,
+        dedup=dedup,
     )
 
 

@@ -8,11 +8,14 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from .adaptive import DEFAULT_MAX_CONCURRENCY, AdaptiveLimiter
 from .backends.base import Backend, Closing
 from .cache import ResponseCache
+from .calibration import Calibration, calibrate_ranking, load_calibration
+from .diversity import MMR, Dedup, diversify, make_dedup
 from .driver import Driver, Meter, OnError
 from .errors import ConfigurationError, InvalidInputError
 from .fusion import Fusion, check_scores, fuse, make_fusion
@@ -108,7 +111,7 @@ class Reranker(Closing):
     >>> result = r.rerank("what is BM25?", docs, top_k=5)                               # doctest: +SKIP
 
     ``strategy``: ``"pointwise"``, ``"batch_score"``, ``"pairwise"``, ``"setwise"``, ``"listwise"``,
-    ``"hybrid"`` or a strategy object
+    ``"topdown"``, ``"hybrid"`` or a strategy object
     (for options); None picks the backend's preferred one (listwise for API models, query likelihood,
     ``"query_likelihood"``, for the local model). ``backend``: a backend, a model name routed to its provider
     (``"openai:gpt-4.1-mini"``, ``"anthropic:claude-haiku-4-5"``, ``"claude-haiku-4-5"``: see
@@ -133,6 +136,15 @@ class Reranker(Closing):
     ``metadata["score"]`` / ``["relevance_score"]``, or ``rerank(..., first_stage_scores=...)``);
     ``score_kind`` is then ``"fused"``. ``"auto"`` (default): the backend's ``preferred_fusion``
     when the strategy is the backend's preferred one, else none. None: never.
+
+    ``calibration``: a calibration file (``llmrerank calibrate``) or a
+    :class:`~llmrerank.calibration.Calibration` holding a map for this backend's model and this
+    strategy: scores become P(relevant) in [0, 1] (``score_kind="probability"``; the order is kept,
+    and ``fusion="auto"`` means none), and ``min_probability`` drops documents below it into
+    :attr:`~llmrerank.types.RerankResult.dropped`. ``diversity``: an :class:`~llmrerank.diversity.MMR`
+    reorders the result by maximal marginal relevance; ``dedup`` (a cosine threshold such as 0.95, or
+    a :class:`~llmrerank.diversity.Dedup`) drops near-duplicates of better-ranked documents into
+    ``dropped`` with a ``duplicate`` diagnostic (:mod:`llmrerank.diversity`).
     """
 
     def __init__(
@@ -148,6 +160,10 @@ class Reranker(Closing):
         cache: ResponseCache | None = None,
         fusion: Fusion | str | None = "auto",
         min_score: float | None = None,
+        calibration: str | Path | Calibration | None = None,
+        min_probability: float | None = None,
+        diversity: MMR | None = None,
+        dedup: Dedup | float | None = None,
     ) -> None:
         check_settings(
             max_concurrency=max_concurrency,
@@ -177,6 +193,12 @@ class Reranker(Closing):
             self.fusion = self.backend.preferred_fusion if preferred else None
         else:
             self.fusion = make_fusion(fusion)
+        self.calibration = self._load_calibration(calibration, min_probability, min_score)
+        self.min_probability = min_probability
+        if diversity is not None and not isinstance(diversity, MMR):
+            raise ConfigurationError(f"diversity must be an llmrerank.MMR, got {type(diversity).__name__}")
+        self.diversity = diversity
+        self.dedup = make_dedup(dedup)
         self.domain = domain
         self.max_concurrency = max_concurrency
         self.on_error = on_error
@@ -222,6 +244,24 @@ class Reranker(Closing):
                 "use Pointwise (or Hybrid(llm='pointwise')), or filter on rank with top_k"
             )
         return min_score
+
+    def _load_calibration(
+        self, calibration: str | Path | Calibration | None, min_probability: float | None, min_score: float | None
+    ) -> Calibration | None:
+        if min_probability is not None and not (is_number(min_probability) and 0 <= min_probability <= 1):
+            raise ConfigurationError(f"min_probability must be a number from 0 to 1, got {min_probability!r}")
+        if calibration is None:
+            if min_probability is not None:
+                raise ConfigurationError("min_probability needs calibration=FILE (fit one with: llmrerank calibrate)")
+            return None
+        if not isinstance(calibration, str | Path | Calibration):
+            raise ConfigurationError(f"calibration must be a file path or a Calibration, got {calibration!r}")
+        if min_score is not None:
+            raise ConfigurationError("with calibration, filter on min_probability, not min_score")
+        if self._fusion_asked and self.fusion is not None:
+            raise ConfigurationError("calibration maps the strategy's own score; fused scores are not it: fusion=None")
+        self.fusion = None
+        return load_calibration(calibration, self.backend.model, self.strategy.name)
 
     def _limiter(self) -> AdaptiveLimiter:
         # One bound for every thread and event loop this reranker is used from.
@@ -307,6 +347,8 @@ class Reranker(Closing):
         ranking = _complete(ranking, len(docs))
         if self.fusion is not None:
             ranking = self._fuse(self.fusion, ranking, originals, first_stage_scores)
+        if self.calibration is not None:
+            ranking = calibrate_ranking(ranking, self.calibration)
         meter = driver.meter
         diagnostics = list(ranking.diagnostics) + meter.diagnostics
         if meter.deadline_hit:
@@ -354,6 +396,12 @@ class Reranker(Closing):
             # Unscored (fallback) documents were not judged below the threshold: they stay.
             dropped = [d for d in ranked if d.score is not None and d.score < threshold]
             ranked = [d for d in ranked if d.score is None or d.score >= threshold]
+        if self.min_probability is not None and kind == "probability":
+            dropped = [d for d in ranked if d.score is not None and d.score < self.min_probability]
+            ranked = [d for d in ranked if d.score is None or d.score >= self.min_probability]
+        ranked, duplicate, notes = await diversify(ranked, [d.text for d in docs], kind, self.diversity, self.dedup)
+        dropped += duplicate
+        diagnostics += notes
         kept = ranked[:top_k] if top_k else ranked
         return RerankResult(
             items=tuple(replace(d, rank=r + 1) for r, d in enumerate(kept)),

@@ -9,7 +9,17 @@ from typing import Any, Generic, Literal, TypeVar, overload
 from .errors import InvalidInputError
 
 ScoreKind = Literal[
-    "relevance", "logprob", "win_rate", "first_token", "rank", "cross_encoder", "input_order", "likelihood", "fused"
+    "relevance",
+    "logprob",
+    "win_rate",
+    "first_token",
+    "rank",
+    "cross_encoder",
+    "input_order",
+    "likelihood",
+    "fused",
+    "borda",
+    "probability",
 ]
 """What :attr:`RankedDocument.score` means. Higher is always better.
 
@@ -25,6 +35,10 @@ ScoreKind = Literal[
 - ``likelihood``: log P(query | document) under the language model (query likelihood), normalised
   as :class:`~llmrerank.strategies.QueryLikelihood` says.
 - ``fused``: the LLM's score combined with the first-stage score (:mod:`llmrerank.fusion`).
+- ``borda``: listwise with ``self_consistency`` > 1: the document's Borda points over the most it
+  could get, in [0, 1] (1: first in every shuffled pass of its window), relative to its window.
+- ``probability``: a calibrated probability of relevance in [0, 1], from a calibration fitted on
+  judged queries (``Reranker(..., calibration=FILE)``; :mod:`llmrerank.calibration`).
 
 A document whose place no model answer decided (:attr:`RankedDocument.fallback`) never gets a
 score made up for it: its ``score`` is None unless the prefilter scored it (``cross_encoder``).

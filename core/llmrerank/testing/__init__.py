@@ -133,6 +133,32 @@ def overlap(query: str, text: str) -> float:
     return len(q & _terms(text)) / len(q) if q else 0.0
 
 
+def read_prompt(user: str) -> tuple[str, list[tuple[str, str]]]:
+    """The query and the ``(label, text)`` document blocks of one of llmrerank's built-in prompts."""
+    query_line = re.search(r"^Query: (.*)$", user, re.MULTILINE)
+    return (query_line.group(1) if query_line else ""), _BLOCK.findall(user)
+
+
+def answer_from(user: str, labels: Sequence[str], relevance: Sequence[float], ratings: Sequence[float]) -> str:
+    """How a judge that sees ``relevance`` for the labelled documents answers the prompt ``user``.
+
+    ``ratings`` are the same judgments on the 0-10 scale, for prompts that ask for a rating.
+    Ties go to the document shown first.
+    """
+    if not labels:
+        return "I cannot help with that."
+    if len(labels) == 1:
+        if "Yes or No" in user:
+            return "Yes" if ratings[0] >= 5 else "No"
+        return str(round(ratings[0]))
+    if "0 (unrelated) to 10" in user:
+        return "\n".join(f"{label} {round(rating)}" for label, rating in zip(labels, ratings, strict=True))
+    if all(len(label) == 1 and label.isalpha() for label in labels):
+        return labels[max(range(len(labels)), key=lambda i: (relevance[i], -i))]  # the first of the best
+    ranked = sorted(range(len(labels)), key=lambda i: (-relevance[i], i))
+    return " > ".join(labels[i] for i in ranked)
+
+
 def overlap_judge(prompt: Prompt) -> str:
     """A deterministic stand-in for an LLM that judges by word overlap with the query.
 
@@ -141,22 +167,9 @@ def overlap_judge(prompt: Prompt) -> str:
     and setwise (``A``, ``B``, ``C``, ...), ``[i] > [j] > ...`` for listwise (``Yes``/``No`` for
     yes/no prompts). Use it as ``FakeBackend(respond=overlap_judge)``.
     """
-    query_line = re.search(r"^Query: (.*)$", prompt.user, re.MULTILINE)
-    query = query_line.group(1) if query_line else ""
-    blocks = _BLOCK.findall(prompt.user)
-    scores = [(label, overlap(query, text)) for label, text in blocks]
-    if not scores:
-        return "I cannot help with that."
-    if len(scores) == 1:
-        if "Yes or No" in prompt.user:
-            return "Yes" if scores[0][1] >= 0.5 else "No"
-        return str(round(10 * scores[0][1]))
-    if "0 (unrelated) to 10" in prompt.user:
-        return "\n".join(f"{label} {round(10 * score)}" for label, score in scores)
-    if all(len(label) == 1 and label.isalpha() for label, _ in scores):
-        return max(scores, key=lambda s: s[1])[0]  # the first of the best
-    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i][1], i))
-    return " > ".join(scores[i][0] for i in ranked)
+    query, blocks = read_prompt(prompt.user)
+    scores = [overlap(query, text) for _, text in blocks]
+    return answer_from(prompt.user, [label for label, _ in blocks], scores, [10 * s for s in scores])
 
 
 def overlap_likelihood(context: str, continuation: str) -> float:
@@ -200,8 +213,10 @@ __all__ = [
     "FakeBackend",
     "FakeBackendExhausted",
     "FakeCrossEncoder",
+    "answer_from",
     "overlap",
     "overlap_judge",
     "overlap_likelihood",
     "overlap_logprobs",
+    "read_prompt",
 ]

@@ -176,6 +176,96 @@ def overlap_responder(request: ServerRequest) -> Reply:
     return Reply(text=max(logprobs, key=logprobs.__getitem__), top_logprobs=logprobs)
 
 
+Relevance = Callable[[str, str], float]
+"""A judge's ground truth: the graded relevance of ``(query, document text)``, higher is better."""
+
+
+class BiasedJudge:
+    """A judge with a real LLM's known flaws, set by number: it sees each document's graded
+    relevance plus a bonus for being shown early, plus seeded noise.
+
+    ``relevance(query, text)`` is the truth (default: word overlap, in [0, 1]; pass qrels grades
+    for a collection). A document shown at position ``p`` of ``m`` gets ``bias * (m - 1 - p) / (m - 1)``
+    on top (the first ``bias``, the last nothing), and Gaussian noise of deviation ``noise`` drawn
+    from a generator seeded with ``seed`` and the prompt's text: the same prompt always gets the
+    same answer (a cache is honest), a reordered prompt gets fresh noise. The judge then answers
+    every built-in prompt as :func:`~llmrerank.testing.overlap_judge` does, from what it perceives:
+    the order of a window, the best letter of a set or pair, a 0-10 rating (the perceived grade over
+    ``max_grade``; one document shows no position bias), and, when a request asks for
+    log-probabilities, a softmax over the perceived relevance (times ``sharpness``).
+
+    Use it as the responder of :class:`FakeLLMServer` (``FakeLLMServer(BiasedJudge(...))``) or as
+    ``FakeBackend(respond=judge.answer)``. With it a method that claims to undo position bias is
+    measured, not assumed (``benchmarks/methods.py``).
+    """
+
+    def __init__(
+        self,
+        relevance: Relevance | None = None,
+        *,
+        bias: float = 1.0,
+        noise: float = 0.0,
+        seed: int = 0,
+        max_grade: float = 1.0,
+        sharpness: float = 4.0,
+    ) -> None:
+        from . import overlap
+
+        if bias < 0 or noise < 0 or max_grade <= 0:
+            raise ValueError("need bias >= 0, noise >= 0 and max_grade > 0")
+        self.relevance: Relevance = relevance or overlap
+        self.bias = bias
+        self.noise = noise
+        self.seed = seed
+        self.max_grade = max_grade
+        self.sharpness = sharpness
+
+    def __repr__(self) -> str:
+        return f"BiasedJudge(bias={self.bias}, noise={self.noise}, seed={self.seed})"
+
+    def perceived(self, query: str, texts: Sequence[str], key: str = "") -> list[float]:
+        """What the judge sees of ``texts`` shown in this order: relevance + position bonus + noise
+        (the noise seeded with ``seed`` and ``key``, the prompt's text)."""
+        import random
+
+        rng = random.Random(f"{self.seed}\x00{key}")
+        m = len(texts)
+        out = []
+        for p, text in enumerate(texts):
+            bonus = self.bias * (m - 1 - p) / (m - 1) if m > 1 else 0.0
+            out.append(self.relevance(query, text) + bonus + (rng.gauss(0.0, self.noise) if self.noise else 0.0))
+        return out
+
+    def _read(self, user: str) -> tuple[list[str], list[float]]:
+        from . import read_prompt
+
+        query, blocks = read_prompt(user)
+        return [label for label, _ in blocks], self.perceived(query, [text for _, text in blocks], user)
+
+    def answer(self, prompt: Prompt) -> str:
+        """The answer text to one of llmrerank's built-in prompts."""
+        from . import answer_from
+
+        labels, seen = self._read(prompt.user)
+        rating = [10 * min(1.0, max(0.0, s / self.max_grade)) for s in seen]
+        return answer_from(prompt.user, labels, seen, rating)
+
+    def __call__(self, request: ServerRequest) -> Reply:
+        """The server's reply: the answer, with first-token log-probabilities when asked for them."""
+        prompt = Prompt(system=request.system, user=request.user)
+        text = self.answer(prompt)
+        if not request.logprobs:
+            return Reply(text=text)
+        labels, seen = self._read(request.user)
+        if len(labels) < 2:
+            return Reply(text=text, top_logprobs={text.split()[0] if text else "0": -0.01})
+        top = max(self.sharpness * s for s in seen)
+        weights = [math.exp(self.sharpness * s - top) for s in seen]
+        total = sum(weights)
+        logprobs = {label.strip("[]"): math.log(w / total) for label, w in zip(labels, weights, strict=True)}
+        return Reply(text=max(logprobs, key=logprobs.__getitem__), top_logprobs=logprobs)
+
+
 _CACHE_STEP = 512
 """OpenAI caches prefixes in 128-token steps: 512 characters at four a token."""
 
@@ -936,8 +1026,10 @@ def _phrase(status: int) -> str:
 
 
 __all__ = [
+    "BiasedJudge",
     "FakeLLMServer",
     "Flavor",
+    "Relevance",
     "Reply",
     "Responder",
     "ScriptExhausted",
