@@ -291,6 +291,11 @@ def test_fusion_reads_the_retrievers_score_from_metadata() -> None:
         LLMRerankCompressor(backend=backend, fusion="sum")
 
 
+def test_top_k_llmreranks_own_name_is_accepted_for_top_n() -> None:
+    compressor = LLMRerankCompressor(backend=FakeBackend(respond=overlap_judge), strategy="listwise", top_k=2)
+    assert compressor.top_n == 2 and len(compressor.compress_documents(make_docs(), QUERY)) == 2
+
+
 def test_the_offline_default_fuses_with_the_retrievers_order_when_no_score_comes(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

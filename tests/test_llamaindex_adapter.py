@@ -299,6 +299,12 @@ def test_fusion_reads_the_node_scores() -> None:
     assert [n.score for n in nodes] == [float(len(TEXTS) - i) for i in range(len(TEXTS))]  # inputs untouched
 
 
+def test_top_k_llmreranks_own_name_is_accepted_for_top_n() -> None:
+    postprocessor = LLMRerankPostprocessor(backend=FakeBackend(respond=overlap_judge), strategy="listwise", top_k=2)
+    nodes = [NodeWithScore(node=TextNode(text=t), score=0.5) for t in TEXTS]
+    assert postprocessor.top_n == 2 and len(postprocessor.postprocess_nodes(nodes, query_str=QUERY)) == 2
+
+
 def test_the_offline_default_gives_fused_scores_in_0_1_with_or_without_node_scores() -> None:
     # The same scale as the LangChain adapter, whose retrievers give no score: min-max fusion with
     # the nodes' scores, or with their order when they carry none.
