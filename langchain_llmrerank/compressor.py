@@ -12,7 +12,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import ensure_config, get_callback_manager_for_config
-from pydantic import ConfigDict, Field, InstanceOf, PrivateAttr, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, InstanceOf, PrivateAttr, model_validator
 
 from llmrerank import Backend, RankedDocument, RerankResult, Strategy
 from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
@@ -70,9 +70,10 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
     """Shortcut for the environment's API backend with another model: ``"gpt-4.1-mini"`` with
     ``OPENAI_API_KEY`` set, a Claude model name with ``ANTHROPIC_API_KEY``. Not with ``backend``."""
 
-    top_n: int | None = Field(default=3, ge=1)
+    top_n: int | None = Field(default=3, ge=1, validation_alias=AliasChoices("top_n", "top_k"))
     """How many documents to return, best first (3, like LangChain's other rerank compressors).
-    None returns every document in the new order."""
+    None returns every document in the new order. Also accepted as ``top_k=``, the name llmrerank's
+    own ``rerank()`` uses."""
 
     domain: str | None = None
     """``"legal"``, ``"medical"``, ``"ecommerce"``, or a sentence of your own added to the system prompt."""

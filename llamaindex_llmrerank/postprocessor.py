@@ -123,8 +123,9 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     """Shortcut for the environment's API backend with another model: ``"gpt-4.1-mini"`` with
     ``OPENAI_API_KEY`` set, a Claude model name with ``ANTHROPIC_API_KEY``. Not with ``backend``."""
 
-    top_n: int | None = Field(default=3, ge=1)
-    """How many nodes to return, best first. None returns every node in the new order."""
+    top_n: int | None = Field(default=3, ge=1, validation_alias=AliasChoices("top_n", "top_k"))
+    """How many nodes to return, best first. None returns every node in the new order. Also accepted
+    as ``top_k=``, the name llmrerank's own ``rerank()`` uses."""
 
     domain: str | None = None
     """``"legal"``, ``"medical"``, ``"ecommerce"``, or a sentence of your own added to the system prompt."""

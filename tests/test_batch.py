@@ -270,6 +270,19 @@ def test_cli_batch_prints_a_summary(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert f"{total} rows: 0 reranked (0 degraded), 0 errors, {total} done before" in capsys.readouterr().out
 
 
+def test_a_batch_on_a_backend_of_this_machine_prints_cost_n_a_not_a_dollar_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = mixed_input(tmp_path / "rows.jsonl", count=2)
+    args = ["batch", str(path), "--out", str(tmp_path / "out"), "--backend", "fake", "--strategy", "pointwise"]
+    assert main([*args, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "cost n/a (fake backend: no charge)" in printed and "$" not in printed
+    bar = JobProgress(total=1, enabled=False, model="SmolLM2-135M-Instruct", backend="local")
+    bar.add(1, Usage(calls=2, prompt_tokens=10, completion_tokens=1))
+    assert bar.summary() == "calls=2 tokens=11 cost n/a" and bar.cost_note == "local backend: no charge"
+
+
 def test_cli_batch_refuses_an_unknown_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["batch", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"), "--backend", "fake"]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -108,11 +108,22 @@ def test_missing_first_stage_scores_count_as_lowest_and_are_reported() -> None:
     assert [(d.code, d.index) for d in fused.diagnostics if d.code == "first_stage_missing"] == [
         ("first_stage_missing", 1)
     ]
-    skipped = fuse(llm, [None, None, None], Fusion())
-    assert skipped.order == llm.order and skipped.score_kind == "likelihood" and skipped.scores == llm.scores
-    assert [d.code for d in skipped.diagnostics] == ["fusion_skipped"]
     with pytest.raises(InvalidInputError):
         fuse(llm, [1.0], Fusion())
+
+
+def test_without_any_first_stage_score_the_input_order_is_fused_as_reciprocal_ranks() -> None:
+    llm = Ranking([2, 1, 0], "likelihood", {0: -9.0, 1: -5.0, 2: -4.9})  # the LLM barely prefers 2 to 1
+    fused = fuse(llm, [None, None, None], Fusion("minmax", weight=0.5))
+    assert fused.score_kind == "fused" and all(0 <= v <= 1 for v in fused.scores.values())
+    assert fused.order == [1, 2, 0]  # retriever rank 2 beats rank 3 where the LLM hardly tells them apart
+    expected = fuse(llm, [1 / 61, 1 / 62, 1 / 63], Fusion("minmax", weight=0.5))
+    assert fused.scores == pytest.approx(expected.scores)
+    (note,) = [d.message for d in fused.diagnostics if d.code == "fused"]
+    assert "input order" in note and "reciprocal rank 1/(60 + rank)" in note
+    assert "fusion_skipped" not in {d.code for d in fused.diagnostics}
+    by_rank = fuse(llm, [None, None, None], Fusion("rrf", weight=0.5, rrf_k=1))
+    assert by_rank.scores[1] == pytest.approx(0.5 / 3 + 0.5 / 3)  # LLM rank 2, input rank 2
 
 
 def test_rankings_without_scores_take_part_with_their_order() -> None:
@@ -168,10 +179,11 @@ def test_documents_without_scores_are_visible(caplog: pytest.LogCaptureFixture) 
     assert {d.index for d in result.diagnostics if d.code == "first_stage_missing"} == {1, 2}
     assert "2 of 3 documents have no first-stage score" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="llmrerank"):
+    with caplog.at_level(logging.INFO, logger="llmrerank"):
         result = reranker.rerank(QUERY, TEXTS)
-    assert result.score_kind == "relevance" and "fusion_skipped" in {d.code for d in result.diagnostics}
-    assert "fusion skipped" in caplog.text
+    assert result.score_kind == "fused" and "fusion_skipped" not in {d.code for d in result.diagnostics}
+    assert any("input order" in d.message for d in result.diagnostics if d.code == "fused")
+    assert "fusion skipped" not in caplog.text
 
 
 def test_auto_fusion_follows_the_backends_preference_for_its_preferred_strategy() -> None:
@@ -182,8 +194,8 @@ def test_auto_fusion_follows_the_backends_preference_for_its_preferred_strategy(
     assert Reranker("pointwise", backend).fusion is None  # tuned for the preferred strategy only
     assert Reranker(backend=backend, fusion=None).fusion is None
     assert Reranker("pointwise", backend, fusion="minmax").fusion == Fusion("minmax")
-    result = Reranker(backend=backend).rerank(QUERY, TEXTS)  # strings: nothing to fuse
-    assert result.score_kind == "likelihood" and "fusion_skipped" in {d.code for d in result.diagnostics}
+    result = Reranker(backend=backend).rerank(QUERY, TEXTS)  # strings: fused with their order
+    assert result.score_kind == "fused" and "fusion_skipped" not in {d.code for d in result.diagnostics}
 
 
 async def test_async_rerank_takes_explicit_scores() -> None:

@@ -231,3 +231,12 @@ def test_huge_query_is_cut_in_prompts_but_kept_in_the_result() -> None:
     assert sorted(result.indices) == [0, 1, 2]
     (prompt,) = backend.calls
     assert len(prompt.user) < MAX_QUERY_CHARS + 1000
+
+
+def test_top_n_the_frameworks_name_for_top_k_is_accepted_and_both_at_once_refused() -> None:
+    reranker = Reranker("listwise", FakeBackend(respond=overlap_judge))
+    assert reranker.rerank(QUERY, DOCS, top_n=1).indices == reranker.rerank(QUERY, DOCS, top_k=1).indices == [1]
+    with pytest.raises(InvalidInputError, match="top_k=1 and top_n=2: pass one"):
+        reranker.rerank(QUERY, DOCS, top_k=1, top_n=2)
+    with pytest.raises(InvalidInputError):
+        reranker.rerank(QUERY, DOCS, top_n=0)

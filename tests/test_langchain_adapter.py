@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import copy
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -293,6 +294,35 @@ def test_fusion_reads_the_retrievers_score_from_metadata() -> None:
     assert retriever_heavy.compress_documents(keyed, QUERY)[0].page_content == TEXTS[2]
     with pytest.raises((ConfigurationError, ValueError)):
         LLMRerankCompressor(backend=backend, fusion="sum")
+
+
+def test_top_k_llmreranks_own_name_is_accepted_for_top_n() -> None:
+    compressor = LLMRerankCompressor(backend=FakeBackend(respond=overlap_judge), strategy="listwise", top_k=2)
+    assert compressor.top_n == 2 and len(compressor.compress_documents(make_docs(), QUERY)) == 2
+
+
+def test_the_offline_default_fuses_with_the_retrievers_order_when_no_score_comes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A vector-store retriever puts no score in the metadata; the local model's default (query
+    # likelihood, min-max fusion) then fuses with the order the retriever returned: scores in [0, 1].
+    from llmrerank import LocalBackend, Reranker
+    from llmrerank.fusion import input_order_scores
+
+    backend = FakeBackend(likelihood=overlap_likelihood, preferred_strategy="query_likelihood")
+    backend.preferred_fusion = LocalBackend.preferred_fusion
+    retriever = ContextualCompressionRetriever(
+        base_compressor=LLMRerankCompressor(backend=backend, top_n=None),
+        base_retriever=FixedRetriever(docs=make_docs()),
+    )
+    with caplog.at_level(logging.INFO, logger="llmrerank"):
+        found = retriever.invoke(QUERY)
+    assert "fusion skipped" not in caplog.text
+    assert {d.metadata["rerank_score_kind"] for d in found} == {"fused"}
+    assert all(0 <= d.metadata["relevance_score"] <= 1 for d in found)
+    core = Reranker(backend=backend).rerank(QUERY, TEXTS, first_stage_scores=input_order_scores(len(TEXTS)))
+    assert [d.page_content for d in found] == [TEXTS[i] for i in core.indices]
+    assert [d.metadata["relevance_score"] for d in found] == pytest.approx([item.score for item in core])
 
 
 # --- what the rerank did reaches LangChain users -------------------------------------------------------

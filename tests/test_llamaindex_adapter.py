@@ -299,6 +299,31 @@ def test_fusion_reads_the_node_scores() -> None:
     assert [n.score for n in nodes] == [float(len(TEXTS) - i) for i in range(len(TEXTS))]  # inputs untouched
 
 
+def test_top_k_llmreranks_own_name_is_accepted_for_top_n() -> None:
+    postprocessor = LLMRerankPostprocessor(backend=FakeBackend(respond=overlap_judge), strategy="listwise", top_k=2)
+    nodes = [NodeWithScore(node=TextNode(text=t), score=0.5) for t in TEXTS]
+    assert postprocessor.top_n == 2 and len(postprocessor.postprocess_nodes(nodes, query_str=QUERY)) == 2
+
+
+def test_the_offline_default_gives_fused_scores_in_0_1_with_or_without_node_scores() -> None:
+    # The same scale as the LangChain adapter, whose retrievers give no score: min-max fusion with
+    # the nodes' scores, or with their order when they carry none.
+    from llmrerank import LocalBackend, Reranker
+    from llmrerank.fusion import input_order_scores
+
+    backend = FakeBackend(likelihood=overlap_likelihood, preferred_strategy="query_likelihood")
+    backend.preferred_fusion = LocalBackend.preferred_fusion
+    postprocessor = LLMRerankPostprocessor(backend=backend, top_n=None)
+    scored = [NodeWithScore(node=TextNode(text=t), score=1.0 - i / 10) for i, t in enumerate(TEXTS)]
+    unscored = [NodeWithScore(node=TextNode(text=t)) for t in TEXTS]
+    for nodes in (scored, unscored):
+        ranked = postprocessor.postprocess_nodes(nodes, query_str=QUERY)
+        assert {n.node.metadata["rerank_score_kind"] for n in ranked} == {"fused"}
+        assert all(n.score is not None and 0 <= n.score <= 1 for n in ranked)
+    core = Reranker(backend=backend).rerank(QUERY, TEXTS, first_stage_scores=input_order_scores(len(TEXTS)))
+    assert [n.node.get_content() for n in ranked] == [TEXTS[i] for i in core.indices]
+
+
 # --- what the rerank did reaches LlamaIndex users -------------------------------------------------------
 
 

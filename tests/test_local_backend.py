@@ -6,6 +6,7 @@ import asyncio
 import importlib.util
 import itertools
 import math
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -94,6 +95,59 @@ def test_conversion_is_written_once_then_reused(tmp_path: Path, monkeypatch: pyt
     assert first.parent == tmp_path / "models"
     assert len(writes) == 1 and writes[0] != first  # written to a temporary folder, then renamed
     assert [p.name for p in (tmp_path / "models").iterdir()] == [first.name]
+
+
+def test_the_converted_copy_is_keyed_by_content_not_by_path_or_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each virtual environment installs its own copy of the model wheel: same bytes, other path
+    # and time stamp. They must share one converted model.
+    monkeypatch.setenv("LLMRERANK_CACHE_DIR", str(tmp_path / "cache"))
+    data = bytes(range(256)) * (3 * 4096)  # 3 MiB: head, middle and tail chunks differ in place
+    first, second = tmp_path / "env1" / "model.gguf", tmp_path / "env2" / "model.gguf"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    os.utime(second, ns=(10**9, 10**9))
+    assert local.converted_dir(first) == local.converted_dir(second)
+    assert local.converted_dir(first).parent == tmp_path / "cache" / "models"
+    assert local.converted_dir(first).name.startswith("model-") and local.converted_dir(first).name.endswith("-f16")
+    for place in (0, len(data) - 1):  # a changed header or a changed last tensor is another model
+        changed = bytearray(data)
+        changed[place] ^= 1
+        other = tmp_path / f"changed{place}.gguf"
+        other.write_bytes(bytes(changed))
+        assert local.converted_dir(other).name != local.converted_dir(first).name
+
+
+def test_the_converted_copy_is_half_precision_and_loads_as_float32(backend: LocalBackend) -> None:
+    import json
+
+    folder = Path(local.resolve_model(None))
+    (weights,) = folder.glob("*.safetensors")
+    with weights.open("rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"F16"}
+    assert weights.stat().st_size < 300e6  # float32 took 540 MB
+    assert {p.dtype for p in backend._get().model.parameters()} == {backend._get().torch.float32}
+
+
+def test_copies_of_the_old_format_are_listed_not_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmrerank.cli import main
+
+    monkeypatch.setenv("LLMRERANK_CACHE_DIR", str(tmp_path))
+    old = tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1-1ec0a1886f4a"  # size+mtime key, float32
+    old.mkdir(parents=True)
+    (old / "config.json").write_text("{}")
+    (old / "model.safetensors").write_bytes(b"0" * 2_000_000)
+    assert local.old_converted_copies() == [old]
+    assert local.converted_dir(local.default_gguf()) != old
+    main(["doctor"])
+    out = capsys.readouterr().out
+    assert "1 converted model folder(s) of llmrerank 0.1" in out and "(2 MB)" in out and old.name in out
+    assert old.is_dir()  # left in place: an older llmrerank may still use it
 
 
 def test_loaded_model_comes_from_the_cache_without_reading_the_gguf(
@@ -292,7 +346,7 @@ def test_the_context_continuation_boundary(backend: LocalBackend) -> None:
 
 
 def test_default_reranker_ranks_the_france_case_by_query_likelihood(backend: LocalBackend) -> None:
-    result = Reranker(backend=backend).rerank(QUERY, FRANCE)
+    result = Reranker(backend=backend, fusion=None).rerank(QUERY, FRANCE)  # the LLM alone, not fused with the order
     assert result.strategy == "query_likelihood" and result.score_kind == "likelihood"
     assert result.indices[0] == 2 and not result.degraded
     scores = {item.index: item.score for item in result}
@@ -301,7 +355,7 @@ def test_default_reranker_ranks_the_france_case_by_query_likelihood(backend: Loc
 
 
 def test_default_reranker_ranks_the_aspirin_case_in_graded_order(backend: LocalBackend) -> None:
-    result = Reranker(backend=backend).rerank(ASPIRIN_QUERY, ASPIRIN)
+    result = Reranker(backend=backend, fusion=None).rerank(ASPIRIN_QUERY, ASPIRIN)
     assert [ASPIRIN_GRADED[i] for i in result.indices] == [3, 2, 1, 0]
     scores = [item.score for item in result]
     assert all(a is not None and b is not None and a - b > 1.0 for a, b in itertools.pairwise(scores))
@@ -332,11 +386,20 @@ def test_adapters_without_a_key_rank_france_and_aspirin(monkeypatch: pytest.Monk
 
     compressor = LLMRerankCompressor(top_n=None)
     postprocessor = LLMRerankPostprocessor(top_n=None)
-    for query, texts, best in ((QUERY, FRANCE, [2]), (ASPIRIN_QUERY, ASPIRIN, [2, 3, 1, 0])):
+    core = Reranker()
+    # Neither retriever gave a score: both adapters fuse the likelihood with the input order, as the
+    # core does, and give the same order and the same fused scores in [0, 1].
+    for query, texts in ((QUERY, FRANCE), (ASPIRIN_QUERY, ASPIRIN)):
+        expected = core.rerank(query, texts)
+        assert expected.score_kind == "fused" and (texts is not FRANCE or expected.indices[0] == 2)
         ranked = compressor.compress_documents([Document(page_content=t) for t in texts], query)
-        assert [texts.index(d.page_content) for d in ranked][: len(best)] == best
         nodes = postprocessor.postprocess_nodes([NodeWithScore(node=TextNode(text=t)) for t in texts], query_str=query)
-        assert [texts.index(n.node.get_content()) for n in nodes][: len(best)] == best
+        assert [texts.index(d.page_content) for d in ranked] == expected.indices
+        assert [texts.index(n.node.get_content()) for n in nodes] == expected.indices
+        fused = [item.score for item in expected]
+        assert [d.metadata["relevance_score"] for d in ranked] == pytest.approx(fused)
+        assert [n.score for n in nodes] == pytest.approx(fused)
+        assert all(0 <= s <= 1 for s in fused if s is not None)
 
 
 def test_demo_measures_many_queries_or_labels_the_precomputed_figures(
@@ -372,3 +435,28 @@ def test_listwise_windows_fit_the_local_context_instead_of_losing_a_middle(backe
     (fitted,) = [d for d in result.diagnostics if d.code == "context_fitted"]
     assert "512 tokens" in fitted.message and result.usage.calls > 1  # smaller windows, more of them
     assert len(middles_cut) == result.usage.calls and not any(middles_cut)  # no window lost its middle
+
+
+NO_BARS = """
+import llmrerank.cli as cli
+
+def eval_stub(args, argv):  # what the local backend sees when it loads the model
+    import transformers.utils.logging as hf_logging
+
+    print("bars", hf_logging.is_progress_bar_enabled())
+    return 0
+
+cli.run_eval = eval_stub
+cli.main(["eval", "--no-progress"])
+cli.main(["eval"])
+"""
+
+
+def test_no_progress_silences_transformers_loading_bar_too() -> None:
+    import subprocess
+
+    pytest.importorskip("transformers")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    done = subprocess.run([sys.executable, "-c", NO_BARS], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["bars", "False", "bars", "True"]  # and back afterwards

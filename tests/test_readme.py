@@ -91,7 +91,25 @@ def test_langchain_snippet_reranks_a_retriever(openai_env_server: FakeLLMServer)
     assert "how do solar panels work?" in call and all(text in call for text in DOCUMENTS)
 
 
-def test_llamaindex_snippet_reranks_in_a_query_engine(
+def test_llamaindex_snippet_reranks_retrieved_nodes_without_an_answer_llm(
+    openai_env_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("llama_index.core")
+    from llama_index.core import Settings, VectorStoreIndex
+    from llama_index.core.embeddings import MockEmbedding
+    from llama_index.core.schema import TextNode
+
+    monkeypatch.setattr(Settings, "_llm", None)  # no answer-writing LLM configured: it must not be needed
+    nodes = [TextNode(text=text, id_=f"doc{i}") for i, text in enumerate(DOCUMENTS)]
+    index = VectorStoreIndex(nodes, embed_model=MockEmbedding(embed_dim=8))
+    ranked = run_snippet("from llamaindex_llmrerank import LLMRerankPostprocessor", index=index)["nodes"]
+    assert ranked[0].node.get_content() == SOLAR and len(ranked) == 5
+    assert Settings._llm is None
+    (call,) = llm_calls(openai_env_server)
+    assert "How do solar panels work?" in call and all(text in call for text in DOCUMENTS)
+
+
+def test_llamaindex_query_engine_snippet_sets_the_answer_llm_first(
     openai_env_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("llama_index.core")
@@ -100,12 +118,13 @@ def test_llamaindex_snippet_reranks_in_a_query_engine(
     from llama_index.core.llms import MockLLM
     from llama_index.core.schema import TextNode
 
-    # The answer-writing LLM the snippet's engine takes from Settings: a mock, as in the example.
-    monkeypatch.setattr(Settings, "_llm", MockLLM())
+    from llamaindex_llmrerank import LLMRerankPostprocessor
+
+    monkeypatch.setattr(Settings, "_llm", None)  # restored afterwards: the snippet sets Settings.llm
     nodes = [TextNode(text=text, id_=f"doc{i}") for i, text in enumerate(DOCUMENTS)]
     index = VectorStoreIndex(nodes, embed_model=MockEmbedding(embed_dim=8))
-    engine = run_snippet("from llamaindex_llmrerank import LLMRerankPostprocessor", index=index)["engine"]
-    response = engine.query("How do solar panels work?")
+    names = {"index": index, "answer_llm": MockLLM(), "LLMRerankPostprocessor": LLMRerankPostprocessor}
+    response = run_snippet("Settings.llm = answer_llm", **names)["response"]
     ranked = [n.node.get_content() for n in response.source_nodes]
     assert ranked[0] == SOLAR and len(ranked) == 5
     (call,) = llm_calls(openai_env_server)

@@ -10,15 +10,18 @@
     llmrerank batch rows.jsonl --out runs/batch --backend openai --strategy pointwise --concurrency 16
     llmrerank serve --port 8080 --backend openai --model gpt-4o-mini --api-key secret
     llmrerank demo
+    llmrerank doctor
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -75,7 +78,7 @@ def add_reranker_options(parser: argparse.ArgumentParser, *, batch: bool = False
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``llmrerank`` command."""
     parser = argparse.ArgumentParser(prog="llmrerank", description="Rerank retrieved documents with LLMs.")
-    sub = parser.add_subparsers(dest="command", metavar="{eval,batch,serve,calibrate,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{eval,batch,serve,calibrate,demo,doctor}")
     ev = sub.add_parser(
         "eval",
         help="compare reranking strategies on a BEIR collection: quality, LLM calls, tokens, cost, latency",
@@ -137,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_calibrate_parser(sub)
     sub.add_parser("demo", help="a short offline demonstration (arguments go to the demo)", add_help=False)
+    sub.add_parser(
+        "doctor",
+        help="what Reranker() will use here and what is missing, with the install lines (exit 1: it cannot rerank)",
+    )
     return parser
 
 
@@ -868,14 +875,19 @@ def run_batch_cli(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"llmrerank: interrupted; rerun the same command to resume {args.out}", file=sys.stderr)
         return 130
-    cost = "n/a" if summary.cost is None else f"~${summary.cost:.4f}"
+    if summary.cost is None:
+        cost = f"cost {summary.cost_note or 'n/a'}"
+    elif summary.cost_note.startswith("estimated"):
+        cost = f"~${summary.cost:.4f} (estimated, prices as of {PRICES_AS_OF})"
+    else:  # a backend on this machine: nothing to estimate
+        cost = f"cost n/a ({summary.cost_note})"
     print(
         f"{summary.rows} rows: {summary.results} reranked ({summary.degraded} degraded), {summary.errors} errors, "
         f"{summary.skipped} done before, {summary.pending} waiting; {summary.rows_per_second:.1f} rows/s"
     )
     print(
         f"{summary.usage.calls} LLM calls, {summary.usage.prompt_tokens} prompt + {summary.usage.completion_tokens} "
-        f"completion tokens, {cost} (estimated, prices as of {PRICES_AS_OF})"
+        f"completion tokens, {cost}"
     )
     if summary.pending:
         print(f"provider batches {', '.join(summary.provider_batches)} still running: rerun the same command")
@@ -883,9 +895,42 @@ def run_batch_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def quiet_libraries(quiet: bool) -> Iterator[None]:
+    """``--no-progress`` for the libraries a backend loads too: no "Loading weights" bar from
+    transformers, no download bars from huggingface_hub (transformers reads the setting when it is
+    imported, which the local backend does later; if it already is, its flag is switched off).
+    Both come back as they were afterwards."""
+    if not quiet:
+        yield
+        return
+    hub = "HF_HUB_DISABLE_PROGRESS_BARS"
+    saved = os.environ.get(hub)
+    before = sys.modules.get("transformers.utils.logging")
+    was_enabled = before is not None and before.is_progress_bar_enabled()
+    os.environ[hub] = "1"
+    if before is not None:
+        before.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(hub, None)
+        else:
+            os.environ[hub] = saved
+        after = sys.modules.get("transformers.utils.logging")
+        if after is not None and (was_enabled or (before is None and saved is None)):
+            after.enable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmrerank`` console script; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    with quiet_libraries("--no-progress" in args_list):
+        return _main(args_list)
+
+
+def _main(args_list: list[str]) -> int:
     if args_list[:1] == ["demo"]:
         import importlib
 
@@ -898,6 +943,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "doctor":
+        from .doctor import main as doctor
+
+        return doctor()
     try:
         if args.command == "batch":
             return run_batch_cli(args)

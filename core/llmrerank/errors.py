@@ -14,13 +14,17 @@ class ConfigurationError(LLMRerankError, ValueError):
 
 
 class MissingDependencyError(ConfigurationError, ImportError):
-    """An optional dependency is not installed; the message names the install line."""
+    """An optional dependency is not installed; the message names the install line (or lines, one
+    per line of :attr:`install`). ``message`` replaces the whole text (it should name them too)."""
 
-    def __init__(self, package: str, extra: str, install: str | None = None) -> None:
+    def __init__(self, package: str, extra: str, install: str | None = None, *, message: str | None = None) -> None:
         self.package = package
         self.extra = extra
         self.install = install or f'pip install "llmrerank[{extra}]"'
-        super().__init__(f"{package} is not installed; run: {self.install}")
+        lines = self.install.splitlines()
+        how = lines[0] if len(lines) == 1 else "".join(f"\n    {line}" for line in lines)
+        verb = "are" if ", " in package else "is"
+        super().__init__(message or f"{package} {verb} not installed; run: {how}")
 
 
 def require(module: str, extra: str, package: str | None = None) -> object:

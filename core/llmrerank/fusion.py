@@ -7,8 +7,10 @@ A :class:`~llmrerank.Reranker` built with ``fusion=`` takes the first-stage scor
 documents themselves (:func:`first_stage_score`) or from ``rerank(..., first_stage_scores=[...])``.
 
 Missing scores are never dropped silently: a document without a first-stage score counts as the
-lowest-scored one (diagnostic ``first_stage_missing``), and when no document has one the LLM's
-order stands (diagnostic ``fusion_skipped``).
+lowest-scored one (diagnostic ``first_stage_missing``). When no document has one (a LangChain
+vector-store retriever puts none in the metadata), the order the documents came in is the
+retriever's signal: fused as reciprocal ranks, ``1 / (rrf_k + rank)`` (the ``fused`` diagnostic
+says so). Only when the LLM judged no document is fusion skipped (diagnostic ``fusion_skipped``).
 """
 
 from __future__ import annotations
@@ -164,14 +166,21 @@ def llm_values(ranking: Ranking, judged: Sequence[int]) -> list[float]:
     return [ranking.scores.get(i, low) for i in judged]
 
 
+def input_order_scores(n: int, rrf_k: int = 60) -> list[float | None]:
+    """First-stage scores made from the input order when a retriever gave none: ``1 / (rrf_k + rank)``."""
+    return [1.0 / (rrf_k + rank) for rank in range(1, n + 1)]
+
+
 def fuse(ranking: Ranking, first_stage: Sequence[float | None], fusion: Fusion) -> Ranking:
     """A new :class:`Ranking` ordered by the fused score (``score_kind="fused"``).
 
     ``first_stage`` holds one score (or None) per document. Only documents the LLM judged take part:
     those whose call failed (:attr:`Ranking.unjudged`) keep their fallback places after them, with
     no score. A judged document without a first-stage score counts as the lowest (diagnostic
-    ``first_stage_missing`` each). With no first-stage score at all, or nothing judged, the ranking
-    is returned as it was with a ``fusion_skipped`` diagnostic. Ties keep the LLM's order.
+    ``first_stage_missing`` each). With no first-stage score at all, the input order stands in for
+    them: the document at input position ``p`` (0-based) scores ``1 / (rrf_k + p + 1)``, the
+    reciprocal rank, and the ``fused`` diagnostic names it. With nothing judged, the ranking is
+    returned as it was with a ``fusion_skipped`` diagnostic. Ties keep the LLM's order.
     """
     n = len(ranking.order)
     if len(first_stage) != n:
@@ -179,10 +188,16 @@ def fuse(ranking: Ranking, first_stage: Sequence[float | None], fusion: Fusion) 
     judged = [i for i in ranking.order if i not in ranking.unjudged]
     present = [first_stage[i] for i in judged if first_stage[i] is not None]
     diagnostics = list(ranking.diagnostics)
-    if not present or not judged:
-        why = "no document has a first-stage score; the LLM's order stands" if judged else "the LLM judged no document"
-        diagnostics.append(Diagnostic("fusion_skipped", why))
+    if not judged:
+        diagnostics.append(Diagnostic("fusion_skipped", "the LLM judged no document"))
         return replace(ranking, diagnostics=diagnostics)
+    source = f"{len(present)} first-stage scores"
+    if not present:
+        first_stage = input_order_scores(n, fusion.rrf_k)
+        present = [first_stage[i] for i in judged]
+        source = (
+            f"the input order as the retriever's (reciprocal rank 1/({fusion.rrf_k} + rank); no first-stage scores)"
+        )
     low = min(s for s in present if s is not None)
     for i in judged:
         if first_stage[i] is None:
@@ -199,7 +214,7 @@ def fuse(ranking: Ranking, first_stage: Sequence[float | None], fusion: Fusion) 
     fused = dict(zip(judged, values, strict=True))
     position = {i: p for p, i in enumerate(ranking.order)}
     order = sorted(judged, key=lambda i: (-fused[i], position[i])) + [i for i in ranking.order if i in ranking.unjudged]
-    diagnostics.append(Diagnostic("fused", f"{fusion.describe()} with {len(present)} first-stage scores"))
+    diagnostics.append(Diagnostic("fused", f"{fusion.describe()} with {source}"))
     return replace(ranking, order=order, score_kind="fused", scores=fused, diagnostics=diagnostics)
 
 
@@ -211,6 +226,7 @@ __all__ = [
     "first_stage_score",
     "first_stage_scores",
     "fuse",
+    "input_order_scores",
     "llm_values",
     "make_fusion",
 ]

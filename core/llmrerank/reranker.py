@@ -17,7 +17,7 @@ from .cache import ResponseCache
 from .calibration import Calibration, calibrate_ranking, load_calibration
 from .diversity import MMR, Dedup, diversify, make_dedup
 from .driver import Driver, Meter, OnError
-from .errors import ConfigurationError, InvalidInputError
+from .errors import ConfigurationError, InvalidInputError, MissingDependencyError
 from .fusion import Fusion, check_scores, fuse, make_fusion
 from .fusion import first_stage_scores as read_scores
 from .prompts import clean_query, domain_instruction
@@ -51,6 +51,9 @@ def default_backend() -> Backend:
 
     ``OPENAI_API_KEY`` set: OpenAI ``gpt-4o-mini`` (``OPENAI_BASE_URL`` honoured by the SDK);
     else ``ANTHROPIC_API_KEY``: Anthropic Haiku; else the local demo model, with one log line.
+    Without a key and without the local model's pieces, a
+    :class:`~llmrerank.errors.MissingDependencyError` names both ways out: the keys, and the
+    install lines of what is missing (``llmrerank doctor`` says the same).
     """
     if os.environ.get("OPENAI_API_KEY"):
         from .backends.openai import OpenAIBackend
@@ -60,13 +63,33 @@ def default_backend() -> Backend:
         from .backends.anthropic import AnthropicBackend
 
         return AnthropicBackend()
-    from .backends.local import LocalBackend
+    from .backends.local import LocalBackend, install_lines, missing_pieces
 
+    missing = [name for name, _ in missing_pieces()]
+    if missing:
+        lines = install_lines(missing)
+        raise MissingDependencyError(
+            ", ".join(missing),
+            "local",
+            lines,
+            message=no_backend_message(missing, lines),
+        )
     logger.warning(
         "llmrerank: no OPENAI_API_KEY or ANTHROPIC_API_KEY; using the small local model "
-        "SmolLM2-135M-Instruct (query likelihood fused with the retriever's scores: a small gain on SciFact)"
+        "SmolLM2-135M-Instruct (query likelihood fused with the retriever's scores, or its order when "
+        "it gives none: a small gain on SciFact)"
     )
     return LocalBackend()
+
+
+def no_backend_message(missing: Sequence[str], lines: str) -> str:
+    """Why no default backend can be built, and the two ways out (an API key, or the local pieces)."""
+    indented = "".join(f"\n    {line}" for line in lines.splitlines())
+    return (
+        "no LLM to rerank with: set OPENAI_API_KEY or ANTHROPIC_API_KEY to use an API model, or install the "
+        f"local model (offline, CPU; missing: {', '.join(missing)}):{indented}\n"
+        "(`llmrerank doctor` shows what the default backend would use and what is missing)"
+    )
 
 
 def check_settings(
@@ -283,8 +306,12 @@ class Reranker(Closing):
         *,
         min_score: float | None = None,
         first_stage_scores: Sequence[float | None] | None = None,
+        top_n: int | None = None,
     ) -> RerankResult[D]:
         """Rerank ``documents`` for ``query``; return the best ``top_k`` (all when None).
+
+        ``top_n`` is another name for ``top_k`` (LangChain's and LlamaIndex's); giving both raises
+        :class:`~llmrerank.errors.InvalidInputError`.
 
         ``documents`` may be strings, dicts with ``content`` or ``text`` (plus ``id``/``metadata``),
         or objects with ``page_content`` or ``text``; results hold the caller's own objects.
@@ -309,6 +336,10 @@ class Reranker(Closing):
         With ``opentelemetry-api`` installed, each rerank is a span with a child span per LLM call
         (:mod:`llmrerank.telemetry`).
         """
+        if top_n is not None:
+            if top_k is not None:
+                raise InvalidInputError(f"top_k={top_k!r} and top_n={top_n!r}: pass one (they are the same setting)")
+            top_k = top_n
         with rerank_span(self.strategy.name, self.backend, documents, top_k) as record:
             result = await self._arerank(
                 query, documents, top_k, min_score=min_score, first_stage_scores=first_stage_scores
@@ -442,6 +473,7 @@ class Reranker(Closing):
         *,
         min_score: float | None = None,
         first_stage_scores: Sequence[float | None] | None = None,
+        top_n: int | None = None,
     ) -> RerankResult[D]:
         """Blocking :meth:`arerank`; also safe inside a running event loop.
 
@@ -449,7 +481,9 @@ class Reranker(Closing):
         backend's HTTP client and connections are reused from one call to the next.
         """
         return run_blocking(
-            self.arerank(query, documents, top_k, min_score=min_score, first_stage_scores=first_stage_scores)
+            self.arerank(
+                query, documents, top_k, min_score=min_score, first_stage_scores=first_stage_scores, top_n=top_n
+            )
         )
 
 

@@ -29,9 +29,15 @@ _ANTHROPIC = re.compile(r"^claude-")
 
 def split_model(model: str) -> tuple[str | None, str]:
     """``("openai", "gpt-4.1-mini")`` for ``"openai:gpt-4.1-mini"``; ``(None, model)`` when no
-    known provider is named (``"qwen2.5:7b"``, ``"ft:gpt-4o:org::id"`` keep their colons)."""
+    known provider is named (``"qwen2.5:7b"``, ``"ft:gpt-4o:org::id"`` keep their colons).
+
+    A provider's bare name (``"local"``, ``"openai"``, ``"anthropic"``, as the CLI's ``--backend``
+    takes them) is that provider with its default model: ``("local", "")``.
+    """
     head, colon, rest = model.partition(":")
     provider = head.strip().lower()
+    if not colon and provider in PROVIDERS:
+        return provider, ""
     if colon and provider in PROVIDERS and (rest.strip() or provider == "local"):
         return provider, rest.strip()
     return None, model.strip()
@@ -76,8 +82,9 @@ def resolve_provider(model: str) -> tuple[str, str]:
 
 def backend_for(model: str, **options: Any) -> Backend:
     """The backend for ``model``: ``"openai:gpt-4.1-mini"``, ``"anthropic:claude-haiku-4-5"``,
-    ``"local:..."`` or a bare name (see the module docstring). ``options`` go to the backend
-    (``base_url=``, ``timeout=``, ``reasoning_effort=``, ...).
+    ``"local:..."``, a provider alone (``"local"``, ``"openai"``, ``"anthropic"``: its default model)
+    or a bare name (see the module docstring). ``options`` go to the backend (``base_url=``,
+    ``timeout=``, ``reasoning_effort=``, ...).
 
     Raises :class:`~llmrerank.errors.ConfigurationError` naming the environment variable when the
     provider's key is missing: ``backend_for("claude-haiku-4-5")`` with only ``OPENAI_API_KEY`` set
@@ -89,23 +96,26 @@ def backend_for(model: str, **options: Any) -> Backend:
 
         return LocalBackend(name or None, **options)
     has_key = options.get("api_key") or options.get("client") is not None or os.environ.get(KEYS[provider])
+    if name:
+        options = {"model": name, **options}
+    what = f"model {name!r}" if name else f"backend {provider!r}"
     if provider == "openai":
         if not has_key:
             raise ConfigurationError(
-                f"model {name!r} is served by OpenAI: set OPENAI_API_KEY (or pass api_key=; a server of your "
+                f"{what} is served by OpenAI: set OPENAI_API_KEY (or pass api_key=; a server of your "
                 "own started without a key takes any)"
             )
         from .backends.openai import OpenAIBackend
 
-        return OpenAIBackend(name, **options)
+        return OpenAIBackend(**options)
     if not has_key and not os.environ.get("ANTHROPIC_AUTH_TOKEN"):
         raise ConfigurationError(
-            f"model {name!r} is served by Anthropic: set ANTHROPIC_API_KEY (or pass api_key=); "
-            f"for an OpenAI-compatible server that serves it, write 'openai:{name}'"
+            f"{what} is served by Anthropic: set ANTHROPIC_API_KEY (or pass api_key=)"
+            + (f"; for an OpenAI-compatible server that serves it, write 'openai:{name}'" if name else "")
         )
     from .backends.anthropic import AnthropicBackend
 
-    return AnthropicBackend(name, **options)
+    return AnthropicBackend(**options)
 
 
 __all__ = ["KEYS", "PROVIDERS", "backend_for", "provider_of", "resolve_provider", "split_model"]

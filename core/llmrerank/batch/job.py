@@ -50,6 +50,9 @@ class BatchSummary:
     wall_seconds: float
     pending: int = 0
     provider_batches: tuple[str, ...] = ()
+    cost_note: str = ""
+    """Why ``cost`` is what it is (:func:`~llmrerank.pricing.cost_basis`): ``estimated, prices as of
+    ...``, ``local backend: no charge``, or ``n/a: ...``."""
 
     @property
     def rows_per_second(self) -> float:
@@ -238,6 +241,7 @@ class Job:
             wall_seconds=time.perf_counter() - self.started,
             pending=pending,
             provider_batches=provider_batches,
+            cost_note=self.progress.cost_note,
         )
 
 

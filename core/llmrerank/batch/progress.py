@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from ..pricing import PriceSource, estimate_cost
+from ..pricing import FREE_BACKENDS, PriceSource, cost_basis, estimate_cost
 from ..types import Usage
 
 LOG_SECONDS = 10.0
@@ -71,10 +71,16 @@ class JobProgress:
         cost = estimate_cost(self.model, self.usage, self.prices, backend=self.backend, server_url=self.server_url)
         return None if cost is None else cost * self.discount
 
+    @property
+    def cost_note(self) -> str:
+        """Why :attr:`cost` is what it is (see :func:`~llmrerank.pricing.cost_basis`)."""
+        return cost_basis(self.model, self.prices, backend=self.backend, server_url=self.server_url)[1]
+
     def summary(self) -> str:
-        """``calls=…, tokens=…, cost≈$…`` (plus the status line of a provider batch)."""
+        """``calls=…, tokens=…, cost≈$…`` (plus the status line of a provider batch); ``cost n/a``
+        where no price applies or the backend runs on this machine."""
         cost = self.cost
-        money = "cost n/a" if cost is None else f"~${cost:.4f}"
+        money = "cost n/a" if cost is None or self.backend in FREE_BACKENDS else f"~${cost:.4f}"
         text = f"calls={self.usage.calls} tokens={_tokens(self.usage.total_tokens)} {money}"
         return f"{text} {self.status}".rstrip()
 
