@@ -145,8 +145,8 @@ def test_metadata_is_cut_to_the_limit_of_the_strategy_a_hybrid_runs() -> None:
 
 
 def test_unknown_options_are_refused_and_llm_is_the_backend() -> None:
-    with pytest.raises(ValueError, match="top_k"):
-        LLMRerankPostprocessor(top_k=5)
+    with pytest.raises(ValueError, match="topk"):
+        LLMRerankPostprocessor(topk=5)  # top_k is accepted as the other framework's name for top_n
     llm = MockLLM()
     postprocessor = LLMRerankPostprocessor(llm=llm, top_n=2)
     assert postprocessor.reranker.backend.llm is llm  # type: ignore[attr-defined]

@@ -138,6 +138,8 @@ def test_copies_of_the_old_format_are_listed_not_loaded(
     from llmrerank.cli import main
 
     monkeypatch.setenv("LLMRERANK_CACHE_DIR", str(tmp_path))
+    for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):  # the doctor reports the local default
+        monkeypatch.delenv(key, raising=False)
     old = tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1-1ec0a1886f4a"  # size+mtime key, float32
     old.mkdir(parents=True)
     (old / "config.json").write_text("{}")
