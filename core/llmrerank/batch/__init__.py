@@ -47,7 +47,7 @@ class RerankerSpec:
 
     def __call__(self) -> Reranker:
         """Build the Reranker."""
-        from ..cli import make_backend
+        from ..routing import make_backend
 
         return Reranker(self.strategy, make_backend(self.backend, self.model, self.base_url), **dict(self.options))
 
