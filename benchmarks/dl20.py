@@ -35,8 +35,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from llmrerank import Hybrid, MemoryCache, Reranker
-from llmrerank.cli import make_backend
 from llmrerank.evaluation import EvalReport, QueryResult, evaluate, load_beir, paired_difference, read_run
+from llmrerank.routing import make_backend
 from llmrerank.strategies import make_strategy
 from llmrerank.types import Usage
 

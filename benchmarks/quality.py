@@ -52,8 +52,8 @@ from llmrerank import (
     Setwise,
     Strategy,
 )
-from llmrerank.cli import make_backend
 from llmrerank.evaluation import EvalReport, evaluate, load_beir, paired_difference, split_halves
+from llmrerank.routing import make_backend
 from llmrerank.testing.server import loopback_backend
 
 DEFAULT_STRATEGIES = [

@@ -31,9 +31,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from llmrerank import Fusion, MemoryCache, Pointwise, Reranker, RerankResult, Strategy
-from llmrerank.cli import make_backend
 from llmrerank.evaluation import Collection, EvalReport, evaluate, load_beir, split_halves
 from llmrerank.fusion import METHODS
+from llmrerank.routing import make_backend
 from llmrerank.strategies import QueryLikelihood
 from llmrerank.testing.server import loopback_backend
 

@@ -444,7 +444,7 @@ def test_eval_reports_the_model_that_answered_over_the_one_asked_for(
 
 
 def test_cli_model_names_its_provider(monkeypatch: pytest.MonkeyPatch) -> None:
-    from llmrerank.cli import backend_kind
+    from llmrerank.routing import backend_kind
 
     assert backend_kind(None, "anthropic:claude-haiku-4-5", None) == ("anthropic", "claude-haiku-4-5")
     assert backend_kind(None, "claude-haiku-4-5", None) == ("anthropic", "claude-haiku-4-5")

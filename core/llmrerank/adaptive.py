@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import email.utils
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,14 +167,31 @@ async def on_request(request: Any) -> None:
         slot.epoch, slot.held = fresh.epoch, True
 
 
+def retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``retry-after`` (seconds or HTTP date), if present."""
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / scale
+        except ValueError:
+            continue
+        if math.isfinite(seconds):
+            return max(seconds, 0.0)
+    date = headers.get("retry-after")
+    parsed = email.utils.parsedate_tz(date) if date else None
+    return max(email.utils.mktime_tz(parsed) - time.time(), 0.0) if parsed else None
+
+
 async def on_response(response: Any) -> None:
     """``httpx`` response hook: a 429/529 cuts the limit, pauses for its ``retry-after`` and gives the
     slot back while the backend waits to retry."""
     current = CALL.get()
     if current is None or response.status_code not in RATE_LIMITED:
         return
-    from .backends.sdk import retry_after
-
     limiter, slot = current
     limiter.rate_limited(slot, retry_after(response.headers), retrying=True)
 

@@ -28,11 +28,11 @@ from typing import Any
 
 from .adaptive import DEFAULT_MAX_CONCURRENCY
 from .errors import ConfigurationError, LLMRerankError, require
+from .routing import BACKENDS, backend_kind, make_backend
 from .strategies import STRATEGIES
 
 BASELINES = ("bm25", "none")
 STRATEGY_NAMES = tuple(STRATEGIES)
-BACKENDS = ("local", "openai", "anthropic", "fake")
 
 
 def add_reranker_options(parser: argparse.ArgumentParser, *, batch: bool = False) -> None:
@@ -394,81 +394,6 @@ def strategies_from(values: Sequence[str] | None) -> list[str]:
             if name not in names:
                 names.append(name)
     return names
-
-
-def backend_kind(kind: str | None, model: str | None, base_url: str | None) -> tuple[str, str | None]:
-    """The backend to build and the model name to give it, from ``--backend``, ``--model`` and ``--base-url``.
-
-    A provider written in the model name (``openai:gpt-4.1-mini``) must agree with ``--backend``;
-    with no ``--backend`` it decides, else the model's prefix does (``claude-`` is Anthropic), else
-    ``--base-url`` means an OpenAI-compatible server, else a bare unknown name goes where
-    :func:`~llmrerank.routing.resolve_provider` sends it, and no model at all means local.
-    """
-    from .routing import provider_of, resolve_provider, split_model
-
-    provider, name = split_model(model) if model else (None, None)
-    if kind is not None and provider is not None and provider != kind:
-        raise ConfigurationError(f"--model {model} names provider {provider!r} but --backend is {kind!r}")
-    if kind is None:
-        if provider is not None:
-            kind = provider
-        elif name:
-            kind = provider_of(name) or ("openai" if base_url else resolve_provider(name)[0])
-        else:
-            kind = "openai" if base_url else "local"
-    return kind, name or None
-
-
-def make_backend(
-    kind: str | None, model: str | None = None, base_url: str | None = None, api_key: str | None = None
-) -> Any:
-    """The backend ``--backend`` names (or ``--model`` implies: :func:`backend_kind`); ``api_key``
-    None leaves the key to the environment (a server on this machine or a private network needs none)."""
-    kind, model = backend_kind(kind, model, base_url)
-    options: dict[str, Any] = {}
-    if model:
-        options["model"] = model
-    if kind == "fake":
-        from .testing import FakeBackend, overlap_judge, overlap_likelihood
-
-        return FakeBackend(respond=overlap_judge, likelihood=overlap_likelihood, model=model or "fake")
-    if kind == "local":
-        if base_url or api_key:
-            raise ConfigurationError("--base-url and --api-key are for the openai and anthropic backends")
-        from .backends.local import LocalBackend
-
-        return LocalBackend(**options)
-    if base_url:
-        options["base_url"] = base_url
-    if api_key:
-        options["api_key"] = api_key
-    if kind == "openai":
-        from .backends.openai import OpenAIBackend
-
-        served = server_model(base_url, api_key) if base_url and not model else None
-        if served:
-            options["model"] = served
-        return OpenAIBackend(**options)
-    if kind == "anthropic":
-        from .backends.anthropic import AnthropicBackend
-
-        return AnthropicBackend(**options)
-    raise ConfigurationError(f"unknown backend {kind!r}: use one of {', '.join(BACKENDS)}")
-
-
-def server_model(base_url: str, api_key: str | None = None) -> str | None:
-    """The model a server of your own serves, for ``--base-url`` without ``--model``: the one it lists
-    at ``GET /v1/models``. Several are a :class:`ConfigurationError` naming them; None when it lists
-    none (the backend's default name is sent; llama.cpp answers with its own model whatever is asked)."""
-    import os
-
-    from .backends.servers import served_models
-
-    names = served_models(base_url, api_key or os.environ.get("OPENAI_API_KEY")) or []
-    if len(names) > 1:
-        shown = ", ".join(names[:10])
-        raise ConfigurationError(f"the server at {base_url} serves several models ({shown}): pass --model")
-    return names[0] if names else None
 
 
 def make_strategy_object(name: str, args: argparse.Namespace) -> Any:

@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import email.utils
 import importlib
 import logging
-import math
 import os
 import random
 import threading
@@ -20,7 +18,7 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from ..adaptive import on_request, on_response
+from ..adaptive import on_request, on_response, retry_after
 from ..errors import (
     BackendError,
     BackendTimeoutError,
@@ -227,25 +225,6 @@ def _abandon(entry: _Entry) -> None:
             closing.send(None)
     finally:
         closing.close()
-
-
-def retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` / ``retry-after`` (seconds or HTTP date), if present."""
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            seconds = float(value) / scale
-        except ValueError:
-            continue
-        if math.isfinite(seconds):
-            return max(seconds, 0.0)
-    date = headers.get("retry-after")
-    parsed = email.utils.parsedate_tz(date) if date else None
-    return max(email.utils.mktime_tz(parsed) - time.time(), 0.0) if parsed else None
 
 
 def describe(value: Any) -> str:

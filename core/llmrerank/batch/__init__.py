@@ -49,7 +49,7 @@ class RerankerSpec:
 
     def __call__(self) -> Reranker:
         """Build the Reranker."""
-        from ..cli import make_backend
+        from ..routing import make_backend
 
         backend = make_backend(self.backend, self.model, self.base_url, self.api_key)
         return Reranker(self.strategy, backend, **dict(self.options))

@@ -93,7 +93,7 @@ class Service:
     def backend(self) -> Backend:
         """The server's LLM, from the same flags and environment as ``llmrerank eval``."""
         if self._backend is None:
-            from ..cli import make_backend
+            from ..routing import make_backend
 
             self._backend = make_backend(self.config.backend, self.config.model, self.config.base_url)
         return self._backend
