@@ -46,9 +46,9 @@ class Prompt:
     max_tokens: int = 16
     choices: tuple[str, ...] | None = None
     shrink: Callable[[], Prompt] | None = field(default=None, compare=False, repr=False)
-    """Builds a smaller version of this prompt (documents cut further), sent once instead when the
-    backend answers that this one does not fit the model's context
-    (:class:`~llmrerank.errors.ContextLengthError`). Built only then."""
+    """Builds a smaller version of this prompt, sent once instead when the backend answers that this
+    one does not fit the model's context (:class:`~llmrerank.errors.ContextLengthError`). Built only
+    then. None (the built-in strategies): the driver cuts each document of the prompt to half."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,11 @@ class Backend(Closing, ABC):
         Called before each rerank; a backend caches what it learned.
         """
 
+    async def count_tokens(self, text: str) -> int | None:
+        """How many tokens the model's own tokenizer makes of ``text``, where the backend can ask it
+        (a server's ``/tokenize``); None when it cannot. Never raises."""
+        return None
+
     @abstractmethod
     async def generate(self, prompt: Prompt) -> Completion:
         """Answer one prompt."""
@@ -259,6 +264,9 @@ class Forwarding(Backend):
 
     async def discover(self) -> None:
         await self.inner.discover()
+
+    async def count_tokens(self, text: str) -> int | None:
+        return await self.inner.count_tokens(text)
 
     async def generate(self, prompt: Prompt) -> Completion:
         return await self.inner.generate(prompt)
