@@ -683,9 +683,11 @@ def test_readme_llama_cpp_recipe(capsys: pytest.CaptureFixture[str]) -> None:
     command, code = recipe("llama.cpp")
     gguf = re.search(r"-m (\S+)", command).group(1)  # type: ignore[union-attr]
     limit = int(re.search(r" -c (\d+)", command).group(1))  # type: ignore[union-attr]
+    slots = int(re.search(r" --parallel (\d+)", command).group(1))  # type: ignore[union-attr]
     responder = rate({10: 0.9, 9: 0.1}, {2: 0.7, 3: 0.3})
-    with FakeLLMServer(responder, flavor="llama.cpp", served_model=gguf, context_tokens=limit) as srv:
+    with FakeLLMServer(responder, flavor="llama.cpp", served_model=gguf, context_tokens=limit, parallel=slots) as srv:
         result = run_recipe(code, srv, DOCS)["result"]
+    assert limit // slots >= 4096  # each request gets a share of -c that holds a listwise window
     assert result.documents[0] == DOCS[1] and result[0].score == pytest.approx(9.9)  # type: ignore[attr-defined]
     assert result.model == gguf and capsys.readouterr().out.strip() == gguf  # type: ignore[attr-defined]
 
