@@ -42,7 +42,8 @@ def openai(srv: FakeLLMServer, model: str = "gpt-test", **options: object) -> Op
 
 
 def posts(srv: FakeLLMServer) -> list[ServerRequest]:
-    return [r for r in srv.requests if r.method == "POST"]
+    """The completions the server was asked for (not the ``POST /tokenize`` calls that measure prompts)."""
+    return [r for r in srv.requests if r.method == "POST" and r.path.rstrip("/") != "/tokenize"]
 
 
 # --- multi-token numbers ----------------------------------------------------------------------------
@@ -471,10 +472,9 @@ def aurora_first(request: ServerRequest) -> str:
     return " > ".join(f"[{label}]" for label, _ in ranked) or "no documents"
 
 
-def prompt_tokens(request: ServerRequest) -> int:
-    from llmrerank.testing.server import estimate_tokens
-
-    return estimate_tokens(request.system + request.user)
+def prompt_tokens(srv: FakeLLMServer, request: ServerRequest) -> int:
+    """The tokens the server itself counts for the request's prompt (its tokenizer, its chat template)."""
+    return srv.prompt_tokens(request)
 
 
 def test_default_window_does_not_fit_a_4096_token_server() -> None:
@@ -482,7 +482,7 @@ def test_default_window_does_not_fit_a_4096_token_server() -> None:
     with FakeLLMServer(aurora_first, flavor="llama.cpp", context_tokens=4096) as srv:
         result = Reranker(Listwise(), openai(srv), on_error="degrade_all").rerank(QUERY, LONG_DOCS)
         first = posts(srv)[0]
-    assert prompt_tokens(first) > 4096
+    assert prompt_tokens(srv, first) > 4096
     assert "context_shrunk" in {d.code for d in result.diagnostics}  # the last resort: documents cut to half
 
 
@@ -496,7 +496,7 @@ def test_windows_fit_a_known_context(flavor: str, configured: int | str) -> None
         asked = [r.path for r in srv.requests if r.method == "GET"]
     assert backend.context_tokens == 4096
     assert result.reranked and result.indices[0] == 13
-    assert len(sent) > 1 and all(prompt_tokens(r) + (r.max_tokens or 0) <= 4096 for r in sent)  # no 400 at all
+    assert len(sent) > 1 and all(prompt_tokens(srv, r) + (r.max_tokens or 0) <= 4096 for r in sent)  # no 400 at all
     (fitted,) = [d for d in result.diagnostics if d.code == "context_fitted"]
     assert "4096 tokens of context" in fitted.message
     assert "context_shrunk" not in {d.code for d in result.diagnostics}
@@ -524,7 +524,7 @@ def test_the_context_a_400_states_is_learned_for_the_next_rerank() -> None:
         second = Reranker(Listwise(), backend).rerank(QUERY, LONG_DOCS)
         sent = posts(srv)
     assert "context_shrunk" in {d.code for d in first.diagnostics} and first.reranked
-    assert second.reranked and all(prompt_tokens(r) <= 4096 for r in sent)
+    assert second.reranked and all(prompt_tokens(srv, r) <= 4096 for r in sent)
     assert "context_shrunk" not in {d.code for d in second.diagnostics}
 
 
@@ -533,8 +533,10 @@ def test_two_documents_too_long_for_the_context_are_cut_to_fit() -> None:
     with FakeLLMServer(aurora_first, flavor="vllm", context_tokens=1024, models=["gpt-test"]) as srv:
         result = Reranker(Listwise(max_doc_chars=20000), openai(srv, context_tokens=1024)).rerank(QUERY, docs)
         sent = posts(srv)
-    assert result.reranked and result.indices[0] == 0
-    assert all(prompt_tokens(r) + (r.max_tokens or 0) <= 1024 for r in sent)
+    # Ranked, and honest that windows of 2 over 3 documents are below what a window needs.
+    assert result.status == "partial" and result.degraded_reasons == ("context_too_small",)
+    assert result.indices[0] == 0
+    assert all(prompt_tokens(srv, r) + (r.max_tokens or 0) <= 1024 for r in sent)
     assert any("characters to fit" in d.message for d in result.diagnostics if d.code == "context_fitted")
 
 
@@ -545,7 +547,7 @@ def test_pointwise_and_pairwise_prompts_fit_too(strategy: str) -> None:
         reranker = Reranker(strategy, openai(srv, context_tokens=512, logprobs=False))
         result = reranker.rerank(QUERY, docs)
         sent = posts(srv)
-    assert sent and all(prompt_tokens(r) <= 512 for r in sent)
+    assert sent and all(prompt_tokens(srv, r) <= 512 for r in sent)
     assert "context_fitted" in {d.code for d in result.diagnostics}
 
 
@@ -560,8 +562,9 @@ def test_a_hybrid_fits_its_llm_prompts_to_the_context_too() -> None:
         )
         result = Reranker(strategy, openai(srv, context_tokens=1024)).rerank(QUERY, docs)
         sent = posts(srv)
-    assert result.reranked and sent
-    assert all(prompt_tokens(r) + (r.max_tokens or 0) <= 1024 for r in sent)
+    assert result.status == "partial" and result.degraded_reasons == ("context_too_small",) and sent
+    assert result.indices[0] == 0
+    assert all(prompt_tokens(srv, r) + (r.max_tokens or 0) <= 1024 for r in sent)
     assert "context_fitted" in {d.code for d in result.diagnostics}
 
 
@@ -683,7 +686,7 @@ def test_readme_vllm_recipe() -> None:
         result = run_recipe(code, srv, LONG_DOCS)["result"]
         sent = posts(srv)
     assert result.reranked and result.documents[0] == LONG_DOCS[13]  # type: ignore[attr-defined]
-    assert all(r.model == model and prompt_tokens(r) + (r.max_tokens or 0) <= limit for r in sent)
+    assert all(r.model == model and prompt_tokens(srv, r) + (r.max_tokens or 0) <= limit for r in sent)
 
 
 def test_readme_ollama_recipe() -> None:
@@ -706,9 +709,11 @@ def test_readme_llama_cpp_recipe(capsys: pytest.CaptureFixture[str]) -> None:
     command, code = recipe("llama.cpp")
     gguf = re.search(r"-m (\S+)", command).group(1)  # type: ignore[union-attr]
     limit = int(re.search(r" -c (\d+)", command).group(1))  # type: ignore[union-attr]
+    slots = int(re.search(r" --parallel (\d+)", command).group(1))  # type: ignore[union-attr]
     responder = rate({10: 0.9, 9: 0.1}, {2: 0.7, 3: 0.3})
-    with FakeLLMServer(responder, flavor="llama.cpp", served_model=gguf, context_tokens=limit) as srv:
+    with FakeLLMServer(responder, flavor="llama.cpp", served_model=gguf, context_tokens=limit, parallel=slots) as srv:
         result = run_recipe(code, srv, DOCS)["result"]
+    assert limit // slots >= 4096  # each request gets a share of -c that holds a listwise window
     assert result.documents[0] == DOCS[1] and result[0].score == pytest.approx(9.9)  # type: ignore[attr-defined]
     assert result.model == gguf and capsys.readouterr().out.strip() == gguf  # type: ignore[attr-defined]
 

@@ -23,6 +23,7 @@ from .errors import (
     RateLimitError,
     error_from_status,
 )
+from .prompts import halve_documents
 from .strategies.base import Likelihood, Plan, Predict, Ranking, Step
 from .telemetry import start_call_span
 from .types import Diagnostic, Usage
@@ -116,6 +117,14 @@ def learn_context(backend: Backend, error: ContextLengthError) -> None:
     stated = stated_context(str(error))
     if stated is not None and (backend.context_tokens is None or stated < backend.context_tokens):
         backend.context_tokens = stated
+
+
+def shorter_prompt(prompt: Prompt) -> Prompt | None:
+    """What is resent, once, for a prompt too long for the model: the strategy's own shorter version
+    (:attr:`~llmrerank.backends.base.Prompt.shrink`), else the prompt with each document cut to
+    half (:func:`~llmrerank.prompts.halve_documents`); None when it holds no document to cut.
+    The same for every strategy."""
+    return prompt.shrink() if prompt.shrink is not None else halve_documents(prompt)
 
 
 def is_fatal(error: BaseException, on_error: OnError) -> bool:
@@ -348,11 +357,13 @@ class Driver:
                     failure.earlier = after
                 if isinstance(failure, ContextLengthError):
                     learn_context(self.backend, failure)
-                if isinstance(failure, ContextLengthError) and prompt.shrink is not None and after is None:
+                context_error = isinstance(failure, ContextLengthError) and after is None
+                shorter = shorter_prompt(prompt) if context_error else None
+                if shorter is not None and isinstance(failure, ContextLengthError):
                     self.meter.diagnostics.append(
                         Diagnostic("context_shrunk", f"prompt too long for the model, resent shorter: {failure}")
                     )
-                    out += await self._call([prompt.shrink()], after=failure)
+                    out += await self._call([shorter], after=failure, ask=ask)
                     continue
                 self.meter.failed_calls += 1
                 self.meter.errors.append(failure)

@@ -122,8 +122,8 @@ class BadRequestError(PermanentBackendError):
 class ContextLengthError(BadRequestError):
     """The prompt does not fit the model's context window.
 
-    Strategies whose prompts can shrink send a smaller prompt once before giving up (listwise
-    and pointwise cut their documents to half).
+    Every prompt holding documents is sent once more with each document cut to half before the
+    error counts (the driver does it, for every strategy).
     """
 
 

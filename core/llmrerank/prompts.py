@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError
@@ -170,12 +170,21 @@ def render(template: str, **values: str) -> str:
 
 
 CHARS_PER_TOKEN = 4.0
-"""Characters per token in :func:`estimate_tokens`. Measured: a default listwise prompt over
-SciFact abstracts is 4.6 characters a token with SmolLM2's tokenizer (abstracts 4.8 on average,
-3.8 at the 5th percentile), so four is a slightly cautious estimate for English prose."""
-CONTEXT_MARGIN = 0.9
-"""Share of the context a prompt and its answer may fill by the estimate (the rest absorbs
-tokenizers that count more tokens, and the chat template)."""
+"""Characters per token in :func:`estimate_tokens`, a rough count for costs and cache sizes. Too few
+tokens to fit prompts by: see :data:`FIT_CHARS_PER_TOKEN`."""
+FIT_CHARS_PER_TOKEN = 3.0
+"""Characters per token assumed when fitting prompts to a context with no tokenizer to ask. Real
+tokenizers count more tokens than four characters each on scientific text: SmolLM2's (a 49k
+vocabulary) reads SciFact abstracts at 4.7 characters a token at the median, 3.7 at the 5th
+percentile and 3.2 at the 1st; a pairwise prompt that four characters a token put at 909 tokens
+was 1,040 on llama.cpp. Where the server has a tokenizer (``/tokenize``), the rerank's own texts
+are measured instead (:data:`MEASURED_SHARE`)."""
+MEASURED_SHARE = 0.8
+"""Share of the characters-per-token measured over a rerank's documents that fitting assumes: one
+document is denser than their average (numbers, formulas, names)."""
+TEMPLATE_TOKENS = 32
+"""Tokens a chat template adds around the system and user messages (SmolLM2's about 10, Llama 3's
+about 30 with its dated system header), counted by the server but not in the prompt's text."""
 
 
 def estimate_tokens(text: str) -> int:
@@ -183,21 +192,54 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-def fits(prompt: Prompt, room: int) -> bool:
-    """Whether ``prompt`` and its answer budget fit ``room`` tokens by the estimate, with :data:`CONTEXT_MARGIN`."""
-    return estimate_tokens(prompt.system) + estimate_tokens(prompt.user) + prompt.max_tokens <= room * CONTEXT_MARGIN
+def fit_tokens(prompt: Prompt, chars_per_token: float | None = None) -> int:
+    """The tokens fitting counts for ``prompt`` with its answer budget: its text at ``chars_per_token``
+    (None: :data:`FIT_CHARS_PER_TOKEN`), :data:`TEMPLATE_TOKENS` and ``max_tokens``."""
+    rate = chars_per_token or FIT_CHARS_PER_TOKEN
+    return math.ceil((len(prompt.system) + len(prompt.user)) / rate) + TEMPLATE_TOKENS + prompt.max_tokens
 
 
-def fit_chars(build: Callable[[int], Prompt], longest: int, room: int) -> int | None:
+def fits(prompt: Prompt, room: int, chars_per_token: float | None = None) -> bool:
+    """Whether ``prompt`` and its answer budget fit ``room`` tokens by :func:`fit_tokens`."""
+    return fit_tokens(prompt, chars_per_token) <= room
+
+
+def fit_chars(
+    build: Callable[[int], Prompt], longest: int, room: int, chars_per_token: float | None = None
+) -> int | None:
     """The most characters per document (at most ``longest``) with which ``build(chars)`` fits
     ``room`` tokens; None when ``build(longest)`` fits as it is. At least 1."""
-    if fits(build(longest), room):
+    if fits(build(longest), room, chars_per_token):
         return None
     low, high = 1, max(1, longest)
     while low < high:
         middle = (low + high + 1) // 2
-        if fits(build(middle), room):
+        if fits(build(middle), room, chars_per_token):
             low = middle
         else:
             high = middle - 1
     return low
+
+
+_BLOCK = re.compile(r'(<document id="[^"\n]*">\n)(.*?)(\n</document>)', re.DOTALL)
+
+
+def halve_documents(prompt: Prompt) -> Prompt | None:
+    """``prompt`` with the text of each of its documents (:func:`document_block`) cut to half, or
+    None when it holds no document to cut: what the driver resends once after a context-length error.
+
+    A document's text cannot hold the closing tag (:func:`sanitize` defuses it), so the blocks are
+    found exactly, whatever the template around them.
+    """
+    cut = 0
+
+    def halve(match: re.Match[str]) -> str:
+        nonlocal cut
+        text = match.group(2)
+        if len(text) < 2 or text == "(empty document)":
+            return match.group(0)
+        cut += 1
+        return match.group(1) + clip(text, len(text) // 2).text + match.group(3)
+
+    user = _BLOCK.sub(halve, prompt.user)
+    return replace(prompt, user=user, shrink=None) if cut else None

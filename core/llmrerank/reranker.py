@@ -20,7 +20,7 @@ from .driver import Driver, Meter, OnError
 from .errors import ConfigurationError, InvalidInputError, MissingDependencyError
 from .fusion import Fusion, check_scores, fuse, make_fusion
 from .fusion import first_stage_scores as read_scores
-from .prompts import clean_query, domain_instruction
+from .prompts import MEASURED_SHARE, clean_query, clip, domain_instruction
 from .runner import run_blocking
 from .strategies import Strategy, make_strategy, uses_likelihood
 from .strategies.base import Context, Ranking
@@ -30,6 +30,7 @@ from .types import (
     DEGRADED_REASONS,
     D,
     Diagnostic,
+    Document,
     RankedDocument,
     RerankResult,
     Status,
@@ -41,6 +42,9 @@ from .types import (
 )
 
 logger = logging.getLogger("llmrerank")
+
+MEASURE_CHARS = 32_000
+"""The most characters of a rerank's texts its one tokenizer request counts."""
 
 ON_ERROR = ("degrade", "degrade_all", "raise")
 """The values of ``on_error`` (see :data:`~llmrerank.driver.OnError`)."""
@@ -246,6 +250,17 @@ class Reranker(Closing):
             context_tokens=self.backend.prompt_room(),
         )
 
+    async def _chars_per_token(self, query: str, docs: Sequence[Document], ctx: Context) -> float | None:
+        """Characters per token to fit this rerank's prompts by: its query and documents (as the
+        strategy cuts them) counted by the server's tokenizer in one request, less
+        :data:`~llmrerank.prompts.MEASURED_SHARE`; None (the cautious default) without a tokenizer."""
+        cut = self.strategy.doc_chars(ctx) or MEASURE_CHARS
+        sample = "\n".join([query, *(clip(d.text, cut).text for d in docs)])[:MEASURE_CHARS]
+        tokens = await self.backend.count_tokens(sample)
+        if not tokens:
+            return None
+        return MEASURED_SHARE * len(sample) / tokens
+
     def first_stage_scores(self, documents: Sequence[Any]) -> list[float | None] | None:
         """The first-stage scores this reranker's fusion would read from ``documents`` (None without fusion)."""
         return None if self.fusion is None else read_scores(documents, self.fusion.keys)
@@ -373,8 +388,11 @@ class Reranker(Closing):
         if not docs:
             return RerankResult((), query, name, "input_order")
         await self.backend.discover()  # once per backend: its context size, where the server reports it
+        ctx = self._context(top_k)
+        if ctx.context_tokens is not None:
+            ctx = replace(ctx, chars_per_token=await self._chars_per_token(prompt_query, docs, ctx))
         driver = Driver(self.backend, self._limiter(), on_error=self.on_error, deadline=self.deadline, cache=self.cache)
-        ranking = await driver.run(self.strategy.plan(prompt_query, docs, self._context(top_k)))
+        ranking = await driver.run(self.strategy.plan(prompt_query, docs, ctx))
         ranking = _complete(ranking, len(docs))
         if self.fusion is not None:
             ranking = self._fuse(self.fusion, ranking, originals, first_stage_scores)
@@ -516,6 +534,7 @@ def degraded_reasons(
         "incomplete_answer": left_out,
         "prefilter_failed": "prefilter_failed" in codes,
         "deadline_exceeded": deadline_hit,
+        "context_too_small": "context_too_small" in codes,
     }
     return tuple(code for code in DEGRADED_REASONS if found[code])
 
@@ -549,5 +568,8 @@ def describe_degraded(
     prefilter = next((d for d in diagnostics if d.code == "prefilter_failed"), None)
     if prefilter is not None:
         parts.append(f"prefilter failed: {prefilter.message[:160]}")
+    small = next((d for d in diagnostics if d.code == "context_too_small"), None)
+    if small is not None:
+        parts.append(f"context too small: {small.message[:200]}")
     placed = f"{unjudged} of {n} documents keep a fallback place" if unjudged else "every document was placed"
     return f"{strategy} rerank degraded ({', '.join(reasons)}): {'; '.join(parts) or 'see diagnostics'}; {placed}"

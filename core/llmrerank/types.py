@@ -51,7 +51,14 @@ Status = Literal["reranked", "partial", "fallback"]
 """Whether a result was reranked: fully, partly (some calls failed or answers were unreadable), or
 not at all (every document keeps a fallback order)."""
 
-DEGRADED_REASONS = ("call_failed", "unreadable_answer", "incomplete_answer", "prefilter_failed", "deadline_exceeded")
+DEGRADED_REASONS = (
+    "call_failed",
+    "unreadable_answer",
+    "incomplete_answer",
+    "prefilter_failed",
+    "deadline_exceeded",
+    "context_too_small",
+)
 """The reason codes of :attr:`RerankResult.degraded_reasons`.
 
 - ``call_failed``: an LLM call failed after its retries (the warning names the error).
@@ -60,6 +67,10 @@ DEGRADED_REASONS = ("call_failed", "unreadable_answer", "incomplete_answer", "pr
   their previous order, marked ``fallback``.
 - ``prefilter_failed``: the hybrid strategy's cross-encoder failed.
 - ``deadline_exceeded``: the rerank's ``deadline`` passed with calls unanswered.
+- ``context_too_small``: the model's context (per request) held too little for the strategy to
+  work as meant: documents cut below a few hundred characters, or listwise windows of fewer than
+  4 documents. The model placed every document, on too little text or too few at a time: the
+  status is ``partial``, never ``reranked``, and the diagnostic of that code says how small.
 """
 
 D = TypeVar("D")

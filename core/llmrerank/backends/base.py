@@ -47,9 +47,9 @@ class Prompt:
     max_tokens: int = 16
     choices: tuple[str, ...] | None = None
     shrink: Callable[[], Prompt] | None = field(default=None, compare=False, repr=False)
-    """Builds a smaller version of this prompt (documents cut further), sent once instead when the
-    backend answers that this one does not fit the model's context
-    (:class:`~llmrerank.errors.ContextLengthError`). Built only then."""
+    """Builds a smaller version of this prompt, sent once instead when the backend answers that this
+    one does not fit the model's context (:class:`~llmrerank.errors.ContextLengthError`). Built only
+    then. None (the built-in strategies): the driver cuts each document of the prompt to half."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +210,11 @@ class Backend(Closing, ABC):
         default) means the backend cannot tell. Must not raise."""
         return None
 
+    async def count_tokens(self, text: str) -> int | None:
+        """How many tokens the model's own tokenizer makes of ``text``, where the backend can ask it
+        (a server's ``/tokenize``); None when it cannot. Never raises."""
+        return None
+
     @abstractmethod
     async def generate(self, prompt: Prompt) -> Completion:
         """Answer one prompt."""
@@ -283,6 +288,10 @@ class Forwarding(Backend):
 
     async def answers(self) -> bool | None:
         return await self.inner.answers()
+        return None
+
+    async def count_tokens(self, text: str) -> int | None:
+        return await self.inner.count_tokens(text)
 
     async def generate(self, prompt: Prompt) -> Completion:
         return await self.inner.generate(prompt)

@@ -15,6 +15,7 @@ from ..errors import BadRequestError, ConfigurationError, InvalidResponseError, 
 from .base import Completion, LogLikelihood, Prompt, counts_for_choice, token_count
 from .sdk import SDKBackend, describe
 from .servers import (
+    count_tokens,
     discover_context,
     is_openai_api,
     is_openai_reasoning_model,
@@ -240,6 +241,7 @@ class OpenAIBackend(SDKBackend):
         self.supports_logprobs = (not self.reasoning) if logprobs is None else logprobs
         self.context_tokens = context_tokens if isinstance(context_tokens, int) else None
         self._discover_pending = context_tokens == "auto"  # "auto": ask the server once, before the first rerank
+        self._tokenizer: bool | None = None  # whether the server has a /tokenize (None: not asked yet)
         self.supports_likelihood = likelihood
 
     async def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood | BaseException]:
@@ -263,6 +265,16 @@ class OpenAIBackend(SDKBackend):
             found = await discover_context(self.server_url, self.model, key)
             if found is not None and self.context_tokens is None:
                 self.context_tokens = found
+
+    async def count_tokens(self, text: str) -> int | None:
+        """The server's own count of ``text`` (``POST /tokenize``: llama.cpp, vLLM); None from a server
+        without one (asked once: a server that cannot answer is not asked again) and OpenAI's API."""
+        if self._tokenizer is False or not self.server_url or is_openai_api(self.server_url):
+            return None
+        found = await count_tokens(self.server_url, self.model, self.api_key or os.environ.get("OPENAI_API_KEY"), text)
+        if self._tokenizer is None:
+            self._tokenizer = found is not None
+        return found
 
     def cache_identity(self) -> dict[str, object]:
         """Base URL, temperature, whether log-probs are asked for, and the reasoning settings."""

@@ -110,6 +110,13 @@ def _get_json(url: str, api_key: str | None, timeout: float) -> Any:
         return json.loads(response.read())
 
 
+def _post_json(url: str, body: Any, api_key: str | None, timeout: float) -> Any:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
 def served_models(base_url: str, api_key: str | None, timeout: float = DISCOVERY_TIMEOUT) -> list[str] | None:
     """The model ids an OpenAI-compatible server lists at ``GET /v1/models``, or None when it cannot say."""
     try:
@@ -188,6 +195,39 @@ async def discover_context(base_url: str, model: str, api_key: str | None) -> in
     return context_from_props(props) or context_from_models(models, model)
 
 
+def tokens_from(answer: Any) -> int | None:
+    """The token count in a ``/tokenize`` answer: vLLM's ``count``, else the length of ``tokens``
+    (llama.cpp); None for anything else."""
+    if not isinstance(answer, dict):
+        return None
+    count, tokens = answer.get("count"), answer.get("tokens")
+    if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+        return count
+    return len(tokens) if isinstance(tokens, list) else None
+
+
+async def count_tokens(base_url: str, model: str, api_key: str | None, text: str) -> int | None:
+    """How many tokens the server at ``base_url`` makes of ``text`` with its own tokenizer, or None
+    when it cannot say (no ``/tokenize``, down, slow: at most :data:`DISCOVERY_TIMEOUT` seconds).
+
+    One ``POST /tokenize`` at the server's root that both servers read: llama.cpp takes
+    ``{"content": text}`` and answers ``{"tokens": [...]}``; vLLM takes ``{"model", "prompt"}`` and
+    answers ``{"count": N, "max_model_len": M, "tokens": [...]}``. Neither adds special tokens.
+    """
+    base = base_url.rstrip("/")
+    root = base[: -len("/v1")] if base.endswith("/v1") else base
+    body = {"content": text, "model": model, "prompt": text, "add_special": False, "add_special_tokens": False}
+    try:
+        answer = await asyncio.wait_for(
+            asyncio.to_thread(_post_json, f"{root}/tokenize", body, api_key, DISCOVERY_TIMEOUT),
+            DISCOVERY_TIMEOUT + 0.5,
+        )
+    except Exception as exc:  # a server without a tokenizer endpoint is normal
+        logger.debug("llmrerank: no tokenizer at %s/tokenize: %s: %s", root, type(exc).__name__, exc)
+        return None
+    return tokens_from(answer)
+
+
 __all__ = [
     "API_RETRIES",
     "API_TIMEOUT",
@@ -197,6 +237,7 @@ __all__ = [
     "call_defaults",
     "context_from_models",
     "context_from_props",
+    "count_tokens",
     "discover_context",
     "is_local_url",
     "is_openai_api",
@@ -205,4 +246,5 @@ __all__ = [
     "is_reasoning_model",
     "served_models",
     "stated_context",
+    "tokens_from",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
 from ..backends.base import Completion, Prompt
@@ -61,6 +61,9 @@ class Context:
     context_tokens: int | None = None
     """Tokens a prompt and its answer may take together (the model's context less what the backend
     adds to every answer); None when unknown. Strategies fit their prompts into it."""
+    chars_per_token: float | None = None
+    """Characters per token to fit prompts by, measured with the server's tokenizer on this rerank's
+    documents; None: the cautious default (:data:`~llmrerank.prompts.FIT_CHARS_PER_TOKEN`)."""
 
 
 @dataclass
@@ -126,21 +129,41 @@ def failure(answer: Any) -> BaseException | None:
 
 
 def shrinkable(build: Callable[[list[str]], Prompt], texts: Sequence[str]) -> Prompt:
-    """``build(texts)``, able to shrink to the texts cut to half (sent once when the model's
-    context is too small; see :attr:`~llmrerank.backends.base.Prompt.shrink`)."""
-    return replace(build(list(texts)), shrink=lambda: build([clip(t, max(1, len(t) // 2)).text for t in texts]))
+    """``build(texts)``. Kept for strategies written against it: the driver now cuts the documents of
+    any prompt too long for the model by itself (:func:`~llmrerank.prompts.halve_documents`)."""
+    return build(list(texts))
+
+
+USEFUL_DOC_CHARS = 400
+"""Documents cut below this many characters to fit the context are too short to judge well (a title
+and a sentence or two): the rerank says ``context_too_small``."""
+USEFUL_WINDOW = 4
+"""Listwise windows fitted below this many documents compare too few at once (and multiply the
+calls: ``n - 1`` windows of 2): the rerank says ``context_too_small``."""
+
+
+def cut_to_fit(cap: int, ctx: Context) -> list[Diagnostic]:
+    """The diagnostics of documents cut to ``cap`` characters to fit ``ctx.context_tokens``:
+    ``context_fitted``, and ``context_too_small`` below :data:`USEFUL_DOC_CHARS`."""
+    fitted = f"documents cut to {cap} characters to fit {ctx.context_tokens} tokens of context"
+    notes = [Diagnostic("context_fitted", fitted)]
+    if cap < USEFUL_DOC_CHARS:
+        notes.append(Diagnostic("context_too_small", f"{fitted}, under the {USEFUL_DOC_CHARS} a judgment needs"))
+    return notes
 
 
 def fit_documents(
     clipped: list[Clip], build: Callable[[list[str]], Prompt], count: int, ctx: Context
 ) -> tuple[list[Clip], list[Diagnostic]]:
     """Cut the documents further, when the model's context is known (``ctx.context_tokens``), so that
-    a prompt over the ``count`` longest of them fits; with a ``context_fitted`` diagnostic when cut."""
+    a prompt over the ``count`` longest of them fits; with a ``context_fitted`` diagnostic when cut
+    (and ``context_too_small`` when cut below :data:`USEFUL_DOC_CHARS`)."""
     if ctx.context_tokens is None or not clipped:
         return clipped, []
     longest = sorted((c.text for c in clipped), key=len, reverse=True)[:count]
-    cap = fit_chars(lambda chars: build([t[:chars] for t in longest]), len(longest[0]), ctx.context_tokens)
+    cap = fit_chars(
+        lambda chars: build([t[:chars] for t in longest]), len(longest[0]), ctx.context_tokens, ctx.chars_per_token
+    )
     if cap is None:
         return clipped, []
-    note = f"documents cut to {cap} characters to fit {ctx.context_tokens} tokens of context"
-    return [clip(c.text, cap) if len(c.text) > cap else c for c in clipped], [Diagnostic("context_fitted", note)]
+    return [clip(c.text, cap) if len(c.text) > cap else c for c in clipped], cut_to_fit(cap, ctx)

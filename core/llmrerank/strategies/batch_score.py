@@ -19,7 +19,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import parse_labelled_scores
 from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Strategy, check_int, failure, fit_documents, shrinkable
+from .base import Context, Plan, Ranking, Strategy, check_int, failure, fit_documents
 
 BATCH_TEMPLATE = (
     "Rate how relevant each document below is to the query, from 0 (unrelated) to 10 (answers it fully). "
@@ -78,9 +78,8 @@ class BatchScore(Strategy):
         return [range(bounds[k], bounds[k + 1]) for k in range(count)]
 
     def prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
-        """The prompt scoring ``texts``; for a too-small context it can shrink to documents cut to half."""
-
-        return shrinkable(lambda cut: self._prompt(query, cut, ctx), texts)
+        """The prompt scoring ``texts``."""
+        return self._prompt(query, texts, ctx)
 
     def _prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
         blocks = "\n".join(document_block(f"[{k + 1}]", t) for k, t in enumerate(texts))

@@ -40,7 +40,18 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_permutation
 from ..prompts import check_template, clip, document_block, fit_chars, fits, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Answer, Context, Plan, Ranking, Strategy, check_int, failure, logprobs_note, shrinkable
+from .base import (
+    USEFUL_WINDOW,
+    Answer,
+    Context,
+    Plan,
+    Ranking,
+    Strategy,
+    check_int,
+    cut_to_fit,
+    failure,
+    logprobs_note,
+)
 
 LIST_TEMPLATE = (
     "Rank documents by how well they answer a query.\n\n"
@@ -115,9 +126,14 @@ class Listwise(Strategy):
     def calls(self, n: int) -> int:
         """How many LLM calls ranking ``n`` documents takes (context retries not counted); the
         ``self_consistency`` calls of a window run at once, so sequential rounds are ``calls / self_consistency``."""
+        return self.self_consistency * self.calls_for(n, self.window, self.stride)
+
+    @staticmethod
+    def calls_for(n: int, window: int, step: int) -> int:
+        """How many windows of ``window`` documents, moving up ``step``, rank ``n`` documents."""
         if n < 2:
             return 0
-        return self.self_consistency * (1 + max(0, math.ceil((n - self.window) / self.stride)))
+        return 1 + max(0, math.ceil((n - window) / step))
 
     def labels(self, count: int) -> list[str]:
         """The labels of ``count`` documents: ``[1]..[count]``, or ``[A]..`` for ``first_token``."""
@@ -126,9 +142,8 @@ class Listwise(Strategy):
         return [str(i + 1) for i in range(count)]
 
     def prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
-        """The prompt ranking ``texts``; for a too-small context it can shrink to documents cut to half."""
-
-        return shrinkable(lambda cut: self._prompt(query, cut, ctx), texts)
+        """The prompt ranking ``texts``."""
+        return self._prompt(query, texts, ctx)
 
     def _prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
         labels = self.labels(len(texts))
@@ -154,14 +169,14 @@ class Listwise(Strategy):
             return self.window, self.stride, None
         longest = sorted(texts, key=len, reverse=True)
         full = window = min(self.window, len(texts))
-        while window > 2 and not fits(self._prompt(query, longest[:window], ctx), room):
+        while window > 2 and not fits(self._prompt(query, longest[:window], ctx), room, ctx.chars_per_token):
             window -= 1
         step = self.stride if window == full else max(1, round(self.stride * window / self.window))
 
         def cut(chars: int) -> Prompt:
             return self._prompt(query, [t[:chars] for t in longest[:window]], ctx)
 
-        return window, min(step, window), fit_chars(cut, len(longest[0]), room)
+        return window, min(step, window), fit_chars(cut, len(longest[0]), room, ctx.chars_per_token)
 
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
         """Sliding windows from the bottom up; one call per window (windows fitted to a known context)."""
@@ -173,9 +188,13 @@ class Listwise(Strategy):
         if window < min(self.window, n):  # fewer documents per window: more windows
             note = f"window of {window} documents, step {step}, to fit {ctx.context_tokens} tokens of context"
             diagnostics.append(Diagnostic("context_fitted", note))
+            if window < min(self.window, n, USEFUL_WINDOW):
+                windows = self.calls_for(n, window, step)
+                small = f"{note}: {windows} windows for {n} documents, under the {USEFUL_WINDOW} a window needs"
+                diagnostics.append(Diagnostic("context_too_small", small))
         if cap is not None:
             clipped = [clip(c.text, cap) if len(c.text) > cap else c for c in clipped]
-            diagnostics.append(Diagnostic("context_fitted", f"documents cut to {cap} characters to fit the context"))
+            diagnostics += cut_to_fit(cap, ctx)
         diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
         judged: set[int] = set()
         scores: dict[int, float] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from ..backends.base import Completion, Prompt
@@ -12,7 +12,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, choice_mass, parse_reason, parse_score
 from ..prompts import check_template, clip, document_block, fit_chars, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Context, Plan, Ranking, Strategy, check_int, failure, logprobs_note
+from .base import Context, Plan, Ranking, Strategy, check_int, cut_to_fit, failure, logprobs_note
 
 SCORE_TEMPLATE = (
     "Judge how relevant a document is to a query.\n\n"
@@ -88,16 +88,9 @@ class Pointwise(Strategy):
         self, query: str, doc: Document, method: str, ctx: Context, max_chars: int | None = None
     ) -> tuple[Prompt, bool]:
         """Build the prompt for one document (cut to ``max_chars``, default :attr:`max_doc_chars`);
-        also says whether the document was truncated.
-
-        For a model whose context it exceeds, the prompt can shrink to the document cut to half.
-        """
+        also says whether the document was truncated."""
         clipped = clip(doc.text, max_chars or self.max_doc_chars)
-
-        def shrink() -> Prompt:
-            return self._prompt(query, clip(clipped.text, max(1, len(clipped.text) // 2)).text, method, ctx)
-
-        return replace(self._prompt(query, clipped.text, method, ctx), shrink=shrink), clipped.truncated
+        return self._prompt(query, clipped.text, method, ctx), clipped.truncated
 
     def _prompt(self, query: str, text: str, method: str, ctx: Context) -> Prompt:
         block = document_block("1", text)
@@ -118,11 +111,15 @@ class Pointwise(Strategy):
         diagnostics: list[Diagnostic] = []
         if ctx.context_tokens is not None and docs:
             longest = max((clip(d.text, limit).text for d in docs), key=len)
-            cap = fit_chars(lambda c: self._prompt(query, longest[:c], method, ctx), len(longest), ctx.context_tokens)
+            cap = fit_chars(
+                lambda c: self._prompt(query, longest[:c], method, ctx),
+                len(longest),
+                ctx.context_tokens,
+                ctx.chars_per_token,
+            )
             if cap is not None:
                 limit = cap
-                note = f"documents cut to {cap} characters to fit {ctx.context_tokens} tokens of context"
-                diagnostics.append(Diagnostic("context_fitted", note))
+                diagnostics += cut_to_fit(cap, ctx)
         built = [self.prompt(query, doc, method, ctx, limit) for doc in docs]
         diagnostics += [
             Diagnostic("truncated", f"cut to {limit} characters", i)

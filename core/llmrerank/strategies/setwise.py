@@ -24,7 +24,7 @@ from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
 from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Step, Strategy, check_int, failure, fit_documents, logprobs_note, shrinkable
+from .base import Context, Plan, Ranking, Step, Strategy, check_int, failure, fit_documents, logprobs_note
 
 SET_TEMPLATE = (
     "Which of the documents below is the most relevant to the query?\n\n"
@@ -72,8 +72,8 @@ class Setwise(Strategy):
         check_template(self.template, ("query", "documents"), "Setwise")
 
     def prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
-        """The prompt asking which of ``texts`` is the most relevant; it can shrink to texts cut to half."""
-        return shrinkable(lambda cut: self._prompt(query, cut, ctx), texts)
+        """The prompt asking which of ``texts`` is the most relevant."""
+        return self._prompt(query, texts, ctx)
 
     def _prompt(self, query: str, texts: Sequence[str], ctx: Context) -> Prompt:
         labels = LETTERS[: len(texts)]

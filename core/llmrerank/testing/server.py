@@ -7,7 +7,8 @@ The real SDKs talk to it unchanged, so tests exercise their retries, timeouts an
         AnthropicBackend(base_url=srv.anthropic_base_url, api_key="test")  # Anthropic: no /v1
 
 Endpoints: ``POST /v1/chat/completions`` (non-streaming, with ``logprobs``/``top_logprobs``),
-``GET /v1/models`` and ``POST /v1/messages`` (and ``GET /props`` as llama.cpp), and ``POST
+``GET /v1/models`` and ``POST /v1/messages`` (and ``GET /props`` as llama.cpp, ``POST /tokenize``
+as llama.cpp and vLLM), and ``POST
 /v1/completions`` (the legacy endpoint: ``echo`` returns the prompt's token log-probs from a
 deterministic toy model, :func:`toy_logprobs`). A responder decides
 each answer; it returns a string (the answer text) or a :class:`Reply` (status, headers, delay,
@@ -50,13 +51,16 @@ Flavor = Literal["openai", "llama.cpp", "vllm", "ollama"]
 
 - ``openai``: OpenAI's API. Over ``context_tokens`` a 400 ``context_length_exceeded``.
 - ``llama.cpp``: ``llama-server``. Ignores the requested model and answers with its own
-  (``served_model``, else the first of ``models``); ``GET /props`` reports ``n_ctx``; over the
-  context a 400 ``exceed_context_size_error`` ("request (N tokens) exceeds the available context
-  size (C tokens), try increasing it"), counting prompt tokens only.
+  (``served_model``, else the first of ``models``); ``GET /props`` reports ``n_ctx``, one slot's
+  share of the context (``parallel``); a prompt of that many tokens or more (its chat template
+  counted, the answer not) is a 400 ``exceed_context_size_error`` ("request (N tokens) exceeds the
+  available context size (C tokens), try increasing it"); ``POST /tokenize`` takes ``{"content"}``
+  and answers ``{"tokens": [...]}``.
 - ``vllm``: a model name it does not serve is a 404 ("The model `x` does not exist."), errors
   come as a top-level ``{"object": "error", ...}``; ``GET /v1/models`` reports ``max_model_len``;
   prompt plus ``max_tokens`` over it is a 400 ("This model's maximum context length is C tokens.
-  However, you requested N tokens ...").
+  However, you requested N tokens ..."); ``POST /tokenize`` takes ``{"model", "prompt"}`` (or chat
+  ``messages``) and answers ``{"count", "max_model_len", "tokens"}``.
 - ``ollama``: an unknown model is a 404 (``model "x" not found, try pulling it first``);
   ``logprobs`` is ignored (``null``); a prompt over the context is cut silently, keeping its end,
   and the responder sees the cut prompt.
@@ -302,6 +306,36 @@ def estimate_tokens(text: str) -> int:
     return len(text) // 4 + 1 if text else 0
 
 
+Tokenizer = Literal["chars", "subword"]
+"""How :class:`FakeLLMServer` counts a prompt's tokens: ``chars`` (:func:`estimate_tokens`, four
+characters a token) or ``subword`` (:func:`subword_tokens`, like a real tokenizer)."""
+
+_PIECE = re.compile(r" ?[A-Za-z]+| ?\d| ?[^\sA-Za-z\d]|\s")
+SUBWORD_LETTERS = 5
+
+
+def subword_tokens(text: str) -> list[str]:
+    """A deterministic stand-in for a real model's tokenizer (they join back to ``text``): a word
+    with the space before it, split every :data:`SUBWORD_LETTERS` letters, each digit, each other
+    character. Like SmolLM2's or Llama's on scientific text it counts more tokens than four
+    characters each: SciFact abstracts come to 3.8 characters a token at the median, 3.3 at the
+    5th percentile."""
+    tokens: list[str] = []
+    for piece in _PIECE.findall(text):
+        word = piece.lstrip(" ")
+        if len(word) > SUBWORD_LETTERS and word.isalpha():
+            parts = [word[k : k + SUBWORD_LETTERS] for k in range(0, len(word), SUBWORD_LETTERS)]
+            tokens += [piece[: len(piece) - len(word)] + parts[0], *parts[1:]]
+        else:
+            tokens.append(piece)
+    return tokens
+
+
+CHATML_TOKENS = 3
+"""Tokens of each ChatML message's frame (``<|im_start|>``, the role and a newline before the text;
+``<|im_end|>`` and a newline after it), and of the ``<|im_start|>assistant`` line that ends the prompt."""
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 512
@@ -350,10 +384,14 @@ class FakeLLMServer:
 
     ``flavor`` picks the server imitated on the OpenAI format (:data:`Flavor`); ``models`` are the
     names it serves (``/v1/models``; vLLM and Ollama refuse others); ``served_model`` is the name a
-    llama.cpp server answers with. ``context_tokens``: prompts over it (about four characters a
-    token, :func:`estimate_tokens`) get the flavor's context error (Ollama: are cut). Models in
-    ``reasoning_models`` answer 400 to ``max_tokens``, to a temperature other than 1 and to
-    ``logprobs``, as OpenAI's reasoning models do.
+    llama.cpp server answers with. ``context_tokens``: prompts over it (counted by ``tokenizer``)
+    get the flavor's context error (Ollama: are cut); with llama.cpp's ``parallel`` slots each
+    request gets its share (``-c 4096 --parallel 4``: 1,024 tokens). ``tokenizer`` (:data:`Tokenizer`)
+    defaults to ``subword`` for llama.cpp and vLLM (more tokens than four characters each, as a
+    real tokenizer on scientific text; llama.cpp also counts its chat template, ChatML), else
+    ``chars``; llama.cpp and vLLM answer ``POST /tokenize`` with it (each in its own shape) unless
+    ``tokenize=False``. Models in ``reasoning_models`` answer 400 to ``max_tokens``, to a
+    temperature other than 1 and to ``logprobs``, as OpenAI's reasoning models do.
     """
 
     def __init__(
@@ -371,9 +409,20 @@ class FakeLLMServer:
         context_tokens: int | None = None,
         served_model: str | None = None,
         reasoning_models: Iterable[str] = (),
+        parallel: int = 1,
+        tokenizer: Tokenizer | None = None,
+        tokenize: bool = True,
     ) -> None:
         if flavor not in ("openai", "llama.cpp", "vllm", "ollama"):
             raise ValueError(f"unknown flavor {flavor!r}")
+        if parallel < 1:
+            raise ValueError("parallel must be >= 1")
+        self.parallel = parallel
+        """llama.cpp's ``--parallel``: its slots share ``context_tokens`` (``-c``), each request gets
+        ``context_tokens // parallel``, and ``GET /props`` reports that per-slot size."""
+        self.tokenizer: Tokenizer = tokenizer or ("subword" if flavor in ("llama.cpp", "vllm") else "chars")
+        self.tokenize = tokenize
+        """Whether llama.cpp and vLLM answer ``POST /tokenize`` (False: a server without the endpoint, 404)."""
         self.responder = responder
         self.latency = latency
         self.prompt_cache = prompt_cache
@@ -511,12 +560,12 @@ class FakeLLMServer:
                 return 404, _vllm_error(f"The model `{request.model}` does not exist.", "NotFoundError", 404)
             message = f'model "{request.model}" not found, try pulling it first'
             return 404, {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
-        limit = self.context_tokens
+        limit = self.slot_context
         if limit is None or self.flavor == "ollama":
             return None
-        prompt = estimate_tokens(request.system + request.user)
+        prompt = self.prompt_tokens(request)
         wanted = request.max_tokens or 0
-        if self.flavor == "llama.cpp" and prompt > limit:
+        if self.flavor == "llama.cpp" and prompt >= limit:
             message = (
                 f"request ({prompt} tokens) exceeds the available context size ({limit} tokens), try increasing it"
             )
@@ -545,12 +594,54 @@ class FakeLLMServer:
         keep = max(0, limit * 4 - len(request.system))
         return replace(request, user=request.user[len(request.user) - keep :] if keep else "")
 
+    @property
+    def slot_context(self) -> int | None:
+        """The tokens one request may take: ``context_tokens``, shared by llama.cpp's ``parallel`` slots."""
+        if self.context_tokens is None:
+            return None
+        return self.context_tokens // self.parallel if self.flavor == "llama.cpp" else self.context_tokens
+
+    def count(self, text: str) -> int:
+        """Tokens in ``text`` by the server's ``tokenizer``."""
+        return len(subword_tokens(text)) if self.tokenizer == "subword" else estimate_tokens(text)
+
+    def prompt_tokens(self, request: ServerRequest) -> int:
+        """The tokens the server counts for a request's prompt; llama.cpp's include its chat template."""
+        if self.flavor != "llama.cpp" or request.path.split("?")[0].rstrip("/") != "/v1/chat/completions":
+            return self.count(request.system + request.user)
+        messages = (1 if request.system else 0) + 1
+        return self.count(request.system) + self.count(request.user) + CHATML_TOKENS * (2 * messages + 1)
+
+    def tokenized(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The answer to ``POST /tokenize``: llama.cpp's (``content`` -> ``tokens``, with ``with_pieces``
+        ``{"id", "piece"}`` objects) or vLLM's (``prompt`` or chat ``messages`` -> ``count``,
+        ``max_model_len``, ``tokens``). Token ids are stable numbers of each piece."""
+        if self.flavor == "llama.cpp":
+            content = body.get("content")
+            pieces = subword_tokens(content) if isinstance(content, str) else []
+            if self.tokenizer == "chars":
+                pieces = [content[k : k + 4] for k in range(0, len(content), 4)] if isinstance(content, str) else []
+            ids = [_token_id(p) for p in pieces]
+            if body.get("with_pieces"):
+                return 200, {"tokens": [{"id": i, "piece": p} for i, p in zip(ids, pieces, strict=True)]}
+            return 200, {"tokens": ids}
+        if "messages" in body:
+            request = _parse("openai", "POST", "/v1/chat/completions", body, {})
+            text, frames = request.system + request.user, 3
+        elif isinstance(body.get("prompt"), str):
+            text, frames = body["prompt"], 0
+        else:
+            return 400, _vllm_error("either prompt or messages is required", "BadRequestError", 400)
+        count = self.count(text) + frames
+        limit = self.context_tokens or 32768
+        return 200, {"count": count, "max_model_len": limit, "tokens": list(range(count)), "token_strs": None}
+
     def props(self) -> dict[str, Any]:
-        """llama.cpp's ``GET /props``."""
-        n_ctx = self.context_tokens or 4096
+        """llama.cpp's ``GET /props``: ``n_ctx`` is one slot's share of the context."""
+        n_ctx = self.slot_context or 4096 // self.parallel
         return {
             "default_generation_settings": {"n_ctx": n_ctx, "params": {"n_predict": -1, "temperature": 0.8}},
-            "total_slots": 1,
+            "total_slots": self.parallel,
             "model_path": f"/models/{self.answering_model(ServerRequest('openai', 'GET', '/props'))}",
             "chat_template": "{{ messages }}",
             "build_info": "b0000-fake",
@@ -685,14 +776,20 @@ def _position(top_logprobs: Mapping[str, float], count: int, fallback: str) -> d
 
 
 def _openai_completion(
-    request: ServerRequest, reply: Reply, model: str | None = None, flavor: Flavor = "openai", cached: int = 0
+    request: ServerRequest,
+    reply: Reply,
+    model: str | None = None,
+    flavor: Flavor = "openai",
+    cached: int = 0,
+    prompt_tokens: int | None = None,
 ) -> dict[str, Any]:
     logprobs: dict[str, Any] | None = None
     if request.logprobs and reply.top_logprobs is not None and flavor != "ollama":
         positions = [reply.top_logprobs, *reply.more_logprobs][: max(1, request.max_tokens or 1)]
         content = [_position(top, request.top_logprobs or 0, reply.text) for top in positions]
         logprobs = {"content": content, "refusal": None}
-    prompt_tokens = estimate_tokens(request.system + request.user)
+    if prompt_tokens is None:
+        prompt_tokens = estimate_tokens(request.system + request.user)
     completion_tokens = estimate_tokens(reply.text) + reply.reasoning_tokens
     message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None}
     if reply.reasoning is not None:
@@ -821,6 +918,11 @@ def _anthropic_message(request: ServerRequest, reply: Reply, cached: int = 0, wr
     }
 
 
+def _token_id(piece: str) -> int:
+    """A stable id for a token's text (the same piece, the same id)."""
+    return int.from_bytes(piece.encode()[:3].ljust(3, b"\0"), "big") % 49152
+
+
 def _openai_error(message: str, *, param: str | None, code: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
 
@@ -911,6 +1013,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         request = _parse(api, "POST", self.path, body, headers)
         self._record(request)
+        if path == "/tokenize" and owner.tokenize and owner.flavor in ("llama.cpp", "vllm"):
+            self._send(*owner.tokenized(body))
+            return
         if path not in ("/v1/chat/completions", "/v1/completions", "/v1/messages"):
             self._send(404, _error_body(api, 404, f"unknown path {self.path}"))
             return
@@ -962,7 +1067,9 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/v1/completions":
                 self._send(reply.status, _legacy_completion(request, reply, owner.echo), reply.headers)
             else:
-                body = _openai_completion(request, reply, owner.answering_model(request), owner.flavor, cached)
+                body = _openai_completion(
+                    request, reply, owner.answering_model(request), owner.flavor, cached, owner.prompt_tokens(request)
+                )
                 self._send(reply.status, body, reply.headers, drip=reply.drip)
                 owner._remember(prefixes)
         finally:
@@ -1035,10 +1142,12 @@ __all__ = [
     "ScriptExhausted",
     "ScriptedResponder",
     "ServerRequest",
+    "Tokenizer",
     "digit_split_reply",
     "estimate_tokens",
     "loopback_backend",
     "overlap_responder",
+    "subword_tokens",
     "toy_logprobs",
     "toy_tokens",
 ]
