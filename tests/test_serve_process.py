@@ -114,12 +114,17 @@ def test_two_workers(upstream: FakeLLMServer) -> None:
         assert all(a.status_code == 200 for a in answers)
         assert {tuple(r["index"] for r in a.json()["results"]) for a in answers} == {(3, 2, 1, 0)}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then a kill if it has not exited within 20 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def _parent(pid: str) -> int:
@@ -148,12 +153,7 @@ def test_two_workers_share_one_redis_cache(upstream: FakeLLMServer, redis_server
         assert {tuple(r["index"] for r in a.json()["results"]) for a in answers} == {(3, 2, 1, 0)}
         assert len(upstream.requests) == sent  # every worker found the answer in Redis
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        stop(proc)
     log = proc.stdout.read().decode() if proc.stdout else ""
     answered_by = set(re.findall(r'"pid": (\d+)', log))
     assert len(answered_by) >= 2, f"one worker answered every request: {answered_by}"
