@@ -390,3 +390,14 @@ def test_readme_service_snippets_run(upstream: FakeLLMServer, capsys: pytest.Cap
     names = {}
     exec(compile(app_block, "README.md", "exec"), names)
     assert "fast" in names["app"].state.service.presets
+
+
+def test_litellm_rerank_with_api_base(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LiteLLM's rerank() (provider cohere, api_base: the service) gets the LLM's order back."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: no fetch of its price list
+    litellm = pytest.importorskip("litellm")
+    for model in ("cohere/listwise", "jina_ai/listwise"):
+        answer = litellm.rerank(model=model, query=QUERY, documents=DOCS, api_base=url, api_key=KEY)
+        assert [r["index"] for r in answer.results] == LLM_ORDER, model
+    with pytest.raises(litellm.AuthenticationError):
+        litellm.rerank(model="cohere/listwise", query=QUERY, documents=DOCS, api_base=url, api_key="wrong")
