@@ -12,7 +12,8 @@ import pytest
 
 from llmrerank import ConfigurationError, Listwise, MemoryCache, Reranker, TopDown
 from llmrerank.backends.base import Completion, Prompt
-from llmrerank.cli import build_parser, make_strategy_object, strategies_from
+from llmrerank.cli import build_parser, strategies_from
+from llmrerank.routing import make_strategy_object
 from llmrerank.strategies import STRATEGIES, make_strategy
 from llmrerank.strategies.base import Context
 from llmrerank.testing import FakeBackend, read_prompt

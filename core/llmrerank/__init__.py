@@ -24,7 +24,8 @@ from .errors import (
 )
 from .fusion import Fusion
 from .prompts import DOMAINS
-from .reranker import Reranker, default_backend
+from .reranker import Reranker
+from .routing import backend_for, default_backend
 from .strategies import (
     BatchScore,
     Hybrid,
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from .backends.local import LocalBackend
     from .backends.openai import OpenAIBackend
     from .evaluation import EvalReport, evaluate, evaluate_reranking, load_beir
-    from .routing import backend_for
 
 _LAZY = {
     "OpenAIBackend": ".backends.openai",
@@ -57,7 +57,6 @@ _LAZY = {
     "evaluate_reranking": ".evaluation",
     "load_beir": ".evaluation",
     "EvalReport": ".evaluation",
-    "backend_for": ".routing",
 }
 
 

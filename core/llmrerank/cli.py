@@ -28,7 +28,7 @@ from typing import Any
 
 from .adaptive import DEFAULT_MAX_CONCURRENCY
 from .errors import ConfigurationError, LLMRerankError, require
-from .routing import BACKENDS, backend_kind, make_backend
+from .routing import BACKENDS, backend_kind, make_backend, make_strategy_object
 from .strategies import STRATEGIES
 
 BASELINES = ("bm25", "none")
@@ -394,21 +394,6 @@ def strategies_from(values: Sequence[str] | None) -> list[str]:
             if name not in names:
                 names.append(name)
     return names
-
-
-def make_strategy_object(name: str, args: argparse.Namespace) -> Any:
-    """The strategy ``name`` with the listwise window options applied (to topdown too, but ``--step``)."""
-    from .strategies import make_strategy
-
-    options: dict[str, Any] = {}
-    if name in ("listwise", "topdown"):
-        if args.window is not None:
-            options["window"] = args.window
-        if args.step is not None and name == "listwise":
-            options["step"] = args.step
-        if getattr(args, "self_consistency", None) is not None:
-            options["self_consistency"] = args.self_consistency
-    return make_strategy(name, **options)
 
 
 def _num(value: float | None, digits: int = 3) -> str:

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from .backends.base import Backend, Completion, Forwarding, LogLikelihood, Prompt
 from .errors import LLMRerankError
-from .reranker import Reranker, default_backend
+from .reranker import Reranker
+from .routing import default_backend
 from .strategies import Pointwise, make_strategy
 
 if TYPE_CHECKING:

@@ -8,6 +8,7 @@ construction live here once, so the adapters stay thin and agree with each other
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,154 +19,110 @@ from .calibration import Calibration
 from .diversity import MMR, Dedup, make_dedup
 from .errors import ConfigurationError
 from .fusion import Fusion, make_fusion
-from .reranker import OnError, Reranker, check_settings, default_backend
+from .reranker import OnError, Reranker, check_settings
+from .routing import backend_for, default_backend
 from .strategies import STRATEGIES, Hybrid, Strategy, make_strategy
 from .strategies.base import Context
 
-FIELDS = (
-    "strategy",
-    "model",
-    "system_prompt",
-    "template",
-    "domain",
-    "max_concurrency",
-    "on_error",
-    "deadline",
-    "cache",
-    "min_score",
-    "fusion",
-    "calibration",
-    "min_probability",
-    "diversity",
-    "dedup",
-)
+
+@dataclass(frozen=True)
+class Settings:
+    """The flat settings an adapter exposes (every field of :data:`FIELDS`), each as
+    :class:`~llmrerank.Reranker` takes it, except ``model`` (a model name for
+    :func:`~llmrerank.routing.backend_for`) and ``system_prompt``/``template`` (the prompts of a
+    strategy given by name)."""
+
+    strategy: str | Strategy | None = None
+    model: str | None = None
+    system_prompt: str | None = None
+    template: str | None = None
+    domain: str | None = None
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    on_error: OnError = "degrade"
+    deadline: float | None = None
+    cache: ResponseCache | Any = None
+    min_score: float | None = None
+    fusion: Fusion | str | None = "auto"
+    calibration: str | Path | Calibration | None = None
+    min_probability: float | None = None
+    diversity: MMR | None = None
+    dedup: Dedup | float | None = None
+
+    def reranker_options(self) -> dict[str, Any]:
+        """The settings :class:`~llmrerank.Reranker` takes as they are (all but strategy, model and prompts)."""
+        return {name: getattr(self, name) for name in FIELDS if name not in _BUILD_ONLY}
+
+    def check(self, backend: object | None) -> None:
+        """Raise :class:`~llmrerank.errors.ConfigurationError` for settings that cannot work together."""
+        options = self.reranker_options()
+        check_settings(**{name: options[name] for name in _CHECKED})
+        if self.model is not None and backend is not None:
+            raise ConfigurationError("pass either model= or backend=, not both")
+        self._check_strategy()
+        if self.fusion != "auto":
+            make_fusion(self.fusion)
+        if self.min_probability is not None and self.calibration is None:
+            raise ConfigurationError("min_probability needs calibration=FILE (fit one with: llmrerank calibrate)")
+        if self.diversity is not None and not isinstance(self.diversity, MMR):
+            raise ConfigurationError(f"diversity must be an llmrerank.MMR, got {type(self.diversity).__name__}")
+        make_dedup(self.dedup)
+
+    def _check_strategy(self) -> None:
+        strategy = self.strategy
+        if isinstance(strategy, str) and strategy.lower() not in STRATEGIES:
+            raise ConfigurationError(f"unknown strategy {strategy!r}: use one of {sorted(STRATEGIES)}")
+        if isinstance(strategy, Strategy) and (self.system_prompt or self.template):
+            raise ConfigurationError("with a strategy object, set system_prompt/template on the object")
+        if self.template is not None and strategy is None:
+            raise ConfigurationError("template= needs strategy= (its placeholders depend on the strategy)")
+        if self.min_score is not None and strategy is not None:
+            chosen = make_strategy(strategy)
+            if not isinstance(chosen, Hybrid) and not chosen.absolute_scores(Context()):
+                raise ConfigurationError(f"min_score needs 0-10 scores; use strategy='pointwise', not {chosen.name!r}")
+
+    def backend(self) -> Backend:
+        """The backend ``model`` names (:func:`~llmrerank.routing.backend_for`), or with no ``model``
+        the environment's (:func:`~llmrerank.routing.default_backend`)."""
+        return backend_for(self.model) if self.model is not None else default_backend()
+
+    def strategy_for(self, backend: Backend) -> str | Strategy:
+        """``strategy`` (None: ``backend``'s preferred one), built with ``system_prompt``/``template`` when given."""
+        chosen: str | Strategy = self.strategy or backend.preferred_strategy
+        prompts = {"system_prompt": self.system_prompt, "template": self.template}
+        given = {k: v for k, v in prompts.items() if v is not None}
+        if given and isinstance(chosen, str):
+            chosen = make_strategy(chosen, **given)
+        return chosen
+
+
+FIELDS = tuple(f.name for f in fields(Settings))
 """The settings an adapter passes through by name to :func:`check_options` and :func:`build_reranker`."""
 
-
-def check_options(
-    *,
-    backend: object | None,
-    strategy: str | Strategy | None = None,
-    model: str | None = None,
-    system_prompt: str | None = None,
-    template: str | None = None,
-    domain: str | None = None,
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    on_error: str = "degrade",
-    deadline: float | None = None,
-    cache: object | None = None,
-    min_score: float | None = None,
-    fusion: object = "auto",
-    calibration: object = None,
-    min_probability: float | None = None,
-    diversity: object = None,
-    dedup: object = None,
-) -> None:
-    """Raise :class:`~llmrerank.errors.ConfigurationError` for settings that cannot work together."""
-    check_settings(
-        max_concurrency=max_concurrency,
-        on_error=on_error,
-        deadline=deadline,
-        domain=domain,
-        cache=cache,
-        min_score=min_score,
-    )
-    if model is not None and backend is not None:
-        raise ConfigurationError("pass either model= or backend=, not both")
-    if isinstance(strategy, str) and strategy.lower() not in STRATEGIES:
-        raise ConfigurationError(f"unknown strategy {strategy!r}: use one of {sorted(STRATEGIES)}")
-    if isinstance(strategy, Strategy) and (system_prompt or template):
-        raise ConfigurationError("with a strategy object, set system_prompt/template on the object")
-    if template is not None and strategy is None:
-        raise ConfigurationError("template= needs strategy= (its placeholders depend on the strategy)")
-    if min_score is not None and strategy is not None:
-        chosen = make_strategy(strategy)
-        if not isinstance(chosen, Hybrid) and not chosen.absolute_scores(Context()):
-            raise ConfigurationError(f"min_score needs 0-10 scores; use strategy='pointwise', not {chosen.name!r}")
-    if fusion != "auto":
-        make_fusion(fusion)  # type: ignore[arg-type]
-    if min_probability is not None and calibration is None:
-        raise ConfigurationError("min_probability needs calibration=FILE (fit one with: llmrerank calibrate)")
-    if diversity is not None and not isinstance(diversity, MMR):
-        raise ConfigurationError(f"diversity must be an llmrerank.MMR, got {type(diversity).__name__}")
-    make_dedup(dedup)  # type: ignore[arg-type]
+_BUILD_ONLY = ("strategy", "model", "system_prompt", "template")
+_CHECKED = ("max_concurrency", "on_error", "deadline", "domain", "cache", "min_score")
+"""The settings :func:`~llmrerank.reranker.check_settings` checks on their own."""
 
 
-def api_backend(model: str) -> Backend:
-    """The backend serving ``model`` (:func:`~llmrerank.routing.backend_for`): ``"openai:gpt-4.1-mini"``,
-    ``"anthropic:claude-haiku-4-5"``, or a bare name by its prefix (``gpt-``/``o3``... OpenAI,
-    ``claude-`` Anthropic), else the environment's one API key; a :class:`ConfigurationError` naming
-    the environment variable when the provider's key is missing."""
-    from .routing import backend_for
-
-    return backend_for(model)
+def check_options(*, backend: object | None, **settings: Any) -> None:
+    """Raise :class:`~llmrerank.errors.ConfigurationError` for settings (:data:`FIELDS`, by name)
+    that cannot work together with ``backend``."""
+    Settings(**settings).check(backend)
 
 
-def build_reranker(
-    backend: Backend | None,
-    *,
-    strategy: str | Strategy | None = None,
-    model: str | None = None,
-    system_prompt: str | None = None,
-    template: str | None = None,
-    domain: str | None = None,
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    on_error: OnError = "degrade",
-    deadline: float | None = None,
-    cache: ResponseCache | Any = None,
-    min_score: float | None = None,
-    fusion: Fusion | str | None = "auto",
-    calibration: str | Path | Calibration | None = None,
-    min_probability: float | None = None,
-    diversity: MMR | None = None,
-    dedup: Dedup | float | None = None,
-) -> Reranker:
-    """A :class:`~llmrerank.Reranker` for these settings (checked with :func:`check_options` first).
+def build_reranker(backend: Backend | None, **settings: Any) -> Reranker:
+    """A :class:`~llmrerank.Reranker` for these settings (:class:`Settings`, by name; checked with
+    :func:`check_options` first).
 
-    ``backend`` None: ``model`` picks the environment's API backend (:func:`api_backend`), and with
-    no ``model`` :func:`~llmrerank.default_backend` decides. ``strategy`` None: the backend's
-    preferred one. ``system_prompt``/``template`` override the prompts of a strategy given by name.
+    ``backend`` None: ``model`` picks the environment's API backend
+    (:func:`~llmrerank.routing.backend_for`), and with no ``model``
+    :func:`~llmrerank.default_backend` decides. ``strategy`` None: the backend's preferred one.
+    ``system_prompt``/``template`` override the prompts of a strategy given by name.
     """
-    check_options(
-        backend=backend,
-        strategy=strategy,
-        model=model,
-        system_prompt=system_prompt,
-        template=template,
-        domain=domain,
-        max_concurrency=max_concurrency,
-        on_error=on_error,
-        deadline=deadline,
-        cache=cache,
-        min_score=min_score,
-        fusion=fusion,
-        calibration=calibration,
-        min_probability=min_probability,
-        diversity=diversity,
-        dedup=dedup,
-    )
+    chosen = Settings(**settings)
+    chosen.check(backend)
     if backend is None:
-        backend = api_backend(model) if model is not None else default_backend()
-    chosen: str | Strategy = strategy or backend.preferred_strategy
-    overrides = {"system_prompt": system_prompt, "template": template}
-    options = {k: v for k, v in overrides.items() if v is not None}
-    if options and isinstance(chosen, str):
-        chosen = make_strategy(chosen, **options)
-    return Reranker(
-        chosen,
-        backend,
-        domain=domain,
-        max_concurrency=max_concurrency,
-        on_error=on_error,
-        deadline=deadline,
-        cache=cache,
-        min_score=min_score,
-        fusion=fusion,
-        calibration=calibration,
-        min_probability=min_probability,
-        diversity=diversity,
-        dedup=dedup,
-    )
+        backend = chosen.backend()
+    return Reranker(chosen.strategy_for(backend), backend, **chosen.reranker_options())
 
 
 class RerankerSlot:
@@ -240,4 +197,4 @@ class LazyReranker:
             return slot.reranker
 
 
-__all__ = ["FIELDS", "LazyReranker", "RerankerSlot", "api_backend", "build_reranker", "check_options"]
+__all__ = ["FIELDS", "LazyReranker", "RerankerSlot", "Settings", "build_reranker", "check_options"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -17,10 +16,11 @@ from .cache import ResponseCache
 from .calibration import Calibration, calibrate_ranking, load_calibration
 from .diversity import MMR, Dedup, diversify, make_dedup
 from .driver import Driver, Meter, OnError
-from .errors import ConfigurationError, InvalidInputError, MissingDependencyError
+from .errors import ConfigurationError, InvalidInputError
 from .fusion import Fusion, check_scores, fuse, make_fusion
 from .fusion import first_stage_scores as read_scores
 from .prompts import MEASURED_SHARE, clean_query, clip, domain_instruction
+from .routing import backend_for, default_backend
 from .runner import run_blocking
 from .strategies import Strategy, make_strategy, uses_likelihood
 from .strategies.base import Context, Ranking
@@ -48,52 +48,6 @@ MEASURE_CHARS = 32_000
 
 ON_ERROR = ("degrade", "degrade_all", "raise")
 """The values of ``on_error`` (see :data:`~llmrerank.driver.OnError`)."""
-
-
-def default_backend() -> Backend:
-    """The backend used when none is given.
-
-    ``OPENAI_API_KEY`` set: OpenAI ``gpt-4o-mini`` (``OPENAI_BASE_URL`` honoured by the SDK);
-    else ``ANTHROPIC_API_KEY``: Anthropic Haiku; else the local demo model, with one log line.
-    Without a key and without the local model's pieces, a
-    :class:`~llmrerank.errors.MissingDependencyError` names both ways out: the keys, and the
-    install lines of what is missing (``llmrerank doctor`` says the same).
-    """
-    if os.environ.get("OPENAI_API_KEY"):
-        from .backends.openai import OpenAIBackend
-
-        return OpenAIBackend()
-    if os.environ.get("ANTHROPIC_API_KEY"):
-        from .backends.anthropic import AnthropicBackend
-
-        return AnthropicBackend()
-    from .backends.local import LocalBackend, install_lines, missing_pieces
-
-    missing = [name for name, _ in missing_pieces()]
-    if missing:
-        lines = install_lines(missing)
-        raise MissingDependencyError(
-            ", ".join(missing),
-            "local",
-            lines,
-            message=no_backend_message(missing, lines),
-        )
-    logger.warning(
-        "llmrerank: no OPENAI_API_KEY or ANTHROPIC_API_KEY; using the small local model "
-        "SmolLM2-135M-Instruct (query likelihood fused with the retriever's scores, or its order when "
-        "it gives none: a small gain on SciFact)"
-    )
-    return LocalBackend()
-
-
-def no_backend_message(missing: Sequence[str], lines: str) -> str:
-    """Why no default backend can be built, and the two ways out (an API key, or the local pieces)."""
-    indented = "".join(f"\n    {line}" for line in lines.splitlines())
-    return (
-        "no LLM to rerank with: set OPENAI_API_KEY or ANTHROPIC_API_KEY to use an API model, or install the "
-        f"local model (offline, CPU; missing: {', '.join(missing)}):{indented}\n"
-        "(`llmrerank doctor` shows what the default backend would use and what is missing)"
-    )
 
 
 def check_settings(
@@ -201,8 +155,6 @@ class Reranker(Closing):
             cache=cache,
         )
         if isinstance(backend, str):
-            from .routing import backend_for
-
             backend = backend_for(backend)
         if backend is not None and not isinstance(backend, Backend):
             raise ConfigurationError(f"backend must be a llmrerank Backend, got {type(backend).__name__}")

@@ -1,4 +1,10 @@
-"""Which backend serves a model name.
+"""Building backends and strategies by name: the one factory the CLI, the server, batch jobs and the
+framework adapters share.
+
+:func:`backend_for` builds the backend a model name names, :func:`make_backend` the one the CLI's
+``--backend``/``--model``/``--base-url``/``--api-key`` name, :func:`default_backend` the one the
+environment gives when nothing is named; all three construct it in one place. :func:`make_strategy_object`
+builds a strategy by name with the listwise window options.
 
 Names may carry their provider, as LangChain's ``init_chat_model`` writes them:
 ``"openai:gpt-4.1-mini"``, ``"anthropic:claude-haiku-4-5"``, ``"local:/path/model.gguf"``. A bare
@@ -11,12 +17,17 @@ what to set or write.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from .backends.base import Backend
-from .errors import ConfigurationError
+from .errors import ConfigurationError, MissingDependencyError
+from .strategies import Strategy, make_strategy
+
+logger = logging.getLogger("llmrerank")
 
 KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 """The environment variable holding each API provider's key."""
@@ -92,30 +103,79 @@ def backend_for(model: str, **options: Any) -> Backend:
     """
     provider, name = resolve_provider(model)
     if provider == "local":
-        from .backends.local import LocalBackend
-
-        return LocalBackend(name or None, **options)
+        return _construct("local", {"model": name or None, **options})
     has_key = options.get("api_key") or options.get("client") is not None or os.environ.get(KEYS[provider])
     if name:
         options = {"model": name, **options}
     what = f"model {name!r}" if name else f"backend {provider!r}"
-    if provider == "openai":
-        if not has_key:
-            raise ConfigurationError(
-                f"{what} is served by OpenAI: set OPENAI_API_KEY (or pass api_key=; a server of your "
-                "own started without a key takes any)"
-            )
-        from .backends.openai import OpenAIBackend
-
-        return OpenAIBackend(**options)
-    if not has_key and not os.environ.get("ANTHROPIC_AUTH_TOKEN"):
+    if provider == "openai" and not has_key:
+        raise ConfigurationError(
+            f"{what} is served by OpenAI: set OPENAI_API_KEY (or pass api_key=; a server of your "
+            "own started without a key takes any)"
+        )
+    if provider == "anthropic" and not has_key and not os.environ.get("ANTHROPIC_AUTH_TOKEN"):
         raise ConfigurationError(
             f"{what} is served by Anthropic: set ANTHROPIC_API_KEY (or pass api_key=)"
             + (f"; for an OpenAI-compatible server that serves it, write 'openai:{name}'" if name else "")
         )
+    return _construct(provider, options)
+
+
+def _construct(provider: str, options: dict[str, Any]) -> Backend:
+    """The backend class of ``provider`` (``local``, ``openai``, ``anthropic``) built with ``options``:
+    the one place that imports them (each needs its optional SDK)."""
+    if provider == "local":
+        from .backends.local import LocalBackend
+
+        return LocalBackend(**options)
+    if provider == "openai":
+        from .backends.openai import OpenAIBackend
+
+        return OpenAIBackend(**options)
     from .backends.anthropic import AnthropicBackend
 
     return AnthropicBackend(**options)
+
+
+def default_backend() -> Backend:
+    """The backend used when none is given.
+
+    ``OPENAI_API_KEY`` set: OpenAI ``gpt-4o-mini`` (``OPENAI_BASE_URL`` honoured by the SDK);
+    else ``ANTHROPIC_API_KEY``: Anthropic Haiku; else the local demo model, with one log line.
+    Without a key and without the local model's pieces, a
+    :class:`~llmrerank.errors.MissingDependencyError` names both ways out: the keys, and the
+    install lines of what is missing (``llmrerank doctor`` says the same).
+    """
+    for provider, env in KEYS.items():
+        if os.environ.get(env):
+            return _construct(provider, {})
+    from .backends.local import install_lines, missing_pieces
+
+    missing = [name for name, _ in missing_pieces()]
+    if missing:
+        lines = install_lines(missing)
+        raise MissingDependencyError(
+            ", ".join(missing),
+            "local",
+            lines,
+            message=no_backend_message(missing, lines),
+        )
+    logger.warning(
+        "llmrerank: no OPENAI_API_KEY or ANTHROPIC_API_KEY; using the small local model "
+        "SmolLM2-135M-Instruct (query likelihood fused with the retriever's scores, or its order when "
+        "it gives none: a small gain on SciFact)"
+    )
+    return _construct("local", {})
+
+
+def no_backend_message(missing: Sequence[str], lines: str) -> str:
+    """Why no default backend can be built, and the two ways out (an API key, or the local pieces)."""
+    indented = "".join(f"\n    {line}" for line in lines.splitlines())
+    return (
+        "no LLM to rerank with: set OPENAI_API_KEY or ANTHROPIC_API_KEY to use an API model, or install the "
+        f"local model (offline, CPU; missing: {', '.join(missing)}):{indented}\n"
+        "(`llmrerank doctor` shows what the default backend would use and what is missing)"
+    )
 
 
 BACKENDS = ("local", "openai", "anthropic", "fake")
@@ -144,7 +204,7 @@ def backend_kind(kind: str | None, model: str | None, base_url: str | None) -> t
 
 def make_backend(
     kind: str | None, model: str | None = None, base_url: str | None = None, api_key: str | None = None
-) -> Any:
+) -> Backend:
     """The backend ``--backend`` names (or ``--model`` implies: :func:`backend_kind`); ``api_key``
     None leaves the key to the environment (a server on this machine or a private network needs none)."""
     kind, model = backend_kind(kind, model, base_url)
@@ -158,25 +218,18 @@ def make_backend(
     if kind == "local":
         if base_url or api_key:
             raise ConfigurationError("--base-url and --api-key are for the openai and anthropic backends")
-        from .backends.local import LocalBackend
-
-        return LocalBackend(**options)
+        return _construct("local", options)
+    if kind not in KEYS:
+        raise ConfigurationError(f"unknown backend {kind!r}: use one of {', '.join(BACKENDS)}")
     if base_url:
         options["base_url"] = base_url
     if api_key:
         options["api_key"] = api_key
-    if kind == "openai":
-        from .backends.openai import OpenAIBackend
-
-        served = server_model(base_url, api_key) if base_url and not model else None
+    if kind == "openai" and base_url and not model:
+        served = server_model(base_url, api_key)
         if served:
             options["model"] = served
-        return OpenAIBackend(**options)
-    if kind == "anthropic":
-        from .backends.anthropic import AnthropicBackend
-
-        return AnthropicBackend(**options)
-    raise ConfigurationError(f"unknown backend {kind!r}: use one of {', '.join(BACKENDS)}")
+    return _construct(kind, options)
 
 
 def server_model(base_url: str, api_key: str | None = None) -> str | None:
@@ -192,13 +245,43 @@ def server_model(base_url: str, api_key: str | None = None) -> str | None:
     return names[0] if names else None
 
 
+class WindowOptions(Protocol):
+    """The listwise window options :func:`make_strategy_object` reads: the CLI's parsed arguments, a
+    server preset. None leaves the strategy's default."""
+
+    @property
+    def window(self) -> int | None: ...
+    @property
+    def step(self) -> int | None: ...
+
+
+def make_strategy_object(name: str, settings: WindowOptions) -> Strategy:
+    """The strategy ``name`` with ``settings``' window options applied (``window`` and
+    ``self_consistency`` to listwise and topdown, ``step`` to listwise only)."""
+    options: dict[str, Any] = {}
+    if name in ("listwise", "topdown"):
+        if settings.window is not None:
+            options["window"] = settings.window
+        if settings.step is not None and name == "listwise":
+            options["step"] = settings.step
+        # Only the CLI has --self-consistency; a server preset does not.
+        self_consistency = getattr(settings, "self_consistency", None)
+        if self_consistency is not None:
+            options["self_consistency"] = self_consistency
+    return make_strategy(name, **options)
+
+
 __all__ = [
     "BACKENDS",
     "KEYS",
     "PROVIDERS",
+    "WindowOptions",
     "backend_for",
     "backend_kind",
+    "default_backend",
     "make_backend",
+    "make_strategy_object",
+    "no_backend_message",
     "provider_of",
     "resolve_provider",
     "server_model",

@@ -21,9 +21,10 @@ from typing import Any
 from ..errors import ConfigurationError
 from ..pricing import PriceSource
 from ..reranker import Reranker
+from ..routing import make_backend
 from ..runner import run_blocking
 from ..strategies import Strategy
-from .job import BatchSummary, Job, RerankerSource, build_reranker, run_local
+from .job import BatchSummary, Job, RerankerSource, resolve_reranker, run_local
 from .rows import BadRow, Candidate, Row, read_rows
 
 ENGINES = ("local", "ray", "openai-batch", "anthropic-batch")
@@ -49,8 +50,6 @@ class RerankerSpec:
 
     def __call__(self) -> Reranker:
         """Build the Reranker."""
-        from ..routing import make_backend
-
         backend = make_backend(self.backend, self.model, self.base_url, self.api_key)
         return Reranker(self.strategy, backend, **dict(self.options))
 
@@ -99,7 +98,7 @@ class _Call:
 
 async def _run(call: _Call) -> BatchSummary:
     """The local and provider batch engines, on the running event loop."""
-    reranker = build_reranker(call.reranker)
+    reranker = resolve_reranker(call.reranker)
     provider = call.engine.endswith("-batch")
     if provider:
         from .provider import DISCOUNT, provider_for, run_provider
@@ -126,7 +125,7 @@ def _run_on_ray(call: _Call) -> BatchSummary:
     from .ray_engine import check_factory, run_ray
 
     factory = check_factory(call.reranker)
-    job = call.job(build_reranker(factory))  # the job's settings (strategy, model) from one built here
+    job = call.job(resolve_reranker(factory))  # the job's settings (strategy, model) from one built here
     try:
         run_ray(job, factory, concurrency=call.concurrency, actors=call.ray_actors)
     finally:

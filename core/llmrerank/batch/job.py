@@ -116,8 +116,9 @@ def strategy_label(reranker: Reranker) -> str:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(reranker.strategy))
 
 
-def build_reranker(source: RerankerSource) -> Reranker:
-    """The :class:`Reranker` of ``source``."""
+def resolve_reranker(source: RerankerSource) -> Reranker:
+    """The :class:`Reranker` ``source`` stands for: itself, what the factory returns (checked), or
+    the default ``Reranker()`` for None."""
     if source is None:
         return Reranker()
     if isinstance(source, Reranker):
@@ -276,4 +277,4 @@ async def run_local(job: Job, reranker: Reranker, concurrency: int) -> None:
         await asyncio.gather(*running, return_exceptions=True)
 
 
-__all__ = ["BatchSummary", "Job", "Outcome", "RerankerSource", "build_reranker", "rerank_row", "run_local"]
+__all__ = ["BatchSummary", "Job", "Outcome", "RerankerSource", "rerank_row", "resolve_reranker", "run_local"]

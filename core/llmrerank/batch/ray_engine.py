@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import ConfigurationError, require
 from ..reranker import Reranker
 from ..types import Usage
-from .job import Job, Outcome, RerankerSource, build_reranker, rerank_row
+from .job import Job, Outcome, RerankerSource, rerank_row, resolve_reranker
 from .rows import Row
 
 FORWARDED_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
@@ -41,7 +41,7 @@ class RowReranker:
     """A Ray Data actor: one Reranker, ``rows_in_flight`` rows reranked at once on the actor's loop."""
 
     def __init__(self, factory: RerankerSource, rows_in_flight: int, top_k: int | None) -> None:
-        self.reranker: Reranker = build_reranker(factory)
+        self.reranker: Reranker = resolve_reranker(factory)
         self.rows_in_flight = rows_in_flight
         self.top_k = top_k
         self._limiter: asyncio.Semaphore | None = None

@@ -9,7 +9,6 @@ shapes do not need. Starlette is what FastAPI runs on, so the app mounts in eith
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import copy
 import hmac
@@ -37,6 +36,7 @@ from ..errors import (
 from ..pricing import estimate_cost
 from ..prompts import domain_instruction
 from ..reranker import Reranker
+from ..routing import make_backend, make_strategy_object
 from ..strategies import STRATEGIES
 from ..types import RerankResult
 from .config import DEFAULT_MODEL, Preset, ServeConfig
@@ -93,8 +93,6 @@ class Service:
     def backend(self) -> Backend:
         """The server's LLM, from the same flags and environment as ``llmrerank eval``."""
         if self._backend is None:
-            from ..routing import make_backend
-
             self._backend = make_backend(self.config.backend, self.config.model, self.config.base_url)
         return self._backend
 
@@ -117,12 +115,8 @@ class Service:
         return reranker
 
     def _build(self, preset: Preset) -> Reranker:
-        from ..cli import make_backend, make_strategy_object
-
         backend = make_backend(preset.backend, preset.model, preset.base_url) if preset.own_llm else self.backend()
-        strategy = make_strategy_object(
-            preset.strategy or backend.preferred_strategy, argparse.Namespace(window=preset.window, step=preset.step)
-        )
+        strategy = make_strategy_object(preset.strategy or backend.preferred_strategy, preset)
         options: dict[str, Any] = {}
         if self.config.max_concurrency is not None:
             options["max_concurrency"] = self.config.max_concurrency
