@@ -27,15 +27,17 @@ from .strategies.base import Context
 
 @dataclass(frozen=True)
 class Settings:
-    """The flat settings an adapter exposes (every field of :data:`FIELDS`), each as
-    :class:`~llmrerank.Reranker` takes it, except ``model`` (a model name for
-    :func:`~llmrerank.routing.backend_for`) and ``system_prompt``/``template`` (the prompts of a
-    strategy given by name)."""
+    """The flat settings an adapter exposes (every field of :data:`FIELDS`)."""
 
     strategy: str | Strategy | None = None
+    """A strategy name or object; None: the backend's preferred one."""
     model: str | None = None
+    """A model name for :func:`~llmrerank.routing.backend_for`, instead of a backend."""
     system_prompt: str | None = None
+    """Replaces the system prompt of a strategy given by name."""
     template: str | None = None
+    """Replaces the user prompt of a strategy given by name (its placeholders depend on it)."""
+    # The rest as Reranker takes them (see its docstring).
     domain: str | None = None
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     on_error: OnError = "degrade"
