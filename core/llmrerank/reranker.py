@@ -17,8 +17,7 @@ from .calibration import Calibration, calibrate_ranking, load_calibration
 from .diversity import MMR, Dedup, diversify, make_dedup
 from .driver import Driver, Meter, OnError
 from .errors import ConfigurationError, InvalidInputError
-from .fusion import Fusion, check_scores, fuse, make_fusion
-from .fusion import first_stage_scores as read_scores
+from .fusion import Fusion, check_scores, first_stage_score, fuse, make_fusion
 from .prompts import MEASURED_SHARE, clean_query, clip, domain_instruction
 from .routing import backend_for, default_backend
 from .runner import run_blocking
@@ -197,7 +196,7 @@ class Reranker(Closing):
             supports_logprobs=self.backend.supports_logprobs,
             strict=self.strict,
             domain=self.domain,
-            pointwise_method=getattr(self.backend, "pointwise_method", "expected"),
+            pointwise_method=self.backend.pointwise_method,
             preferred_strategy=self.backend.preferred_strategy,
             context_tokens=self.backend.prompt_room(),
         )
@@ -214,8 +213,9 @@ class Reranker(Closing):
         return MEASURED_SHARE * len(sample) / tokens
 
     def first_stage_scores(self, documents: Sequence[Any]) -> list[float | None] | None:
-        """The first-stage scores this reranker's fusion would read from ``documents`` (None without fusion)."""
-        return None if self.fusion is None else read_scores(documents, self.fusion.keys)
+        """The first-stage scores this reranker's fusion reads from ``documents`` (None without
+        fusion): what ``rerank(..., first_stage_scores=...)`` gives in their place."""
+        return None if self.fusion is None else _scores_in(documents, self.fusion)
 
     def _check_min_score(self, min_score: float | None) -> float | None:
         """``min_score`` if it is in range and this strategy gives 0-10 ratings; else ConfigurationError."""
@@ -421,7 +421,7 @@ class Reranker(Closing):
     def _fuse(
         self, fusion: Fusion, ranking: Ranking, originals: Sequence[Any], explicit: Sequence[float | None] | None
     ) -> Ranking:
-        scores = list(explicit) if explicit is not None else read_scores(originals, fusion.keys)
+        scores = list(explicit) if explicit is not None else _scores_in(originals, fusion)
         fused = fuse(ranking, scores, fusion)
         missing = sum(d.code == "first_stage_missing" for d in fused.diagnostics)
         if fused.score_kind != "fused":
@@ -455,6 +455,11 @@ class Reranker(Closing):
                 query, documents, top_k, min_score=min_score, first_stage_scores=first_stage_scores, top_n=top_n
             )
         )
+
+
+def _scores_in(documents: Sequence[Any], fusion: Fusion) -> list[float | None]:
+    """Each document's first-stage score under ``fusion``'s keys (None where it has none)."""
+    return [first_stage_score(doc, fusion.keys) for doc in documents]
 
 
 def _complete(ranking: Ranking, n: int) -> Ranking:

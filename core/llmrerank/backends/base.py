@@ -190,6 +190,9 @@ class Backend(Closing, ABC):
     answer_reserve: int = 0
     """Tokens the backend asks for on top of every prompt's answer budget (a reasoning budget):
     the context must hold them too."""
+    pointwise_method: str = "expected"
+    """The log-prob scoring the pointwise strategy uses with this backend when its ``method`` is
+    ``auto``: ``expected`` (the expected 0-10 rating) or ``yes_no`` (see :class:`~llmrerank.LocalBackend`)."""
 
     def prompt_room(self) -> int | None:
         """Tokens a prompt and its answer may take together: :attr:`context_tokens` less
@@ -273,15 +276,13 @@ class Forwarding(Backend):
     preferred_fusion = _Inner()
     context_tokens = _Inner()
     answer_reserve = _Inner()
+    pointwise_method = _Inner()
+    # Read with getattr where a backend has them (the SDK backends' address, a cache salt).
+    server_url = _Inner()
+    cache_salt = _Inner()
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        # Settings beyond the base class's that a strategy may read (e.g. pointwise_method).
-        if name.startswith("__") or name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     async def discover(self) -> None:
         await self.inner.discover()

@@ -44,10 +44,12 @@ def make_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
 
 
 def uses_likelihood(strategy: Strategy, preferred: str) -> bool:
-    """Whether ``strategy`` yields :class:`Likelihood` steps; a hybrid without ``llm`` runs ``preferred``."""
+    """Whether running ``strategy`` yields :class:`Likelihood` steps (its
+    :attr:`~Strategy.yields_likelihood`, or for a hybrid its LLM strategy's; a hybrid without
+    ``llm`` runs ``preferred``)."""
     if isinstance(strategy, Hybrid):
-        return strategy.inner(Context(preferred_strategy=preferred)).uses_likelihood
-    return strategy.uses_likelihood
+        return strategy.inner(Context(preferred_strategy=preferred)).yields_likelihood
+    return strategy.yields_likelihood
 
 
 __all__ = [

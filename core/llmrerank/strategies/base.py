@@ -84,8 +84,12 @@ class Strategy(ABC):
     """A reranking strategy. Subclasses are frozen dataclasses of options plus :meth:`plan`."""
 
     name: ClassVar[str]
-    uses_likelihood: ClassVar[bool] = False
-    """True when the plan yields :class:`Likelihood` steps (the backend must support them)."""
+    yields_likelihood: ClassVar[bool] = False
+    """True when the plan yields :class:`Likelihood` steps (the backend must support them; a hybrid
+    strategy's LLM strategy decides for it: :func:`~llmrerank.strategies.uses_likelihood`)."""
+    max_doc_chars: int | None = None
+    """The most characters of a document the strategy's LLM prompts keep; None: no cut. Each
+    built-in strategy declares its own default as a dataclass field."""
 
     @abstractmethod
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
@@ -99,8 +103,7 @@ class Strategy(ABC):
     def doc_chars(self, ctx: Context) -> int | None:
         """The most characters of a document this strategy's LLM prompts keep (its ``max_doc_chars``;
         None: no cut), before any fitting to a known context."""
-        limit = getattr(self, "max_doc_chars", None)
-        return limit if isinstance(limit, int) else None
+        return self.max_doc_chars
 
 
 def check_int(name: str, value: object, low: int) -> None:

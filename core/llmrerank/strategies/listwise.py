@@ -33,7 +33,7 @@ import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
@@ -87,7 +87,8 @@ class Listwise(Strategy):
     name: ClassVar[str] = "listwise"
     window: int = 20
     step: int | None = None
-    """How far each window moves up; None: half the window."""
+    """How far each window moves up; None: half the window (set when the strategy is made, so it
+    is an int afterwards: :attr:`stride` reads it as one)."""
     max_doc_chars: int = 1200
     system_prompt: str | None = None
     template: str | None = None
@@ -101,12 +102,11 @@ class Listwise(Strategy):
 
     def __post_init__(self) -> None:
         check_int("window", self.window, 2)
-        if self.step is not None:
-            check_int("step", self.step, 1)
-        check_int("max_doc_chars", self.max_doc_chars, 1)
         if self.step is None:
             object.__setattr__(self, "step", max(1, self.window // 2))
-        if self.window < 2 or not 1 <= self.stride <= self.window:
+        check_int("step", self.step, 1)
+        check_int("max_doc_chars", self.max_doc_chars, 1)
+        if self.stride > self.window:
             raise ConfigurationError(f"need window >= 2 and 1 <= step <= window (got {self.window}, {self.step})")
         if self.method not in ("generate", "first_token"):
             raise ConfigurationError(f"unknown listwise method {self.method!r}: use 'generate' or 'first_token'")
@@ -120,8 +120,8 @@ class Listwise(Strategy):
 
     @property
     def stride(self) -> int:
-        """``step`` as set, or derived from the window."""
-        return self.step if self.step is not None else max(1, self.window // 2)
+        """:attr:`step` typed as the int it is once the strategy is made (an alias, not a second setting)."""
+        return cast(int, self.step)
 
     def calls(self, n: int) -> int:
         """How many LLM calls ranking ``n`` documents takes (context retries not counted); the

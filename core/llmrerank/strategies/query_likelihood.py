@@ -48,7 +48,7 @@ class QueryLikelihood(Strategy):
     """
 
     name: ClassVar[str] = "query_likelihood"
-    uses_likelihood: ClassVar[bool] = True
+    yields_likelihood: ClassVar[bool] = True
     normalization: Normalization = "pmi"
     max_doc_chars: int = 800
     """Documents are cut to this many characters (title and the start of the text, for abstracts)."""
