@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,22 +56,23 @@ class RerankerSpec:
 
 @dataclass(frozen=True)
 class _Call:
-    """The arguments of one :func:`run_batch` / :func:`arun_batch` call, checked."""
+    """The arguments of one :func:`run_batch` / :func:`arun_batch` call, with their defaults, checked."""
 
     input: str | Path
     output_dir: str | Path
-    reranker: RerankerSource
-    engine: str
-    top_k: int | None
-    concurrency: int
-    retry_errors: bool
-    run_name: str | None
-    progress: bool
-    prices: PriceSource
-    ray_actors: int | None
-    poll_interval: float
-    wait: bool
-    cancel: bool
+    reranker: RerankerSource = None
+    _: KW_ONLY
+    engine: str = "local"
+    top_k: int | None = None
+    concurrency: int = 8
+    retry_errors: bool = False
+    run_name: str | None = None
+    progress: bool = False
+    prices: PriceSource = None
+    ray_actors: int | None = None
+    poll_interval: float = 30.0
+    wait: bool = True
+    cancel: bool = False
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -82,18 +83,12 @@ class _Call:
 
     def job(self, reranker: Reranker, discount: float = 1.0) -> Job:
         """Open the output folder for ``reranker``'s settings."""
-        return Job(
-            self.input,
-            self.output_dir,
-            reranker,
-            engine=self.engine,
-            top_k=self.top_k,
-            retry_errors=self.retry_errors,
-            run_name=self.run_name,
-            progress=self.progress,
-            prices=self.prices,
-            discount=discount,
-        )
+        settings = {name: getattr(self, name) for name in _JOB_SETTINGS}
+        return Job(self.input, self.output_dir, reranker, discount=discount, **settings)
+
+
+_JOB_SETTINGS = ("engine", "top_k", "retry_errors", "run_name", "progress", "prices")
+"""The :class:`_Call` settings a :class:`~llmrerank.batch.job.Job` takes by the same names."""
 
 
 async def _run(call: _Call) -> BatchSummary:
@@ -134,63 +129,38 @@ def _run_on_ray(call: _Call) -> BatchSummary:
 
 
 async def arun_batch(
-    input: str | Path,
-    output_dir: str | Path,
-    reranker: RerankerSource = None,
-    *,
-    engine: str = "local",
-    top_k: int | None = None,
-    concurrency: int = 8,
-    retry_errors: bool = False,
-    run_name: str | None = None,
-    progress: bool = False,
-    prices: PriceSource = None,
-    ray_actors: int | None = None,
-    poll_interval: float = 30.0,
-    wait: bool = True,
-    cancel: bool = False,
+    input: str | Path, output_dir: str | Path, reranker: RerankerSource = None, **options: Any
 ) -> BatchSummary:
-    """Rerank every row of ``input`` (JSONL or Parquet) into ``output_dir``; see :func:`run_batch`."""
-    call = _Call(**locals())
+    """Rerank every row of ``input`` (JSONL or Parquet) into ``output_dir``; the same keyword
+    ``options`` as :func:`run_batch`."""
+    call = _Call(input, output_dir, reranker, **options)
     if call.engine == "ray":
         return await asyncio.to_thread(_run_on_ray, call)
     return await _run(call)
 
 
 def run_batch(
-    input: str | Path,
-    output_dir: str | Path,
-    reranker: RerankerSource = None,
-    *,
-    engine: str = "local",
-    top_k: int | None = None,
-    concurrency: int = 8,
-    retry_errors: bool = False,
-    run_name: str | None = None,
-    progress: bool = False,
-    prices: PriceSource = None,
-    ray_actors: int | None = None,
-    poll_interval: float = 30.0,
-    wait: bool = True,
-    cancel: bool = False,
+    input: str | Path, output_dir: str | Path, reranker: RerankerSource = None, **options: Any
 ) -> BatchSummary:
     """Rerank every row of ``input`` (JSONL or Parquet) into ``output_dir`` and summarise the run.
 
     ``reranker``: a :class:`Reranker`, a function that builds one (:class:`RerankerSpec`; the
-    ``ray`` engine needs this form), or None for :class:`Reranker`'s default. ``engine``: one of
-    :data:`ENGINES`. ``concurrency``: rows in flight (over all actors for ``ray``); LLM calls in
-    flight stay bounded by the Reranker's ``max_concurrency`` (per actor for ``ray``).
-    ``top_k``: keep the best k candidates per row. A rerun with the same ``output_dir`` skips the
-    rows already written; ``retry_errors`` tries the rows in ``errors.jsonl`` again.
-    ``run_name``: the TREC run's last column (default ``llmrerank-<strategy>``). ``progress``: a
-    progress bar on stderr. ``prices``: see :mod:`llmrerank.pricing`.
+    ``ray`` engine needs this form), or None for :class:`Reranker`'s default.
 
-    ``ray_actors``: actors in the pool (default: the cluster's CPUs, at most ``concurrency``).
-    Provider batch engines: ``poll_interval`` seconds between status checks; ``wait=False``
-    submits and returns (``summary.pending`` rows wait; rerun to collect); ``cancel`` cancels the
-    folder's open provider batches and collects what they finished.
+    Keyword ``options`` (defaults in brackets): ``engine`` (``"local"``): one of :data:`ENGINES`.
+    ``concurrency`` (8): rows in flight (over all actors for ``ray``); LLM calls in flight stay
+    bounded by the Reranker's ``max_concurrency`` (per actor for ``ray``). ``top_k`` (None): keep
+    the best k candidates per row. A rerun with the same ``output_dir`` skips the rows already
+    written; ``retry_errors`` (False) tries the rows in ``errors.jsonl`` again. ``run_name``
+    (None): the TREC run's last column (default ``llmrerank-<strategy>``). ``progress`` (False): a
+    progress bar on stderr. ``prices`` (None): see :mod:`llmrerank.pricing`.
+
+    ``ray_actors`` (None): actors in the pool (default: the cluster's CPUs, at most ``concurrency``).
+    Provider batch engines: ``poll_interval`` (30.0) seconds between status checks; ``wait`` (True):
+    False submits and returns (``summary.pending`` rows wait; rerun to collect); ``cancel`` (False)
+    cancels the folder's open provider batches and collects what they finished.
     """
-    call = _Call(**locals())
+    call = _Call(input, output_dir, reranker, **options)
     if call.engine == "ray":
         return _run_on_ray(call)
     return run_blocking(_run(call))

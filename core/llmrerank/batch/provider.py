@@ -132,16 +132,11 @@ class _Answers(_StandIn):
 
 def _shadow(reranker: Reranker, backend: Backend) -> Reranker:
     """``reranker``'s settings over ``backend``, without cache or deadline (no live call happens)."""
-    return Reranker(
-        reranker.strategy,
-        backend,
-        domain=reranker.domain,
-        max_concurrency=reranker.max_concurrency,
-        on_error=reranker.on_error,
-        strict=reranker.strict,
-        min_score=reranker.min_score,
-        fusion=reranker.fusion,
-    )
+    return Reranker(reranker.strategy, backend, **{name: getattr(reranker, name) for name in _SHADOWED})
+
+
+_SHADOWED = ("domain", "max_concurrency", "on_error", "strict", "min_score", "fusion")
+"""The :class:`Reranker` settings a shadow keeps."""
 
 
 _RECORDING: contextvars.ContextVar[bool] = contextvars.ContextVar("llmrerank_batch_recording", default=False)
