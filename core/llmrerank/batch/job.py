@@ -229,20 +229,18 @@ class Job:
         """Close the files, rebuild the TREC run and summarise."""
         self.progress.close()
         self.folder.close(self.run_name)
+        counts = {name: getattr(self, name) for name in ("rows", "skipped", "results", "errors", "degraded")}
+        progress = self.progress
         return BatchSummary(
             output_dir=self.folder.path,
             engine=self.engine,
-            rows=self.rows,
-            skipped=self.skipped,
-            results=self.results,
-            errors=self.errors,
-            degraded=self.degraded,
-            usage=self.progress.usage,
-            cost=self.progress.cost,
+            usage=progress.usage,
+            cost=progress.cost,
+            cost_note=progress.cost_note,
             wall_seconds=time.perf_counter() - self.started,
             pending=pending,
             provider_batches=provider_batches,
-            cost_note=self.progress.cost_note,
+            **counts,
         )
 
 
