@@ -331,3 +331,22 @@ def test_llamaindex_postprocessor_takes_the_new_strategies() -> None:
         nodes = [NodeWithScore(node=TextNode(text=d), score=1.0) for d in docs]
         out = post.postprocess_nodes(nodes, query_str=QUERY)
         assert [n.node.get_content() for n in out] == best[:5], strategy
+
+
+def test_the_one_strategy_factory_takes_a_server_preset_as_the_cli_arguments() -> None:
+    from llmrerank.serve.config import Preset
+
+    listwise = make_strategy_object("listwise", Preset(window=6, step=2))
+    assert isinstance(listwise, Listwise) and (listwise.window, listwise.step) == (6, 2)
+    topdown = make_strategy_object("topdown", Preset(window=12, step=3))  # topdown has no step
+    assert isinstance(topdown, TopDown) and topdown.window == 12
+    assert make_strategy_object("listwise", Preset()) == Listwise()
+
+
+def test_listwise_stride_is_step_and_the_default_step_is_half_the_window() -> None:
+    assert Listwise(window=8).step == Listwise(window=8).stride == 4
+    assert Listwise(window=8, step=3).stride == 3
+    with pytest.raises(ConfigurationError, match="step <= window"):
+        Listwise(window=4, step=5)
+    with pytest.raises(ConfigurationError, match="step must be an int"):
+        Listwise(window=4, step=0)

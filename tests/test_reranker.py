@@ -382,3 +382,16 @@ def test_build_reranker_from_flat_options(monkeypatch: pytest.MonkeyPatch) -> No
     result = reranker.rerank(QUERY, DOCS)
     assert result.indices[0] == 3
     assert reranker.backend.calls[0].system.startswith("Judge strictly.")  # type: ignore[attr-defined]
+
+
+def test_a_forwarding_backend_reads_the_declared_settings_through() -> None:
+    from llmrerank.backends.base import Forwarding
+
+    inner = FakeBackend(respond=overlap_judge)
+    inner.pointwise_method = "yes_no"
+    inner.cache_salt = "v2"  # type: ignore[attr-defined]
+    wrapped = Forwarding(inner)
+    assert (wrapped.pointwise_method, wrapped.cache_salt) == ("yes_no", "v2")
+    assert getattr(wrapped, "server_url", None) is None  # the inner backend has none
+    assert not hasattr(wrapped, "respond_to_anything")  # nothing undeclared passes through
+    assert Forwarding(FakeBackend()).pointwise_method == "expected"
