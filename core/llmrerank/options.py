@@ -26,7 +26,7 @@ from .strategies.base import Context
 
 
 @dataclass(frozen=True)
-class Settings:
+class RerankerSettings:
     """The flat settings an adapter exposes (every field of :data:`FIELDS`)."""
 
     strategy: str | Strategy | None = None
@@ -97,7 +97,7 @@ class Settings:
         return chosen
 
 
-FIELDS = tuple(f.name for f in fields(Settings))
+FIELDS = tuple(f.name for f in fields(RerankerSettings))
 """The settings an adapter passes through by name to :func:`check_options` and :func:`build_reranker`."""
 
 _BUILD_ONLY = ("strategy", "model", "system_prompt", "template")
@@ -108,11 +108,11 @@ _CHECKED = ("max_concurrency", "on_error", "deadline", "domain", "cache", "min_s
 def check_options(*, backend: object | None, **settings: Any) -> None:
     """Raise :class:`~llmrerank.errors.ConfigurationError` for settings (:data:`FIELDS`, by name)
     that cannot work together with ``backend``."""
-    Settings(**settings).check(backend)
+    RerankerSettings(**settings).check(backend)
 
 
 def build_reranker(backend: Backend | None, **settings: Any) -> Reranker:
-    """A :class:`~llmrerank.Reranker` for these settings (:class:`Settings`, by name; checked with
+    """A :class:`~llmrerank.Reranker` for these settings (:class:`RerankerSettings`, by name; checked with
     :func:`check_options` first).
 
     ``backend`` None: ``model`` picks the environment's API backend
@@ -120,7 +120,7 @@ def build_reranker(backend: Backend | None, **settings: Any) -> Reranker:
     :func:`~llmrerank.default_backend` decides. ``strategy`` None: the backend's preferred one.
     ``system_prompt``/``template`` override the prompts of a strategy given by name.
     """
-    chosen = Settings(**settings)
+    chosen = RerankerSettings(**settings)
     chosen.check(backend)
     if backend is None:
         backend = chosen.backend()
@@ -199,4 +199,4 @@ class LazyReranker:
             return slot.reranker
 
 
-__all__ = ["FIELDS", "LazyReranker", "RerankerSlot", "Settings", "build_reranker", "check_options"]
+__all__ = ["FIELDS", "LazyReranker", "RerankerSettings", "RerankerSlot", "build_reranker", "check_options"]
