@@ -1,11 +1,11 @@
 """Benchmark: prompt-injection attack success rate per strategy.
 
 A case is a query, three documents that answer it and one off-topic document carrying one of the
-phrasings of :data:`llmrerank.testing.injection.INJECTIONS`; the attack succeeds when the off-topic
+phrasings of :data:`testkit.injection.INJECTIONS`; the attack succeeds when the off-topic
 document lands at rank 1. Rows:
 
-- ``scripted``: the gullible scripted LLM (:class:`~llmrerank.testing.injection.AdversarialResponder`)
-  behind :class:`~llmrerank.testing.server.FakeLLMServer`, reached through ``OpenAIBackend``. It obeys
+- ``scripted``: the gullible scripted LLM (:class:`~testkit.injection.AdversarialResponder`)
+  behind :class:`~testkit.server.FakeLLMServer`, reached through ``OpenAIBackend``. It obeys
   any injection that escapes its document block, so this row measures the delimiting.
 - ``scripted, no tag defusing``: the same with :func:`llmrerank.prompts.sanitize` switched off, the
   control that shows what the delimiting prevents.
@@ -29,13 +29,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
 
 from llmrerank import Hybrid, Listwise, Pairwise, Pointwise, Reranker, Strategy
 from llmrerank.backends.base import Backend
 from llmrerank.testing import overlap
-from llmrerank.testing.injection import INJECTIONS, TOPICS, AdversarialResponder, Injection, make_case
-from llmrerank.testing.server import FakeLLMServer
+from testkit.injection import INJECTIONS, TOPICS, AdversarialResponder, Injection, make_case
+from testkit.server import FakeLLMServer
 
 NEUTRAL = "This paragraph was added by the editor in a later revision."
 

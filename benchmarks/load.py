@@ -1,7 +1,7 @@
 """Benchmark: throughput of many concurrent reranks on one Reranker, for several ``max_concurrency``.
 
 Each cell fires ``--reranks`` concurrent ``arerank`` calls at one :class:`~llmrerank.Reranker`
-(``OpenAIBackend`` through the real SDK) against :class:`~llmrerank.testing.server.FakeLLMServer`
+(``OpenAIBackend`` through the real SDK) against :class:`~testkit.server.FakeLLMServer`
 on loopback, whose replies take ``--delay`` seconds. It prints reranks/s, LLM calls/s, the most
 requests the server saw at once and the median / p95 latency of one rerank.
 
@@ -16,15 +16,19 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
 
 from llmrerank import Reranker
 from llmrerank.backends.base import Prompt
 from llmrerank.testing import overlap_judge
-from llmrerank.testing.server import FakeLLMServer, ServerRequest
+from testkit.server import FakeLLMServer, ServerRequest
 
 QUERY = "why do dogs bark at night"
 DOCS = [
@@ -126,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.nagle:
         # What FakeLLMServer did before it set TCP_NODELAY: every keep-alive reply waits ~40 ms.
-        from llmrerank.testing import server
+        from testkit import server
 
         server._Handler.disable_nagle_algorithm = False
     print(f"{args.reranks} concurrent reranks of {len(DOCS)} documents; server delay {args.delay * 1000:.0f} ms")

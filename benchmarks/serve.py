@@ -36,11 +36,13 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
+
 from llmrerank import Reranker
 from llmrerank.backends.openai import OpenAIBackend
 from llmrerank.serve.runner import bound_socket
 from llmrerank.testing import FakeBackend, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
+from testkit.server import FakeLLMServer, overlap_responder
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = "how do solar panels turn sunlight into electricity"

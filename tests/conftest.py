@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from test_examples import judge
 
-from llmrerank.testing.server import FakeLLMServer
+from testkit.server import FakeLLMServer
 
 
 @pytest.fixture

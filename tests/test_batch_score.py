@@ -11,7 +11,7 @@ from llmrerank.backends.base import Prompt
 from llmrerank.errors import RateLimitError
 from llmrerank.parsing import parse_labelled_scores
 from llmrerank.testing import FakeBackend, overlap, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
+from testkit.server import FakeLLMServer, overlap_responder
 
 QUERY = "why do dogs bark at night"
 DOCS = [

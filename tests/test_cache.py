@@ -19,7 +19,7 @@ from llmrerank import DiskCache, MemoryCache, Pointwise, Reranker
 from llmrerank.backends.base import Completion, Prompt
 from llmrerank.cache import cache_key, decode, encode
 from llmrerank.testing import FakeBackend, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, Reply, overlap_responder
+from testkit.server import FakeLLMServer, Reply, overlap_responder
 
 pytest.importorskip("openai")
 

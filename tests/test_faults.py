@@ -29,7 +29,7 @@ from llmrerank import (
 )
 from llmrerank.backends.base import Backend
 from llmrerank.testing import overlap
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
+from testkit.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")

@@ -20,7 +20,7 @@ import pytest
 
 from llmrerank import Hybrid, Listwise, MemoryCache, Reranker
 from llmrerank.limits import Limiter
-from llmrerank.testing.server import FakeLLMServer, Reply, overlap_responder
+from testkit.server import FakeLLMServer, Reply, overlap_responder
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
@@ -59,7 +59,7 @@ REPEATED_RUNS = """
     from llmrerank import Reranker
     from llmrerank.backends.openai import OpenAIBackend
     from llmrerank.backends.anthropic import AnthropicBackend
-    from llmrerank.testing.server import FakeLLMServer
+    from testkit.server import FakeLLMServer
 
     def sockets():
         count = 0
@@ -122,7 +122,7 @@ DEV_MODE_EXIT = """
     from llmrerank import Reranker
     from llmrerank.backends.openai import OpenAIBackend
     from llmrerank.backends.anthropic import AnthropicBackend
-    from llmrerank.testing.server import FakeLLMServer
+    from testkit.server import FakeLLMServer
 
     with FakeLLMServer("[2] > [1]") as srv:
         openai = OpenAIBackend("m", base_url=srv.base_url, api_key="x", logprobs=False)

@@ -11,7 +11,7 @@ from llmrerank import ConfigurationError, Fusion, QueryLikelihood, Reranker
 from llmrerank.errors import BadRequestError, InvalidResponseError
 from llmrerank.strategies.query_likelihood import QUESTION_TEMPLATE
 from llmrerank.testing import overlap
-from llmrerank.testing.server import FakeLLMServer, Reply, toy_logprobs, toy_tokens
+from testkit.server import FakeLLMServer, Reply, toy_logprobs, toy_tokens
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")

@@ -16,8 +16,8 @@ from llmrerank.cli import build_parser, make_strategy_object, strategies_from
 from llmrerank.strategies import STRATEGIES, make_strategy
 from llmrerank.strategies.base import Context
 from llmrerank.testing import FakeBackend, read_prompt
-from llmrerank.testing.server import BiasedJudge, FakeLLMServer, ServerRequest
 from llmrerank.types import Document
+from testkit.server import BiasedJudge, FakeLLMServer, ServerRequest
 
 pytest.importorskip("openai")
 

@@ -27,7 +27,7 @@ import cohere
 import httpx
 
 from llmrerank.serve.runner import bound_socket
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
+from testkit.server import FakeLLMServer, Reply, ServerRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["Mars is red.", "Saturn has rings.", "Venus is hot.", "Jupiter has faint rings."]

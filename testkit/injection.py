@@ -6,7 +6,7 @@ several languages). :func:`make_case` builds a rerank case from one of them: a q
 that answer it, and one off-topic document carrying the injection.
 
 :func:`gullible_judge` (for :class:`~llmrerank.testing.FakeBackend`) and
-:class:`AdversarialResponder` (for :class:`~llmrerank.testing.server.FakeLLMServer`) model an LLM
+:class:`AdversarialResponder` (for :class:`~testkit.server.FakeLLMServer`) model an LLM
 that obeys any injection that reaches it *outside* a ``<document>`` block: it reads the prompt the
 way a naive model would (seeing through invisible characters and full-width look-alikes, taking
 any ``</document>`` as the end of a block), and when an injection's payload stands outside every
@@ -24,8 +24,8 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..backends.base import Prompt
-from . import overlap
+from llmrerank.backends.base import Prompt
+from llmrerank.testing import overlap
 
 __all__ = [
     "INJECTIONS",
@@ -341,7 +341,7 @@ def gullible_judge(prompt: Prompt, injections: Sequence[Injection] = INJECTIONS)
 
 
 class AdversarialResponder:
-    """A :class:`~llmrerank.testing.server.FakeLLMServer` responder that answers as :func:`gullible_judge`.
+    """A :class:`~testkit.server.FakeLLMServer` responder that answers as :func:`gullible_judge`.
 
     ``obeyed`` counts the requests in which an injection escaped its block and was obeyed.
     """
