@@ -168,14 +168,16 @@ def overlap_responder(request: ServerRequest) -> Reply:
     When the request asks for log-probabilities, the reply carries the judge's first-token
     distribution (:func:`~llmrerank.testing.overlap_logprobs`: a softmax over the documents'
     overlap for a set, a near-certain rating for one document) and its text is the most likely token.
+    A prompt with no document block (query likelihood on ``/v1/completions``, whose log-probs come
+    from the toy model) gets the judge's text only.
     """
     choices = None
     if request.logprobs and request.user.count("<document id=") == 1:
         choices = ("Yes", "No") if "Yes or No" in request.user else tuple(str(i) for i in range(11))
     prompt = Prompt(system=request.system, user=request.user, choices=choices)
-    if not request.logprobs:
+    logprobs = overlap_logprobs(prompt) if request.logprobs else {}
+    if not logprobs:
         return Reply(text=overlap_judge(prompt))
-    logprobs = overlap_logprobs(prompt)
     return Reply(text=max(logprobs, key=logprobs.__getitem__), top_logprobs=logprobs)
 
 
