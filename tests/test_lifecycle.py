@@ -14,12 +14,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from llmrerank import Hybrid, Listwise, MemoryCache, Reranker
 from llmrerank.limits import Limiter
+from testkit.sample import QUERY
+from testkit.sample import SHORT_DOCS as DOCS
 from testkit.server import FakeLLMServer, Reply, overlap_responder
 
 pytest.importorskip("openai")
@@ -28,17 +29,7 @@ pytest.importorskip("anthropic")
 from llmrerank.backends.anthropic import AnthropicBackend
 from llmrerank.backends.openai import OpenAIBackend
 
-QUERY = "why do dogs bark at night"
-DOCS = ["The cat sat on the mat.", "Dogs bark at night.", "Birds sing at dawn."]
-
-
 judge = overlap_responder
-
-
-@pytest.fixture
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(judge) as srv:
-        yield srv
 
 
 def run_script(body: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

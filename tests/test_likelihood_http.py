@@ -11,6 +11,7 @@ from llmrerank import ConfigurationError, Fusion, QueryLikelihood, Reranker
 from llmrerank.errors import BadRequestError, InvalidResponseError
 from llmrerank.strategies.query_likelihood import QUESTION_TEMPLATE
 from llmrerank.testing import overlap
+from testkit.sample import QUERY
 from testkit.server import FakeLLMServer, Reply, loopback_backend, toy_logprobs, toy_tokens
 
 pytest.importorskip("openai")
@@ -19,7 +20,6 @@ pytest.importorskip("anthropic")
 from llmrerank.backends.anthropic import AnthropicBackend
 from llmrerank.backends.openai import OpenAIBackend, echoed_likelihood
 
-QUERY = "why do dogs bark at night"
 DOCS = [
     "The cat sat on the mat.",
     "Dogs bark at strangers.",
