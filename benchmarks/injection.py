@@ -38,6 +38,7 @@ from llmrerank import Hybrid, Listwise, Pairwise, Pointwise, Reranker, Strategy
 from llmrerank.backends.base import Backend
 from llmrerank.testing import overlap
 from testkit.injection import INJECTIONS, TOPICS, AdversarialResponder, Injection, make_case
+from testkit.report import markdown_table
 from testkit.server import FakeLLMServer
 
 NEUTRAL = "This paragraph was added by the editor in a later revision."
@@ -161,17 +162,19 @@ def row(backend: str, strategy: str, wins: int, base: int, cases: int, seconds: 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table."""
-    lines = [
-        "| backend | strategy | cases | attack success | baseline (no injection) | s |",
-        "|---|---|---:|---:|---:|---:|",
+    columns = ["backend", "strategy", "cases", "attack success", "baseline (no injection)", "s"]
+    cells = [
+        [
+            r["backend"],
+            r["strategy"],
+            r["cases"],
+            f"{r['attack_rate']:.1%} ({r['attack_wins']})",
+            f"{r['baseline_rate']:.1%} ({r['baseline_wins']})",
+            f"{r['seconds']:.1f}",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['backend']} | {r['strategy']} | {r['cases']} | "
-            f"{r['attack_rate']:.1%} ({r['attack_wins']}) | {r['baseline_rate']:.1%} ({r['baseline_wins']}) | "
-            f"{r['seconds']:.1f} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(columns, cells, left=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

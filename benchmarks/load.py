@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from llmrerank import Reranker
 from llmrerank.backends.base import Prompt
 from llmrerank.testing import overlap_judge
+from testkit.report import markdown_table
 from testkit.server import FakeLLMServer, ServerRequest
 
 QUERY = "why do dogs bark at night"
@@ -103,16 +104,22 @@ async def cell(strategy: str, k: int, reranks: int, delay: float) -> dict[str, A
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table."""
-    lines = [
-        "| strategy | K | reranks | calls | reranks/s | calls/s | server max in flight | p50 ms | p95 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    columns = ["strategy", "K", "reranks", "calls", "reranks/s", "calls/s", "server max in flight", "p50 ms", "p95 ms"]
+    cells = [
+        [
+            r["strategy"],
+            r["k"],
+            r["reranks"],
+            r["calls"],
+            f"{r['reranks_per_s']:.1f}",
+            f"{r['calls_per_s']:.1f}",
+            r["server_max_in_flight"],
+            f"{r['p50_ms']:.0f}",
+            f"{r['p95_ms']:.0f}",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['strategy']} | {r['k']} | {r['reranks']} | {r['calls']} | {r['reranks_per_s']:.1f} | "
-            f"{r['calls_per_s']:.1f} | {r['server_max_in_flight']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(columns, cells)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
