@@ -4,8 +4,9 @@ Usage: python .ci/check_dist.py DIST_DIR   (run from the repository root by .ci/
 
 The wheel must hold every module and py.typed of the checkout's three packages and nothing else
 (a subpackage missing from pyproject's package list fails here); the sdist ships the source, the
-README, LICENSE, CHANGELOG and examples, and no tests, benchmarks or SciFact data; the metadata
-carries the SPDX license, classifiers, project URLs and authors, and no exact torch pin.
+README, LICENSE, CHANGELOG and examples, and no tests, test support (testkit), benchmarks or
+SciFact data; the metadata carries the SPDX license, classifiers, project URLs and authors, and no
+exact torch pin.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from packaging.requirements import Requirement
 PACKAGES = {"llmrerank": Path("core/llmrerank"), "langchain_llmrerank": Path("langchain_llmrerank")}
 PACKAGES["llamaindex_llmrerank"] = Path("llamaindex_llmrerank")
 SDIST_NEEDS = {"LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "PKG-INFO"}
-SDIST_NEVER = ("tests", "benchmarks", ".ci", ".venv", "reports", "dev")
+SDIST_NEVER = ("tests", "testkit", "benchmarks", ".ci", ".venv", "reports", "dev")
 
 
 def one(folder: Path, pattern: str) -> Path:

@@ -1,7 +1,7 @@
 """Benchmark: rows per second of a batch job, local asyncio engine against Ray, at the same total concurrency.
 
 Every cell runs :func:`llmrerank.batch.run_batch` over ``--rows`` generated rows of ``--docs``
-candidates with ``OpenAIBackend`` (the real SDK) against one :class:`~llmrerank.testing.server.FakeLLMServer`
+candidates with ``OpenAIBackend`` (the real SDK) against one :class:`~testkit.server.FakeLLMServer`
 on loopback that waits ``--latency`` seconds per call. At total concurrency C (rows in flight),
 the local engine runs C rows at once on one Reranker with ``max_concurrency`` = C x calls per
 row; Ray runs ``--actors`` actors, each with C / actors rows in flight and its own Reranker bounded
@@ -26,8 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
+
 from llmrerank.batch import RerankerSpec, run_batch
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
+from testkit.server import FakeLLMServer, overlap_responder
 
 WORDS = ["aurora", "solar", "wind", "magnetic", "field", "charged", "particles", "light", "green", "oxygen", "sky"]
 

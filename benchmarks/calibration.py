@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
+
 from llmrerank import Pointwise, QueryLikelihood, Reranker, Strategy
 from llmrerank.calibrate import Pairs, gather_pairs, pick_queries
 from llmrerank.calibration import expected_calibration_error, fit_calibration, reliability
@@ -80,7 +82,7 @@ def make_backend(kind: str) -> Any:
         from llmrerank.backends.local import LocalBackend
 
         return LocalBackend()
-    from llmrerank.testing.server import loopback_backend
+    from testkit.server import loopback_backend
 
     return loopback_backend()
 

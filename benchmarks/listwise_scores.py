@@ -1,7 +1,7 @@
 """Listwise with scores: ``Listwise(method="first_token")`` against the generated permutation.
 
 Both rerank the BM25 top ``--depth`` of SciFact test queries through the real OpenAI SDK against one
-:class:`~llmrerank.testing.server.FakeLLMServer` on 127.0.0.1 that waits ``--latency`` per call and
+:class:`~testkit.server.FakeLLMServer` on 127.0.0.1 that waits ``--latency`` per call and
 judges by word overlap between the query and each document it was shown: the text answer is the
 overlap order (:func:`~llmrerank.testing.overlap_judge`), and the first-token log-probabilities
 are a softmax over the documents' overlap (:func:`~llmrerank.testing.overlap_logprobs`), as a
@@ -19,11 +19,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
 
 from llmrerank import Listwise, Pointwise, Reranker
 from llmrerank.backends.openai import OpenAIBackend
 from llmrerank.evaluation import evaluate, load_beir
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
+from testkit.server import FakeLLMServer, overlap_responder
 
 
 def main(argv: list[str] | None = None) -> int:

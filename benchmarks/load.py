@@ -1,7 +1,7 @@
 """Benchmark: throughput of many concurrent reranks on one Reranker, for several ``max_concurrency``.
 
 Each cell fires ``--reranks`` concurrent ``arerank`` calls at one :class:`~llmrerank.Reranker`
-(``OpenAIBackend`` through the real SDK) against :class:`~llmrerank.testing.server.FakeLLMServer`
+(``OpenAIBackend`` through the real SDK) against :class:`~testkit.server.FakeLLMServer`
 on loopback, whose replies take ``--delay`` seconds. It prints reranks/s, LLM calls/s, the most
 requests the server saw at once and the median / p95 latency of one rerank.
 
@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
 
 from llmrerank import Reranker
 from llmrerank.backends.base import Prompt
 from llmrerank.testing import overlap_judge
-from llmrerank.testing.server import FakeLLMServer, ServerRequest
+from testkit.report import markdown_table, write_json
+from testkit.server import FakeLLMServer, ServerRequest
 
 QUERY = "why do dogs bark at night"
 DOCS = [
@@ -99,16 +103,22 @@ async def cell(strategy: str, k: int, reranks: int, delay: float) -> dict[str, A
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table."""
-    lines = [
-        "| strategy | K | reranks | calls | reranks/s | calls/s | server max in flight | p50 ms | p95 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    columns = ["strategy", "K", "reranks", "calls", "reranks/s", "calls/s", "server max in flight", "p50 ms", "p95 ms"]
+    cells = [
+        [
+            r["strategy"],
+            r["k"],
+            r["reranks"],
+            r["calls"],
+            f"{r['reranks_per_s']:.1f}",
+            f"{r['calls_per_s']:.1f}",
+            r["server_max_in_flight"],
+            f"{r['p50_ms']:.0f}",
+            f"{r['p95_ms']:.0f}",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['strategy']} | {r['k']} | {r['reranks']} | {r['calls']} | {r['reranks_per_s']:.1f} | "
-            f"{r['calls_per_s']:.1f} | {r['server_max_in_flight']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(columns, cells)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.nagle:
         # What FakeLLMServer did before it set TCP_NODELAY: every keep-alive reply waits ~40 ms.
-        from llmrerank.testing import server
+        from testkit import server
 
         server._Handler.disable_nagle_algorithm = False
     print(f"{args.reranks} concurrent reranks of {len(DOCS)} documents; server delay {args.delay * 1000:.0f} ms")
@@ -137,9 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(table(rows))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+    write_json(args.json, rows)
     return 0
 
 

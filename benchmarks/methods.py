@@ -1,8 +1,8 @@
 """Issue 23's methods against what they improve on, on DL20 with a judge of known position bias.
 
 TREC DL20 passage (the 54 judged queries, graded qrels 0-3, the official BM25 top-100 from
-``shared/data/trec-dl20-passage``). The judge is :class:`~llmrerank.testing.server.BiasedJudge`
-behind one :class:`~llmrerank.testing.server.FakeLLMServer` on 127.0.0.1, reached through the real
+``shared/data/trec-dl20-passage``). The judge is :class:`~testkit.server.BiasedJudge`
+behind one :class:`~testkit.server.FakeLLMServer` on 127.0.0.1, reached through the real
 OpenAI SDK: it sees each passage's qrels grade (unjudged: 0), plus ``--bias`` for the passage shown
 first of a window falling linearly to 0 for the last, plus seeded Gaussian noise (``--noise``).
 ``bias 0, noise 0`` is the oracle: it ranks by the qrels themselves.
@@ -38,13 +38,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
+
 from llmrerank import Listwise, Reranker, Strategy, TopDown
 from llmrerank.backends.base import Completion
 from llmrerank.backends.openai import OpenAIBackend
 from llmrerank.evaluation import EvalReport, evaluate_reranking, load_beir
 from llmrerank.strategies.base import Context
-from llmrerank.testing.server import BiasedJudge, FakeLLMServer
 from llmrerank.types import Document
+from testkit.server import BiasedJudge, FakeLLMServer
 
 DL20 = Path("shared", "data", "trec-dl20-passage")
 

@@ -3,7 +3,7 @@
 Every reranker reorders the BM25 top ``--depth`` (bm25s, from :mod:`llmrerank.evaluation`) of the first
 ``--queries`` SciFact test queries, one query after another, through its library's own blocking API
 (plus LlamaIndex's async one, which runs its batches in parallel). All of them talk to one
-:class:`~llmrerank.testing.server.FakeLLMServer` on 127.0.0.1 that waits a fixed ``--latency`` per call
+:class:`~testkit.server.FakeLLMServer` on 127.0.0.1 that waits a fixed ``--latency`` per call
 and answers each library's own prompt format by word overlap between the query and the documents in
 that prompt, so nobody is favoured and the quality figures are comparable:
 
@@ -36,12 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
+
 from llmrerank import Listwise, Pairwise, Pointwise, Reranker, Strategy
 from llmrerank.backends.base import Prompt
 from llmrerank.evaluation import evaluate, load_beir
 from llmrerank.pricing import PRICES_AS_OF, price_of
 from llmrerank.testing import overlap, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, estimate_tokens
+from testkit.server import FakeLLMServer, Reply, ServerRequest, estimate_tokens
 
 MODEL = "gpt-4o-mini"
 """The model name every client sends; its list price gives the USD column (an estimate)."""

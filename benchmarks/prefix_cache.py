@@ -1,7 +1,7 @@
 """Prompt prefix caching: how many prompt tokens a provider would bill as cached, per strategy.
 
 Each strategy reranks the same ``--docs`` documents of a SciFact query for a top-10, through the real
-OpenAI and Anthropic SDKs against :class:`~llmrerank.testing.server.FakeLLMServer` with
+OpenAI and Anthropic SDKs against :class:`~testkit.server.FakeLLMServer` with
 ``prompt_cache=True``, which emulates both providers' caches (OpenAI: a repeated prefix of 1024+
 tokens, in 128-token steps; Anthropic: the prefix up to a ``cache_control`` block, written once and
 read after) and reports the cached tokens the way they do; tokens are the server's estimate (four
@@ -22,13 +22,16 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
 
 from llmrerank import BatchScore, Listwise, Pairwise, Pointwise, Reranker, Setwise, Strategy
 from llmrerank.backends.anthropic import AnthropicBackend
 from llmrerank.backends.base import Backend
 from llmrerank.backends.openai import OpenAIBackend
 from llmrerank.evaluation import load_beir
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
+from testkit.server import FakeLLMServer, overlap_responder
 
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "pointwise": lambda: Pointwise(method="generate"),

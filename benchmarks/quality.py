@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
+
 from llmrerank import (
     BatchScore,
     Fusion,
@@ -54,7 +56,7 @@ from llmrerank import (
 )
 from llmrerank.evaluation import EvalReport, evaluate, load_beir, paired_difference, split_halves
 from llmrerank.routing import make_backend
-from llmrerank.testing.server import loopback_backend
+from testkit.server import loopback_backend
 
 DEFAULT_STRATEGIES = [
     "query_likelihood_pmi",

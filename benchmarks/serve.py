@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -36,13 +35,14 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
+
 from llmrerank import Reranker
 from llmrerank.backends.openai import OpenAIBackend
-from llmrerank.serve.runner import bound_socket
 from llmrerank.testing import FakeBackend, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
+from testkit.serve_process import child_pids, start_serve, stop_serve
+from testkit.server import FakeLLMServer, overlap_responder
 
-ROOT = Path(__file__).resolve().parents[1]
 QUERY = "how do solar panels turn sunlight into electricity"
 DOCS = [
     f"Document {i}: "
@@ -60,39 +60,13 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def start_server(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """A ``llmrerank serve`` process on a free loopback port, once it answers /ready."""
-    sock = bound_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    environ = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(ROOT / "core"), str(ROOT)])}
-    command = [sys.executable, "-m", "llmrerank.cli", "serve", "--port", str(port), "--log-level", "warning", *args]
-    proc = subprocess.Popen(command, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llmrerank serve exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("llmrerank serve did not start")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    """A ``llmrerank serve`` process logging warnings only (its output is not kept), once it answers /ready."""
+    return start_serve(*args, "--log-level", "warning", env=env, log=False, wait=90)
 
 
 def rss_mib(pid: int) -> float:
     """Resident memory of ``pid`` and its children (the workers), MiB."""
-    pids = [pid] + [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(p) == pid]
+    pids = [pid, *child_pids(pid)]
     total = 0
     for p in pids:
         try:
@@ -102,13 +76,6 @@ def rss_mib(pid: int) -> float:
         except OSError:
             pass
     return total / 1024
-
-
-def _parent(pid: str) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return -1
 
 
 def sequential(url: str, n: int) -> list[float]:
@@ -207,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
         )
     finally:
-        stop(proc)
+        stop_serve(proc, grace=30)
     proc, url = start_server("--backend", "fake", "--workers", "2", "--max-in-flight", "1000")
     try:
         load(url, 100, 32)
@@ -220,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
         )
     finally:
-        stop(proc)
+        stop_serve(proc, grace=30)
 
     # Memory: the fake backend keeps every prompt it was asked (its call history), so this run's LLM is
     # a loopback OpenAI-compatible server (0 ms) in this process, through the real SDK in the server's.
@@ -246,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
             )
         finally:
-            stop(proc)
+            stop_serve(proc, grace=30)
 
     # 200 ms LLM: a loopback OpenAI-compatible server, through the real SDK on both sides.
     with FakeLLMServer(overlap_responder, latency=0.2) as llm:
@@ -276,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
             )
         finally:
-            stop(proc)
+            stop_serve(proc, grace=30)
 
     table = "\n".join(
         ["| figure | value | detail |", "|---|---:|---|"]

@@ -30,12 +30,14 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
+
 from llmrerank import Fusion, MemoryCache, Pointwise, Reranker, RerankResult, Strategy
 from llmrerank.evaluation import Collection, EvalReport, evaluate, load_beir, split_halves
 from llmrerank.fusion import METHODS
 from llmrerank.routing import make_backend
 from llmrerank.strategies import QueryLikelihood
-from llmrerank.testing.server import loopback_backend
+from testkit.server import loopback_backend
 
 WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 NORMALIZATIONS = ("pmi", "sum", "mean")  # pmi first: it scores the documents plus the baseline

@@ -1,4 +1,4 @@
-"""Fixtures shared by test modules (most modules still define their own server fixtures)."""
+"""Fixtures shared by test modules (a module that scripts its own server defines its own ``server``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 from test_examples import judge
 
-from llmrerank.testing.server import FakeLLMServer
+from testkit.server import FakeLLMServer, overlap_responder
+
+
+@pytest.fixture
+def server() -> Iterator[FakeLLMServer]:
+    """A FakeLLMServer on loopback that judges every built-in prompt by word overlap (overlap_responder)."""
+    with FakeLLMServer(overlap_responder) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from langchain_llmrerank import LLMRerankCompressor
 from llamaindex_llmrerank import LLMRerankPostprocessor
 from llmrerank.backends.openai import OpenAIBackend
 from llmrerank.testing import FakeBackend
-from llmrerank.testing.server import FakeLLMServer
+from testkit.server import FakeLLMServer
 
 QUERY = "why do dogs bark at night"
 TEXTS = ["The cat sat on the mat.", "Dogs bark at night.", "Birds sing at dawn."]

@@ -10,7 +10,7 @@ from llmrerank import Reranker
 from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY, AdaptiveLimiter, Slot
 from llmrerank.errors import RateLimitError
 from llmrerank.testing import FakeBackend, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, Reply, ScriptedResponder, overlap_responder
+from testkit.server import FakeLLMServer, Reply, ScriptedResponder, overlap_responder
 
 
 class Clock:

@@ -19,7 +19,7 @@ from llmrerank.errors import (
     MissingDependencyError,
     RateLimitError,
 )
-from llmrerank.testing.server import FakeLLMServer, Reply, ScriptedResponder, ServerRequest
+from testkit.server import FakeLLMServer, Reply, ScriptedResponder, ServerRequest
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")

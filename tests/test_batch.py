@@ -29,8 +29,8 @@ from llmrerank.batch.output import read_jsonl, trec_lines
 from llmrerank.batch.progress import JobProgress
 from llmrerank.cli import main
 from llmrerank.testing import FakeBackend, overlap_judge
-from llmrerank.testing.server import FakeLLMServer
 from llmrerank.types import Usage
+from testkit.server import FakeLLMServer
 
 
 def judge() -> FakeBackend:
@@ -341,7 +341,7 @@ def test_usage_and_completion_tokens_add_up(tmp_path: Path) -> None:
 def test_a_rejected_key_stops_the_job_and_leaves_the_rows_pending(tmp_path: Path) -> None:
     from llmrerank.backends.openai import OpenAIBackend
     from llmrerank.errors import AuthenticationError
-    from llmrerank.testing.server import Reply
+    from testkit.server import Reply
 
     path = write_jsonl(tmp_path / "rows.jsonl", good_rows(12))
     out = tmp_path / "out"

@@ -13,8 +13,8 @@ from batch_support import BAD_LINES, assert_each_row_once, comparable, good_rows
 from llmrerank import ConfigurationError, Hybrid, Listwise, Pairwise, Reranker
 from llmrerank.batch import run_batch
 from llmrerank.pricing import load_prices
-from llmrerank.testing.batch_server import FakeBatchServer
-from llmrerank.testing.server import Reply, ServerRequest, overlap_responder
+from testkit.batch_server import FakeBatchServer
+from testkit.server import Reply, ServerRequest, overlap_responder
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")

@@ -11,7 +11,7 @@ from batch_support import BAD_LINES, assert_each_row_once, comparable, good_rows
 from llmrerank import ConfigurationError, Reranker
 from llmrerank.batch import RerankerSpec, run_batch
 from llmrerank.testing import FakeBackend
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
+from testkit.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")

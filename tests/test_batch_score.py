@@ -11,16 +11,8 @@ from llmrerank.backends.base import Prompt
 from llmrerank.errors import RateLimitError
 from llmrerank.parsing import parse_labelled_scores
 from llmrerank.testing import FakeBackend, overlap, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
-
-QUERY = "why do dogs bark at night"
-DOCS = [
-    "The cat sat on the mat.",
-    "Dogs bark at strangers.",
-    "A bird sings in the morning.",
-    "Why do dogs bark at night? Dogs bark at night because they hear noises.",
-    "Night trains run late.",
-]
+from testkit.sample import DOCS, QUERY
+from testkit.server import FakeLLMServer, overlap_responder
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,7 @@ def test_peers(data: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_peers_judge_answers_each_format() -> None:
     peers = load("peers")
-    from llmrerank.testing.server import ServerRequest
+    from testkit.server import ServerRequest
 
     lc = ServerRequest("openai", "POST", "/v1/chat/completions", user="cells", body={"response_format": {}})
     lc = ServerRequest(**{**lc.__dict__, "system": "Document ID: 0\n```dogs```\n\nDocument ID: 1\n```cells```\n\n"})
@@ -174,7 +174,7 @@ def test_batch(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_self_hosted_on_a_loopback_llama_cpp(data: str) -> None:
-    from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, digit_split_reply
+    from testkit.server import FakeLLMServer, Reply, ServerRequest, digit_split_reply
 
     def respond(request: ServerRequest) -> Reply | str:
         if "nothing else: 10" in request.user:

@@ -19,7 +19,7 @@ import pytest
 
 from llmrerank import Reranker
 from llmrerank.backends.base import Prompt
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
+from testkit.server import FakeLLMServer, overlap_responder
 
 pytest.importorskip("openai")
 

@@ -19,23 +19,15 @@ from llmrerank import DiskCache, MemoryCache, Pointwise, Reranker
 from llmrerank.backends.base import Completion, Prompt
 from llmrerank.cache import cache_key, decode, encode
 from llmrerank.testing import FakeBackend, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, Reply, overlap_responder
+from testkit.sample import QUERY
+from testkit.sample import SHORT_DOCS as DOCS
+from testkit.server import FakeLLMServer, Reply, overlap_responder
 
 pytest.importorskip("openai")
 
 from llmrerank.backends.openai import OpenAIBackend
 
-QUERY = "why do dogs bark at night"
-DOCS = ["The cat sat on the mat.", "Dogs bark at night.", "Birds sing at dawn."]
-
-
 judge = overlap_responder
-
-
-@pytest.fixture
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(judge) as srv:
-        yield srv
 
 
 @pytest.fixture(params=["memory", "disk"])

@@ -23,7 +23,7 @@ from llmrerank.calibration import (
 from llmrerank.cli import main
 from llmrerank.diversity import mmr_order, relevance
 from llmrerank.testing import FakeBackend, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
+from testkit.server import FakeLLMServer, overlap_responder
 
 SLICE = Path(__file__).parent / "data" / "scifact-slice"
 QUERY = "dogs bark at night"

@@ -20,7 +20,7 @@ from llmrerank import BatchScore, Listwise, Pairwise, Pointwise, Reranker, Setwi
 from llmrerank.errors import ContextLengthError
 from llmrerank.prompts import estimate_tokens
 from llmrerank.strategies import Strategy
-from llmrerank.testing.server import FakeLLMServer, ServerRequest, overlap_responder, subword_tokens
+from testkit.server import FakeLLMServer, ServerRequest, overlap_responder, subword_tokens
 
 pytest.importorskip("openai")
 

@@ -280,7 +280,7 @@ def test_cli_reports_degraded_queries_and_fails_when_nothing_was_reranked(
     scifact, answerable, tmp_path, capsys, monkeypatch
 ) -> None:
     from llmrerank.cli import main
-    from llmrerank.testing.server import FakeLLMServer, Reply
+    from testkit.server import FakeLLMServer, Reply
 
     data = write_slice(scifact, answerable, tmp_path / "slice")
     out = tmp_path / "run"

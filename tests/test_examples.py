@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmrerank.testing.server import FakeLLMServer, Reply, overlap_responder
+from testkit.server import FakeLLMServer, Reply, overlap_responder
 
 ROOT = Path(__file__).resolve().parents[1]
 

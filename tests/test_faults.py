@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,8 +27,9 @@ from llmrerank import (
     Strategy,
 )
 from llmrerank.backends.base import Backend
-from llmrerank.testing import overlap
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
+from testkit.sample import DOCS as SAMPLE_DOCS
+from testkit.sample import QUERY, best_first
+from testkit.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
@@ -37,14 +37,8 @@ pytest.importorskip("anthropic")
 from llmrerank.backends.anthropic import AnthropicBackend
 from llmrerank.backends.openai import OpenAIBackend
 
-QUERY = "why do dogs bark at night"
-DOCS = [
-    "The cat sat on the mat.",
-    "Dogs bark at strangers.",
-    "A bird sings in the morning.",
-    "Why do dogs bark at night? Dogs bark at night because they hear noises.",
-]
-BEST_FIRST = sorted(range(len(DOCS)), key=lambda i: (-overlap(QUERY, DOCS[i]), i))
+DOCS = SAMPLE_DOCS[:4]
+BEST_FIRST = best_first(QUERY, DOCS)
 INPUT_ORDER = list(range(len(DOCS)))
 APIS = ["openai", "anthropic"]
 
@@ -85,12 +79,6 @@ class FailFirst:
                 self.n -= 1
                 return self.reply
         return judge(request)
-
-
-@pytest.fixture
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(judge) as srv:
-        yield srv
 
 
 def backend_for(api: str, srv: FakeLLMServer, **options: Any) -> Backend:

@@ -1,6 +1,6 @@
 """Prompt injection: no phrasing in the test set gets an off-topic document ranked first.
 
-The judge is :func:`~llmrerank.testing.injection.gullible_judge`, which obeys any injection that
+The judge is :func:`~testkit.injection.gullible_judge`, which obeys any injection that
 reaches it outside a document block; the control tests show it does exactly that when the
 delimiting is switched off, so the main tests measure the delimiting itself.
 """
@@ -15,7 +15,7 @@ from llmrerank import BatchScore, Hybrid, Listwise, Pairwise, Pointwise, Reranke
 from llmrerank.backends.base import Prompt
 from llmrerank.prompts import clip
 from llmrerank.testing import FakeBackend, FakeCrossEncoder, overlap
-from llmrerank.testing.injection import (
+from testkit.injection import (
     INJECTIONS,
     TOPICS,
     AdversarialResponder,
@@ -26,7 +26,7 @@ from llmrerank.testing.injection import (
     normalize,
     read_prompt,
 )
-from llmrerank.testing.server import FakeLLMServer
+from testkit.server import FakeLLMServer
 
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "pointwise": lambda: Pointwise(method="generate"),

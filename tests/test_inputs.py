@@ -23,7 +23,7 @@ from llmrerank import (
 )
 from llmrerank.prompts import clean_query, sanitize
 from llmrerank.testing import FakeBackend, overlap_judge
-from llmrerank.testing.server import FakeLLMServer
+from testkit.server import FakeLLMServer
 
 QUERY = "why do dogs bark at night"
 DOCS = ["The cat sat on the mat.", "Dogs bark at night.", "Birds sing."]

@@ -29,7 +29,7 @@ from langchain_llmrerank import ChatModelBackend, LLMRerankCompressor
 from llmrerank import ConfigurationError, Fusion, MemoryCache, Pointwise, Prompt
 from llmrerank.errors import InvalidInputError
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_likelihood
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
+from testkit.server import FakeLLMServer, overlap_responder
 
 QUERY = "how do solar panels convert sunlight into electricity"
 TEXTS = [
@@ -367,7 +367,7 @@ def test_rerank_returns_the_result_with_annotated_copies(server: FakeLLMServer) 
 
 
 def test_a_fallback_is_visible_in_the_metadata(server: FakeLLMServer) -> None:
-    from llmrerank.testing.server import Reply
+    from testkit.server import Reply
 
     server.responder = Reply(status=503, text="overloaded upstream")
     compressor = LLMRerankCompressor(backend=None, top_n=None)
@@ -389,7 +389,7 @@ def test_min_score_filters_like_an_llm_chain_filter(server: FakeLLMServer) -> No
 
 def test_permanent_errors_reach_the_caller(server: FakeLLMServer) -> None:
     from llmrerank.errors import AuthenticationError
-    from llmrerank.testing.server import Reply
+    from testkit.server import Reply
 
     server.responder = Reply(status=401, text="Incorrect API key provided")
     retriever = ContextualCompressionRetriever(

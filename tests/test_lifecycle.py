@@ -14,13 +14,14 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from llmrerank import Hybrid, Listwise, MemoryCache, Reranker
 from llmrerank.limits import Limiter
-from llmrerank.testing.server import FakeLLMServer, Reply, overlap_responder
+from testkit.sample import QUERY
+from testkit.sample import SHORT_DOCS as DOCS
+from testkit.server import FakeLLMServer, Reply, overlap_responder
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
@@ -28,17 +29,7 @@ pytest.importorskip("anthropic")
 from llmrerank.backends.anthropic import AnthropicBackend
 from llmrerank.backends.openai import OpenAIBackend
 
-QUERY = "why do dogs bark at night"
-DOCS = ["The cat sat on the mat.", "Dogs bark at night.", "Birds sing at dawn."]
-
-
 judge = overlap_responder
-
-
-@pytest.fixture
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(judge) as srv:
-        yield srv
 
 
 def run_script(body: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -59,7 +50,7 @@ REPEATED_RUNS = """
     from llmrerank import Reranker
     from llmrerank.backends.openai import OpenAIBackend
     from llmrerank.backends.anthropic import AnthropicBackend
-    from llmrerank.testing.server import FakeLLMServer
+    from testkit.server import FakeLLMServer
 
     def sockets():
         count = 0
@@ -122,7 +113,7 @@ DEV_MODE_EXIT = """
     from llmrerank import Reranker
     from llmrerank.backends.openai import OpenAIBackend
     from llmrerank.backends.anthropic import AnthropicBackend
-    from llmrerank.testing.server import FakeLLMServer
+    from testkit.server import FakeLLMServer
 
     with FakeLLMServer("[2] > [1]") as srv:
         openai = OpenAIBackend("m", base_url=srv.base_url, api_key="x", logprobs=False)

@@ -11,7 +11,8 @@ from llmrerank import ConfigurationError, Fusion, QueryLikelihood, Reranker
 from llmrerank.errors import BadRequestError, InvalidResponseError
 from llmrerank.strategies.query_likelihood import QUESTION_TEMPLATE
 from llmrerank.testing import overlap
-from llmrerank.testing.server import FakeLLMServer, Reply, toy_logprobs, toy_tokens
+from testkit.sample import QUERY
+from testkit.server import FakeLLMServer, Reply, loopback_backend, toy_logprobs, toy_tokens
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
@@ -19,7 +20,6 @@ pytest.importorskip("anthropic")
 from llmrerank.backends.anthropic import AnthropicBackend
 from llmrerank.backends.openai import OpenAIBackend, echoed_likelihood
 
-QUERY = "why do dogs bark at night"
 DOCS = [
     "The cat sat on the mat.",
     "Dogs bark at strangers.",
@@ -56,6 +56,15 @@ def test_query_likelihood_over_the_completions_endpoint(server: FakeLLMServer) -
         assert request.path == "/v1/completions" and request.model == "base-model"
         assert request.body["echo"] is True and request.body["logprobs"] == 1 and request.body["max_tokens"] == 0
         assert request.user.endswith("\nQuestion: " + QUERY)
+
+
+def test_the_loopback_oracle_answers_query_likelihood() -> None:
+    # overlap_responder behind /v1/completions: the prompt holds no document block to spread log-probs over.
+    with loopback_backend() as backend:
+        result = Reranker(QueryLikelihood(normalization="sum"), backend).rerank(QUERY, DOCS)
+    expected = {i: toy_sum(QUESTION_TEMPLATE.format(document=d), " " + QUERY) for i, d in enumerate(DOCS)}
+    assert {item.index: item.score for item in result} == pytest.approx(expected)
+    assert result.indices[0] == 2 and not result.degraded and result.usage.failed_calls == 0
 
 
 def test_pmi_adds_the_empty_passage_and_fusion_works_over_http(server: FakeLLMServer) -> None:

@@ -30,7 +30,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llamaindex_llmrerank import LlamaIndexLLMBackend, LLMRerankPostprocessor
 from llmrerank import Fusion, MemoryCache, Pointwise, Prompt
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_likelihood
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
+from testkit.server import FakeLLMServer, overlap_responder
 
 QUERY = "how do solar panels convert sunlight into electricity"
 TEXTS = [
@@ -259,7 +259,7 @@ def test_bad_options_fail_at_construction(options: dict[str, Any]) -> None:
 )
 def test_packages_import_only_what_they_should(adapter: str, other: str, framework: str) -> None:
     code = (
-        "import sys, llmrerank, llmrerank.testing, llmrerank.testing.server\n"
+        "import sys, llmrerank, llmrerank.testing\n"
         "assert not any(m.startswith(('langchain', 'llama_index')) for m in sys.modules), 'core imports a framework'\n"
         f"import {adapter}\n"
         f"assert '{other}' not in sys.modules, 'imports the other adapter'\n"
@@ -363,7 +363,7 @@ def test_metadata_and_keep_retrieval_score_stay_out_of_the_llm_text(server: Fake
 def test_a_fallback_keeps_the_retriever_scores_for_the_next_postprocessor(server: FakeLLMServer) -> None:
     from llama_index.core.postprocessor import SimilarityPostprocessor
 
-    from llmrerank.testing.server import Reply
+    from testkit.server import Reply
 
     server.responder = Reply(status=503, text="down")
     reranker = LLMRerankPostprocessor(strategy="pointwise", top_n=None)

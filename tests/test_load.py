@@ -20,7 +20,7 @@ import pytest
 from llmrerank import Reranker
 from llmrerank.backends.base import Prompt
 from llmrerank.testing import overlap_judge
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
+from testkit.server import FakeLLMServer, Reply, ServerRequest
 
 pytest.importorskip("openai")
 

@@ -17,8 +17,8 @@ from llmrerank.routing import make_strategy_object
 from llmrerank.strategies import STRATEGIES, make_strategy
 from llmrerank.strategies.base import Context
 from llmrerank.testing import FakeBackend, read_prompt
-from llmrerank.testing.server import BiasedJudge, FakeLLMServer, ServerRequest
 from llmrerank.types import Document
+from testkit.server import BiasedJudge, FakeLLMServer, ServerRequest
 
 pytest.importorskip("openai")
 

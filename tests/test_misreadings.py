@@ -15,7 +15,7 @@ import pytest
 from llmrerank import MemoryCache, Pointwise, Reranker
 from llmrerank.errors import InvalidResponseError
 from llmrerank.testing import FakeBackend
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
+from testkit.server import FakeLLMServer, Reply, ServerRequest
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")

@@ -19,7 +19,7 @@ import pytest
 from llmrerank import AnthropicBackend, LocalBackend, MissingDependencyError, OpenAIBackend, RedisCache
 from llmrerank.backends.cross_encoder import BiEncoderScorer
 from llmrerank.evaluation import BM25
-from llmrerank.testing.server import FakeLLMServer
+from testkit.server import FakeLLMServer
 
 OPTIONAL = (
     "openai", "anthropic", "torch", "transformers", "gguf", "sentence_transformers", "langchain_core",

@@ -9,7 +9,7 @@ import pytest
 
 from llmrerank import BatchScore, Listwise, Pairwise, Pointwise, Reranker, Setwise, Strategy, Usage
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_logprobs
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
+from testkit.server import FakeLLMServer, overlap_responder
 
 QUERY = "how do solar panels make electricity"
 DOCS = [f"Document {i} about solar panels, wind and bread, number {i}." for i in range(30)]

@@ -21,18 +21,9 @@ from llmrerank.driver import Driver
 from llmrerank.strategies import Likelihood, uses_likelihood
 from llmrerank.strategies.base import Context, Ranking
 from llmrerank.strategies.query_likelihood import QUESTION_TEMPLATE
-from llmrerank.testing import FakeBackend, overlap, overlap_judge, overlap_likelihood
+from llmrerank.testing import FakeBackend, overlap_judge, overlap_likelihood
 from llmrerank.types import Document
-
-QUERY = "why do dogs bark at night"
-DOCS = [
-    "The cat sat on the mat.",
-    "Dogs bark at strangers.",
-    "A bird sings in the morning.",
-    "Why do dogs bark at night? Dogs bark at night because they hear noises.",
-    "Night trains run late.",
-]
-BEST_FIRST = sorted(range(len(DOCS)), key=lambda i: (-overlap(QUERY, DOCS[i]), i))
+from testkit.sample import BEST_FIRST, DOCS, QUERY
 
 
 def scorer() -> FakeBackend:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from llmrerank.testing.server import FakeLLMServer
+from testkit.server import FakeLLMServer
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -25,7 +25,7 @@ from llmrerank import DiskCache, MemoryCache, Pointwise, RedisCache, Reranker
 from llmrerank.cache import decode, open_cache
 from llmrerank.errors import ConfigurationError
 from llmrerank.testing import FakeBackend, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, overlap_responder
+from testkit.server import FakeLLMServer, overlap_responder
 
 redis = pytest.importorskip("redis")
 

@@ -24,16 +24,7 @@ from llmrerank import (
 )
 from llmrerank.backends.base import Completion, Prompt
 from llmrerank.testing import FakeBackend, FakeBackendExhausted, overlap, overlap_judge
-
-QUERY = "why do dogs bark at night"
-DOCS = [
-    "The cat sat on the mat.",
-    "Dogs bark at strangers.",
-    "A bird sings in the morning.",
-    "Why do dogs bark at night? Dogs bark at night because they hear noises.",
-    "Night trains run late.",
-]
-BEST_FIRST = sorted(range(len(DOCS)), key=lambda i: (-overlap(QUERY, DOCS[i]), i))
+from testkit.sample import BEST_FIRST, DOCS, QUERY
 
 
 def judge() -> FakeBackend:

@@ -18,7 +18,7 @@ import pytest
 
 from llmrerank import Reranker
 from llmrerank.errors import BackendError, BackendTimeoutError, PermanentBackendError, ServerUnreachableError
-from llmrerank.testing.server import FakeLLMServer, Reply, ScriptedResponder, overlap_responder
+from testkit.server import FakeLLMServer, Reply, ScriptedResponder, overlap_responder
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")

@@ -12,7 +12,7 @@ from llmrerank.backends.base import Prompt
 from llmrerank.backends.openai import OpenAIBackend
 from llmrerank.runner import background_loop, run_blocking
 from llmrerank.testing import overlap_judge
-from llmrerank.testing.server import FakeLLMServer, ServerRequest
+from testkit.server import FakeLLMServer, ServerRequest
 
 DOCS = ["the cat sat", "dogs bark at night", "birds sing at dawn"]
 

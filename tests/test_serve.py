@@ -28,7 +28,7 @@ from llmrerank.errors import BackendError, ModelNotFoundError, RateLimitError
 from llmrerank.serve import Preset, ServeConfig, create_app, load_config, serve_in_thread
 from llmrerank.serve.wire import to_unit
 from llmrerank.testing import FakeBackend, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
+from testkit.server import FakeLLMServer, Reply, ServerRequest
 
 KEY = "s3cret-key"
 AUTH = {"authorization": f"Bearer {KEY}"}

@@ -3,11 +3,9 @@ SIGTERM draining a request in flight, and ``--workers 2``."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,10 +24,9 @@ pytest.importorskip("openai")
 import cohere
 import httpx
 
-from llmrerank.serve.runner import bound_socket
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
+from testkit.serve_process import child_pids, start_serve, stop_serve
+from testkit.server import FakeLLMServer, Reply, ServerRequest
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["Mars is red.", "Saturn has rings.", "Venus is hot.", "Jupiter has faint rings."]
 
 
@@ -46,30 +43,8 @@ def upstream() -> Iterator[FakeLLMServer]:
 
 
 def start(upstream: FakeLLMServer, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    sock = bound_socket()
-    port = sock.getsockname()[1]
-    sock.close()  # the server binds it again; nothing else on loopback takes it in between
-    env = {
-        **os.environ,
-        "OPENAI_BASE_URL": upstream.base_url,
-        "OPENAI_API_KEY": "test",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "core"), str(ROOT)]),
-    }
-    env.pop("ANTHROPIC_API_KEY", None)
-    command = [sys.executable, "-m", "llmrerank.cli", "serve", "--port", str(port), *extra]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(proc.stdout.read().decode() if proc.stdout else "exited")
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("llmrerank serve did not start")
+    env = {"OPENAI_BASE_URL": upstream.base_url, "OPENAI_API_KEY": "test", "ANTHROPIC_API_KEY": None}
+    return start_serve(*extra, env=env)
 
 
 def test_done_when_command_and_sigterm_drains(upstream: FakeLLMServer) -> None:
@@ -106,7 +81,7 @@ def test_done_when_command_and_sigterm_drains(upstream: FakeLLMServer) -> None:
 def test_two_workers(upstream: FakeLLMServer) -> None:
     proc, url = start(upstream, "--backend", "openai", "--model", "gpt-4o-mini", "--workers", "2")
     try:
-        children = [p for p in os.listdir("/proc") if p.isdigit() and _parent(p) == proc.pid]
+        children = child_pids(proc.pid)
         assert len(children) >= 2
         body = {"model": "listwise", "query": "rings", "documents": DOCS}
         with ThreadPoolExecutor(8) as pool:
@@ -114,25 +89,7 @@ def test_two_workers(upstream: FakeLLMServer) -> None:
         assert all(a.status_code == 200 for a in answers)
         assert {tuple(r["index"] for r in a.json()["results"]) for a in answers} == {(3, 2, 1, 0)}
     finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then a kill if it has not exited within 20 s."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
-def _parent(pid: str) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return -1
-    return int(stat.rsplit(")", 1)[1].split()[1])
+        stop_serve(proc)
 
 
 def test_two_workers_share_one_redis_cache(upstream: FakeLLMServer, redis_server: Any, tmp_path: Path) -> None:
@@ -153,7 +110,7 @@ def test_two_workers_share_one_redis_cache(upstream: FakeLLMServer, redis_server
         assert {tuple(r["index"] for r in a.json()["results"]) for a in answers} == {(3, 2, 1, 0)}
         assert len(upstream.requests) == sent  # every worker found the answer in Redis
     finally:
-        stop(proc)
+        stop_serve(proc)
     log = proc.stdout.read().decode() if proc.stdout else ""
     answered_by = set(re.findall(r'"pid": (\d+)', log))
     assert len(answered_by) >= 2, f"one worker answered every request: {answered_by}"

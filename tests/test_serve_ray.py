@@ -20,7 +20,7 @@ import httpx
 from llmrerank.serve import ServeConfig
 from llmrerank.serve.ray_serve import deployment
 from llmrerank.serve.runner import bound_socket
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest
+from testkit.server import FakeLLMServer, Reply, ServerRequest
 
 DOCS = ["Mars is red.", "Saturn has rings.", "Venus is hot.", "Jupiter has faint rings."]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from llmrerank import Listwise, Pointwise, Reranker
-from llmrerank.testing.server import FakeLLMServer, Reply, overlap_responder
+from testkit.server import FakeLLMServer, Reply, overlap_responder
 
 pytest.importorskip("openai")
 

@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from llmrerank import MemoryCache, Pointwise, QueryLikelihood, Reranker, telemetry
 from llmrerank.errors import BackendError
 from llmrerank.testing import FakeBackend, overlap_judge
-from llmrerank.testing.server import FakeLLMServer, Reply, overlap_responder
+from testkit.server import FakeLLMServer, Reply, overlap_responder
 
 pytest.importorskip("openai")
 from llmrerank.backends.openai import OpenAIBackend

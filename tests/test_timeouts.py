@@ -15,7 +15,7 @@ import pytest
 
 from llmrerank import BackendTimeoutError, Listwise, RateLimitError, Reranker
 from llmrerank.backends.base import Backend
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
+from testkit.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")

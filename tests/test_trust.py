@@ -34,7 +34,7 @@ from llmrerank.errors import (
     is_context_length_message,
 )
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_logprobs
-from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
+from testkit.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")

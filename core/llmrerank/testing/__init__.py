@@ -1,7 +1,8 @@
 """Test doubles: :class:`FakeBackend`, a scripted backend with queued answers and a call history.
 
-The HTTP server that speaks the OpenAI and Anthropic wire formats on loopback lives in
-:mod:`llmrerank.testing.server`.
+The word-overlap judge here also answers the CLI's ``fake`` backend. The repository's loopback HTTP
+servers (the OpenAI and Anthropic wire formats) are test support in its ``testkit/`` folder and are
+not installed with the package.
 """
 
 from __future__ import annotations

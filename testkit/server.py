@@ -42,7 +42,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-from ..backends.base import Prompt
+from llmrerank.backends.base import Prompt
+from llmrerank.testing import answer_from, overlap, overlap_judge, overlap_logprobs, read_prompt
 
 Api = Literal["openai", "anthropic"]
 
@@ -167,16 +168,16 @@ def overlap_responder(request: ServerRequest) -> Reply:
     When the request asks for log-probabilities, the reply carries the judge's first-token
     distribution (:func:`~llmrerank.testing.overlap_logprobs`: a softmax over the documents'
     overlap for a set, a near-certain rating for one document) and its text is the most likely token.
+    A prompt with no document block (query likelihood on ``/v1/completions``, whose log-probs come
+    from the toy model) gets the judge's text only.
     """
-    from . import overlap_judge, overlap_logprobs
-
     choices = None
     if request.logprobs and request.user.count("<document id=") == 1:
         choices = ("Yes", "No") if "Yes or No" in request.user else tuple(str(i) for i in range(11))
     prompt = Prompt(system=request.system, user=request.user, choices=choices)
-    if not request.logprobs:
+    logprobs = overlap_logprobs(prompt) if request.logprobs else {}
+    if not logprobs:
         return Reply(text=overlap_judge(prompt))
-    logprobs = overlap_logprobs(prompt)
     return Reply(text=max(logprobs, key=logprobs.__getitem__), top_logprobs=logprobs)
 
 
@@ -213,8 +214,6 @@ class BiasedJudge:
         max_grade: float = 1.0,
         sharpness: float = 4.0,
     ) -> None:
-        from . import overlap
-
         if bias < 0 or noise < 0 or max_grade <= 0:
             raise ValueError("need bias >= 0, noise >= 0 and max_grade > 0")
         self.relevance: Relevance = relevance or overlap
@@ -241,15 +240,11 @@ class BiasedJudge:
         return out
 
     def _read(self, user: str) -> tuple[list[str], list[float]]:
-        from . import read_prompt
-
         query, blocks = read_prompt(user)
         return [label for label, _ in blocks], self.perceived(query, [text for _, text in blocks], user)
 
     def answer(self, prompt: Prompt) -> str:
         """The answer text to one of llmrerank's built-in prompts."""
-        from . import answer_from
-
         labels, seen = self._read(prompt.user)
         rating = [10 * min(1.0, max(0.0, s / self.max_grade)) for s in seen]
         return answer_from(prompt.user, labels, seen, rating)
@@ -687,7 +682,7 @@ class FakeLLMServer:
             self._prefixes.update(prefixes)
 
     def _route(self, handler: _Handler, method: str, path: str, headers: Mapping[str, str], raw: bytes) -> bool:
-        """Answer an endpoint a subclass adds (see :mod:`llmrerank.testing.batch_server`); True when answered."""
+        """Answer an endpoint a subclass adds (see :mod:`testkit.batch_server`); True when answered."""
         return False
 
 
@@ -886,7 +881,7 @@ def loopback_backend(**options: Any) -> Iterator[Any]:
 
     The loopback oracle for benchmarks; needs the ``openai`` SDK. The server stops when the block ends.
     """
-    from ..backends.openai import OpenAIBackend
+    from llmrerank.backends.openai import OpenAIBackend
 
     with FakeLLMServer(overlap_responder) as server:
         yield OpenAIBackend("fake-model", base_url=server.base_url, api_key="test", likelihood=True, **options)

@@ -1,6 +1,6 @@
 """A loopback server for the providers' batch APIs: OpenAI Files + Batch API, Anthropic Message Batches.
 
-:class:`FakeBatchServer` is a :class:`~llmrerank.testing.server.FakeLLMServer` (so the ordinary
+:class:`FakeBatchServer` is a :class:`~testkit.server.FakeLLMServer` (so the ordinary
 endpoints still work) that also speaks::
 
     POST /v1/files                      GET /v1/files/{id}      GET /v1/files/{id}/content
@@ -16,7 +16,7 @@ the results altogether. Standard library only.
 
 ::
 
-    with FakeBatchServer(overlap_responder, batch_delay=0.2) as srv:  # testing.server's word-overlap judge
+    with FakeBatchServer(overlap_responder, batch_delay=0.2) as srv:  # testkit.server's word-overlap judge
         OpenAIBackend(base_url=srv.base_url, api_key="test")
 """
 
