@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .diagnostics import DIVERSIFIED, DIVERSITY_FAILED, DUPLICATE
 from .errors import ConfigurationError
 from .types import Diagnostic, RankedDocument, is_number
 
@@ -164,15 +165,13 @@ async def diversify(
     except Exception as exc:
         message = f"embedder failed, order kept: {type(exc).__name__}: {exc}"
         logger.warning("llmrerank: %s", message)
-        return ranked, [], [Diagnostic("diversity_failed", message)]
+        return ranked, [], [Diagnostic(DIVERSITY_FAILED, message)]
     notes: list[Diagnostic] = []
     dropped: list[RankedDocument[Any]] = []
     if dedup is not None:
         found = duplicates(vectors, dedup.threshold)
         for p, (kept, similarity) in found.items():
-            note = Diagnostic(
-                "duplicate", f"cosine {similarity:.3f} with document {ranked[kept].index}", ranked[p].index
-            )
+            note = Diagnostic(DUPLICATE, f"cosine {similarity:.3f} with document {ranked[kept].index}", ranked[p].index)
             dropped.append(replace(ranked[p], diagnostics=(*ranked[p].diagnostics, note)))
             notes.append(note)
         ranked = [d for p, d in enumerate(ranked) if p not in found]
@@ -180,7 +179,7 @@ async def diversify(
     if mmr is not None and len(ranked) > 1:
         order = mmr_order(relevance([d.score for d in ranked], kind == "probability"), vectors, mmr.lambda_)
         moved = sum(p != q for p, q in enumerate(order))
-        notes.append(Diagnostic("diversified", f"MMR (lambda {mmr.lambda_}) moved {moved} documents"))
+        notes.append(Diagnostic(DIVERSIFIED, f"MMR (lambda {mmr.lambda_}) moved {moved} documents"))
         ranked = [ranked[p] for p in order]
     return ranked, dropped, notes
 

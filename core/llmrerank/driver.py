@@ -13,6 +13,7 @@ from typing import Any, Literal
 from .adaptive import CALL, AdaptiveLimiter
 from .backends.base import RERANK_ENDS, Backend, Completion, LogLikelihood, Prompt, likelihood_prompt
 from .cache import ResponseCache, alookup_many, astore, store
+from .diagnostics import CONTEXT_SHRUNK
 from .errors import (
     BackendError,
     BackendTimeoutError,
@@ -361,7 +362,7 @@ class Driver:
                 shorter = shorter_prompt(prompt) if context_error else None
                 if shorter is not None and isinstance(failure, ContextLengthError):
                     self.meter.diagnostics.append(
-                        Diagnostic("context_shrunk", f"prompt too long for the model, resent shorter: {failure}")
+                        Diagnostic(CONTEXT_SHRUNK, f"prompt too long for the model, resent shorter: {failure}")
                     )
                     out += await self._call([shorter], after=failure, ask=ask)
                     continue

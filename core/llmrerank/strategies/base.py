@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
 from ..backends.base import Completion, Prompt
+from ..diagnostics import CONTEXT_FITTED, CONTEXT_TOO_SMALL, LOGPROBS_UNUSABLE
 from ..errors import ConfigurationError
 from ..parsing import unusable_logprobs
 from ..prompts import Clip, clip, fit_chars
@@ -120,7 +121,7 @@ def logprobs_note(
         return []
     values = ", ".join(f"{c!r}: {float((answer.choice_logprobs or {})[c])}" for c in bad)
     message = f"{where}{': ' if where else ''}log-probs that no probability has ({values}); the answer's text was read"
-    return [Diagnostic("logprobs_unusable", message, index)]
+    return [Diagnostic(LOGPROBS_UNUSABLE, message, index)]
 
 
 def failure(answer: Any) -> BaseException | None:
@@ -146,9 +147,9 @@ def cut_to_fit(cap: int, ctx: Context) -> list[Diagnostic]:
     """The diagnostics of documents cut to ``cap`` characters to fit ``ctx.context_tokens``:
     ``context_fitted``, and ``context_too_small`` below :data:`USEFUL_DOC_CHARS`."""
     fitted = f"documents cut to {cap} characters to fit {ctx.context_tokens} tokens of context"
-    notes = [Diagnostic("context_fitted", fitted)]
+    notes = [Diagnostic(CONTEXT_FITTED, fitted)]
     if cap < USEFUL_DOC_CHARS:
-        notes.append(Diagnostic("context_too_small", f"{fitted}, under the {USEFUL_DOC_CHARS} a judgment needs"))
+        notes.append(Diagnostic(CONTEXT_TOO_SMALL, f"{fitted}, under the {USEFUL_DOC_CHARS} a judgment needs"))
     return notes
 
 
