@@ -49,7 +49,7 @@ from ..diagnostics import (
 )
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_permutation
-from ..prompts import check_template, clip, document_block, fit_chars, fits, render, system_prompt
+from ..prompts import check_template, clip, document_block, fits, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
 from .base import (
     USEFUL_WINDOW,
@@ -59,8 +59,9 @@ from .base import (
     Ranking,
     Strategy,
     check_int,
-    cut_to_fit,
+    cut_clips,
     failure,
+    fitted_cap,
     logprobs_note,
 )
 
@@ -183,11 +184,7 @@ class Listwise(Strategy):
         while window > 2 and not fits(self._prompt(query, longest[:window], ctx), room, ctx.chars_per_token):
             window -= 1
         step = self.stride if window == full else max(1, round(self.stride * window / self.window))
-
-        def cut(chars: int) -> Prompt:
-            return self._prompt(query, [t[:chars] for t in longest[:window]], ctx)
-
-        return window, min(step, window), fit_chars(cut, len(longest[0]), room, ctx.chars_per_token)
+        return window, min(step, window), fitted_cap(lambda cut: self._prompt(query, cut, ctx), texts, window, ctx)
 
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
         """Sliding windows from the bottom up; one call per window (windows fitted to a known context)."""
@@ -203,9 +200,8 @@ class Listwise(Strategy):
                 windows = self.calls_for(n, window, step)
                 small = f"{note}: {windows} windows for {n} documents, under the {USEFUL_WINDOW} a window needs"
                 diagnostics.append(Diagnostic(CONTEXT_TOO_SMALL, small))
-        if cap is not None:
-            clipped = [clip(c.text, cap) if len(c.text) > cap else c for c in clipped]
-            diagnostics += cut_to_fit(cap, ctx)
+        clipped, cut = cut_clips(clipped, cap, ctx)
+        diagnostics += cut
         diagnostics += [Diagnostic(TRUNCATED, "", i) for i, c in enumerate(clipped) if c.truncated]
         judged: set[int] = set()
         scores: dict[int, float] = {}

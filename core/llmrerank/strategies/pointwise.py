@@ -19,9 +19,9 @@ from ..diagnostics import (
 )
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, choice_mass, parse_reason, parse_score
-from ..prompts import check_template, clip, document_block, fit_chars, render, system_prompt
+from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Context, Plan, Ranking, Strategy, check_int, cut_to_fit, failure, logprobs_note
+from .base import Context, Plan, Ranking, Strategy, check_int, cut_to_fit, failure, fitted_cap, logprobs_note
 
 SCORE_TEMPLATE = (
     "Judge how relevant a document is to a query.\n\n"
@@ -118,14 +118,9 @@ class Pointwise(Strategy):
         method = self.resolve_method(ctx)
         limit = self.max_doc_chars
         diagnostics: list[Diagnostic] = []
-        if ctx.context_tokens is not None and docs:
-            longest = max((clip(d.text, limit).text for d in docs), key=len)
-            cap = fit_chars(
-                lambda c: self._prompt(query, longest[:c], method, ctx),
-                len(longest),
-                ctx.context_tokens,
-                ctx.chars_per_token,
-            )
+        if ctx.context_tokens is not None:
+            texts = [clip(d.text, limit).text for d in docs]
+            cap = fitted_cap(lambda one: self._prompt(query, one[0], method, ctx), texts, 1, ctx)
             if cap is not None:
                 limit = cap
                 diagnostics += cut_to_fit(cap, ctx)
