@@ -67,6 +67,13 @@ class Dedup:
         _check_embedder(self.embedder, "Dedup")
 
 
+def check_mmr(diversity: MMR | None) -> MMR | None:
+    """``diversity`` as given; :class:`~llmrerank.errors.ConfigurationError` unless an :class:`MMR` or None."""
+    if diversity is not None and not isinstance(diversity, MMR):
+        raise ConfigurationError(f"diversity must be an llmrerank.MMR, got {type(diversity).__name__}")
+    return diversity
+
+
 def make_dedup(dedup: Dedup | float | None) -> Dedup | None:
     """``dedup`` as a :class:`Dedup` (a number is its cosine threshold)."""
     if dedup is None or isinstance(dedup, Dedup):

@@ -15,14 +15,14 @@ from .adaptive import DEFAULT_MAX_CONCURRENCY, AdaptiveLimiter
 from .backends.base import Backend, Closing
 from .cache import ResponseCache
 from .calibration import Calibration, calibrate_ranking, load_calibration
-from .diversity import MMR, Dedup, diversify, make_dedup
+from .diversity import MMR, Dedup, check_mmr, diversify, make_dedup
 from .driver import Driver, Meter, OnError
 from .errors import ConfigurationError, InvalidInputError, MissingDependencyError
 from .fusion import Fusion, check_scores, fuse, make_fusion
 from .fusion import first_stage_scores as read_scores
 from .outcome import assess, build_result, complete, drop_below, ranked_documents
 from .prompts import MEASURED_SHARE, clean_query, clip, domain_instruction
-from .runner import run_blocking
+from .runner import blocking
 from .strategies import Strategy, make_strategy, uses_likelihood
 from .strategies.base import Context, Ranking
 from .telemetry import rerank_span
@@ -211,24 +211,18 @@ class Reranker(Closing):
                 "whose /v1/completions echoes prompt log-probs (vLLM)"
             )
         self._fusion_asked = fusion != "auto"
-        if fusion == "auto":
-            preferred = self.strategy.name == self.backend.preferred_strategy
-            self.fusion = self.backend.preferred_fusion if preferred else None
-        else:
-            self.fusion = make_fusion(fusion)
+        self.fusion = self._pick_fusion(fusion)
         self.calibration = self._load_calibration(calibration, min_probability, min_score)
         self.min_probability = min_probability
-        if diversity is not None and not isinstance(diversity, MMR):
-            raise ConfigurationError(f"diversity must be an llmrerank.MMR, got {type(diversity).__name__}")
-        self.diversity = diversity
+        self.diversity = check_mmr(diversity)
         self.dedup = make_dedup(dedup)
         self.domain = domain
-        self.max_concurrency = max_concurrency
         self.on_error = on_error
         self.strict = strict
         self.deadline = deadline
         self.cache = cache
         self.min_score = self._check_min_score(min_score)
+        self.max_concurrency = max_concurrency
         # One adaptive bound for every rerank, thread and event loop of this reranker.
         self._limits = AdaptiveLimiter(max_concurrency)
 
@@ -260,6 +254,14 @@ class Reranker(Closing):
     def first_stage_scores(self, documents: Sequence[Any]) -> list[float | None] | None:
         """The first-stage scores this reranker's fusion would read from ``documents`` (None without fusion)."""
         return None if self.fusion is None else read_scores(documents, self.fusion.keys)
+
+    def _pick_fusion(self, fusion: Fusion | str | None) -> Fusion | None:
+        """``fusion`` made (:func:`~llmrerank.fusion.make_fusion`); ``"auto"``: the backend's
+        ``preferred_fusion`` when the strategy is the backend's preferred one, else none."""
+        if fusion != "auto":
+            return make_fusion(fusion)
+        preferred = self.strategy.name == self.backend.preferred_strategy
+        return self.backend.preferred_fusion if preferred else None
 
     def _check_min_score(self, min_score: float | None) -> float | None:
         """``min_score`` if it is in range and this strategy gives 0-10 ratings; else ConfigurationError."""
@@ -447,23 +449,12 @@ class Reranker(Closing):
             )
         return fused
 
-    def rerank(
-        self,
-        query: str,
-        documents: Sequence[D],
-        top_k: int | None = None,
-        *,
-        min_score: float | None = None,
-        first_stage_scores: Sequence[float | None] | None = None,
-        top_n: int | None = None,
-    ) -> RerankResult[D]:
+    rerank = blocking(
+        arerank,
+        "rerank",
         """Blocking :meth:`arerank`; also safe inside a running event loop.
 
         It runs on llmrerank's one background event loop (:mod:`llmrerank.runner`), so the
         backend's HTTP client and connections are reused from one call to the next.
-        """
-        return run_blocking(
-            self.arerank(
-                query, documents, top_k, min_score=min_score, first_stage_scores=first_stage_scores, top_n=top_n
-            )
-        )
+        """,
+    )
