@@ -207,5 +207,5 @@ def read_score(answer: Completion, method: str) -> tuple[float | None, str]:
         text = answer.text.strip().lower()
         if text.startswith(("yes", "no")):
             return (10.0 if text.startswith("yes") else 0.0), SCORE_PARSED
-        return None, "score_unparsed"
+        return None, SCORE_UNPARSED
     return parse_score(answer.text), SCORE_PARSED
