@@ -158,6 +158,15 @@ def test_a_degraded_row_says_why(tmp_path: Path) -> None:
     assert result["usage"]["failed_calls"] == 1
 
 
+def test_a_row_degraded_by_an_unreadable_score_names_it(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "rows.jsonl", good_rows(1, docs=3))
+    backend = FakeBackend(["N/A (0-10 scale)", "4", "6"])
+    summary = run_batch(path, tmp_path / "out", Reranker("pointwise", backend))
+    (result,) = records(summary.results_path)
+    assert result["status"] == "partial" and result["degraded_reasons"] == ["unreadable_answer"]
+    assert result["degraded_reason"].startswith("score_unparsed") and "N/A" in result["degraded_reason"]
+
+
 def test_rows_in_flight_are_bounded_by_concurrency(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "rows.jsonl", good_rows(12))
     backend = FakeBackend(respond=overlap_judge, delay=0.05)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from .diagnostics import CALIBRATION_SKIPPED
 from .errors import ConfigurationError
 from .strategies.base import Ranking
 from .types import Diagnostic
@@ -248,7 +249,7 @@ def calibrate_ranking(ranking: Ranking, calibration: Calibration) -> Ranking:
     the kind the calibration was fitted on; else as it is, with a ``calibration_skipped`` diagnostic."""
     if ranking.score_kind != calibration.score_kind or not ranking.scores:
         note = f"scores are {ranking.score_kind!r}, the calibration maps {calibration.score_kind!r}: not mapped"
-        ranking.diagnostics.append(Diagnostic("calibration_skipped", note))
+        ranking.diagnostics.append(Diagnostic(CALIBRATION_SKIPPED, note))
         return ranking
     scores = {i: calibration.probability(s) for i, s in ranking.scores.items()}
     return replace(ranking, score_kind="probability", scores=scores)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .diagnostics import DIVERSIFIED, DIVERSITY_FAILED, DUPLICATE
 from .errors import ConfigurationError
 from .types import Diagnostic, RankedDocument, is_number
 
@@ -64,6 +65,13 @@ class Dedup:
         if not (is_number(self.threshold) and 0.0 < self.threshold <= 1.0):
             raise ConfigurationError(f"dedup threshold must be a number in (0, 1], got {self.threshold!r}")
         _check_embedder(self.embedder, "Dedup")
+
+
+def check_mmr(diversity: MMR | None) -> MMR | None:
+    """``diversity`` as given; :class:`~llmrerank.errors.ConfigurationError` unless an :class:`MMR` or None."""
+    if diversity is not None and not isinstance(diversity, MMR):
+        raise ConfigurationError(f"diversity must be an llmrerank.MMR, got {type(diversity).__name__}")
+    return diversity
 
 
 def make_dedup(dedup: Dedup | float | None) -> Dedup | None:
@@ -164,15 +172,13 @@ async def diversify(
     except Exception as exc:
         message = f"embedder failed, order kept: {type(exc).__name__}: {exc}"
         logger.warning("llmrerank: %s", message)
-        return ranked, [], [Diagnostic("diversity_failed", message)]
+        return ranked, [], [Diagnostic(DIVERSITY_FAILED, message)]
     notes: list[Diagnostic] = []
     dropped: list[RankedDocument[Any]] = []
     if dedup is not None:
         found = duplicates(vectors, dedup.threshold)
         for p, (kept, similarity) in found.items():
-            note = Diagnostic(
-                "duplicate", f"cosine {similarity:.3f} with document {ranked[kept].index}", ranked[p].index
-            )
+            note = Diagnostic(DUPLICATE, f"cosine {similarity:.3f} with document {ranked[kept].index}", ranked[p].index)
             dropped.append(replace(ranked[p], diagnostics=(*ranked[p].diagnostics, note)))
             notes.append(note)
         ranked = [d for p, d in enumerate(ranked) if p not in found]
@@ -180,7 +186,7 @@ async def diversify(
     if mmr is not None and len(ranked) > 1:
         order = mmr_order(relevance([d.score for d in ranked], kind == "probability"), vectors, mmr.lambda_)
         moved = sum(p != q for p, q in enumerate(order))
-        notes.append(Diagnostic("diversified", f"MMR (lambda {mmr.lambda_}) moved {moved} documents"))
+        notes.append(Diagnostic(DIVERSIFIED, f"MMR (lambda {mmr.lambda_}) moved {moved} documents"))
         ranked = [ranked[p] for p in order]
     return ranked, dropped, notes
 

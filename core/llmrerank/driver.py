@@ -7,12 +7,13 @@ import contextlib
 import contextvars
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Any, Literal
 
-from .adaptive import CALL, AdaptiveLimiter
+from .adaptive import CALL, AdaptiveLimiter, Slot
 from .backends.base import RERANK_ENDS, Backend, Completion, LogLikelihood, Prompt, likelihood_prompt
 from .cache import ResponseCache, alookup_many, astore, store
+from .diagnostics import CONTEXT_SHRUNK
 from .errors import (
     BackendError,
     BackendTimeoutError,
@@ -77,17 +78,22 @@ class Meter:
 
     def usage(self, wall_seconds: float) -> Usage:
         """Freeze the counters."""
-        return Usage(
-            calls=self.calls,
-            cached_calls=self.cached_calls,
-            failed_calls=self.failed_calls,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            llm_seconds=self.llm_seconds,
-            wall_seconds=wall_seconds,
-            cached_prompt_tokens=self.cached_prompt_tokens,
-            reasoning_tokens=self.reasoning_tokens,
-        )
+        counters = {f.name: getattr(self, f.name) for f in fields(Usage) if f.name != "wall_seconds"}
+        return Usage(**counters, wall_seconds=wall_seconds)
+
+    def count(self, answer: Completion) -> None:
+        """Add an answered call and its tokens."""
+        self.calls += 1
+        self.prompt_tokens += answer.prompt_tokens
+        self.completion_tokens += answer.completion_tokens
+        self.cached_prompt_tokens += answer.cached_prompt_tokens
+        self.reasoning_tokens += answer.reasoning_tokens
+        self.model = self.model or answer.model
+
+    def count_timeout(self, answer: Completion | BaseException) -> None:
+        """Open the circuit after :data:`CIRCUIT_TIMEOUTS` timed-out answers in a row."""
+        self.timeouts_in_a_row = self.timeouts_in_a_row + 1 if isinstance(answer, BackendTimeoutError) else 0
+        self.circuit_open |= self.timeouts_in_a_row >= CIRCUIT_TIMEOUTS
 
 
 def _as_failure(exc: Exception, backend: Backend) -> LLMRerankError:
@@ -128,7 +134,8 @@ def shorter_prompt(prompt: Prompt) -> Prompt | None:
 
 
 def is_fatal(error: BaseException, on_error: OnError) -> bool:
-    """Whether ``error`` must end the rerank under ``on_error`` instead of degrading it."""
+    """Whether the failure of a call, ``error``, must end the rerank under ``on_error`` instead of
+    degrading it. (A deadline or a prefilter ends it only under ``"raise"``: :meth:`Driver._unless_raising`.)"""
     if not isinstance(error, BackendError):
         return True  # configuration problems, ParseError, anything unexpected
     if on_error == "raise":
@@ -136,6 +143,7 @@ def is_fatal(error: BaseException, on_error: OnError) -> bool:
     return error.permanent and on_error != "degrade_all"
 
 
+@dataclass(eq=False)
 class Driver:
     """Executes plans for one backend.
 
@@ -143,24 +151,16 @@ class Driver:
     bounds one rerank: calls still running then are cancelled and count as failed.
     """
 
-    def __init__(
-        self,
-        backend: Backend,
-        limiter: AdaptiveLimiter,
-        *,
-        on_error: OnError = "degrade",
-        deadline: float | None = None,
-        cache: ResponseCache | None = None,
-    ) -> None:
-        self.backend = backend
-        self.limiter = limiter
-        self.on_error = on_error
-        self.deadline = deadline
-        self.cache = cache
-        self.meter = Meter()
-        self._ends_at: float | None = None
-        self._writes: list[asyncio.Future[None]] = []
-        self._check: asyncio.Future[bool | None] | None = None
+    backend: Backend
+    limiter: AdaptiveLimiter
+    _: KW_ONLY
+    on_error: OnError = "degrade"
+    deadline: float | None = None
+    cache: ResponseCache | None = None
+    meter: Meter = field(default_factory=Meter, init=False)
+    _ends_at: float | None = field(default=None, init=False)
+    _writes: list[asyncio.Future[None]] = field(default_factory=list, init=False)
+    _check: asyncio.Future[bool | None] | None = field(default=None, init=False)
 
     async def run(self, plan: Plan) -> Ranking:
         """Drive ``plan`` to its :class:`Ranking`."""
@@ -221,17 +221,25 @@ class Driver:
         try:
             return await asyncio.wait_for(asyncio.to_thread(step.scorer, step.pairs), self._remaining())
         except asyncio.TimeoutError:
-            self.meter.deadline_hit = True
-            error = DeadlineExceededError(f"deadline of {self.deadline}s passed in the prefilter")
-            if self.on_error == "raise":
-                raise error from None
-            return error
+            return self._unless_raising(self._deadline_passed(" in the prefilter"))
         except ConfigurationError:
             raise  # a missing sentence-transformers or model file is not a passing fault
         except Exception as exc:
-            if self.on_error == "raise":
-                raise BackendError(f"prefilter failed: {type(exc).__name__}: {exc}") from exc
-            return exc
+            return self._unless_raising(exc, BackendError(f"prefilter failed: {type(exc).__name__}: {exc}"))
+
+    def _deadline_passed(self, when: str) -> DeadlineExceededError:
+        """Note that the rerank's deadline passed; the error that stands for what it cut off."""
+        self.meter.deadline_hit = True
+        return DeadlineExceededError(f"deadline of {self.deadline}s passed{when}")
+
+    def _unless_raising(self, error: BaseException, raised: BaseException | None = None) -> BaseException:
+        """``error``, to stand for an answer that did not come; under ``on_error="raise"`` the rerank
+        ends instead with ``raised`` (caused by ``error``), or with ``error`` itself."""
+        if self.on_error == "raise":
+            if raised is None:
+                raise error from None
+            raise raised from error
+        return error
 
     async def _prompts(self, prompts: Sequence[Prompt], ask: Ask | None = None) -> list[Completion | BaseException]:
         answers: list[Completion | BaseException | None] = [None] * len(prompts)
@@ -250,11 +258,8 @@ class Driver:
         chunks = [todo[k : k + size] for k in range(0, len(todo), size)]
         remaining = self._remaining()
         if chunks and remaining is not None and remaining <= 0:
-            self.meter.deadline_hit = True
-            if self.on_error == "raise":
-                raise DeadlineExceededError(f"deadline of {self.deadline}s passed")
             for i in todo:
-                answers[i] = DeadlineExceededError(f"deadline of {self.deadline}s passed before this call")
+                answers[i] = self._unless_raising(self._deadline_passed(" before this call"))
             return [a for a in answers if a is not None]
         tasks = [asyncio.ensure_future(self._call([prompts[i] for i in chunk], ask=ask)) for chunk in chunks]
         closed = False
@@ -276,12 +281,9 @@ class Driver:
                 await asyncio.gather(*tasks, return_exceptions=True)
         for chunk, task in zip(chunks, tasks, strict=True):
             if task.cancelled():
-                self.meter.deadline_hit = True
                 self.meter.calls += len(chunk)
                 self.meter.failed_calls += len(chunk)
-                error = DeadlineExceededError(f"deadline of {self.deadline}s passed during this call")
-                if self.on_error == "raise":
-                    raise error
+                error = self._unless_raising(self._deadline_passed(" during this call"))
                 for i in chunk:
                     answers[i] = error
                 continue
@@ -311,23 +313,44 @@ class Driver:
         theirs names it as its first cause (:attr:`~llmrerank.errors.BackendError.earlier`).
         ``ask``: how to send them instead of :meth:`Backend.generate` (likelihood requests).
         """
+        slot = await self._slot()
+        if slot is None:
+            skipped = BackendError("not sent: earlier calls of this rerank timed out", backend=self.backend.name)
+            return [skipped] * len(prompts)
+        results = await self._send(prompts, slot, ask)
+        self._feedback(slot, results)
+        if any(isinstance(r, BackendTimeoutError) for r in results) and not self.meter.circuit_open:
+            await self._check_silence()
+        out: list[Completion | BaseException] = []
+        for prompt, result in zip(prompts, results, strict=True):
+            self.meter.count_timeout(result)
+            if isinstance(result, Exception):
+                out += await self._failed(prompt, result, after, ask)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                out.append(self._answered(prompt, result))
+        return out
+
+    async def _slot(self) -> Slot | None:
+        """A slot of the limiter, once a pending check of the server is over; None (and no slot
+        held) when the circuit is open."""
         slot = await self.limiter.take()
         if self._check is not None and not self._check.done():
             await asyncio.wait([self._check])  # a call timed out: send nothing more until the server answers a check
         if self.meter.circuit_open:
             self.limiter.give(slot)
-            skipped = BackendError("not sent: earlier calls of this rerank timed out", backend=self.backend.name)
-            return [skipped] * len(prompts)
+            return None
+        return slot
+
+    async def _send(self, prompts: list[Prompt], slot: Slot, ask: Ask | None) -> list[Completion | BaseException]:
+        """The backend's answers to ``prompts`` (an exception stands for each when the call fails),
+        timed and traced; the slot is given back when they come."""
         token = CALL.set((self.limiter, slot))  # for the SDK's HTTP hooks (llmrerank.adaptive)
         span = start_call_span(self.backend, prompts, likelihood=ask is not None)
         start = time.perf_counter()
         try:
-            if ask is not None:
-                results: list[Completion | BaseException] = await ask(prompts)
-            elif len(prompts) == 1 and self.backend.batch_size <= 1:
-                results = [await self.backend.generate(prompts[0])]
-            else:
-                results = await self.backend.generate_batch(prompts)
+            results = await self._generate(prompts, ask)
         except Exception as exc:
             results = [exc] * len(prompts)
         except BaseException as exc:  # cancelled: the deadline, a fatal sibling call, a client gone
@@ -338,48 +361,49 @@ class Driver:
             reset_var(CALL, token)
             self.limiter.give(slot)
         span.end(results)
+        return results
+
+    async def _generate(self, prompts: list[Prompt], ask: Ask | None) -> list[Completion | BaseException]:
+        if ask is not None:
+            return await ask(prompts)
+        if len(prompts) == 1 and self.backend.batch_size <= 1:
+            return [await self.backend.generate(prompts[0])]
+        return await self.backend.generate_batch(prompts)
+
+    def _feedback(self, slot: Slot, results: Sequence[Completion | BaseException]) -> None:
+        """Tell the limiter how the call went: a rate limit (that the HTTP hook did not see, from
+        another backend) cuts the limit; a call with no failure grows it."""
         limited = [r for r in results if isinstance(r, RateLimitError)]
-        if limited and not slot.rate_limited:  # one the HTTP hook did not see (another backend)
+        if limited and not slot.rate_limited:
             self.limiter.rate_limited(slot, limited[0].retry_after)
         elif not any(isinstance(r, BaseException) for r in results):
             self.limiter.succeeded(slot)
-        if any(isinstance(r, BackendTimeoutError) for r in results) and not self.meter.circuit_open:
-            await self._check_silence()
-        out: list[Completion | BaseException] = []
-        for prompt, result in zip(prompts, results, strict=True):
-            timed_out = isinstance(result, BackendTimeoutError)
-            self.meter.timeouts_in_a_row = self.meter.timeouts_in_a_row + 1 if timed_out else 0
-            self.meter.circuit_open |= self.meter.timeouts_in_a_row >= CIRCUIT_TIMEOUTS
-            if isinstance(result, Exception):
-                failure = _as_failure(result, self.backend)
-                self.meter.calls += 1
-                if isinstance(failure, BackendError) and after is not None and failure is not after:
-                    failure.earlier = after
-                if isinstance(failure, ContextLengthError):
-                    learn_context(self.backend, failure)
-                context_error = isinstance(failure, ContextLengthError) and after is None
-                shorter = shorter_prompt(prompt) if context_error else None
-                if shorter is not None and isinstance(failure, ContextLengthError):
-                    self.meter.diagnostics.append(
-                        Diagnostic("context_shrunk", f"prompt too long for the model, resent shorter: {failure}")
-                    )
-                    out += await self._call([shorter], after=failure, ask=ask)
-                    continue
-                self.meter.failed_calls += 1
-                self.meter.errors.append(failure)
-                if is_fatal(failure, self.on_error):
-                    raise failure
-                out.append(failure)
-                continue
-            if isinstance(result, BaseException):
-                raise result
-            self.meter.calls += 1
-            self.meter.prompt_tokens += result.prompt_tokens
-            self.meter.completion_tokens += result.completion_tokens
-            self.meter.cached_prompt_tokens += result.cached_prompt_tokens
-            self.meter.reasoning_tokens += result.reasoning_tokens
-            self.meter.model = self.meter.model or result.model
-            if self.cache is not None:
-                self._store(self.cache, prompt, result)
-            out.append(result)
-        return out
+
+    async def _failed(
+        self, prompt: Prompt, result: Exception, after: BackendError | None, ask: Ask | None
+    ) -> list[Completion | BaseException]:
+        """A failed call counted, and its error as the answer (raised when fatal); a prompt too long
+        for the model is resent once, shorter (:func:`shorter_prompt`), and that answer stands."""
+        failure = _as_failure(result, self.backend)
+        self.meter.calls += 1
+        if isinstance(failure, BackendError) and after is not None and failure is not after:
+            failure.earlier = after
+        if isinstance(failure, ContextLengthError):
+            learn_context(self.backend, failure)
+            shorter = shorter_prompt(prompt) if after is None else None
+            if shorter is not None:
+                message = f"prompt too long for the model, resent shorter: {failure}"
+                self.meter.diagnostics.append(Diagnostic(CONTEXT_SHRUNK, message))
+                return await self._call([shorter], after=failure, ask=ask)
+        self.meter.failed_calls += 1
+        self.meter.errors.append(failure)
+        if is_fatal(failure, self.on_error):
+            raise failure
+        return [failure]
+
+    def _answered(self, prompt: Prompt, answer: Completion) -> Completion:
+        """An answer counted, and cached."""
+        self.meter.count(answer)
+        if self.cache is not None:
+            self._store(self.cache, prompt, answer)
+        return answer

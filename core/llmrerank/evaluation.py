@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
+from .diagnostics import PROBLEM_CODES
 from .errors import ConfigurationError, InvalidInputError, require
 from .pricing import PRICES_AS_OF, PriceSource, cost_basis
 from .reranker import Reranker
@@ -661,19 +662,6 @@ async def _run_all(
         await asyncio.gather(*running, return_exceptions=True)
         if isinstance(reranker, Reranker):
             await reranker.backend.aclose()
-
-
-PROBLEM_CODES = frozenset(
-    {
-        "call_failed",
-        "fallback_input_order",
-        "score_unparsed",
-        "choice_unparsed",
-        "prefilter_failed",
-        "deadline_exceeded",
-    }
-)
-"""Diagnostic codes that explain a degraded result."""
 
 
 def _problems(result: RerankResult[Any]) -> tuple[Diagnostic, ...]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from numbers import Real
 from typing import Any, Literal
 
+from .diagnostics import FIRST_STAGE_MISSING, FUSED, FUSION_SKIPPED
 from .errors import ConfigurationError, InvalidInputError
 from .strategies.base import Ranking
 from .types import Diagnostic
@@ -189,7 +190,7 @@ def fuse(ranking: Ranking, first_stage: Sequence[float | None], fusion: Fusion) 
     present = [first_stage[i] for i in judged if first_stage[i] is not None]
     diagnostics = list(ranking.diagnostics)
     if not judged:
-        diagnostics.append(Diagnostic("fusion_skipped", "the LLM judged no document"))
+        diagnostics.append(Diagnostic(FUSION_SKIPPED, "the LLM judged no document"))
         return replace(ranking, diagnostics=diagnostics)
     source = f"{len(present)} first-stage scores"
     if not present:
@@ -201,7 +202,7 @@ def fuse(ranking: Ranking, first_stage: Sequence[float | None], fusion: Fusion) 
     low = min(s for s in present if s is not None)
     for i in judged:
         if first_stage[i] is None:
-            diagnostics.append(Diagnostic("first_stage_missing", "no first-stage score: counted as the lowest", i))
+            diagnostics.append(Diagnostic(FIRST_STAGE_MISSING, "no first-stage score: counted as the lowest", i))
     retriever = [low if (s := first_stage[i]) is None else s for i in judged]
     llm = llm_values(ranking, judged)
     w = float(fusion.weight)
@@ -214,7 +215,7 @@ def fuse(ranking: Ranking, first_stage: Sequence[float | None], fusion: Fusion) 
     fused = dict(zip(judged, values, strict=True))
     position = {i: p for p, i in enumerate(ranking.order)}
     order = sorted(judged, key=lambda i: (-fused[i], position[i])) + [i for i in ranking.order if i in ranking.unjudged]
-    diagnostics.append(Diagnostic("fused", f"{fusion.describe()} with {source}"))
+    diagnostics.append(Diagnostic(FUSED, f"{fusion.describe()} with {source}"))
     return replace(ranking, order=order, score_kind="fused", scores=fused, diagnostics=diagnostics)
 
 

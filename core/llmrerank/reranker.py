@@ -14,25 +14,21 @@ from .adaptive import DEFAULT_MAX_CONCURRENCY, AdaptiveLimiter
 from .backends.base import Backend, Closing
 from .cache import ResponseCache
 from .calibration import Calibration, calibrate_ranking, load_calibration
-from .diversity import MMR, Dedup, diversify, make_dedup
+from .diversity import MMR, Dedup, check_mmr, diversify, make_dedup
 from .driver import Driver, Meter, OnError
 from .errors import ConfigurationError, InvalidInputError
 from .fusion import Fusion, check_scores, first_stage_score, fuse, make_fusion
+from .outcome import assess, build_result, complete, drop_below, ranked_documents
 from .prompts import MEASURED_SHARE, clean_query, clip, domain_instruction
 from .routing import backend_for, default_backend
-from .runner import run_blocking
+from .runner import blocking
 from .strategies import Strategy, make_strategy, uses_likelihood
 from .strategies.base import Context, Ranking
 from .telemetry import rerank_span
 from .types import (
-    ABSOLUTE_SCORE_KINDS,
-    DEGRADED_REASONS,
     D,
-    Diagnostic,
     Document,
-    RankedDocument,
     RerankResult,
-    Status,
     check_query,
     check_top_k,
     document_list,
@@ -166,24 +162,18 @@ class Reranker(Closing):
                 "whose /v1/completions echoes prompt log-probs (vLLM)"
             )
         self._fusion_asked = fusion != "auto"
-        if fusion == "auto":
-            preferred = self.strategy.name == self.backend.preferred_strategy
-            self.fusion = self.backend.preferred_fusion if preferred else None
-        else:
-            self.fusion = make_fusion(fusion)
+        self.fusion = self._pick_fusion(fusion)
         self.calibration = self._load_calibration(calibration, min_probability, min_score)
         self.min_probability = min_probability
-        if diversity is not None and not isinstance(diversity, MMR):
-            raise ConfigurationError(f"diversity must be an llmrerank.MMR, got {type(diversity).__name__}")
-        self.diversity = diversity
+        self.diversity = check_mmr(diversity)
         self.dedup = make_dedup(dedup)
         self.domain = domain
-        self.max_concurrency = max_concurrency
         self.on_error = on_error
         self.strict = strict
         self.deadline = deadline
         self.cache = cache
         self.min_score = self._check_min_score(min_score)
+        self.max_concurrency = max_concurrency
         # One adaptive bound for every rerank, thread and event loop of this reranker.
         self._limits = AdaptiveLimiter(max_concurrency)
 
@@ -216,6 +206,14 @@ class Reranker(Closing):
         """The first-stage scores this reranker's fusion reads from ``documents`` (None without
         fusion): what ``rerank(..., first_stage_scores=...)`` gives in their place."""
         return None if self.fusion is None else _scores_in(documents, self.fusion)
+
+    def _pick_fusion(self, fusion: Fusion | str | None) -> Fusion | None:
+        """``fusion`` made (:func:`~llmrerank.fusion.make_fusion`); ``"auto"``: the backend's
+        ``preferred_fusion`` when the strategy is the backend's preferred one, else none."""
+        if fusion != "auto":
+            return make_fusion(fusion)
+        preferred = self.strategy.name == self.backend.preferred_strategy
+        return self.backend.preferred_fusion if preferred else None
 
     def _check_min_score(self, min_score: float | None) -> float | None:
         """``min_score`` if it is in range and this strategy gives 0-10 ratings; else ConfigurationError."""
@@ -329,94 +327,62 @@ class Reranker(Closing):
         threshold = self.min_score if min_score is None else self._check_min_score(min_score)
         originals = document_list(documents)
         docs = normalize_documents(originals)
-        if first_stage_scores is not None:
-            if self.fusion is None:
-                raise ConfigurationError("first_stage_scores need fusion: Reranker(..., fusion=Fusion(...))")
-            first_stage_scores = check_scores(first_stage_scores, len(docs))
+        explicit = self._check_first_stage(first_stage_scores, len(docs))
         prompt_query = clean_query(query)
         if not prompt_query:
             raise InvalidInputError("query is empty once control and invisible characters are removed")
         name = self.strategy.name
         if not docs:
             return RerankResult((), query, name, "input_order")
+        ranking, meter = await self._run(prompt_query, docs, top_k)
+        ranking = self._rescore(ranking, originals, explicit)
+        outcome = assess(ranking, meter, len(docs), name, self.deadline)
+        if outcome.warning is not None:
+            logger.warning("llmrerank: %s", outcome.warning)
+        ranked = ranked_documents(ranking, originals, outcome)
+        ranked, dropped = drop_below(ranked, outcome.score_kind, threshold, self.min_probability)
+        texts = [d.text for d in docs]
+        ranked, duplicate, notes = await diversify(ranked, texts, outcome.score_kind, self.diversity, self.dedup)
+        usage = meter.usage(time.perf_counter() - started)
+        return build_result(
+            query,
+            name,
+            outcome,
+            ranked,
+            top_k=top_k,
+            usage=usage,
+            model=meter.model,
+            dropped=dropped + duplicate,
+            notes=notes,
+        )
+
+    def _check_first_stage(
+        self, first_stage_scores: Sequence[float | None] | None, n: int
+    ) -> Sequence[float | None] | None:
+        """``first_stage_scores`` checked against ``n`` documents; they need fusion."""
+        if first_stage_scores is None:
+            return None
+        if self.fusion is None:
+            raise ConfigurationError("first_stage_scores need fusion: Reranker(..., fusion=Fusion(...))")
+        return check_scores(first_stage_scores, n)
+
+    def _rescore(self, ranking: Ranking, originals: Sequence[Any], explicit: Sequence[float | None] | None) -> Ranking:
+        """The LLM's scores fused with the first-stage ones, or calibrated, as this reranker is set."""
+        if self.fusion is not None:
+            ranking = self._fuse(self.fusion, ranking, originals, explicit)
+        if self.calibration is not None:
+            ranking = calibrate_ranking(ranking, self.calibration)
+        return ranking
+
+    async def _run(self, prompt_query: str, docs: Sequence[Document], top_k: int | None) -> tuple[Ranking, Meter]:
+        """The strategy's plan, driven against the backend with prompts fitted to its context."""
         await self.backend.discover()  # once per backend: its context size, where the server reports it
         ctx = self._context(top_k)
         if ctx.context_tokens is not None:
             ctx = replace(ctx, chars_per_token=await self._chars_per_token(prompt_query, docs, ctx))
         driver = Driver(self.backend, self._limiter(), on_error=self.on_error, deadline=self.deadline, cache=self.cache)
         ranking = await driver.run(self.strategy.plan(prompt_query, docs, ctx))
-        ranking = _complete(ranking, len(docs))
-        if self.fusion is not None:
-            ranking = self._fuse(self.fusion, ranking, originals, first_stage_scores)
-        if self.calibration is not None:
-            ranking = calibrate_ranking(ranking, self.calibration)
-        meter = driver.meter
-        diagnostics = list(ranking.diagnostics) + meter.diagnostics
-        if meter.deadline_hit:
-            diagnostics.append(Diagnostic("deadline_exceeded", f"deadline of {self.deadline}s passed"))
-        if meter.silent:
-            diagnostics.append(
-                Diagnostic(
-                    "circuit_open", "a call timed out and the server did not answer a check; the rest were not sent"
-                )
-            )
-        elif meter.circuit_open:
-            diagnostics.append(Diagnostic("circuit_open", "calls kept timing out; the rest were not sent"))
-        unjudged = ranking.unjudged & set(range(len(docs)))
-        left_out = any(d.code == "missing_appended" and d.index in unjudged for d in diagnostics)
-        reasons = degraded_reasons(bool(meter.errors), meter.deadline_hit, diagnostics, left_out)
-        degraded = bool(reasons) or bool(unjudged)
-        if degraded and not reasons:
-            reasons = ("unreadable_answer",)
-        status: Status = "reranked"
-        kind = ranking.score_kind
-        if degraded:
-            status = "fallback" if len(unjudged) == len(docs) else "partial"
-            if status == "fallback" and not ranking.scores:
-                kind = "input_order"
-            why = describe_degraded(name, reasons, meter, diagnostics, len(unjudged), len(docs))
-            logger.warning("llmrerank: %s", why)
-        by_index: dict[int, list[Diagnostic]] = {}
-        for d in diagnostics:
-            if d.index is not None:
-                by_index.setdefault(d.index, []).append(d)
-        ranked = [
-            RankedDocument(
-                index=i,
-                document=originals[i],
-                score=ranking.scores.get(i),
-                rank=0,
-                reason=ranking.reasons.get(i),
-                diagnostics=tuple(by_index.get(i, ())),
-                fallback=i in unjudged,
-            )
-            for i in ranking.order
-        ]
-        dropped: list[RankedDocument[D]] = []
-        if threshold is not None and kind in ABSOLUTE_SCORE_KINDS:
-            # Unscored (fallback) documents were not judged below the threshold: they stay.
-            dropped = [d for d in ranked if d.score is not None and d.score < threshold]
-            ranked = [d for d in ranked if d.score is None or d.score >= threshold]
-        if self.min_probability is not None and kind == "probability":
-            dropped = [d for d in ranked if d.score is not None and d.score < self.min_probability]
-            ranked = [d for d in ranked if d.score is None or d.score >= self.min_probability]
-        ranked, duplicate, notes = await diversify(ranked, [d.text for d in docs], kind, self.diversity, self.dedup)
-        dropped += duplicate
-        diagnostics += notes
-        kept = ranked[:top_k] if top_k else ranked
-        return RerankResult(
-            items=tuple(replace(d, rank=r + 1) for r, d in enumerate(kept)),
-            query=query,
-            strategy=name,
-            score_kind=kind,
-            usage=meter.usage(time.perf_counter() - started),
-            diagnostics=tuple(diagnostics),
-            degraded=degraded,
-            degraded_reasons=reasons,
-            status=status,
-            dropped=tuple(dropped),
-            model=meter.model,
-        )
+        return complete(ranking, len(docs)), driver.meter
 
     def _fuse(
         self, fusion: Fusion, ranking: Ranking, originals: Sequence[Any], explicit: Sequence[float | None] | None
@@ -435,98 +401,17 @@ class Reranker(Closing):
             )
         return fused
 
-    def rerank(
-        self,
-        query: str,
-        documents: Sequence[D],
-        top_k: int | None = None,
-        *,
-        min_score: float | None = None,
-        first_stage_scores: Sequence[float | None] | None = None,
-        top_n: int | None = None,
-    ) -> RerankResult[D]:
+    rerank = blocking(
+        arerank,
+        "rerank",
         """Blocking :meth:`arerank`; also safe inside a running event loop.
 
         It runs on llmrerank's one background event loop (:mod:`llmrerank.runner`), so the
         backend's HTTP client and connections are reused from one call to the next.
-        """
-        return run_blocking(
-            self.arerank(
-                query, documents, top_k, min_score=min_score, first_stage_scores=first_stage_scores, top_n=top_n
-            )
-        )
+        """,
+    )
 
 
 def _scores_in(documents: Sequence[Any], fusion: Fusion) -> list[float | None]:
     """Each document's first-stage score under ``fusion``'s keys (None where it has none)."""
     return [first_stage_score(doc, fusion.keys) for doc in documents]
-
-
-def _complete(ranking: Ranking, n: int) -> Ranking:
-    """Guard the never-lose-a-document promise against a faulty custom strategy."""
-    order = list(dict.fromkeys(i for i in ranking.order if 0 <= i < n))
-    if len(order) < n:
-        seen = set(order)
-        ranking.diagnostics.append(
-            Diagnostic("strategy_repaired", f"strategy returned {len(order)} of {n} documents; rest appended")
-        )
-        order += [i for i in range(n) if i not in seen]
-    ranking.order = order
-    return ranking
-
-
-UNREADABLE_CODES = frozenset({"fallback_input_order", "score_unparsed", "choice_unparsed"})
-"""Diagnostic codes of answers that held nothing readable."""
-
-
-def degraded_reasons(
-    calls_failed: bool, deadline_hit: bool, diagnostics: Sequence[Diagnostic], left_out: bool = False
-) -> tuple[str, ...]:
-    """The :data:`~llmrerank.types.DEGRADED_REASONS` that apply, in that order (``left_out``: an
-    answer left out documents that no other answer placed)."""
-    codes = {d.code for d in diagnostics}
-    found = {
-        "call_failed": calls_failed,
-        "unreadable_answer": bool(codes & UNREADABLE_CODES),
-        "incomplete_answer": left_out,
-        "prefilter_failed": "prefilter_failed" in codes,
-        "deadline_exceeded": deadline_hit,
-        "context_too_small": "context_too_small" in codes,
-    }
-    return tuple(code for code in DEGRADED_REASONS if found[code])
-
-
-def _cause(error: BaseException) -> str:
-    """``Class (HTTP status): message``, the message cut to 160 characters (without its earlier cause)."""
-    status = getattr(error, "status_code", None)
-    return f"{type(error).__name__}" + (f" (HTTP {status})" if status else "") + f": {Exception.__str__(error)[:160]}"
-
-
-def describe_degraded(
-    strategy: str, reasons: Sequence[str], meter: Meter, diagnostics: Sequence[Diagnostic], unjudged: int, n: int
-) -> str:
-    """One line naming why a rerank degraded: the first error's class and status (and the error it
-    followed, when it was the retry of a context-length error), the start of an unreadable answer."""
-    parts = []
-    if meter.errors:
-        first = meter.errors[0]
-        earlier = getattr(first, "earlier", None)
-        parts.append(
-            f"{meter.failed_calls} of {meter.calls} calls failed, first {_cause(first)}"
-            + (f", after {_cause(earlier)}" if earlier is not None else "")
-        )
-    unreadable = [d for d in diagnostics if d.code in UNREADABLE_CODES]
-    if unreadable:
-        parts.append(f"{len(unreadable)} unreadable answer(s), first: {unreadable[0].message[:120]}")
-    if "incomplete_answer" in reasons:
-        repaired = next((d.message for d in diagnostics if d.code == "permutation_repaired"), "")
-        left_out = {d.index for d in diagnostics if d.code == "missing_appended"}
-        parts.append(f"answers left out {len(left_out)} document(s), first: {repaired[:120]}")
-    prefilter = next((d for d in diagnostics if d.code == "prefilter_failed"), None)
-    if prefilter is not None:
-        parts.append(f"prefilter failed: {prefilter.message[:160]}")
-    small = next((d for d in diagnostics if d.code == "context_too_small"), None)
-    if small is not None:
-        parts.append(f"context too small: {small.message[:200]}")
-    placed = f"{unjudged} of {n} documents keep a fallback place" if unjudged else "every document was placed"
-    return f"{strategy} rerank degraded ({', '.join(reasons)}): {'; '.join(parts) or 'see diagnostics'}; {placed}"

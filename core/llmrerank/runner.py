@@ -13,15 +13,18 @@ import atexit
 import concurrent.futures
 import contextlib
 import contextvars
+import functools
 import os
 import threading
 import weakref
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .errors import ConfigurationError
 
 T = TypeVar("T")
+S = TypeVar("S")
+P = ParamSpec("P")
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -120,3 +123,21 @@ def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
 
 
 __all__ = ["background_loop", "run_blocking"]
+
+
+def blocking(
+    method: Callable[Concatenate[S, P], Coroutine[Any, Any, T]], name: str, doc: str
+) -> Callable[Concatenate[S, P], T]:
+    """The blocking twin, called ``name`` and documented by ``doc``, of the coroutine method
+    ``method``: the same parameters, run by :func:`run_blocking`. It calls the instance's own
+    ``method`` (a subclass's override too), as ``return run_blocking(self.method(...))`` would."""
+    async_name = method.__name__
+
+    @functools.wraps(method)
+    def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return run_blocking(getattr(self, async_name)(*args, **kwargs))
+
+    run.__name__ = name
+    run.__qualname__ = f"{method.__qualname__.rpartition('.')[0]}.{name}".lstrip(".")
+    run.__doc__ = doc
+    return run

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..diagnostics import PROBLEM_CODES, ROUTINE_CODES
 from ..errors import ConfigurationError, InvalidInputError, LLMRerankError
 from ..types import RerankResult, Usage
 from .rows import BadRow, Row
@@ -37,10 +38,6 @@ ERRORS = "errors.jsonl"
 TREC = "run.trec"
 MANIFEST = "job.json"
 SYNC_SECONDS = 1.0
-ROUTINE_CODES = frozenset({"score_parsed", "score_from_logprobs"})
-"""Per-document diagnostics that only say how a score was read; counted per row, not listed per candidate."""
-FAILURE_CODES = ("call_failed", "deadline_exceeded", "prefilter_failed", "fallback_input_order")
-"""Diagnostics that explain a degraded result, most telling first."""
 
 
 class AppendLog:
@@ -211,9 +208,11 @@ def result_line(row: Row, result: RerankResult) -> dict[str, Any]:
     ``candidates`` are best first: ``id``, ``rank``, ``score`` (None when the reranker had none;
     ``score_kind`` says what it means), ``input_rank`` (1-based position in the input),
     ``input_score`` when the input had one, ``reason`` when the strategy gave one, and
-    ``diagnostics`` (codes other than :data:`ROUTINE_CODES`) when there are any. ``diagnostics``
+    ``diagnostics`` (codes other than :data:`~llmrerank.diagnostics.ROUTINE_CODES`: those are
+    counted per row, not listed per candidate) when there are any. ``diagnostics``
     at the top counts every code. ``status``, ``degraded`` and ``degraded_reasons`` are the result's
-    (:attr:`~llmrerank.RerankResult.status`); ``degraded_reason`` is the first failure's diagnostic;
+    (:attr:`~llmrerank.RerankResult.status`); ``degraded_reason`` is the first failure's diagnostic
+    (:data:`~llmrerank.diagnostics.PROBLEM_CODES`, most telling first);
     a candidate no model answer placed has ``"fallback": true``.
     """
     counts: dict[str, int] = {}
@@ -221,7 +220,7 @@ def result_line(row: Row, result: RerankResult) -> dict[str, Any]:
         counts[d.code] = counts.get(d.code, 0) + 1
     reason = None
     if result.degraded:
-        failures = [d for code in FAILURE_CODES for d in result.diagnostics if d.code == code]
+        failures = [d for code in PROBLEM_CODES for d in result.diagnostics if d.code == code]
         reason = (failures[0].code + (f": {failures[0].message}" if failures[0].message else "")) if failures else None
     candidates = []
     for item in result:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
 from ..backends.base import Completion, Prompt
+from ..diagnostics import CONTEXT_FITTED, CONTEXT_TOO_SMALL, LOGPROBS_UNUSABLE
 from ..errors import ConfigurationError
 from ..parsing import unusable_logprobs
 from ..prompts import Clip, clip, fit_chars
@@ -123,7 +124,7 @@ def logprobs_note(
         return []
     values = ", ".join(f"{c!r}: {float((answer.choice_logprobs or {})[c])}" for c in bad)
     message = f"{where}{': ' if where else ''}log-probs that no probability has ({values}); the answer's text was read"
-    return [Diagnostic("logprobs_unusable", message, index)]
+    return [Diagnostic(LOGPROBS_UNUSABLE, message, index)]
 
 
 def failure(answer: Any) -> BaseException | None:
@@ -149,10 +150,30 @@ def cut_to_fit(cap: int, ctx: Context) -> list[Diagnostic]:
     """The diagnostics of documents cut to ``cap`` characters to fit ``ctx.context_tokens``:
     ``context_fitted``, and ``context_too_small`` below :data:`USEFUL_DOC_CHARS`."""
     fitted = f"documents cut to {cap} characters to fit {ctx.context_tokens} tokens of context"
-    notes = [Diagnostic("context_fitted", fitted)]
+    notes = [Diagnostic(CONTEXT_FITTED, fitted)]
     if cap < USEFUL_DOC_CHARS:
-        notes.append(Diagnostic("context_too_small", f"{fitted}, under the {USEFUL_DOC_CHARS} a judgment needs"))
+        notes.append(Diagnostic(CONTEXT_TOO_SMALL, f"{fitted}, under the {USEFUL_DOC_CHARS} a judgment needs"))
     return notes
+
+
+def fitted_cap(build: Callable[[list[str]], Prompt], texts: Sequence[str], count: int, ctx: Context) -> int | None:
+    """The most characters per document with which ``build`` over the ``count`` longest of ``texts``
+    fits the model's context (``ctx.context_tokens``); None when the context is unknown, there is no
+    text, or the prompt fits as it is."""
+    if ctx.context_tokens is None or not texts:
+        return None
+    longest = sorted(texts, key=len, reverse=True)[:count]
+    return fit_chars(
+        lambda chars: build([t[:chars] for t in longest]), len(longest[0]), ctx.context_tokens, ctx.chars_per_token
+    )
+
+
+def cut_clips(clipped: list[Clip], cap: int | None, ctx: Context) -> tuple[list[Clip], list[Diagnostic]]:
+    """The documents cut to ``cap`` characters (:func:`fitted_cap`; None: as they are), with the
+    diagnostics of the cut (:func:`cut_to_fit`)."""
+    if cap is None:
+        return clipped, []
+    return [clip(c.text, cap) if len(c.text) > cap else c for c in clipped], cut_to_fit(cap, ctx)
 
 
 def fit_documents(
@@ -161,12 +182,4 @@ def fit_documents(
     """Cut the documents further, when the model's context is known (``ctx.context_tokens``), so that
     a prompt over the ``count`` longest of them fits; with a ``context_fitted`` diagnostic when cut
     (and ``context_too_small`` when cut below :data:`USEFUL_DOC_CHARS`)."""
-    if ctx.context_tokens is None or not clipped:
-        return clipped, []
-    longest = sorted((c.text for c in clipped), key=len, reverse=True)[:count]
-    cap = fit_chars(
-        lambda chars: build([t[:chars] for t in longest]), len(longest[0]), ctx.context_tokens, ctx.chars_per_token
-    )
-    if cap is None:
-        return clipped, []
-    return [clip(c.text, cap) if len(c.text) > cap else c for c in clipped], cut_to_fit(cap, ctx)
+    return cut_clips(clipped, fitted_cap(build, [c.text for c in clipped], count, ctx), ctx)

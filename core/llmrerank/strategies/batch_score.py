@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..backends.base import Completion, Prompt
+from ..diagnostics import CALL_FAILED, SCORE_PARSED, SCORE_UNPARSED, SCORES_POSITIONAL, SCORES_REPAIRED, TRUNCATED
 from ..errors import ConfigurationError, ParseError
 from ..parsing import parse_labelled_scores
 from ..prompts import check_template, clip, document_block, render, system_prompt
@@ -93,16 +94,14 @@ class BatchScore(Strategy):
         clipped = [clip(d.text, self.max_doc_chars) for d in docs]
         widest = max((len(b) for b in batches), default=0)
         clipped, diagnostics = fit_documents(clipped, lambda texts: self._prompt(query, texts, ctx), widest, ctx)
-        diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
+        diagnostics += [Diagnostic(TRUNCATED, "", i) for i, c in enumerate(clipped) if c.truncated]
         answers = yield [self.prompt(query, [clipped[i].text for i in batch], ctx) for batch in batches]
         scores: dict[int, float] = {}
         for batch, answer in zip(batches, answers, strict=True):
             where = f"batch {batch.start + 1}-{batch.stop}"
             error = failure(answer)
             if error is not None:
-                diagnostics += [
-                    Diagnostic("call_failed", f"{where}: {type(error).__name__}: {error}", i) for i in batch
-                ]
+                diagnostics += [Diagnostic(CALL_FAILED, f"{where}: {type(error).__name__}: {error}", i) for i in batch]
                 continue
             assert isinstance(answer, Completion)
             self.read(answer, batch, where, ctx, scores, diagnostics)
@@ -126,14 +125,12 @@ class BatchScore(Strategy):
             raise ParseError(f"{where}: not one 0-10 score per document", output=answer.text)
         if read.duplicates or read.out_of_range:
             diagnostics.append(
-                Diagnostic(
-                    "scores_repaired", f"{where}: {read.duplicates} repeated, {read.out_of_range} unknown labels"
-                )
+                Diagnostic(SCORES_REPAIRED, f"{where}: {read.duplicates} repeated, {read.out_of_range} unknown labels")
             )
         if read.positional:
-            diagnostics.append(Diagnostic("scores_positional", f"{where}: scores without labels, read in order"))
+            diagnostics.append(Diagnostic(SCORES_POSITIONAL, f"{where}: scores without labels, read in order"))
         for k, score in read.scores.items():
             scores[batch[k]] = score
-            diagnostics.append(Diagnostic("score_parsed", f"{score:.3g}", batch[k]))
+            diagnostics.append(Diagnostic(SCORE_PARSED, f"{score:.3g}", batch[k]))
         unread = f"no score for it in {answer.text[:80]!r}"
-        diagnostics += [Diagnostic("score_unparsed", f"{where}: {unread}", batch[k]) for k in missing]
+        diagnostics += [Diagnostic(SCORE_UNPARSED, f"{where}: {unread}", batch[k]) for k in missing]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..backends.cross_encoder import checked
+from ..diagnostics import PREFILTER_FAILED
 from ..errors import ConfigurationError
 from ..types import Diagnostic, Document
 from .base import Context, Plan, Predict, Ranking, Strategy, check_int, failure
@@ -81,7 +82,7 @@ class Hybrid(Strategy):
         if error is None and len(predicted) != n:
             error = ConfigurationError(f"cross-encoder returned {len(predicted)} scores for {n} documents")
         if error is not None:
-            diagnostics.append(Diagnostic("prefilter_failed", f"{type(error).__name__}: {error}"))
+            diagnostics.append(Diagnostic(PREFILTER_FAILED, f"{type(error).__name__}: {error}"))
             ce_scores: dict[int, float] = {}
         else:
             ce_scores = {i: float(s) for i, s in enumerate(predicted)}

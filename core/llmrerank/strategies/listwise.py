@@ -36,9 +36,20 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal, cast
 
 from ..backends.base import Completion, Prompt
+from ..diagnostics import (
+    CALL_FAILED,
+    CONTEXT_FITTED,
+    CONTEXT_TOO_SMALL,
+    FALLBACK_INPUT_ORDER,
+    LABEL_UNSEEN,
+    MISSING_APPENDED,
+    NO_LOGPROBS,
+    PERMUTATION_REPAIRED,
+    TRUNCATED,
+)
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_permutation
-from ..prompts import check_template, clip, document_block, fit_chars, fits, render, system_prompt
+from ..prompts import check_template, clip, document_block, fits, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
 from .base import (
     USEFUL_WINDOW,
@@ -48,8 +59,9 @@ from .base import (
     Ranking,
     Strategy,
     check_int,
-    cut_to_fit,
+    cut_clips,
     failure,
+    fitted_cap,
     logprobs_note,
 )
 
@@ -172,11 +184,7 @@ class Listwise(Strategy):
         while window > 2 and not fits(self._prompt(query, longest[:window], ctx), room, ctx.chars_per_token):
             window -= 1
         step = self.stride if window == full else max(1, round(self.stride * window / self.window))
-
-        def cut(chars: int) -> Prompt:
-            return self._prompt(query, [t[:chars] for t in longest[:window]], ctx)
-
-        return window, min(step, window), fit_chars(cut, len(longest[0]), room, ctx.chars_per_token)
+        return window, min(step, window), fitted_cap(lambda cut: self._prompt(query, cut, ctx), texts, window, ctx)
 
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
         """Sliding windows from the bottom up; one call per window (windows fitted to a known context)."""
@@ -187,19 +195,18 @@ class Listwise(Strategy):
         diagnostics: list[Diagnostic] = []
         if window < min(self.window, n):  # fewer documents per window: more windows
             note = f"window of {window} documents, step {step}, to fit {ctx.context_tokens} tokens of context"
-            diagnostics.append(Diagnostic("context_fitted", note))
+            diagnostics.append(Diagnostic(CONTEXT_FITTED, note))
             if window < min(self.window, n, USEFUL_WINDOW):
                 windows = self.calls_for(n, window, step)
                 small = f"{note}: {windows} windows for {n} documents, under the {USEFUL_WINDOW} a window needs"
-                diagnostics.append(Diagnostic("context_too_small", small))
-        if cap is not None:
-            clipped = [clip(c.text, cap) if len(c.text) > cap else c for c in clipped]
-            diagnostics += cut_to_fit(cap, ctx)
-        diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
+                diagnostics.append(Diagnostic(CONTEXT_TOO_SMALL, small))
+        clipped, cut = cut_clips(clipped, cap, ctx)
+        diagnostics += cut
+        diagnostics += [Diagnostic(TRUNCATED, "", i) for i, c in enumerate(clipped) if c.truncated]
         judged: set[int] = set()
         scores: dict[int, float] = {}
         if self.method == "first_token" and not ctx.supports_logprobs:
-            diagnostics.append(Diagnostic("no_logprobs", "no log-probabilities from the backend: generated order used"))
+            diagnostics.append(Diagnostic(NO_LOGPROBS, "no log-probabilities from the backend: generated order used"))
         end = n
         while n >= 2:
             start = max(0, end - window)
@@ -255,7 +262,7 @@ class Listwise(Strategy):
             here = where if len(shown) == 1 else f"{where}, pass {k + 1}"
             error = failure(answer)
             if error is not None:
-                diagnostics.append(Diagnostic("call_failed", f"{here}: {type(error).__name__}: {error}"))
+                diagnostics.append(Diagnostic(CALL_FAILED, f"{here}: {type(error).__name__}: {error}"))
                 continue
             assert isinstance(answer, Completion)
             read = self.read(answer, seen, diagnostics, here, ctx, scores if len(shown) == 1 else {})
@@ -300,7 +307,7 @@ class Listwise(Strategy):
             ranked = [-k for _, k in reversed(seen)]
             unseen = [k for k in range(len(ids)) if k not in set(ranked)]
             if unseen:
-                diagnostics.append(Diagnostic("label_unseen", f"{where}: {len(unseen)} labels not in the top tokens"))
+                diagnostics.append(Diagnostic(LABEL_UNSEEN, f"{where}: {len(unseen)} labels not in the top tokens"))
             for k in ranked:
                 scores[ids[k]] = probs[labels[k]]
             order = [ids[k] for k in ranked + unseen]
@@ -313,17 +320,17 @@ class Listwise(Strategy):
             letters = parse_permutation(_letters_to_numbers(answer.text, len(ids)), len(ids))
             perm = letters if letters.parsed else perm
         if perm.parsed == 0:
-            diagnostics.append(Diagnostic("fallback_input_order", f"{where}: unreadable answer {answer.text[:80]!r}"))
+            diagnostics.append(Diagnostic(FALLBACK_INPUT_ORDER, f"{where}: unreadable answer {answer.text[:80]!r}"))
             return None
         if not perm.clean:
             diagnostics.append(
                 Diagnostic(
-                    "permutation_repaired",
+                    PERMUTATION_REPAIRED,
                     f"{where}: named {len(ids) - len(perm.missing)} of {len(ids)}; {perm.duplicates} duplicate, "
                     f"{perm.out_of_range} unknown ids",
                 )
             )
-            diagnostics += [Diagnostic("missing_appended", "", ids[m]) for m in perm.missing]
+            diagnostics += [Diagnostic(MISSING_APPENDED, "", ids[m]) for m in perm.missing]
         order = [ids[p] for p in perm.order]
         # A ranking of all but one places the last one too; with more left out the order is the model's
         # only for those it named.

@@ -8,11 +8,20 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from ..backends.base import Completion, Prompt
+from ..diagnostics import (
+    CALL_FAILED,
+    SCORE_FROM_LOGPROBS,
+    SCORE_MASS_LOW,
+    SCORE_PARSED,
+    SCORE_PREFIX_UNRESOLVED,
+    SCORE_UNPARSED,
+    TRUNCATED,
+)
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, choice_mass, parse_reason, parse_score
-from ..prompts import check_template, clip, document_block, fit_chars, render, system_prompt
+from ..prompts import check_template, clip, document_block, render, system_prompt
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Context, Plan, Ranking, Strategy, check_int, cut_to_fit, failure, logprobs_note
+from .base import Context, Plan, Ranking, Strategy, check_int, cut_to_fit, failure, fitted_cap, logprobs_note
 
 SCORE_TEMPLATE = (
     "Judge how relevant a document is to a query.\n\n"
@@ -109,20 +118,15 @@ class Pointwise(Strategy):
         method = self.resolve_method(ctx)
         limit = self.max_doc_chars
         diagnostics: list[Diagnostic] = []
-        if ctx.context_tokens is not None and docs:
-            longest = max((clip(d.text, limit).text for d in docs), key=len)
-            cap = fit_chars(
-                lambda c: self._prompt(query, longest[:c], method, ctx),
-                len(longest),
-                ctx.context_tokens,
-                ctx.chars_per_token,
-            )
+        if ctx.context_tokens is not None:
+            texts = [clip(d.text, limit).text for d in docs]
+            cap = fitted_cap(lambda one: self._prompt(query, one[0], method, ctx), texts, 1, ctx)
             if cap is not None:
                 limit = cap
                 diagnostics += cut_to_fit(cap, ctx)
         built = [self.prompt(query, doc, method, ctx, limit) for doc in docs]
         diagnostics += [
-            Diagnostic("truncated", f"cut to {limit} characters", i)
+            Diagnostic(TRUNCATED, f"cut to {limit} characters", i)
             for i, (_, truncated) in enumerate(built)
             if truncated
         ]
@@ -133,7 +137,7 @@ class Pointwise(Strategy):
         for i, answer in enumerate(answers):
             error = failure(answer)
             if error is not None:
-                diagnostics.append(Diagnostic("call_failed", f"{type(error).__name__}: {error}", i))
+                diagnostics.append(Diagnostic(CALL_FAILED, f"{type(error).__name__}: {error}", i))
                 continue
             score, how = read_score(answer, method)
             if method in ("expected", "yes_no"):
@@ -141,11 +145,11 @@ class Pointwise(Strategy):
             if score is None:
                 if ctx.strict:
                     raise ParseError("no 0-10 score in the answer", output=answer.text)
-                diagnostics.append(Diagnostic("score_unparsed", f"could not read a score from {answer.text[:80]!r}", i))
+                diagnostics.append(Diagnostic(SCORE_UNPARSED, f"could not read a score from {answer.text[:80]!r}", i))
                 continue
             scores[i] = score
             diagnostics.append(Diagnostic(how, f"{score:.3g}", i))
-            if how == "score_from_logprobs":
+            if how == SCORE_FROM_LOGPROBS:
                 from_logprobs += 1
                 diagnostics += logprob_doubts(answer, method, i)
             if self.with_reason:
@@ -174,14 +178,14 @@ def logprob_doubts(answer: Completion, method: str, index: int) -> list[Diagnost
     mass = choice_mass(answer.choice_logprobs, choices)
     if mass < MASS_LOW:
         doubts.append(
-            Diagnostic("score_mass_low", f"valid answers hold {mass:.0%} of the probability; renormalised", index)
+            Diagnostic(SCORE_MASS_LOW, f"valid answers hold {mass:.0%} of the probability; renormalised", index)
         )
     logprobs = answer.choice_logprobs or {}
     if method == "expected" and "10" in answer.unresolved and "1" in logprobs:
         share = math.exp(min(logprobs["1"], 0.0))
         if share >= UNRESOLVED_NOTABLE:
             message = f"P('1') = {share:.2f} may include '10' (the server showed no continuation); counted as 1"
-            doubts.append(Diagnostic("score_prefix_unresolved", message, index))
+            doubts.append(Diagnostic(SCORE_PREFIX_UNRESOLVED, message, index))
     return doubts
 
 
@@ -195,13 +199,13 @@ def read_score(answer: Completion, method: str) -> tuple[float | None, str]:
                 probs["1"] = max(probs["1"] - probs["10"], 0.0)
             total = sum(probs.values())
             if total > 0:
-                return sum(int(c) * p for c, p in probs.items()) / total, "score_from_logprobs"
+                return sum(int(c) * p for c, p in probs.items()) / total, SCORE_FROM_LOGPROBS
     elif method == "yes_no":
         probs = choice_distribution(answer.choice_logprobs, ("Yes", "No"))
         if probs:
-            return 10.0 * probs.get("Yes", 0.0), "score_from_logprobs"
+            return 10.0 * probs.get("Yes", 0.0), SCORE_FROM_LOGPROBS
         text = answer.text.strip().lower()
         if text.startswith(("yes", "no")):
-            return (10.0 if text.startswith("yes") else 0.0), "score_parsed"
-        return None, "score_unparsed"
-    return parse_score(answer.text), "score_parsed"
+            return (10.0 if text.startswith("yes") else 0.0), SCORE_PARSED
+        return None, SCORE_UNPARSED
+    return parse_score(answer.text), SCORE_PARSED

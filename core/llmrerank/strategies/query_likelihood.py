@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from ..backends.base import LogLikelihood
+from ..diagnostics import BASELINE_FAILED, CALL_FAILED, DOMAIN_IGNORED, TRUNCATED
 from ..errors import ConfigurationError
 from ..prompts import check_template, clip, render
 from ..types import Diagnostic, Document
@@ -69,12 +70,12 @@ class QueryLikelihood(Strategy):
         """One step: a (context, query) pair per document, plus the empty-passage baseline for ``pmi``."""
         clipped = [clip(doc.text, self.max_doc_chars) for doc in docs]
         diagnostics = [
-            Diagnostic("truncated", f"cut to {self.max_doc_chars} characters", i)
+            Diagnostic(TRUNCATED, f"cut to {self.max_doc_chars} characters", i)
             for i, c in enumerate(clipped)
             if c.truncated
         ]
         if ctx.domain:
-            diagnostics.append(Diagnostic("domain_ignored", "query likelihood has no instruction to add a domain to"))
+            diagnostics.append(Diagnostic(DOMAIN_IGNORED, "query likelihood has no instruction to add a domain to"))
         continuation = " " + query
         pairs = [(self.context(c.text), continuation) for c in clipped]
         if self.normalization == "pmi":
@@ -90,13 +91,13 @@ class QueryLikelihood(Strategy):
             else:
                 how = "sum"
                 diagnostics.append(
-                    Diagnostic("baseline_failed", f"empty-passage scoring failed ({last}); scores are sums instead")
+                    Diagnostic(BASELINE_FAILED, f"empty-passage scoring failed ({last}); scores are sums instead")
                 )
         scores: dict[int, float] = {}
         for i, answer in enumerate(answers):
             error = failure(answer)
             if error is not None:
-                diagnostics.append(Diagnostic("call_failed", f"{type(error).__name__}: {error}", i))
+                diagnostics.append(Diagnostic(CALL_FAILED, f"{type(error).__name__}: {error}", i))
                 continue
             if how == "mean":
                 scores[i] = answer.logprob / max(answer.tokens, 1)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..backends.base import Completion, Prompt
+from ..diagnostics import CALL_FAILED, CHOICE_UNPARSED, TRUNCATED
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
 from ..prompts import check_template, clip, document_block, render, system_prompt
@@ -91,7 +92,7 @@ class Setwise(Strategy):
         size = min(self.set_size, n)
         clipped, diagnostics = fit_documents(clipped, lambda texts: self._prompt(query, texts, ctx), size, ctx)
         texts = [c.text for c in clipped]
-        diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
+        diagnostics += [Diagnostic(TRUNCATED, "", i) for i, c in enumerate(clipped) if c.truncated]
         if n < 2:
             return Ranking(list(range(n)), "rank", diagnostics=diagnostics)
         fan = self.set_size - 1  # children per node
@@ -149,7 +150,7 @@ class Setwise(Strategy):
         where = f"set of documents {', '.join(str(i + 1) for i in ids)}"
         error = failure(answer)
         if error is not None:
-            diagnostics.append(Diagnostic("call_failed", f"{where}: {type(error).__name__}: {error}"))
+            diagnostics.append(Diagnostic(CALL_FAILED, f"{where}: {type(error).__name__}: {error}"))
             return None
         assert isinstance(answer, Completion)
         labels = LETTERS[: len(ids)]
@@ -167,7 +168,7 @@ class Setwise(Strategy):
         if choice is None:
             if ctx.strict:
                 raise ParseError("no label of the set in the answer", output=answer.text)
-            diagnostics.append(Diagnostic("choice_unparsed", f"{where}: {answer.text[:80]!r}"))
+            diagnostics.append(Diagnostic(CHOICE_UNPARSED, f"{where}: {answer.text[:80]!r}"))
             return None
         return labels.index(choice)
 
