@@ -12,7 +12,7 @@ Each pair is asked in both orders (A/B and B/A) to cancel position bias. Two mod
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from ..backends.base import Completion, Prompt
@@ -113,18 +113,16 @@ class Pairwise(Strategy):
         return 1.0 if choice == "A" else 0.0
 
 
+@dataclass
 class _Comparisons:
     """The comparisons of one plan: its texts, the diagnostics of each answer, the documents judged."""
 
-    def __init__(
-        self, strategy: Pairwise, query: str, texts: list[str], ctx: Context, diagnostics: list[Diagnostic]
-    ) -> None:
-        self.strategy = strategy
-        self.query = query
-        self.texts = texts
-        self.ctx = ctx
-        self.diagnostics = diagnostics
-        self.judged: set[int] = set()
+    strategy: Pairwise
+    query: str
+    texts: list[str]
+    ctx: Context
+    diagnostics: list[Diagnostic]
+    judged: set[int] = field(default_factory=set)
 
     def compare(self, pairs: list[tuple[int, int]]) -> Generator[Step, Any, list[float | None]]:
         """Preference of i over j in [0, 1] for each pair (None when neither order could be read)."""
