@@ -24,12 +24,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .adaptive import DEFAULT_MAX_CONCURRENCY
 from .errors import ConfigurationError, LLMRerankError, require
 from .routing import BACKENDS, backend_kind, make_backend, make_strategy_object
 from .strategies import STRATEGIES
+
+if TYPE_CHECKING:
+    from .cache import MemoryCache
+    from .evaluation import Collection, EvalReport, Run
+    from .serve.config import ServeConfig
 
 BASELINES = ("bm25", "none")
 STRATEGY_NAMES = tuple(STRATEGIES)
@@ -79,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``llmrerank`` command."""
     parser = argparse.ArgumentParser(prog="llmrerank", description="Rerank retrieved documents with LLMs.")
     sub = parser.add_subparsers(dest="command", metavar="{eval,batch,serve,calibrate,demo,doctor}")
+    add_eval_parser(sub)
+    add_batch_parser(sub)
+    add_serve_parser(sub)
+    add_calibrate_parser(sub)
+    sub.add_parser("demo", help="a short offline demonstration (arguments go to the demo)", add_help=False)
+    sub.add_parser(
+        "doctor",
+        help="what Reranker() will use here and what is missing, with the install lines (exit 1: it cannot rerank)",
+    )
+    return parser
+
+
+def add_eval_parser(sub: Any) -> None:
+    """``llmrerank eval``: its arguments (what is evaluated here, what is measured in :func:`add_eval_measures`)."""
     ev = sub.add_parser(
         "eval",
         help="compare reranking strategies on a BEIR collection: quality, LLM calls, tokens, cost, latency",
@@ -120,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="first-stage documents reranked per query; several (10 20 50 100) give a depth curve, the LLM "
         "calls of one depth answering the same prompts at the next from a cache (default: 20)",
     )
+    add_eval_measures(ev)
+
+
+def add_eval_measures(ev: argparse.ArgumentParser) -> None:
+    """``llmrerank eval``'s arguments after ``--depth``: the queries and measures, the steps after the
+    rerank (calibration, dedup, MMR) and the output."""
     ev.add_argument("--queries", type=int, help="evaluate the first N judged queries (default: all)")
     ev.add_argument("--k", type=int, default=10, help="recall cutoff for R@k (default: 10)")
     ev.add_argument(
@@ -136,15 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mmr", type=float, metavar="LAMBDA", help="reorder by maximal marginal relevance (e.g. 0.7)")
     ev.add_argument("--out", help="folder for report.json and plot.png")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_batch_parser(sub)
-    add_serve_parser(sub)
-    add_calibrate_parser(sub)
-    sub.add_parser("demo", help="a short offline demonstration (arguments go to the demo)", add_help=False)
-    sub.add_parser(
-        "doctor",
-        help="what Reranker() will use here and what is missing, with the install lines (exit 1: it cannot rerank)",
-    )
-    return parser
 
 
 def add_batch_parser(sub: Any) -> None:
@@ -242,14 +258,27 @@ def add_serve_parser(sub: Any) -> None:
 
 def run_serve_cli(args: argparse.Namespace) -> int:
     """``llmrerank serve``."""
-    import dataclasses
-    import os
-
-    from .serve.config import ServeConfig, load_config, read_api_keys
+    from .serve.app import configure_logging, create_app
 
     if args.llm_api_key:
         kind, _ = backend_kind(args.backend, args.model, args.base_url)
         os.environ["ANTHROPIC_API_KEY" if kind == "anthropic" else "OPENAI_API_KEY"] = args.llm_api_key
+    config = serve_config(args)
+    configure_logging(args.log_level)
+    app = create_app(config)
+    app.state.service.backend()  # a bad --backend/--model fails here, before the port opens
+    if not config.api_keys:
+        print("llmrerank serve: no --api-key: every request is accepted", file=sys.stderr)
+    run_uvicorn(app, config, args)
+    return 0
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The :class:`~llmrerank.serve.ServeConfig` of ``llmrerank serve``'s flags over its ``--config`` file."""
+    import dataclasses
+
+    from .serve.config import ServeConfig, load_config, read_api_keys
+
     base = ServeConfig(
         backend=args.backend,
         model=args.model,
@@ -279,14 +308,15 @@ def run_serve_cli(args: argparse.Namespace) -> int:
             if name not in config.presets
         }
         config = dataclasses.replace(config, presets={**presets, **config.presets})
-    from .serve.app import LOG_LEVEL_ENV, SETTINGS_ENV, configure_logging, create_app, settings_json
+    return config
+
+
+def run_uvicorn(app: Any, config: ServeConfig, args: argparse.Namespace) -> None:
+    """Serve ``app`` with uvicorn until it stops: in this process, or in ``--workers`` processes that
+    build it again from ``config``."""
+    from .serve.app import LOG_LEVEL_ENV, SETTINGS_ENV, settings_json
     from .serve.runner import _uvicorn
 
-    configure_logging(args.log_level)
-    app = create_app(config)
-    app.state.service.backend()  # a bad --backend/--model fails here, before the port opens
-    if not keys:
-        print("llmrerank serve: no --api-key: every request is accepted", file=sys.stderr)
     uvicorn = _uvicorn()
     options: dict[str, Any] = {
         "host": args.host,
@@ -301,7 +331,6 @@ def run_serve_cli(args: argparse.Namespace) -> int:
         uvicorn.run("llmrerank.serve.app:app_from_environment", factory=True, workers=args.workers, **options)
     else:
         uvicorn.run(app, **options)
-    return 0
 
 
 def add_calibrate_parser(sub: Any) -> None:
@@ -411,27 +440,11 @@ def format_table(reports: Sequence[Any]) -> str:
     """The comparison table printed by ``llmrerank eval`` (one depth)."""
     if not reports:
         return ""
-    from .pricing import PRICES_AS_OF
-
     metrics = list(reports[0].metrics)
     head = ["strategy", *metrics, "ΔnDCG@10 [95% CI]", "calls/q", "in tok/q", "out tok/q", "USD/1k q", "p50 s", "p95 s"]
     rows = [head]
     for r, d in zip(reports, differences(reports), strict=True):
-        n = max(r.queries, 1)
-        cost = None if r.cost is None else r.cost * 1000 / n
-        rows.append(
-            [
-                r.name,
-                *(_num(r.metrics[m], 4) for m in metrics),
-                "baseline" if r is reports[0] else str(d),
-                f"{r.usage.calls / n:.1f}",
-                f"{r.usage.prompt_tokens / n:.0f}",
-                f"{r.usage.completion_tokens / n:.0f}",
-                _num(cost, 2),
-                f"{r.latency_p50:.2f}",
-                f"{r.latency_p95:.2f}",
-            ]
-        )
+        rows.append(_table_row(r, d, metrics, r is reports[0]))
     widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
     lines = [
         "  ".join(
@@ -440,6 +453,31 @@ def format_table(reports: Sequence[Any]) -> str:
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([*lines, *_table_notes(reports)])
+
+
+def _table_row(r: EvalReport, d: Any, metrics: Sequence[str], baseline: bool) -> list[str]:
+    """One strategy's cells in :func:`format_table`: its metrics, its difference ``d`` from the
+    baseline, and its calls, tokens, cost and latency per query."""
+    n = max(r.queries, 1)
+    cost = None if r.cost is None else r.cost * 1000 / n
+    return [
+        r.name,
+        *(_num(r.metrics[m], 4) for m in metrics),
+        "baseline" if baseline else str(d),
+        f"{r.usage.calls / n:.1f}",
+        f"{r.usage.prompt_tokens / n:.0f}",
+        f"{r.usage.completion_tokens / n:.0f}",
+        _num(cost, 2),
+        f"{r.latency_p50:.2f}",
+        f"{r.latency_p95:.2f}",
+    ]
+
+
+def _table_notes(reports: Sequence[EvalReport]) -> list[str]:
+    """The lines under :func:`format_table`'s table: the setup, the conventions, each degraded strategy."""
+    from .pricing import PRICES_AS_OF
+
     first = reports[0]
     llm = next((r for r in reports if r.backend), None)
     where = ""
@@ -452,22 +490,20 @@ def format_table(reports: Sequence[Any]) -> str:
     stage = "BM25" if first.first_stage == "bm25" else f"run {first.first_stage.removeprefix('run:')}"
     cached = sum(r.usage.cached_calls for r in reports)
     reused = f"; {cached} more calls answered from the cache (not counted in calls/q)" if cached else ""
-    lines.append(
+    lines = [
         f"{Path(first.data or '').name or 'input'}: {first.queries} queries, {stage} depth {first.depth}; "
-        f"{where}{cost}; p50/p95: seconds per query{reused}"
-    )
-    lines.append(
+        f"{where}{cost}; p50/p95: seconds per query{reused}",
         f"trec_eval conventions: nDCG linear gains over all judged documents; RR, P, R count grade >= "
         f"{first.relevance} relevant; Δ: mean per-query difference from the baseline with a 95% paired "
-        "bootstrap interval (10,000 resamples of the queries, seed 0)"
-    )
+        "bootstrap interval (10,000 resamples of the queries, seed 0)",
+    ]
     for r in reports:
         if r.degraded:
             reasons = ", ".join(f"{code} {count}" for code, count in sorted(r.degraded_reasons.items()))
             lines.append(
                 f"degraded: {r.name} on {r.degraded} of {r.queries} queries ({reasons}); first: {r.first_problem()}"
             )
-    return "\n".join(lines)
+    return lines
 
 
 def published_rows(data: str | None, depth: int) -> list[Any]:
@@ -603,110 +639,23 @@ def after_rerank(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``llmrerank eval``."""
-    from .cache import MemoryCache
-    from .evaluation import default_data_or_slice, load_beir, read_run
-    from .evaluation import evaluate as run
-    from .reranker import Reranker
+    from .evaluation import read_run
 
     names = strategies_from(args.strategy)
-    data = args.data
-    if data is None:
-        data, note = default_data_or_slice()
-        if note:
-            print(f"llmrerank: {note}", file=sys.stderr)
-    collection = load_beir(data, args.split)
+    collection = eval_collection(args)
     first_stage = read_run(args.run) if args.run else None
     depths = sorted(set(args.depth))
     if depths[0] < 1:
         raise ConfigurationError("--depth must be >= 1")
-    backend = None
+    evaluation = _Evaluation(args, collection, first_stage)
     if len(names) == 1 and args.strategy is None:
-        backend = make_backend(args.backend, args.model, args.base_url, args.api_key)
-        names.append(backend.preferred_strategy)
-    # One cache per strategy over the depths: a prompt asked at depth 20 is answered again at 50 for free.
-    caches = {name: MemoryCache(maxsize=1_000_000, max_bytes=2**30) for name in names} if len(depths) > 1 else {}
-    by_depth: dict[int, list[Any]] = {}
-    for depth in depths:
-        reports = by_depth.setdefault(depth, [])
-        for name in names:
-            reranker = None
-            if name != "bm25":
-                if backend is None:
-                    backend = make_backend(args.backend, args.model, args.base_url, args.api_key)
-                reranker = Reranker(
-                    make_strategy_object(name, args),
-                    backend,
-                    domain=args.domain,
-                    max_concurrency=args.max_concurrency,
-                    cache=caches.get(name),
-                    **after_rerank(args),
-                )
-            reports.append(
-                run(
-                    collection,
-                    reranker,
-                    depth=depth,
-                    queries=args.queries,
-                    k=args.k,
-                    name=None if reranker is None and first_stage is not None else name,
-                    prices=args.prices,
-                    concurrency=args.concurrency,
-                    progress=not args.no_progress,
-                    with_scores=True,  # first-stage scores for fusion (the local default fuses them)
-                    run=first_stage,
-                    relevance=args.relevance,
-                )
-            )
-    tables = []
-    for depth in depths:
-        tables.append(format_table(by_depth[depth]))
-        published = format_published(published_rows(str(collection.path), depth), depth)
-        if published:
-            tables.append(published)
-    if len(depths) > 1:
-        tables.append(depth_table(by_depth))
-    table = "\n\n".join(tables)
+        names.append(evaluation.backend().preferred_strategy)
+    by_depth = evaluation.run(names, depths)
+    table = eval_tables(by_depth, str(collection.path))
     print(table)
     reports = [r for depth in depths for r in by_depth[depth]]
     if args.out:
-        from .pricing import PRICES_AS_OF
-        from .published import LABEL
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        report = {
-            "command": ["llmrerank", *argv],
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "data": str(collection.path),
-            "split": args.split,
-            "first_stage": reports[0].first_stage,
-            "relevance": reports[0].relevance,
-            "backend": backend.name if backend is not None else args.backend,
-            "model": next((r.model for r in reports if r.model), args.model),
-            "depth": depths[0] if len(depths) == 1 else depths,
-            "k": args.k,
-            "queries": reports[0].queries,
-            "cost_note": next((r.cost_note for r in reports if r.backend), f"estimated, prices as of {PRICES_AS_OF}"),
-            "interval": "95% paired bootstrap over queries (10,000 resamples, seed 0) of the nDCG@10 difference "
-            "from the baseline (the first-stage order at the same depth)",
-            "table": table,
-            "results": [
-                {**r.to_dict(), "vs_baseline": d.to_dict()}
-                for depth in depths
-                for r, d in zip(by_depth[depth], differences(by_depth[depth]), strict=True)
-            ],
-            "published": [
-                {**asdict(f), "label": LABEL}
-                for depth in depths
-                for f in published_rows(str(collection.path), depth)
-                if f.depth == depth or depth == depths[0]
-            ],
-        }
-        (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-        plot(by_depth[depths[-1]], out / "plot.png")
-        written = [out / "report.json", out / "plot.png"]
-        if len(depths) > 1:
-            written.append(plot_depths(by_depth, out / "depth.png"))
+        written = write_eval_report(args, argv, collection, evaluation.backend_name(), by_depth, table)
         print(f"wrote {', '.join(map(str, written))}")
     at = (lambda r: f" (depth {r.depth})") if len(depths) > 1 else (lambda r: "")
     failed = [f"{r.name}{at(r)}" for r in reports if r.always_degraded]
@@ -718,6 +667,145 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
         return 1
     return 0
+
+
+def eval_collection(args: argparse.Namespace) -> Collection:
+    """``--data`` loaded (by default the collection found, or the checkout's slice, saying so on stderr)."""
+    from .evaluation import default_data_or_slice, load_beir
+
+    data = args.data
+    if data is None:
+        data, note = default_data_or_slice()
+        if note:
+            print(f"llmrerank: {note}", file=sys.stderr)
+    return load_beir(data, args.split)
+
+
+class _Evaluation:
+    """``llmrerank eval``'s runs: each strategy at each depth, with one LLM backend built on first use
+    (a run of the baseline alone builds none)."""
+
+    def __init__(self, args: argparse.Namespace, collection: Collection, first_stage: Run | None) -> None:
+        self.args = args
+        self.collection = collection
+        self.first_stage = first_stage
+        self._backend: Any = None
+
+    def backend(self) -> Any:
+        """The LLM backend of ``--backend``/``--model``/``--base-url``/``--api-key``, built once."""
+        if self._backend is None:
+            args = self.args
+            self._backend = make_backend(args.backend, args.model, args.base_url, args.api_key)
+        return self._backend
+
+    def backend_name(self) -> str | None:
+        """The backend's name if one was built, else ``--backend`` as given."""
+        return self._backend.name if self._backend is not None else self.args.backend
+
+    def run(self, names: Sequence[str], depths: Sequence[int]) -> dict[int, list[EvalReport]]:
+        """Each strategy's report at each depth, in the order of ``names``."""
+        from .cache import MemoryCache
+
+        # One cache per strategy over the depths: a prompt asked at depth 20 is answered again at 50 for free.
+        caches = {name: MemoryCache(maxsize=1_000_000, max_bytes=2**30) for name in names} if len(depths) > 1 else {}
+        return {depth: [self.report(name, depth, caches.get(name)) for name in names] for depth in depths}
+
+    def report(self, name: str, depth: int, cache: MemoryCache | None) -> EvalReport:
+        """The report of strategy ``name`` (``bm25``: the first stage's own order) at ``depth``."""
+        from .evaluation import evaluate
+        from .reranker import Reranker
+
+        args = self.args
+        reranker = None
+        if name != "bm25":
+            reranker = Reranker(
+                make_strategy_object(name, args),
+                self.backend(),
+                domain=args.domain,
+                max_concurrency=args.max_concurrency,
+                cache=cache,
+                **after_rerank(args),
+            )
+        return evaluate(
+            self.collection,
+            reranker,
+            depth=depth,
+            queries=args.queries,
+            k=args.k,
+            name=None if reranker is None and self.first_stage is not None else name,
+            prices=args.prices,
+            concurrency=args.concurrency,
+            progress=not args.no_progress,
+            with_scores=True,  # first-stage scores for fusion (the local default fuses them)
+            run=self.first_stage,
+            relevance=args.relevance,
+        )
+
+
+def eval_tables(by_depth: Mapping[int, Sequence[EvalReport]], data: str) -> str:
+    """What ``llmrerank eval`` prints: a table per depth with the published figures under it, then
+    the depth table when there are several depths."""
+    tables = []
+    for depth in sorted(by_depth):
+        tables.append(format_table(by_depth[depth]))
+        published = format_published(published_rows(data, depth), depth)
+        if published:
+            tables.append(published)
+    if len(by_depth) > 1:
+        tables.append(depth_table(by_depth))
+    return "\n\n".join(tables)
+
+
+def write_eval_report(
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    collection: Collection,
+    backend: str | None,
+    by_depth: Mapping[int, Sequence[EvalReport]],
+    table: str,
+) -> list[Path]:
+    """``--out``'s report.json and plot.png (and depth.png for several depths); the paths written."""
+    from .pricing import PRICES_AS_OF
+    from .published import LABEL
+
+    depths = sorted(by_depth)
+    reports = [r for depth in depths for r in by_depth[depth]]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "command": ["llmrerank", *argv],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "data": str(collection.path),
+        "split": args.split,
+        "first_stage": reports[0].first_stage,
+        "relevance": reports[0].relevance,
+        "backend": backend,
+        "model": next((r.model for r in reports if r.model), args.model),
+        "depth": depths[0] if len(depths) == 1 else depths,
+        "k": args.k,
+        "queries": reports[0].queries,
+        "cost_note": next((r.cost_note for r in reports if r.backend), f"estimated, prices as of {PRICES_AS_OF}"),
+        "interval": "95% paired bootstrap over queries (10,000 resamples, seed 0) of the nDCG@10 difference "
+        "from the baseline (the first-stage order at the same depth)",
+        "table": table,
+        "results": [
+            {**r.to_dict(), "vs_baseline": d.to_dict()}
+            for depth in depths
+            for r, d in zip(by_depth[depth], differences(by_depth[depth]), strict=True)
+        ],
+        "published": [
+            {**asdict(f), "label": LABEL}
+            for depth in depths
+            for f in published_rows(str(collection.path), depth)
+            if f.depth == depth or depth == depths[0]
+        ],
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    plot(by_depth[depths[-1]], out / "plot.png")
+    written = [out / "report.json", out / "plot.png"]
+    if len(depths) > 1:
+        written.append(plot_depths(by_depth, out / "depth.png"))
+    return written
 
 
 def batch_input(args: argparse.Namespace) -> str:

@@ -692,41 +692,21 @@ def _measure(
     relevance: int | None = None,
     first_stage: str = "bm25",
 ) -> EvalReport:
-    if concurrency < 1:
-        raise ConfigurationError("concurrency must be >= 1")
-    if k < 1:
-        raise ConfigurationError("k must be >= 1")
+    for option, value in (("concurrency", concurrency), ("k", k)):
+        if value < 1:
+            raise ConfigurationError(f"{option} must be >= 1")
     name = name or _label(reranker)
-    bar = None
-    if progress:
-        tqdm: Any = require("tqdm", "eval")
-        bar = tqdm.tqdm(total=len(tasks), desc=name, unit="q", leave=True)
-    started = time.perf_counter()
-    try:
-        results = run_blocking(_run_all(tasks, reranker, concurrency, bar))
-    finally:
-        if bar is not None:
-            bar.close()
-    wall = time.perf_counter() - started
+    results, wall = _run_with_bar(tasks, reranker, concurrency, name if progress else None)
     if relevance is None:
         relevance = binary_relevance(qrels)
-    per_query_metrics = score_rankings({r.query_id: r.ranking for r in results}, qrels, k, relevance)
-    results = [replace(r, metrics=per_query_metrics[r.query_id]) for r in results]
-    names = metric_names(k)
-    means = {n: sum(m[n] for m in per_query_metrics.values()) / len(results) if results else 0.0 for n in names}
+    results, means = _scored(results, qrels, k, relevance)
     usage = sum((r.usage for r in results), Usage())
     backend = reranker.backend if isinstance(reranker, Reranker) else None
     backend_name = backend.name if backend is not None else None
     requested = model or (backend.model if backend is not None else None)
     served = Counter(r.model for r in results if r.model).most_common(1)
     model = served[0][0] if served else requested
-    if reranker is None:
-        cost: float | None = 0.0
-        note = "no LLM calls"
-    else:
-        server_url = getattr(backend, "server_url", None)
-        price, note = cost_basis(model, prices, backend=backend_name, server_url=server_url)
-        cost = None if price is None else price.cost(usage.prompt_tokens, usage.completion_tokens)
+    cost, note = _cost(reranker, model, usage, prices)
     seconds = [r.seconds for r in results]
     return EvalReport(
         name=name,
@@ -747,6 +727,47 @@ def _measure(
         relevance=relevance,
         first_stage=first_stage,
     )
+
+
+def _run_with_bar(
+    tasks: Sequence[_Task], reranker: Reranker | RerankFn | None, concurrency: int, bar_name: str | None
+) -> tuple[list[QueryResult], float]:
+    """Every task's result and the run's wall seconds, with a tqdm bar named ``bar_name`` (none when None)."""
+    bar = None
+    if bar_name is not None:
+        tqdm: Any = require("tqdm", "eval")
+        bar = tqdm.tqdm(total=len(tasks), desc=bar_name, unit="q", leave=True)
+    started = time.perf_counter()
+    try:
+        results = run_blocking(_run_all(tasks, reranker, concurrency, bar))
+    finally:
+        if bar is not None:
+            bar.close()
+    return results, time.perf_counter() - started
+
+
+def _scored(
+    results: list[QueryResult], qrels: Mapping[str, Mapping[str, int]], k: int, relevance: int
+) -> tuple[list[QueryResult], dict[str, float]]:
+    """The results with their metrics filled in, and each metric's mean over them (0.0 when none)."""
+    per_query_metrics = score_rankings({r.query_id: r.ranking for r in results}, qrels, k, relevance)
+    results = [replace(r, metrics=per_query_metrics[r.query_id]) for r in results]
+    names = metric_names(k)
+    means = {n: sum(m[n] for m in per_query_metrics.values()) / len(results) if results else 0.0 for n in names}
+    return results, means
+
+
+def _cost(
+    reranker: Reranker | RerankFn | None, model: str | None, usage: Usage, prices: PriceSource
+) -> tuple[float | None, str]:
+    """The estimated USD cost of ``usage`` (None: no price applies) and how it was reached."""
+    if reranker is None:
+        return 0.0, "no LLM calls"
+    backend = reranker.backend if isinstance(reranker, Reranker) else None
+    backend_name = backend.name if backend is not None else None
+    server_url = getattr(backend, "server_url", None)
+    price, note = cost_basis(model, prices, backend=backend_name, server_url=server_url)
+    return (None if price is None else price.cost(usage.prompt_tokens, usage.completion_tokens)), note
 
 
 def split_halves(query_ids: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -814,31 +835,11 @@ def evaluate(
         raise ConfigurationError("depth must be >= 1")
     collection = data if isinstance(data, Collection) else load_beir(data, split)
     ids = select_queries(collection, queries)
-    first_stage = "bm25"
-    if run is None:
-        hits = collection.bm25(stem=stem).search([collection.queries[q] for q in ids], depth)
-    else:
-        given = run if isinstance(run, Run) else read_run(run)
-        hits = [list(given.hits.get(q, ()))[:depth] for q in ids]
-        missing = sorted({d for found in hits for d, _ in found if d not in collection.documents})
-        if missing:
-            raise ConfigurationError(
-                f"{len(missing)} documents of run {given.path} are not in {collection.path}/corpus.jsonl: {missing[:5]}"
-            )
-        first_stage = f"run:{given.name}"
-        if reranker is None and name is None:
-            name = first_stage
-
-    def hit(doc_id: str, score: float) -> Any:
-        text = collection.documents[doc_id]
-        return {"id": doc_id, "content": text, "score": score} if with_scores else text
-
-    tasks = [
-        _Task(qid, collection.queries[qid], [hit(d, s) for d, s in found], [d for d, _ in found])
-        for qid, found in zip(ids, hits, strict=True)
-    ]
+    hits, first_stage = _first_stage(collection, ids, depth, run, stem)
+    if run is not None and reranker is None and name is None:
+        name = first_stage
     return _measure(
-        tasks,
+        _collection_tasks(collection, ids, hits, with_scores),
         collection.qrels,
         reranker,
         name=name,
@@ -852,6 +853,37 @@ def evaluate(
         relevance=relevance,
         first_stage=first_stage,
     )
+
+
+def _first_stage(
+    collection: Collection, ids: Sequence[str], depth: int, run: str | Path | Run | None, stem: bool
+) -> tuple[list[list[tuple[str, float]]], str]:
+    """Each query's top ``depth`` (document id, score) hits, from BM25 or ``run``, and the first stage's name."""
+    if run is None:
+        return collection.bm25(stem=stem).search([collection.queries[q] for q in ids], depth), "bm25"
+    given = run if isinstance(run, Run) else read_run(run)
+    hits = [list(given.hits.get(q, ()))[:depth] for q in ids]
+    missing = sorted({d for found in hits for d, _ in found if d not in collection.documents})
+    if missing:
+        raise ConfigurationError(
+            f"{len(missing)} documents of run {given.path} are not in {collection.path}/corpus.jsonl: {missing[:5]}"
+        )
+    return hits, f"run:{given.name}"
+
+
+def _collection_tasks(
+    collection: Collection, ids: Sequence[str], hits: Sequence[Sequence[tuple[str, float]]], with_scores: bool
+) -> list[_Task]:
+    """One task per query: its hits' texts (dicts with their first-stage scores ``with_scores``)."""
+
+    def hit(doc_id: str, score: float) -> Any:
+        text = collection.documents[doc_id]
+        return {"id": doc_id, "content": text, "score": score} if with_scores else text
+
+    return [
+        _Task(qid, collection.queries[qid], [hit(d, s) for d, s in found], [d for d, _ in found])
+        for qid, found in zip(ids, hits, strict=True)
+    ]
 
 
 def _doc_id(doc: Any, position: int) -> str:
@@ -873,6 +905,36 @@ def _judgments(value: Any) -> dict[str, int]:
     if isinstance(value, str | int):
         return {str(value): 1}
     return {str(d): 1 for d in value}
+
+
+def _given_tasks(queries: Sequence[Mapping[str, Any]]) -> list[_Task]:
+    """One task per query dict of :func:`evaluate_reranking` (:class:`InvalidInputError` for a malformed one)."""
+    tasks: list[_Task] = []
+    for n, q in enumerate(queries):
+        if not isinstance(q, Mapping):
+            raise InvalidInputError(f"queries[{n}] must be a dict with 'query' and 'documents'")
+        text = q.get("query", q.get("text"))
+        if not isinstance(text, str):
+            raise InvalidInputError(f"queries[{n}] has no 'query' (or 'text') string")
+        docs = q.get("documents")
+        if docs is None or isinstance(docs, str | bytes):
+            raise InvalidInputError(f"queries[{n}] has no 'documents' list")
+        docs = list(docs)
+        qid = str(q.get("id", q.get("_id", n)))
+        tasks.append(_Task(qid, text, docs, [_doc_id(d, i) for i, d in enumerate(docs)]))
+    if len({t.query_id for t in tasks}) != len(tasks):
+        raise InvalidInputError("query ids must be unique")
+    return tasks
+
+
+def _given_qrels(ground_truth: Mapping[Any, Any] | Sequence[Any], tasks: Sequence[_Task]) -> dict[str, dict[str, int]]:
+    """The judgments of :func:`evaluate_reranking`'s ``ground_truth``, keyed by query id."""
+    if isinstance(ground_truth, Mapping):
+        return {str(q): _judgments(v) for q, v in ground_truth.items()}
+    truth = list(ground_truth)
+    if len(truth) != len(tasks):
+        raise InvalidInputError(f"ground_truth has {len(truth)} entries for {len(tasks)} queries")
+    return {t.query_id: _judgments(v) for t, v in zip(tasks, truth, strict=True)}
 
 
 def evaluate_reranking(
@@ -912,31 +974,10 @@ def evaluate_reranking(
     >>> report.metrics["P@1"]
     1.0
     """
-    tasks: list[_Task] = []
-    for n, q in enumerate(queries):
-        if not isinstance(q, Mapping):
-            raise InvalidInputError(f"queries[{n}] must be a dict with 'query' and 'documents'")
-        text = q.get("query", q.get("text"))
-        if not isinstance(text, str):
-            raise InvalidInputError(f"queries[{n}] has no 'query' (or 'text') string")
-        docs = q.get("documents")
-        if docs is None or isinstance(docs, str | bytes):
-            raise InvalidInputError(f"queries[{n}] has no 'documents' list")
-        docs = list(docs)
-        qid = str(q.get("id", q.get("_id", n)))
-        tasks.append(_Task(qid, text, docs, [_doc_id(d, i) for i, d in enumerate(docs)]))
-    if len({t.query_id for t in tasks}) != len(tasks):
-        raise InvalidInputError("query ids must be unique")
-    if isinstance(ground_truth, Mapping):
-        qrels = {str(q): _judgments(v) for q, v in ground_truth.items()}
-    else:
-        truth = list(ground_truth)
-        if len(truth) != len(tasks):
-            raise InvalidInputError(f"ground_truth has {len(truth)} entries for {len(tasks)} queries")
-        qrels = {t.query_id: _judgments(v) for t, v in zip(tasks, truth, strict=True)}
+    tasks = _given_tasks(queries)
     return _measure(
         tasks,
-        qrels,
+        _given_qrels(ground_truth, tasks),
         rerank_fn,
         name=name or ("input" if rerank_fn is None else None),
         depth=max((len(t.documents) for t in tasks), default=0),

@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from ..backends.base import Backend
@@ -45,8 +46,10 @@ from .wire import Api, RerankRequest, cohere_body, error_body, headers, model_li
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
 
 access_log = logging.getLogger("llmrerank.serve.access")
 logger = logging.getLogger("llmrerank.serve")
@@ -238,10 +241,244 @@ def problem_from(error: LLMRerankError) -> HTTPProblem:
     return HTTPProblem(500, f"{type(error).__name__}: {error}")
 
 
-@dataclass
-class _State:
-    in_flight: int = 0
-    ready: bool = True
+def answer_problem(api: Api | None, problem: HTTPProblem) -> JSONResponse:
+    """``problem`` as a response in ``api``'s error shape (the generic shape for ``None``)."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(error_body(api, problem.status, problem.message), problem.status, problem.headers)
+
+
+class _Endpoints:
+    """The app's request handlers and what they share: the service, the metrics and the in-flight count."""
+
+    def __init__(self, config: ServeConfig, service: Service) -> None:
+        self.config = config
+        self.service = service
+        self.metrics = Metrics()
+        self.in_flight = 0
+        self.ready_for_traffic = True
+        self.pid = os.getpid()  # which worker answered, in the access log
+
+    # Authorization, logging and error answers
+
+    def authorize(self, request: Request) -> None:
+        """:class:`HTTPProblem` 401 unless the request carries one of the server's keys."""
+        if not check_key(_bearer(request), self.config.api_keys):
+            raise HTTPProblem(401, "invalid or missing API key: send Authorization: Bearer <key>")
+
+    def log(self, request: Request, endpoint: str, status: int, started: float, **fields: Any) -> None:
+        """Count the request in the metrics and write its access-log line."""
+        seconds = time.perf_counter() - started
+        self.metrics.observe_request(endpoint, status, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            client = request.client.host if request.client else None
+            record = {"method": request.method, "path": endpoint, "status": status, "ms": round(seconds * 1000, 2)}
+            record.update({"client": client, "pid": self.pid, **fields})
+            access_log.info(json.dumps(record, default=str))
+
+    def refuse(self, api: Api, request: Request, started: float, problem: HTTPProblem, **fields: Any) -> Response:
+        """Log ``problem`` and answer it in ``api``'s error shape."""
+        self.log(request, request.url.path, problem.status, started, error=problem.message[:200], **fields)
+        return answer_problem(api, problem)
+
+    # The rerank routes: one per API shape
+
+    def rerank_route(self, api: Api) -> Callable[[Request], Awaitable[Response]]:
+        """The handler of ``api``'s rerank route."""
+
+        async def endpoint(request: Request) -> Response:
+            return await self.rerank(api, request)
+
+        return endpoint
+
+    async def rerank(self, api: Api, request: Request) -> Response:
+        """Check, run and answer one rerank request; every outcome is logged."""
+        from starlette.requests import ClientDisconnect
+        from starlette.responses import Response
+
+        started = time.perf_counter()
+        fields: dict[str, Any] = {}
+        try:
+            parsed, reranker = await self.accept(api, request, fields)
+            result = await self.run(request, parsed, reranker)
+        except HTTPProblem as problem:
+            return self.refuse(api, request, started, problem, **fields)
+        except LLMRerankError as error:
+            return self.refuse(api, request, started, problem_from(error), **fields)
+        except (ClientGone, ClientDisconnect):
+            self.metrics.cancelled.inc()
+            self.log(request, request.url.path, 499, started, error="client disconnected", **fields)
+            return Response(status_code=499)
+        return self.answer(api, request, started, parsed, reranker, result, fields)
+
+    async def accept(self, api: Api, request: Request, fields: dict[str, Any]) -> tuple[RerankRequest, Reranker]:
+        """The parsed request and the reranker to run it, after the key, size and instruction checks.
+
+        Fills ``fields`` (for the access log) as soon as the request names its model.
+        """
+        self.authorize(request)
+        parsed = parse_request(api, await read_json(request, self.config.max_bytes), DEFAULT_MODEL)
+        fields.update(name=parsed.model, documents=len(parsed.texts))
+        if self.config.log_text:
+            fields["query"] = parsed.query
+        reranker = self.service.reranker(parsed.model)
+        preset = self.service.presets[parsed.model]
+        limit = preset.max_documents or self.config.max_documents
+        if len(parsed.texts) > limit:
+            raise HTTPProblem(413, f"{len(parsed.texts)} documents is over this model's limit of {limit}")
+        if parsed.instruction is not None:
+            if not preset.allow_instruction:
+                raise HTTPProblem(400, f"model {parsed.model!r} does not accept an instruction")
+            domain_instruction(parsed.instruction)
+            reranker = copy.copy(reranker)  # shares the backend and the call bound
+            reranker.domain = parsed.instruction
+        return parsed, reranker
+
+    async def run(self, request: Request, parsed: RerankRequest, reranker: Reranker) -> RerankResult[Any]:
+        """The rerank's result, within the server's bound on reranks in flight (429 past it)."""
+        n = len(parsed.texts)
+        first_stage = None
+        if reranker.fusion is not None and n:
+            # The request's order is the retriever's: best first. Without scores of its own, fusion uses it.
+            first_stage = parsed.first_stage or [float(n - i) for i in range(n)]
+        config = self.config
+        if self.in_flight >= config.max_in_flight:
+            wait = str(max(1, round(config.retry_after)))
+            raise HTTPProblem(429, f"server busy: {config.max_in_flight} reranks in flight", {"retry-after": wait})
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            work = reranker.arerank(parsed.query, parsed.texts, parsed.top_n, first_stage_scores=first_stage)
+            return await run_unless_disconnected(request, work)
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+
+    def answer(
+        self,
+        api: Api,
+        request: Request,
+        started: float,
+        parsed: RerankRequest,
+        reranker: Reranker,
+        result: RerankResult[Any],
+        fields: dict[str, Any],
+    ) -> Response:
+        """The 200 answer in ``api``'s shape, with the rerank's cost counted and logged."""
+        from starlette.responses import JSONResponse
+
+        backend = reranker.backend
+        model = result.model or backend.model
+        cost = estimate_cost(
+            model,
+            result.usage,
+            self.config.prices,
+            backend=backend.name,
+            server_url=getattr(backend, "server_url", None),
+        )
+        self.metrics.observe_rerank(parsed.model, result, model, cost)
+        normalization = getattr(reranker.strategy, "normalization", "pmi")
+        body: Any
+        if api == "tei":
+            body = tei_body(parsed, result, normalization)
+        else:
+            body = cohere_body(parsed, result, parsed.model, cost, normalization)
+        answer = JSONResponse(body, headers=headers(result, parsed.model, len(parsed.texts), normalization))
+        self.log(
+            request,
+            request.url.path,
+            200,
+            started,
+            strategy=result.strategy,
+            rerank=result.status,
+            degraded=list(result.degraded_reasons),
+            calls=result.usage.calls,
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
+            **fields,
+        )
+        return answer
+
+    # The other routes and the lifespan
+
+    async def health(self, request: Request) -> Response:
+        """Liveness: the process answers."""
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        """Readiness: not shutting down, and the LLM backend builds."""
+        from starlette.responses import JSONResponse
+
+        if not self.ready_for_traffic:
+            return JSONResponse({"status": "shutting down"}, 503)
+        try:
+            self.service.backend()
+        except LLMRerankError as exc:
+            return JSONResponse({"status": "not ready", "reason": str(exc)}, 503)
+        return JSONResponse({"status": "ready", "in_flight": self.in_flight})
+
+    async def models(self, request: Request) -> Response:
+        """The names a request's ``model`` can use (behind the API key)."""
+        from starlette.responses import JSONResponse
+
+        started = time.perf_counter()
+        try:
+            self.authorize(request)
+        except HTTPProblem as problem:
+            self.log(request, "/v1/models", 401, started)
+            return answer_problem(None, problem)
+        self.log(request, "/v1/models", 200, started)
+        return JSONResponse(model_list(self.service.models()))
+
+    async def prometheus(self, request: Request) -> Response:
+        """The metrics in Prometheus' text format."""
+        from starlette.responses import Response
+
+        body, content_type = self.metrics.render()
+        return Response(body, headers={"content-type": content_type})
+
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Build the backend at start-up; close its connections at shutdown."""
+        # Build the LLM backend before the first request (it may ask a server which model it serves):
+        # a bad --backend / --model stops the server at start-up instead of failing every request.
+        await asyncio.to_thread(self.service.backend)
+        self.ready_for_traffic = True
+        yield
+        self.ready_for_traffic = False
+        await self.service.aclose()
+
+    def routes(self) -> list[Route]:
+        """The app's routes: rerank in each API shape, then health, readiness, models and metrics."""
+        from starlette.routing import Route
+
+        return [
+            Route("/v2/rerank", self.rerank_route("cohere-v2"), methods=["POST"]),
+            Route("/v1/rerank", self.rerank_route("cohere-v1"), methods=["POST"]),
+            Route("/rerank", self.rerank_route("tei"), methods=["POST"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/ready", self.ready, methods=["GET"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/metrics", self.prometheus, methods=["GET"]),
+        ]
+
+
+def _middleware(config: ServeConfig) -> list[Middleware]:
+    """CORS for ``config.cors_origins``, when it names any."""
+    if not config.cors_origins:
+        return []
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
+
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+        )
+    ]
 
 
 def create_app(config: ServeConfig | None = None, *, backend: Backend | None = None) -> Starlette:
@@ -253,179 +490,17 @@ def create_app(config: ServeConfig | None = None, *, backend: Backend | None = N
     """
     require("starlette", "serve")
     from starlette.applications import Starlette
-    from starlette.requests import ClientDisconnect
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
 
     config = config or ServeConfig()
     service = Service(config, backend)
-    metrics = Metrics()
-    state = _State()
-    pid = os.getpid()  # which worker answered, in the access log
-
-    def answer_problem(api: Api | None, problem: HTTPProblem) -> JSONResponse:
-        return JSONResponse(error_body(api, problem.status, problem.message), problem.status, problem.headers)
-
-    def authorize(request: Request) -> None:
-        if not check_key(_bearer(request), config.api_keys):
-            raise HTTPProblem(401, "invalid or missing API key: send Authorization: Bearer <key>")
-
-    def log(request: Request, endpoint: str, status: int, seconds: float, **fields: Any) -> None:
-        metrics.observe_request(endpoint, status, seconds)
-        if access_log.isEnabledFor(logging.INFO):
-            client = request.client.host if request.client else None
-            record = {"method": request.method, "path": endpoint, "status": status, "ms": round(seconds * 1000, 2)}
-            record.update({"client": client, "pid": pid, **fields})
-            access_log.info(json.dumps(record, default=str))
-
-    async def run(request: Request, parsed: RerankRequest, reranker: Reranker) -> RerankResult[Any]:
-        n = len(parsed.texts)
-        first_stage = None
-        if reranker.fusion is not None and n:
-            # The request's order is the retriever's: best first. Without scores of its own, fusion uses it.
-            first_stage = parsed.first_stage or [float(n - i) for i in range(n)]
-        if state.in_flight >= config.max_in_flight:
-            wait = str(max(1, round(config.retry_after)))
-            raise HTTPProblem(429, f"server busy: {config.max_in_flight} reranks in flight", {"retry-after": wait})
-        state.in_flight += 1
-        metrics.in_flight.inc()
-        try:
-            work = reranker.arerank(parsed.query, parsed.texts, parsed.top_n, first_stage_scores=first_stage)
-            return await run_unless_disconnected(request, work)
-        finally:
-            state.in_flight -= 1
-            metrics.in_flight.dec()
-
-    def rerank_route(api: Api) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            started = time.perf_counter()
-            path = request.url.path
-            fields: dict[str, Any] = {}
-            try:
-                authorize(request)
-                parsed = parse_request(api, await read_json(request, config.max_bytes), DEFAULT_MODEL)
-                fields.update(name=parsed.model, documents=len(parsed.texts))
-                if config.log_text:
-                    fields["query"] = parsed.query
-                reranker = service.reranker(parsed.model)
-                preset = service.presets[parsed.model]
-                limit = preset.max_documents or config.max_documents
-                if len(parsed.texts) > limit:
-                    raise HTTPProblem(413, f"{len(parsed.texts)} documents is over this model's limit of {limit}")
-                if parsed.instruction is not None:
-                    if not preset.allow_instruction:
-                        raise HTTPProblem(400, f"model {parsed.model!r} does not accept an instruction")
-                    domain_instruction(parsed.instruction)
-                    reranker = copy.copy(reranker)  # shares the backend and the call bound
-                    reranker.domain = parsed.instruction
-                result = await run(request, parsed, reranker)
-            except HTTPProblem as problem:
-                log(request, path, problem.status, time.perf_counter() - started, error=problem.message[:200], **fields)
-                return answer_problem(api, problem)
-            except LLMRerankError as error:
-                failure = problem_from(error)
-                log(request, path, failure.status, time.perf_counter() - started, error=failure.message[:200], **fields)
-                return answer_problem(api, failure)
-            except (ClientGone, ClientDisconnect):
-                metrics.cancelled.inc()
-                log(request, path, 499, time.perf_counter() - started, error="client disconnected", **fields)
-                return Response(status_code=499)
-            backend = reranker.backend
-            model = result.model or backend.model
-            cost = estimate_cost(
-                model,
-                result.usage,
-                config.prices,
-                backend=backend.name,
-                server_url=getattr(backend, "server_url", None),
-            )
-            metrics.observe_rerank(parsed.model, result, model, cost)
-            normalization = getattr(reranker.strategy, "normalization", "pmi")
-            body: Any
-            if api == "tei":
-                body = tei_body(parsed, result, normalization)
-            else:
-                body = cohere_body(parsed, result, parsed.model, cost, normalization)
-            answer = JSONResponse(body, headers=headers(result, parsed.model, len(parsed.texts), normalization))
-            log(
-                request,
-                path,
-                200,
-                time.perf_counter() - started,
-                strategy=result.strategy,
-                rerank=result.status,
-                degraded=list(result.degraded_reasons),
-                calls=result.usage.calls,
-                prompt_tokens=result.usage.prompt_tokens,
-                completion_tokens=result.usage.completion_tokens,
-                **fields,
-            )
-            return answer
-
-        return endpoint
-
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def ready(request: Request) -> Response:
-        if not state.ready:
-            return JSONResponse({"status": "shutting down"}, 503)
-        try:
-            service.backend()
-        except LLMRerankError as exc:
-            return JSONResponse({"status": "not ready", "reason": str(exc)}, 503)
-        return JSONResponse({"status": "ready", "in_flight": state.in_flight})
-
-    async def models(request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            authorize(request)
-        except HTTPProblem as problem:
-            log(request, "/v1/models", 401, time.perf_counter() - started)
-            return answer_problem(None, problem)
-        log(request, "/v1/models", 200, time.perf_counter() - started)
-        return JSONResponse(model_list(service.models()))
-
-    async def prometheus(request: Request) -> Response:
-        body, content_type = metrics.render()
-        return Response(body, headers={"content-type": content_type})
-
-    async def lifespan(app: Starlette) -> Any:
-        # Build the LLM backend before the first request (it may ask a server which model it serves):
-        # a bad --backend / --model stops the server at start-up instead of failing every request.
-        await asyncio.to_thread(service.backend)
-        state.ready = True
-        yield
-        state.ready = False
-        await service.aclose()
-
-    from contextlib import asynccontextmanager
-
-    routes = [
-        Route("/v2/rerank", rerank_route("cohere-v2"), methods=["POST"]),
-        Route("/v1/rerank", rerank_route("cohere-v1"), methods=["POST"]),
-        Route("/rerank", rerank_route("tei"), methods=["POST"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/ready", ready, methods=["GET"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/metrics", prometheus, methods=["GET"]),
-    ]
-    middleware = []
-    if config.cors_origins:
-        from starlette.middleware import Middleware
-        from starlette.middleware.cors import CORSMiddleware
-
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(config.cors_origins),
-                allow_methods=["GET", "POST"],
-                allow_headers=["authorization", "content-type"],
-            )
-        )
-    app = Starlette(routes=routes, middleware=middleware, lifespan=asynccontextmanager(lifespan))
+    endpoints = _Endpoints(config, service)
+    app = Starlette(
+        routes=endpoints.routes(),
+        middleware=_middleware(config),
+        lifespan=asynccontextmanager(endpoints.lifespan),
+    )
     app.state.service = service
-    app.state.metrics = metrics
+    app.state.metrics = endpoints.metrics
     return app
 
 

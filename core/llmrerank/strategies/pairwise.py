@@ -12,7 +12,7 @@ Each pair is asked in both orders (A/B and B/A) to cancel position bias. Two mod
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from ..backends.base import Completion, Prompt
@@ -72,76 +72,24 @@ class Pairwise(Strategy):
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
         """All pairs or sort-based, by ``mode``."""
         n = len(docs)
-        clipped = [clip(d.text, self.max_doc_chars) for d in docs]
-        diagnostics: list[Diagnostic] = []
-        if n >= 2:  # a prompt holds the two longest
-            clipped, diagnostics = fit_documents(clipped, lambda two: self.prompt(query, two[0], two[1], ctx), 2, ctx)
-        texts = [c.text for c in clipped]
-        diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
+        texts, diagnostics = self._fit(query, docs, ctx)
         mode = self.mode if self.mode != "auto" else ("all_pairs" if n <= self.all_pairs_max else "sort")
-
-        judged: set[int] = set()
-
-        def compare(pairs: list[tuple[int, int]]) -> Generator[Step, Any, list[float | None]]:
-            """Preference of i over j in [0, 1] for each pair (None when neither order could be read)."""
-            prompts = []
-            for i, j in pairs:
-                prompts += [
-                    self.prompt(query, texts[i], texts[j], ctx),
-                    self.prompt(query, texts[j], texts[i], ctx),
-                ]
-            answers = yield list(prompts)
-            prefs: list[float | None] = []
-            for k, (i, j) in enumerate(pairs):
-                first = self.read(answers[2 * k], diagnostics, i, ctx)
-                second = self.read(answers[2 * k + 1], diagnostics, j, ctx)
-                votes = [v for v in (first, None if second is None else 1.0 - second) if v is not None]
-                if votes:
-                    judged.update((i, j))
-                prefs.append(sum(votes) / len(votes) if votes else None)
-            return prefs
-
         if n < 2:
             return Ranking(list(range(n)), "rank", diagnostics=diagnostics)
+        comparisons = _Comparisons(self, query, texts, ctx, diagnostics)
         if mode == "all_pairs":
-            pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-            prefs = yield from compare(pairs)
-            wins = [0.0] * n
-            known = [0] * n
-            for (i, j), p in zip(pairs, prefs, strict=True):
-                if p is None:
-                    continue
-                wins[i] += p
-                wins[j] += 1.0 - p
-                known[i] += 1
-                known[j] += 1
-            # A document's win rate is over the comparisons that could be read; with none, it has no score.
-            scores = {i: wins[i] / known[i] for i in range(n) if known[i]}
-            order = sorted(scores, key=lambda i: (-scores[i], i))
-            unscored = [i for i in range(n) if i not in scores]
-            return Ranking(order + unscored, "win_rate", scores, diagnostics=diagnostics, unjudged=set(unscored))
+            return (yield from comparisons.all_pairs())
+        order = yield from comparisons.select(list(range(n)), ctx.top_k or n)
+        return Ranking(order, "rank", diagnostics=diagnostics, unjudged=set(range(n)) - comparisons.judged)
 
-        k = ctx.top_k or n
-
-        def select(items: list[int], k: int) -> Generator[Step, Any, list[int]]:
-            """Sort ``items`` well enough that its best ``k`` come first in order."""
-            if len(items) <= 1 or k <= 0:
-                return items
-            pivot = items[len(items) // 2]
-            others = [x for x in items if x != pivot]
-            prefs = yield from compare([(x, pivot) for x in others])
-            # An unreadable comparison counts as a tie, which keeps the first-stage order.
-            ties = [0.5 if p is None else p for p in prefs]
-            better = [x for x, p in zip(others, ties, strict=True) if p > 0.5 or (p == 0.5 and x < pivot)]
-            worse = [x for x in others if x not in better]
-            head = yield from select(better, k)
-            if len(head) + 1 >= k:
-                return [*head, pivot, *worse]
-            tail = yield from select(worse, k - len(head) - 1)
-            return [*head, pivot, *tail]
-
-        order = yield from select(list(range(n)), k)
-        return Ranking(order, "rank", diagnostics=diagnostics, unjudged=set(range(n)) - judged)
+    def _fit(self, query: str, docs: Sequence[Document], ctx: Context) -> tuple[list[str], list[Diagnostic]]:
+        """The clipped texts, cut further where two would not fit the context, and the diagnostics of both."""
+        clipped = [clip(d.text, self.max_doc_chars) for d in docs]
+        diagnostics: list[Diagnostic] = []
+        if len(docs) >= 2:  # a prompt holds the two longest
+            clipped, diagnostics = fit_documents(clipped, lambda two: self.prompt(query, two[0], two[1], ctx), 2, ctx)
+        diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
+        return [c.text for c in clipped], diagnostics
 
     def read(
         self, answer: Completion | BaseException, diagnostics: list[Diagnostic], index: int, ctx: Context
@@ -163,3 +111,69 @@ class Pairwise(Strategy):
             diagnostics.append(Diagnostic("choice_unparsed", f"{answer.text[:80]!r}", index))
             return None
         return 1.0 if choice == "A" else 0.0
+
+
+@dataclass
+class _Comparisons:
+    """The comparisons of one plan: its texts, the diagnostics of each answer, the documents judged."""
+
+    strategy: Pairwise
+    query: str
+    texts: list[str]
+    ctx: Context
+    diagnostics: list[Diagnostic]
+    judged: set[int] = field(default_factory=set)
+
+    def compare(self, pairs: list[tuple[int, int]]) -> Generator[Step, Any, list[float | None]]:
+        """Preference of i over j in [0, 1] for each pair (None when neither order could be read)."""
+        prompt, texts, query, ctx = self.strategy.prompt, self.texts, self.query, self.ctx
+        prompts = []
+        for i, j in pairs:
+            prompts += [prompt(query, texts[i], texts[j], ctx), prompt(query, texts[j], texts[i], ctx)]
+        answers = yield list(prompts)
+        prefs: list[float | None] = []
+        for k, (i, j) in enumerate(pairs):
+            first = self.strategy.read(answers[2 * k], self.diagnostics, i, ctx)
+            second = self.strategy.read(answers[2 * k + 1], self.diagnostics, j, ctx)
+            votes = [v for v in (first, None if second is None else 1.0 - second) if v is not None]
+            if votes:
+                self.judged.update((i, j))
+            prefs.append(sum(votes) / len(votes) if votes else None)
+        return prefs
+
+    def all_pairs(self) -> Generator[Step, Any, Ranking]:
+        """Every pair in one step; documents ordered by win rate."""
+        n = len(self.texts)
+        pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        prefs = yield from self.compare(pairs)
+        wins = [0.0] * n
+        known = [0] * n
+        for (i, j), p in zip(pairs, prefs, strict=True):
+            if p is None:
+                continue
+            wins[i] += p
+            wins[j] += 1.0 - p
+            known[i] += 1
+            known[j] += 1
+        # A document's win rate is over the comparisons that could be read; with none, it has no score.
+        scores = {i: wins[i] / known[i] for i in range(n) if known[i]}
+        order = sorted(scores, key=lambda i: (-scores[i], i))
+        unscored = [i for i in range(n) if i not in scores]
+        return Ranking(order + unscored, "win_rate", scores, diagnostics=self.diagnostics, unjudged=set(unscored))
+
+    def select(self, items: list[int], k: int) -> Generator[Step, Any, list[int]]:
+        """Sort ``items`` well enough that its best ``k`` come first in order."""
+        if len(items) <= 1 or k <= 0:
+            return items
+        pivot = items[len(items) // 2]
+        others = [x for x in items if x != pivot]
+        prefs = yield from self.compare([(x, pivot) for x in others])
+        # An unreadable comparison counts as a tie, which keeps the first-stage order.
+        ties = [0.5 if p is None else p for p in prefs]
+        better = [x for x, p in zip(others, ties, strict=True) if p > 0.5 or (p == 0.5 and x < pivot)]
+        worse = [x for x in others if x not in better]
+        head = yield from self.select(better, k)
+        if len(head) + 1 >= k:
+            return [*head, pivot, *worse]
+        tail = yield from self.select(worse, k - len(head) - 1)
+        return [*head, pivot, *tail]

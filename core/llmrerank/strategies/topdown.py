@@ -19,14 +19,14 @@ first-stage order; their order among themselves is no model's judgment.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..errors import ConfigurationError
 from ..prompts import clip
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Context, Plan, Ranking, Strategy
+from .base import Context, Plan, Ranking, Step, Strategy
 from .listwise import Listwise, Method
 
 
@@ -55,90 +55,113 @@ class TopDown(Strategy):
     def __post_init__(self) -> None:
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k < self.window:
             raise ConfigurationError(f"need 1 <= top_k < window (got top_k={self.top_k!r}, window={self.window!r})")
-        inner = Listwise(
-            window=self.window,
-            step=self.window,
-            max_doc_chars=self.max_doc_chars,
-            system_prompt=self.system_prompt,
-            template=self.template,
-            method=self.method,
-            self_consistency=self.self_consistency,
-            seed=self.seed,
-        )
-        object.__setattr__(self, "listwise", inner)
+        passed_on = {name: getattr(self, name) for name in _LISTWISE_OPTIONS}
+        object.__setattr__(self, "listwise", Listwise(step=self.window, **passed_on))
 
     def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
         """Rank the first window, partition the rest against its pivot in parallel, rank the candidates."""
-        lw = self.listwise
         n = len(docs)
+        texts, window, diagnostics = self._fit(query, docs, ctx)
+        depth = min(max(self.top_k, ctx.top_k or 0), window - 1)
+        marks = _Marks(diagnostics)
+        scores: dict[int, float] = {}
+        pool = list(range(n))
+        below: list[int] = []  # out of the top, best first: each first window's rest, in its order
+        while len(pool) > window:
+            pool, rest = yield from self._partition(query, texts, pool, window, depth, ctx, marks)
+            below = rest + below
+        if len(pool) >= 2:
+            pool = yield from self._rank(query, texts, pool, f"final window of {len(pool)}", ctx, marks, scores)
+        placed = set(pool) | set(below)
+        order = pool + below + [i for i in range(n) if i not in placed]
+        unjudged = marks.unjudged - marks.judged
+        kind: ScoreKind = "rank"
+        if scores:
+            kind = "borda" if self.self_consistency > 1 else "first_token"
+        kept = {i: s for i, s in scores.items() if i in marks.judged}
+        return Ranking(order, kind, kept, {}, diagnostics, unjudged if n >= 2 else set())
+
+    def _fit(self, query: str, docs: Sequence[Document], ctx: Context) -> tuple[list[str], int, list[Diagnostic]]:
+        """The clipped texts, the window that fits the context, and the diagnostics of both."""
         clipped = [clip(d.text, self.max_doc_chars) for d in docs]
-        window, _, cap = lw.fitted(query, [c.text for c in clipped], ctx)
+        window, _, cap = self.listwise.fitted(query, [c.text for c in clipped], ctx)
         diagnostics: list[Diagnostic] = []
-        if window < min(self.window, n):
+        if window < min(self.window, len(docs)):
             note = f"window of {window} documents to fit {ctx.context_tokens} tokens of context"
             diagnostics.append(Diagnostic("context_fitted", note))
         if cap is not None:
             clipped = [clip(c.text, cap) if len(c.text) > cap else c for c in clipped]
             diagnostics.append(Diagnostic("context_fitted", f"documents cut to {cap} characters to fit the context"))
         diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
-        texts = [c.text for c in clipped]
-        depth = min(max(self.top_k, ctx.top_k or 0), window - 1)
-        scores: dict[int, float] = {}
-        judged: set[int] = set()
-        pool = list(range(n))
-        below: list[int] = []  # out of the top, best first: each first window's rest, in its order
-        unjudged: set[int] = set()
-        while len(pool) > window:
-            first = pool[:window]
-            shown = lw.shown(first, 0)
-            answers = yield [lw.prompt(query, [texts[i] for i in s], ctx) for s in shown]
-            read = lw.aggregate(answers, shown, diagnostics, f"first window of {len(pool)}", ctx, {})
-            if read is None:
-                unjudged.update(first)
-                ranked = first
-            else:
-                ranked, named = read
-                judged.update(named)
-                unjudged.update(i for i in first if i not in set(named))
-            pivot = ranked[depth - 1]
-            candidates = ranked[: depth - 1]
-            below = ranked[depth:] + below
-            groups = [pool[k : k + window - 1] for k in range(window, len(pool), window - 1)]
-            # The pivot goes first: a document must beat it, not tie with it (a judge's ties go to
-            # what it is shown first), to become a candidate.
-            shows = [lw.shown([pivot, *group], g + 1) for g, group in enumerate(groups)]
-            prompts = [lw.prompt(query, [texts[i] for i in s], ctx) for shown in shows for s in shown]
-            answers = yield prompts
-            passes = len(shows[0]) if shows else 0
-            for g, (group, shown) in enumerate(zip(groups, shows, strict=True)):
-                where = f"group {g + 1} of {len(groups)} against the pivot"
-                got = lw.aggregate(answers[g * passes : (g + 1) * passes], shown, diagnostics, where, ctx, {})
-                if got is None or pivot not in got[1]:
-                    if got is not None:
-                        diagnostics.append(Diagnostic("pivot_unplaced", f"{where}: the answer left out the pivot"))
-                    unjudged.update(group)
-                    continue
-                order, named = got
-                judged.update(named)
-                cut = order.index(pivot)
-                candidates += [i for i in order[:cut] if i in set(named)]
-                unjudged.update(i for i in group if i not in set(named))
-            pool = [*candidates, pivot]  # at least window - depth fewer: the first window's rest is out
-        if len(pool) >= 2:
-            shown = lw.shown(pool, 0)
-            answers = yield [lw.prompt(query, [texts[i] for i in s], ctx) for s in shown]
-            read = lw.aggregate(answers, shown, diagnostics, f"final window of {len(pool)}", ctx, scores)
-            if read is None:
-                unjudged.update(pool)
-            else:
-                pool, named = read
-                judged.update(named)
-                unjudged.update(i for i in pool if i not in set(named))
-        placed = set(pool) | set(below)
-        order = pool + below + [i for i in range(n) if i not in placed]
-        unjudged -= judged
-        kind: ScoreKind = "rank"
-        if scores:
-            kind = "borda" if self.self_consistency > 1 else "first_token"
-        kept = {i: s for i, s in scores.items() if i in judged}
-        return Ranking(order, kind, kept, {}, diagnostics, unjudged if n >= 2 else set())
+        return [c.text for c in clipped], window, diagnostics
+
+    def _rank(
+        self,
+        query: str,
+        texts: list[str],
+        ids: list[int],
+        where: str,
+        ctx: Context,
+        marks: _Marks,
+        scores: dict[int, float],
+    ) -> Generator[Step, Any, list[int]]:
+        """``ids`` ranked in one window (in their order when the answer cannot be read)."""
+        lw = self.listwise
+        shown = lw.shown(ids, 0)
+        answers = yield [lw.prompt(query, [texts[i] for i in s], ctx) for s in shown]
+        read = lw.aggregate(answers, shown, marks.diagnostics, where, ctx, scores)
+        if read is None:
+            marks.unjudged.update(ids)
+            return ids
+        ranked, named = read
+        marks.placed(ids, named)
+        return ranked
+
+    def _partition(
+        self, query: str, texts: list[str], pool: list[int], window: int, depth: int, ctx: Context, marks: _Marks
+    ) -> Generator[Step, Any, tuple[list[int], list[int]]]:
+        """One round: the pool's candidates with the pivot last, and the first window's rest (out of the top)."""
+        lw = self.listwise
+        ranked = yield from self._rank(query, texts, pool[:window], f"first window of {len(pool)}", ctx, marks, {})
+        pivot = ranked[depth - 1]
+        candidates = ranked[: depth - 1]
+        groups = [pool[k : k + window - 1] for k in range(window, len(pool), window - 1)]
+        # The pivot goes first: a document must beat it, not tie with it (a judge's ties go to
+        # what it is shown first), to become a candidate.
+        shows = [lw.shown([pivot, *group], g + 1) for g, group in enumerate(groups)]
+        prompts = [lw.prompt(query, [texts[i] for i in s], ctx) for shown in shows for s in shown]
+        answers = yield prompts
+        passes = len(shows[0]) if shows else 0
+        for g, (group, shown) in enumerate(zip(groups, shows, strict=True)):
+            where = f"group {g + 1} of {len(groups)} against the pivot"
+            got = lw.aggregate(answers[g * passes : (g + 1) * passes], shown, marks.diagnostics, where, ctx, {})
+            if got is None or pivot not in got[1]:
+                if got is not None:
+                    marks.diagnostics.append(Diagnostic("pivot_unplaced", f"{where}: the answer left out the pivot"))
+                marks.unjudged.update(group)
+                continue
+            order, named = got
+            marks.placed(group, named)
+            cut = order.index(pivot)
+            candidates += [i for i in order[:cut] if i in set(named)]
+        # At least window - depth fewer: the first window's rest is out.
+        return [*candidates, pivot], ranked[depth:]
+
+
+_LISTWISE_OPTIONS = ("window", "max_doc_chars", "system_prompt", "template", "method", "self_consistency", "seed")
+"""The options a :class:`TopDown` passes on to the :class:`Listwise` that writes and reads its prompts."""
+
+
+@dataclass
+class _Marks:
+    """What one plan learns besides the order: its diagnostics, the documents the model placed and
+    those it did not (each window's fallbacks)."""
+
+    diagnostics: list[Diagnostic]
+    judged: set[int] = field(default_factory=set)
+    unjudged: set[int] = field(default_factory=set)
+
+    def placed(self, shown: list[int], named: list[int]) -> None:
+        """The model named ``named`` of the ``shown`` documents: the others keep a fallback place."""
+        self.judged.update(named)
+        self.unjudged.update(i for i in shown if i not in set(named))
