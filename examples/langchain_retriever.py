@@ -9,29 +9,22 @@ It needs ``pip install "llmrerank[langchain]"``. The LLM comes from the environm
 uses OpenAI ``gpt-4o-mini``; else with ``ANTHROPIC_API_KEY`` set, Claude Haiku; with neither, the
 small local demo model SmolLM2-135M-Instruct (the two lines of the README's Install section;
 ``llmrerank doctor`` says what is missing), fully offline: fine for trying it, weak for real ranking.
+
+The query, the documents and the printing are in ``example_report.py`` beside it, shared with the
+LlamaIndex example.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from example_report import QUERY, TEXTS, print_reranked, print_status
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
 from langchain_llmrerank import LLMRerankCompressor
-
-QUERY = "How do solar panels turn sunlight into electricity?"
-
-DOCUMENTS = [
-    "Wind turbines convert the kinetic energy of moving air into electricity.",
-    "Solar panels are made of photovoltaic cells that turn sunlight into electricity.",
-    "The Eiffel Tower was completed in 1889 for the World's Fair in Paris.",
-    "In a photovoltaic cell, photons from sunlight knock electrons loose, producing a current.",
-    "Solar water heaters use the sun's heat, not electricity, to warm water.",
-    "Sourdough bread rises thanks to wild yeast and lactic acid bacteria.",
-]
 
 
 class RerankReport(BaseCallbackHandler):
@@ -60,7 +53,7 @@ class StoredOrderRetriever(BaseRetriever):
 
 def main() -> None:
     # The first stage's order ignores the query: the reranker's job is to fix it.
-    documents = [Document(page_content=text, metadata={"id": i}) for i, text in enumerate(DOCUMENTS)]
+    documents = [Document(page_content=text, metadata={"id": i}) for i, text in enumerate(TEXTS)]
     base_retriever = StoredOrderRetriever(documents=documents)
 
     compressor = LLMRerankCompressor(top_n=3)  # no LLM named: taken from the environment
@@ -75,16 +68,10 @@ def main() -> None:
     reranked = retriever.invoke(QUERY, {"callbacks": [report]})
     reranker = compressor.reranker
     print(f"\nReranked by {reranker.backend!r} with the {reranker.strategy.name} strategy (top {compressor.top_n}):")
-    for doc in reranked:
-        meta = doc.metadata
-        score = meta["relevance_score"]
-        shown = f"score {score:.3f}" if score is not None else f"no score ({meta['rerank_score_kind']})"
-        fallback = "  FALLBACK: not placed by the model" if meta["rerank_fallback"] else ""
-        print(f"  {meta['rerank_rank']}. {shown}  [doc {meta['id']}] {doc.page_content}{fallback}")
-    (result,) = report.results
-    usage = result["usage"]
-    reasons = f" ({', '.join(result['degraded_reasons'])})" if result["degraded"] else ""
-    print(f"\nStatus: {result['status']}{reasons}; {usage['calls']} LLM calls, {usage['total_tokens']} tokens")
+    for doc in reranked:  # copies whose metadata says what the rerank did
+        print_reranked(doc.metadata, f"doc {doc.metadata['id']}", doc.page_content)
+    (summary,) = report.results
+    print_status(summary)
 
 
 if __name__ == "__main__":

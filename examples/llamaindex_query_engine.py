@@ -10,7 +10,8 @@ OpenAI ``gpt-4o-mini``; else with ``ANTHROPIC_API_KEY`` set, Claude Haiku; with 
 local demo model SmolLM2-135M-Instruct (the two lines of the README's Install section;
 ``llmrerank doctor`` says what is missing), fully offline: fine for trying it, weak for real ranking.
 
-The answer-writing LLM of the engine is LlamaIndex's ``MockLLM`` here, so that the example runs with
+The query, the documents and the printing are in ``example_report.py`` beside it, shared with the
+LangChain example. The answer-writing LLM of the engine is LlamaIndex's ``MockLLM`` here, so that the example runs with
 no key and prints the reranked source nodes only; pass your own ``llm=`` to get a real answer.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from example_report import QUERY, TEXTS, print_reranked, print_status
 from llama_index.core import SummaryIndex
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.instrumentation import get_dispatcher
@@ -26,17 +28,6 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.schema import TextNode
 
 from llamaindex_llmrerank import LLMRerankEndEvent, LLMRerankPostprocessor
-
-QUERY = "How do solar panels turn sunlight into electricity?"
-
-TEXTS = [
-    "Wind turbines convert the kinetic energy of moving air into electricity.",
-    "Solar panels are made of photovoltaic cells that turn sunlight into electricity.",
-    "The Eiffel Tower was completed in 1889 for the World's Fair in Paris.",
-    "In a photovoltaic cell, photons from sunlight knock electrons loose, producing a current.",
-    "Solar water heaters use the sun's heat, not electricity, to warm water.",
-    "Sourdough bread rises thanks to wild yeast and lactic acid bacteria.",
-]
 
 
 class RerankReport(BaseEventHandler):
@@ -62,16 +53,10 @@ def main() -> None:
     print(f"Query: {QUERY}\n")
     top = f"top {reranker.top_n} of {len(TEXTS)}"
     print(f"Reranked by {core.backend!r} with the {core.strategy.name} strategy ({top}):")
-    for node in response.source_nodes:
-        meta = node.node.metadata
-        score = meta["relevance_score"]
-        shown = f"score {score:.3f}" if score is not None else f"no score ({meta['rerank_score_kind']})"
-        fallback = "  FALLBACK: not placed by the model" if meta["rerank_fallback"] else ""
-        print(f"  {meta['rerank_rank']}. {shown}  [{node.node.node_id}] {node.node.get_content()}{fallback}")
-    (result,) = report.results
-    usage = result["usage"]
-    reasons = f" ({', '.join(result['degraded_reasons'])})" if result["degraded"] else ""
-    print(f"\nStatus: {result['status']}{reasons}; {usage['calls']} LLM calls, {usage['total_tokens']} tokens")
+    for node in response.source_nodes:  # nodes whose metadata says what the rerank did
+        print_reranked(node.node.metadata, node.node.node_id, node.node.get_content())
+    (summary,) = report.results
+    print_status(summary)
 
 
 if __name__ == "__main__":

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import contextvars
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import Callbacks, adispatch_custom_event, dispatch_custom_event
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import ensure_config, get_callback_manager_for_config
-from pydantic import AliasChoices, ConfigDict, Field, InstanceOf, PrivateAttr, model_validator
+from pydantic import ConfigDict, InstanceOf, PrivateAttr
 
 from llmrerank import Backend, RankedDocument, RerankResult, Strategy
-from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
+from llmrerank.adapter_options import setting
+from llmrerank.backends.framework import blocking
+from llmrerank.driver import OnError
 from llmrerank.errors import InvalidInputError
-from llmrerank.options import LazyReranker, RerankerSlot, check_options
+from llmrerank.options import LazyReranker, RerankerSlot
 from llmrerank.types import document_list
 
-from .chat_backend import CALL_CONFIG, SYNC_CALLS, ChatModelBackend
-
-T = TypeVar("T")
+from .chat_backend import CALL_CONFIG, ChatModelBackend
 
 
 class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
@@ -53,84 +52,31 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    framework_backend: ClassVar[Callable[..., Backend]] = ChatModelBackend
 
-    strategy: str | InstanceOf[Strategy] | None = None
-    """``"pointwise"``, ``"pairwise"``, ``"listwise"``, ``"hybrid"``, ``"query_likelihood"`` or a strategy
-    object (for its options).
-
-    None uses the backend's preferred strategy: listwise for API and chat models, query likelihood
-    for the local model."""
-
+    # Defaults, bounds and docs (the fields' descriptions): llmrerank.adapter_options, shared with LlamaIndex.
+    strategy: str | InstanceOf[Strategy] | None = setting("strategy")
     backend: InstanceOf[Backend] | InstanceOf[BaseChatModel] | None = None
     """The LLM: an llmrerank backend (``OpenAIBackend(...)``, ``AnthropicBackend(...)``, ``LocalBackend()``)
     or any LangChain chat model (``ChatOpenAI``, ``ChatAnthropic``, ...). None picks one from the
     environment (:func:`llmrerank.default_backend`)."""
-
-    model: str | None = None
-    """Shortcut for the environment's API backend with another model: ``"gpt-4.1-mini"`` with
-    ``OPENAI_API_KEY`` set, a Claude model name with ``ANTHROPIC_API_KEY``. Not with ``backend``."""
-
-    top_n: int | None = Field(default=3, ge=1, validation_alias=AliasChoices("top_n", "top_k"))
-    """How many documents to return, best first (3, like LangChain's other rerank compressors).
-    None returns every document in the new order. Also accepted as ``top_k=``, the name llmrerank's
-    own ``rerank()`` uses."""
-
-    domain: str | None = None
-    """``"legal"``, ``"medical"``, ``"ecommerce"``, or a sentence of your own added to the system prompt."""
-
-    system_prompt: str | None = None
-    """Replaces the built-in system prompt of a pointwise, pairwise or listwise strategy given by name
-    (the ``domain`` instruction is still appended). For a strategy object, set it on the object."""
-
-    template: str | None = None
-    """Replaces the user prompt of the strategy named in ``strategy`` (required with it): placeholders
-    ``{query}`` and ``{document}`` (pointwise), ``{query}``, ``{document_a}``, ``{document_b}``
-    (pairwise) or ``{query}``, ``{count}``, ``{documents}`` (listwise)."""
-
-    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1)
-    """The most LLM calls in flight at once, across concurrent calls of this compressor."""
-
-    on_error: Literal["degrade", "degrade_all", "raise"] = "degrade"
-    """``"degrade"`` returns a fallback order (``rerank_degraded`` in the metadata, and a warning in the
-    log) when LLM calls fail for a passing reason (429, 5xx, timeouts) and raises for a permanent one
-    (bad key, unknown model: :class:`~llmrerank.errors.PermanentBackendError`); ``"degrade_all"``
-    degrades on both; ``"raise"`` raises llmrerank's typed error for any failure."""
-
-    deadline: float | None = Field(default=None, gt=0)
-    """Seconds one compression may take; calls still running then are abandoned (see ``on_error``)."""
-
-    cache: Any = None
-    """A response cache (``llmrerank.MemoryCache()``, ``llmrerank.DiskCache(path)``, or anything with
-    ``get``/``set``): a repeated prompt to the same model makes no LLM call."""
-
-    min_score: float | None = Field(default=None, ge=0, le=10)
-    """Drop documents the model rated below this (0-10), as ``LLMChainFilter`` drops what the LLM
-    rejects. Needs a strategy with 0-10 scores (``"pointwise"``); unscored documents are kept."""
-    fusion: Any = "auto"
-    """Combine the LLM's score with each document's ``metadata["score"]`` or ``["relevance_score"]``
-    (a retriever's score): an ``llmrerank.Fusion``, a method name (``"zscore"``, ``"minmax"``,
-    ``"rrf"``), None for never, or ``"auto"``: the backend's default (the local model's)."""
-    calibration: Any = None
-    """A calibration file (``llmrerank calibrate``) for this model and strategy: ``relevance_score``
-    becomes P(relevant) in [0, 1] (``rerank_score_kind`` ``"probability"``)."""
-    min_probability: float | None = Field(default=None, ge=0, le=1)
-    """With ``calibration``: drop documents less likely relevant than this."""
-    diversity: Any = None
-    """An ``llmrerank.MMR(lambda_=0.7, embedder=...)``: reorder the result by maximal marginal relevance."""
-    dedup: Any = None
-    """A cosine threshold (``0.95``) or an ``llmrerank.Dedup``: drop near-duplicates of better-ranked documents."""
+    model: str | None = setting("model")
+    top_n: int | None = setting("top_n")
+    domain: str | None = setting("domain")
+    system_prompt: str | None = setting("system_prompt")
+    template: str | None = setting("template")
+    max_concurrency: int = setting("max_concurrency")
+    on_error: OnError = setting("on_error")
+    deadline: float | None = setting("deadline")
+    cache: Any = setting("cache")
+    min_score: float | None = setting("min_score")
+    fusion: Any = setting("fusion")
+    calibration: Any = setting("calibration")
+    min_probability: float | None = setting("min_probability")
+    diversity: Any = setting("diversity")
+    dedup: Any = setting("dedup")
 
     _slot: RerankerSlot = PrivateAttr(default_factory=lambda: RerankerSlot())
-
-    @model_validator(mode="after")
-    def _check(self) -> LLMRerankCompressor:
-        check_options(backend=self.backend, **self._options())
-        return self
-
-    def _backend(self) -> Backend | None:
-        if isinstance(self.backend, BaseChatModel):
-            return ChatModelBackend(self.backend, max_workers=self.max_concurrency)
-        return self.backend
 
     def rerank(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
@@ -142,10 +88,9 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
 
         def run() -> RerankResult[Document]:
             CALL_CONFIG.set(RunnableConfig(callbacks=callbacks))
-            SYNC_CALLS.set(True)
             return reranker.rerank(query, documents, self.top_n)
 
-        result = _annotated(contextvars.copy_context().run(run))
+        result = _annotated(blocking(run))
         config = _traced(callbacks)
         if config is not None:
             dispatch_custom_event(RESULT_EVENT, result.summary(), config=config)
@@ -168,26 +113,17 @@ class LLMRerankCompressor(LazyReranker, BaseDocumentCompressor):
         return result
 
     def compress_documents(
-        self,
-        documents: Sequence[Document],
-        query: str,
-        callbacks: Callbacks | None = None,
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
-        """Rerank ``documents`` for ``query``; return copies of the best ``top_n`` with their scores."""
-        if not documents:
-            return []
-        return self.rerank(documents, query, callbacks).documents
+        """Rerank ``documents`` for ``query``; return copies of the best ``top_n`` with their scores
+        (no documents: ``[]``, without building the reranker)."""
+        return self.rerank(documents, query, callbacks).documents if documents else []
 
     async def acompress_documents(
-        self,
-        documents: Sequence[Document],
-        query: str,
-        callbacks: Callbacks | None = None,
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
         """Async :meth:`compress_documents`, on the running event loop."""
-        if not documents:
-            return []
-        return (await self.arerank(documents, query, callbacks)).documents
+        return (await self.arerank(documents, query, callbacks)).documents if documents else []
 
 
 def _langchain_documents(documents: Sequence[Any]) -> list[Document]:

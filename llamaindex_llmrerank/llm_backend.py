@@ -2,42 +2,34 @@
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Mapping
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole
 from llama_index.core.llms import LLM
 
-from llmrerank import Backend, Completion, Prompt
+from llmrerank import Completion, Prompt
 from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
-from llmrerank.backends.base import WorkerThreads, token_count
-
-SYNC_CALLS: contextvars.ContextVar[bool] = contextvars.ContextVar("llamaindex_llmrerank_sync_calls", default=False)
-"""True inside a blocking postprocess: the LLM's blocking ``chat`` is used, each call in a worker thread.
-
-LlamaIndex LLMs keep one async client per LLM object, bound to the event loop that made it; the blocking
-API of llmrerank runs on its own background loop, so a blocking caller gets the LLM's blocking path (the
-one its own code would use) instead.
-"""
+from llmrerank.backends.base import token_count
+from llmrerank.backends.framework import FrameworkBackend
 
 
-class LlamaIndexLLMBackend(Backend):
+class LlamaIndexLLMBackend(FrameworkBackend):
     """Answers llmrerank prompts with a LlamaIndex ``LLM`` (``OpenAI``, ``Anthropic``, ``Ollama``, ...).
 
     Each prompt becomes a system and a user :class:`ChatMessage` sent with ``achat`` (``chat`` from a
-    blocking caller); completion-only LLMs get them through their ``messages_to_prompt``. The answer
-    is the message text; token use is read from the response when the integration reports it.
-    Log-probabilities are not read, so pointwise scoring uses generated scores. The LLM's own
-    settings (temperature, max tokens, retries) apply.
+    blocking caller, in this backend's own threads: :class:`~llmrerank.backends.framework.FrameworkBackend`);
+    completion-only LLMs get them through their ``messages_to_prompt``. The answer is the message
+    text; token use is read from the response when the integration reports it. Log-probabilities are
+    not read, so pointwise scoring uses generated scores. The LLM's own settings (temperature, max
+    tokens, retries) apply.
     """
 
     name = "llamaindex"
 
     def __init__(self, llm: LLM, *, max_workers: int = DEFAULT_MAX_CONCURRENCY) -> None:
+        super().__init__(max_workers=max_workers)
         self.llm = llm
-        self._threads = WorkerThreads(max_workers)
-        """Threads for blocking calls (``max_workers``: the reranker's ``max_concurrency``)."""
         self.model = str(llm.metadata.model_name or type(llm).__name__)
         self.name = f"llamaindex:{llm.class_name()}"
 
@@ -46,19 +38,11 @@ class LlamaIndexLLMBackend(Backend):
         messages = [ChatMessage(role=MessageRole.USER, content=prompt.user)]
         if prompt.system:
             messages.insert(0, ChatMessage(role=MessageRole.SYSTEM, content=prompt.system))
-        if SYNC_CALLS.get():
-            # The call runs in a copy of this context, so the LLM's spans still nest under the rerank's.
-            response = await self._threads.run(self.llm.chat, messages)
-        else:
-            response = await self.llm.achat(messages)
+        response = await self.call(self.llm.chat, self.llm.achat, messages)
         prompt_tokens, completion_tokens = _usage(response)
         return Completion(
             text=response.message.content or "", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
         )
-
-    async def aclose(self) -> None:
-        """Let the blocking calls' threads end (the LLM itself is the caller's)."""
-        self._threads.shutdown()
 
     def __repr__(self) -> str:
         return f"LlamaIndexLLMBackend({type(self.llm).__name__}, model={self.model!r})"

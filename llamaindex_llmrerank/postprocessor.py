@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar
 
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -22,11 +21,13 @@ from llmrerank import (
     RerankResult,
     Strategy,
 )
-from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
-from llmrerank.options import LazyReranker, RerankerSlot, check_options
+from llmrerank.adapter_options import setting
+from llmrerank.backends.framework import blocking
+from llmrerank.driver import OnError
+from llmrerank.options import LazyReranker, RerankerSlot
 from llmrerank.strategies.base import Context
 
-from .llm_backend import SYNC_CALLS, LlamaIndexLLMBackend
+from .llm_backend import LlamaIndexLLMBackend
 
 dispatcher = get_dispatcher(__name__)
 
@@ -74,9 +75,6 @@ def node_text(node: BaseNode, mode: MetadataMode, limit: int | None) -> str:
     return template.format(metadata_str=metadata[:room].rstrip(), content=content)
 
 
-T = TypeVar("T")
-
-
 class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     """Rerank retrieved nodes with an LLM; for query engines' ``node_postprocessors``.
 
@@ -103,80 +101,37 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     :class:`~llmrerank.InvalidInputError` (a ``ValueError``).
     """
 
-    strategy: str | InstanceOf[Strategy] | None = None
-    """``"pointwise"``, ``"pairwise"``, ``"listwise"``, ``"hybrid"``, ``"query_likelihood"`` or a strategy
-    object (for its options).
-
-    None uses the backend's preferred strategy: listwise for API models and LlamaIndex LLMs, query
-    likelihood for the local model."""
-
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    framework_backend: ClassVar[Callable[..., Backend]] = LlamaIndexLLMBackend
 
+    # Defaults, bounds and docs (the fields' descriptions): llmrerank.adapter_options, shared with LangChain.
+    # Objects are left out of to_dict()/to_json() (exclude=True), which could not write them.
+    strategy: str | InstanceOf[Strategy] | None = setting("strategy")
     backend: InstanceOf[Backend] | InstanceOf[LLM] | None = Field(
         default=None, exclude=True, validation_alias=AliasChoices("backend", "llm")
     )
     """The LLM: an llmrerank backend (``OpenAIBackend(...)``, ``AnthropicBackend(...)``, ``LocalBackend()``)
     or any LlamaIndex ``LLM``; also accepted as ``llm=``, the name LlamaIndex's own rerankers use. None
-    picks one from the environment (:func:`llmrerank.default_backend`)."""
-
-    model: str | None = None
-    """Shortcut for the environment's API backend with another model: ``"gpt-4.1-mini"`` with
-    ``OPENAI_API_KEY`` set, a Claude model name with ``ANTHROPIC_API_KEY``. Not with ``backend``."""
-
-    top_n: int | None = Field(default=3, ge=1, validation_alias=AliasChoices("top_n", "top_k"))
-    """How many nodes to return, best first. None returns every node in the new order. Also accepted
-    as ``top_k=``, the name llmrerank's own ``rerank()`` uses."""
-
-    domain: str | None = None
-    """``"legal"``, ``"medical"``, ``"ecommerce"``, or a sentence of your own added to the system prompt."""
-
-    system_prompt: str | None = None
-    """Replaces the built-in system prompt of a pointwise, pairwise or listwise strategy given by name
-    (the ``domain`` instruction is still appended). For a strategy object, set it on the object."""
-
-    template: str | None = None
-    """Replaces the user prompt of the strategy named in ``strategy`` (required with it): placeholders
-    ``{query}`` and ``{document}`` (pointwise), ``{query}``, ``{document_a}``, ``{document_b}``
-    (pairwise) or ``{query}``, ``{count}``, ``{documents}`` (listwise)."""
-
+    picks one from the environment (:func:`llmrerank.default_backend`), not ``Settings.llm``."""
+    model: str | None = setting("model")
+    top_n: int | None = setting("top_n")
+    domain: str | None = setting("domain")
+    system_prompt: str | None = setting("system_prompt")
+    template: str | None = setting("template")
     metadata_mode: MetadataMode = MetadataMode.LLM
     """Which node metadata goes into the text the LLM judges (as for answer synthesis by default)."""
-
-    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1)
-    """The most LLM calls in flight at once, across concurrent calls of this postprocessor."""
-
-    on_error: Literal["degrade", "degrade_all", "raise"] = "degrade"
-    """``"degrade"`` returns a fallback order (``rerank_degraded`` in the metadata, and a warning in the
-    log) when LLM calls fail for a passing reason (429, 5xx, timeouts) and raises for a permanent one
-    (bad key, unknown model: :class:`~llmrerank.errors.PermanentBackendError`); ``"degrade_all"``
-    degrades on both; ``"raise"`` raises llmrerank's typed error for any failure."""
-
-    deadline: float | None = Field(default=None, gt=0)
-    """Seconds one rerank may take; calls still running then are abandoned (see ``on_error``)."""
-
-    cache: Any = Field(default=None, exclude=True)
-    """A response cache (``llmrerank.MemoryCache()``, ``llmrerank.DiskCache(path)``, or anything with
-    ``get``/``set``): a repeated prompt to the same model makes no LLM call."""
-
-    min_score: float | None = Field(default=None, ge=0, le=10)
-    """Drop nodes the model rated below this (0-10). Needs a strategy with 0-10 scores
-    (``"pointwise"``); unscored nodes are kept."""
-
+    max_concurrency: int = setting("max_concurrency")
+    on_error: OnError = setting("on_error")
+    deadline: float | None = setting("deadline")
+    cache: Any = setting("cache", exclude=True)
+    min_score: float | None = setting("min_score")
     keep_retrieval_score: bool = False
     """Keep the retriever's score in ``metadata["retrieval_score"]``, as ``SentenceTransformerRerank`` does."""
-    fusion: Any = Field(default="auto", exclude=True)
-    """Combine the LLM's score with each node's retrieval score (``NodeWithScore.score``): an
-    ``llmrerank.Fusion``, a method name (``"zscore"``, ``"minmax"``, ``"rrf"``), None for never, or
-    ``"auto"``: the backend's default (the local model's)."""
-    calibration: Any = Field(default=None, exclude=True)
-    """A calibration file (``llmrerank calibrate``) for this model and strategy: the node's score
-    becomes P(relevant) in [0, 1] (``rerank_score_kind`` ``"probability"``)."""
-    min_probability: float | None = Field(default=None, ge=0, le=1)
-    """With ``calibration``: drop nodes less likely relevant than this."""
-    diversity: Any = Field(default=None, exclude=True)
-    """An ``llmrerank.MMR(lambda_=0.7, embedder=...)``: reorder the result by maximal marginal relevance."""
-    dedup: Any = Field(default=None, exclude=True)
-    """A cosine threshold (``0.95``) or an ``llmrerank.Dedup``: drop near-duplicates of better-ranked nodes."""
+    fusion: Any = setting("fusion", exclude=True)
+    calibration: Any = setting("calibration", exclude=True)
+    min_probability: float | None = setting("min_probability")
+    diversity: Any = setting("diversity", exclude=True)
+    dedup: Any = setting("dedup", exclude=True)
 
     _slot: RerankerSlot = PrivateAttr(default_factory=lambda: RerankerSlot())
 
@@ -184,16 +139,6 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
     def class_name(cls) -> str:
         """The LlamaIndex component name."""
         return "LLMRerankPostprocessor"
-
-    @model_validator(mode="after")
-    def _check(self) -> LLMRerankPostprocessor:
-        check_options(backend=self.backend, **self._options())
-        return self
-
-    def _backend(self) -> Backend | None:
-        if isinstance(self.backend, LLM):
-            return LlamaIndexLLMBackend(self.backend, max_workers=self.max_concurrency)
-        return self.backend
 
     def _start(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
@@ -259,26 +204,17 @@ class LLMRerankPostprocessor(LazyReranker, BaseNodePostprocessor):
         dispatcher.event(LLMRerankEndEvent(nodes=ranked, result=summary))
 
     def _postprocess_nodes(
-        self,
-        nodes: list[NodeWithScore],
-        query_bundle: QueryBundle | None = None,
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         query, texts, scores = self._start(nodes, query_bundle)
         if not nodes:
             return []
         reranker = self.reranker
-
-        def run() -> RerankResult[str]:
-            SYNC_CALLS.set(True)
-            return reranker.rerank(query, texts, self.top_n, first_stage_scores=scores)
-
         with self._reranking(nodes, query_bundle, query) as finish:
-            return finish(contextvars.copy_context().run(run))
+            return finish(blocking(lambda: reranker.rerank(query, texts, self.top_n, first_stage_scores=scores)))
 
     async def _apostprocess_nodes(
-        self,
-        nodes: list[NodeWithScore],
-        query_bundle: QueryBundle | None = None,
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         query, texts, scores = self._start(nodes, query_bundle)
         if not nodes:

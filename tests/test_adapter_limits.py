@@ -177,3 +177,26 @@ def test_adapters_holding_a_backend_copy_and_pickle() -> None:
         compressor.close()
         postprocessor.close()
         assert len(server.requests) == 6
+
+
+# --- the settings both adapters declare ---------------------------------------------------------
+
+
+def test_both_adapters_declare_every_shared_setting_alike() -> None:
+    from llmrerank.adapter_options import OPTIONS
+    from llmrerank.options import FIELDS
+    from llmrerank.strategies import STRATEGIES
+
+    assert set(OPTIONS) == {*FIELDS, "top_n"}
+    for name, option in OPTIONS.items():
+        ours, theirs = LLMRerankCompressor.model_fields[name], LLMRerankPostprocessor.model_fields[name]
+        assert ours.default == theirs.default == option.default, name
+        assert ours.description == theirs.description == option.doc, name
+        assert repr(ours.annotation) == repr(theirs.annotation), name
+        assert ours.metadata == theirs.metadata, name  # the same bounds
+    assert all(f'``"{strategy}"``' in OPTIONS["strategy"].doc for strategy in STRATEGIES)
+    assert LLMRerankCompressor(top_k=2).top_n == LLMRerankPostprocessor(top_k=2).top_n == 2
+    for bad in ({"top_n": 0}, {"max_concurrency": 0}, {"deadline": 0}, {"min_score": 11}, {"min_probability": 2}):
+        for adapter in (LLMRerankCompressor, LLMRerankPostprocessor):
+            with pytest.raises(ValueError, match=next(iter(bad))):
+                adapter(**bad)

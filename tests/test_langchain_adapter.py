@@ -8,7 +8,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -18,6 +18,7 @@ pytest.importorskip("langchain_core")
 pytest.importorskip("langchain_classic")
 pytest.importorskip("openai")
 
+from adapter_support import BAD_OPTIONS, QUERY, TEXTS, assert_builds_its_reranker_lazily
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
@@ -29,19 +30,7 @@ from langchain_llmrerank import ChatModelBackend, LLMRerankCompressor
 from llmrerank import ConfigurationError, Fusion, MemoryCache, Pointwise, Prompt
 from llmrerank.errors import InvalidInputError
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_likelihood
-from testkit.server import FakeLLMServer, overlap_responder
-
-QUERY = "how do solar panels convert sunlight into electricity"
-TEXTS = [
-    "The history of the printing press in Europe.",
-    "Solar panels convert sunlight into electricity with photovoltaic cells.",
-    "Wind turbines turn moving air into electricity.",
-    "Judges sit on panels to hear appeals.",
-    "How solar panels work: sunlight frees electrons, producing electricity.",
-]
-
-
-judge = overlap_responder
+from testkit.server import FakeLLMServer
 
 
 class FixedRetriever(BaseRetriever):
@@ -58,12 +47,9 @@ def make_docs() -> list[Document]:
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(judge) as srv:
-        monkeypatch.setenv("OPENAI_API_KEY", "test")
-        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
-        monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-        yield srv
+def server(openai_env_server: FakeLLMServer) -> FakeLLMServer:
+    """The environment's OpenAI server (conftest), judging by word overlap."""
+    return openai_env_server
 
 
 def test_no_argument_compressor_reranks_through_the_retriever(server: FakeLLMServer) -> None:
@@ -213,22 +199,7 @@ def test_llmrerank_backend_and_options_pass_through() -> None:
     assert reranker.backend is backend and reranker.domain == "legal" and reranker.cache is cache
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"strategy": "bogus"},
-        {"top_n": 0},
-        {"max_concurrency": 0},
-        {"deadline": 0},
-        {"on_error": "ignore"},
-        {"domain": "legall"},
-        {"model": "x", "backend": FakeBackend()},
-        {"strategy": Pointwise(), "system_prompt": "x"},
-        {"template": "{query}"},
-        {"cache": object()},
-        {"unknown_option": 1},
-    ],
-)
+@pytest.mark.parametrize("options", BAD_OPTIONS)
 def test_bad_options_fail_at_construction(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         LLMRerankCompressor(**options)
@@ -264,16 +235,7 @@ def test_chat_openai_as_backend_sync_twice_then_async(server: FakeLLMServer) -> 
 
 
 def test_copies_pickles_and_field_changes_rebuild_the_reranker() -> None:
-    import pickle
-
-    compressor = LLMRerankCompressor(backend=FakeBackend(respond=overlap_judge), strategy="pointwise")
-    first = compressor.reranker
-    assert compressor.reranker is first  # built once
-    assert copy.copy(compressor).reranker is not first
-    assert copy.deepcopy(LLMRerankCompressor(top_n=2)).top_n == 2
-    assert pickle.loads(pickle.dumps(LLMRerankCompressor(top_n=2))).top_n == 2
-    compressor.strategy = "listwise"
-    assert compressor.reranker is not first and compressor.reranker.strategy.name == "listwise"
+    assert_builds_its_reranker_lazily(LLMRerankCompressor)
 
 
 def test_fusion_reads_the_retrievers_score_from_metadata() -> None:

@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("llama_index.core")
 pytest.importorskip("openai")
 
+from adapter_support import BAD_OPTIONS, QUERY, TEXTS, assert_builds_its_reranker_lazily
 from llama_index.core import VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import Field
@@ -30,20 +31,9 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llamaindex_llmrerank import LlamaIndexLLMBackend, LLMRerankPostprocessor
 from llmrerank import Fusion, MemoryCache, Pointwise, Prompt
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_likelihood
-from testkit.server import FakeLLMServer, overlap_responder
+from testkit.server import FakeLLMServer
 
-QUERY = "how do solar panels convert sunlight into electricity"
-TEXTS = [
-    "The history of the printing press in Europe.",
-    "Solar panels convert sunlight into electricity with photovoltaic cells.",
-    "Wind turbines turn moving air into electricity.",
-    "Judges sit on panels to hear appeals.",
-    "How solar panels work: sunlight frees electrons, producing electricity.",
-]
 BEST = ["doc1", "doc4", "doc2"]
-
-
-judge = overlap_responder
 
 
 class HashingEmbedding(BaseEmbedding):
@@ -77,12 +67,9 @@ def make_nodes() -> list[NodeWithScore]:
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(judge) as srv:
-        monkeypatch.setenv("OPENAI_API_KEY", "test")
-        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
-        monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-        yield srv
+def server(openai_env_server: FakeLLMServer) -> FakeLLMServer:
+    """The environment's OpenAI server (conftest), judging by word overlap."""
+    return openai_env_server
 
 
 class Collector(BaseEventHandler):
@@ -231,20 +218,7 @@ def test_llmrerank_backend_and_options_pass_through() -> None:
     assert LLMRerankPostprocessor.class_name() == "LLMRerankPostprocessor"
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"strategy": "bogus"},
-        {"top_n": 0},
-        {"max_concurrency": 0},
-        {"deadline": -1},
-        {"on_error": "ignore"},
-        {"domain": "legall"},
-        {"model": "x", "backend": FakeBackend()},
-        {"template": "{query}"},
-        {"cache": 3},
-    ],
-)
+@pytest.mark.parametrize("options", BAD_OPTIONS)
 def test_bad_options_fail_at_construction(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         LLMRerankPostprocessor(**options)
@@ -270,18 +244,7 @@ def test_packages_import_only_what_they_should(adapter: str, other: str, framewo
 
 
 def test_copies_pickles_and_field_changes_rebuild_the_reranker() -> None:
-    import copy
-    import pickle
-
-    postprocessor = LLMRerankPostprocessor(backend=FakeBackend(respond=overlap_judge), strategy="pointwise")
-    first = postprocessor.reranker
-    assert postprocessor.reranker is first  # built once
-    assert copy.copy(postprocessor).reranker is not first
-    assert copy.deepcopy(LLMRerankPostprocessor(top_n=2)).top_n == 2
-    assert pickle.loads(pickle.dumps(LLMRerankPostprocessor(top_n=2))).top_n == 2
-    assert LLMRerankPostprocessor(top_n=2).to_dict()["top_n"] == 2
-    postprocessor.strategy = "listwise"
-    assert postprocessor.reranker is not first and postprocessor.reranker.strategy.name == "listwise"
+    assert assert_builds_its_reranker_lazily(LLMRerankPostprocessor).to_dict()["top_n"] == 2
 
 
 def test_fusion_reads_the_node_scores() -> None:

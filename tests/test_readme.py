@@ -53,7 +53,12 @@ def load_example(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = sys.modules[name] = importlib.util.module_from_spec(spec)  # pydantic resolves names through it
-    spec.loader.exec_module(module)
+    folder = str(ROOT / "examples")
+    sys.path.insert(0, folder)  # as `python examples/<name>.py` has it: its imports of example_report
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
     return module
 
 

@@ -8,9 +8,10 @@ construction live here once, so the adapters stay thin and agree with each other
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .adaptive import DEFAULT_MAX_CONCURRENCY
 from .backends.base import Backend
@@ -152,13 +153,20 @@ class LazyReranker:
     """Mixin for an adapter's pydantic model with the :data:`FIELDS` settings and a ``backend`` field.
 
     Gives it :attr:`reranker`, built from the fields on first use and rebuilt after a field
-    changes (assignment or ``model_copy(update=...)``). The model declares
-    ``_slot: RerankerSlot = PrivateAttr(default_factory=RerankerSlot)`` and may override
-    :meth:`_backend` to wrap a framework's own LLM in an llmrerank backend. Put it before the
-    framework's base class.
+    changes (assignment or ``model_copy(update=...)``), and checks the settings together when the
+    model is made. The model declares ``_slot: RerankerSlot = PrivateAttr(default_factory=RerankerSlot)``
+    and sets :attr:`framework_backend`. Put it before the framework's base class.
     """
 
     _slot: RerankerSlot
+    framework_backend: ClassVar[Callable[..., Backend]]
+    """Wraps a framework's own model given as ``backend`` (``ChatModelBackend``, ``LlamaIndexLLMBackend``)."""
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Check the settings together once pydantic has validated each (:func:`check_options`);
+        pydantic raises the :class:`~llmrerank.errors.ConfigurationError` as its ``ValidationError``."""
+        super().model_post_init(context)  # type: ignore[misc]
+        check_options(backend=getattr(self, "backend", None), **self._options())
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
@@ -175,9 +183,13 @@ class LazyReranker:
         return {name: getattr(self, name) for name in FIELDS}
 
     def _backend(self) -> Backend | None:
-        """The ``backend`` field as an llmrerank backend (None: chosen by :func:`build_reranker`)."""
-        backend: Backend | None = getattr(self, "backend", None)
-        return backend
+        """The ``backend`` field as an llmrerank backend (None: chosen by :func:`build_reranker`); a
+        framework's model in :attr:`framework_backend`, with ``max_concurrency`` threads for its
+        blocking calls."""
+        backend = getattr(self, "backend", None)
+        if backend is None or isinstance(backend, Backend):
+            return backend
+        return self.framework_backend(backend, max_workers=getattr(self, "max_concurrency", DEFAULT_MAX_CONCURRENCY))
 
     def close(self) -> None:
         """Close the reranker's backend connections, if the reranker was built (:meth:`Reranker.close`)."""

@@ -86,41 +86,50 @@ class Reranker(Closing):
     >>> r = Reranker(strategy="listwise", backend=OpenAIBackend(model="gpt-4o-mini"))  # doctest: +SKIP
     >>> result = r.rerank("what is BM25?", docs, top_k=5)                               # doctest: +SKIP
 
-    ``strategy``: ``"pointwise"``, ``"batch_score"``, ``"pairwise"``, ``"setwise"``, ``"listwise"``,
-    ``"topdown"``, ``"hybrid"`` or a strategy object
-    (for options); None picks the backend's preferred one (listwise for API models, query likelihood,
-    ``"query_likelihood"``, for the local model). ``backend``: a backend, a model name routed to its provider
-    (``"openai:gpt-4.1-mini"``, ``"anthropic:claude-haiku-4-5"``, ``"claude-haiku-4-5"``: see
-    :func:`~llmrerank.routing.backend_for`), or None to pick one from the environment
-    (:func:`default_backend`). ``domain``: ``"legal"``, ``"medical"``, ``"ecommerce"`` or your own
-    instruction. ``max_concurrency`` (default 32) bounds LLM calls in flight across all concurrent
-    reranks of this object; the bound adapts below it, halving on rate limits (429) and growing
-    back as calls succeed (:mod:`llmrerank.adaptive`). ``on_error``
-    (:data:`~llmrerank.driver.OnError`): ``"degrade"`` (default) returns a fallback order with
-    ``degraded=True`` when calls fail for a passing reason (429, 5xx, timeouts) and raises
-    for a permanent one (bad key, unknown model, bad request); ``"degrade_all"`` degrades
-    on both; ``"raise"`` raises the typed error for any failure. ``strict=True`` raises
-    :class:`~llmrerank.errors.ParseError` on unreadable output instead of falling back.
-    ``deadline`` bounds one rerank in seconds. ``cache``: a :class:`~llmrerank.cache.MemoryCache`,
-    :class:`~llmrerank.cache.DiskCache` or anything with ``get``/``set``. ``min_score`` (0-10) drops
-    the documents the model rated below it (into :attr:`~llmrerank.types.RerankResult.dropped`); only
-    for strategies whose scores are 0-10 ratings (pointwise, or hybrid over pointwise).
-
-    ``fusion``: a :class:`~llmrerank.fusion.Fusion` (or its method name, ``"zscore"``, ``"minmax"``,
-    ``"rrf"``) combines the LLM's score with each document's first-stage score (a dict's
-    ``"score"``, an object's ``score`` such as LlamaIndex's ``NodeWithScore``, LangChain
-    ``metadata["score"]`` / ``["relevance_score"]``, or ``rerank(..., first_stage_scores=...)``);
-    ``score_kind`` is then ``"fused"``. ``"auto"`` (default): the backend's ``preferred_fusion``
-    when the strategy is the backend's preferred one, else none. None: never.
-
-    ``calibration``: a calibration file (``llmrerank calibrate``) or a
-    :class:`~llmrerank.calibration.Calibration` holding a map for this backend's model and this
-    strategy: scores become P(relevant) in [0, 1] (``score_kind="probability"``; the order is kept,
-    and ``fusion="auto"`` means none), and ``min_probability`` drops documents below it into
-    :attr:`~llmrerank.types.RerankResult.dropped`. ``diversity``: an :class:`~llmrerank.diversity.MMR`
-    reorders the result by maximal marginal relevance; ``dedup`` (a cosine threshold such as 0.95, or
-    a :class:`~llmrerank.diversity.Dedup`) drops near-duplicates of better-ranked documents into
-    ``dropped`` with a ``duplicate`` diagnostic (:mod:`llmrerank.diversity`).
+    Args:
+        strategy: ``"pointwise"``, ``"batch_score"``, ``"pairwise"``, ``"setwise"``, ``"listwise"``,
+            ``"topdown"``, ``"hybrid"``, ``"query_likelihood"`` or a strategy object (for options).
+            None picks the backend's preferred one: listwise for API models, query likelihood for
+            the local model.
+        backend: A backend; a model name routed to its provider (``"openai:gpt-4.1-mini"``,
+            ``"anthropic:claude-haiku-4-5"``, ``"claude-haiku-4-5"``: see
+            :func:`~llmrerank.routing.backend_for`); or None to pick one from the environment
+            (:func:`default_backend`).
+        domain: ``"legal"``, ``"medical"``, ``"ecommerce"`` or your own instruction.
+        max_concurrency: The most LLM calls in flight across all concurrent reranks of this object
+            (default 32). The bound adapts below it, halving on rate limits (429) and growing back
+            as calls succeed (:mod:`llmrerank.adaptive`).
+        on_error: What a failed LLM call does (:data:`~llmrerank.driver.OnError`). ``"degrade"``
+            (default) returns a fallback order with ``degraded=True`` when calls fail for a passing
+            reason (429, 5xx, timeouts) and raises for a permanent one (bad key, unknown model, bad
+            request); ``"degrade_all"`` degrades on both; ``"raise"`` raises the typed error for any
+            failure.
+        strict: True raises :class:`~llmrerank.errors.ParseError` on unreadable output instead of
+            falling back.
+        deadline: Seconds one rerank may take.
+        cache: A :class:`~llmrerank.cache.MemoryCache`, :class:`~llmrerank.cache.DiskCache` or
+            anything with ``get``/``set``.
+        fusion: Combines the LLM's score with each document's first-stage score (a dict's
+            ``"score"``, an object's ``score`` such as LlamaIndex's ``NodeWithScore``, LangChain
+            ``metadata["score"]`` / ``["relevance_score"]``, or ``rerank(..., first_stage_scores=...)``);
+            ``score_kind`` is then ``"fused"``. A :class:`~llmrerank.fusion.Fusion` or its method
+            name (``"zscore"``, ``"minmax"``, ``"rrf"``); ``"auto"`` (default): the backend's
+            ``preferred_fusion`` when the strategy is the backend's preferred one, else none; None:
+            never.
+        min_score: Drops the documents the model rated below it (0-10) into
+            :attr:`~llmrerank.types.RerankResult.dropped`; only for strategies whose scores are 0-10
+            ratings (pointwise, or hybrid over pointwise).
+        calibration: A calibration file (``llmrerank calibrate``) or a
+            :class:`~llmrerank.calibration.Calibration` holding a map for this backend's model and
+            this strategy: scores become P(relevant) in [0, 1] (``score_kind="probability"``; the
+            order is kept, and ``fusion="auto"`` means none).
+        min_probability: With ``calibration``: drops documents less likely relevant than this into
+            :attr:`~llmrerank.types.RerankResult.dropped`.
+        diversity: An :class:`~llmrerank.diversity.MMR`: reorders the result by maximal marginal
+            relevance.
+        dedup: A cosine threshold such as 0.95, or a :class:`~llmrerank.diversity.Dedup`: drops
+            near-duplicates of better-ranked documents into ``dropped`` with a ``duplicate``
+            diagnostic (:mod:`llmrerank.diversity`).
     """
 
     def __init__(

@@ -146,47 +146,52 @@ def _logsumexp(values: list[float]) -> float:
 class OpenAIBackend(SDKBackend):
     """Chat completions through the official ``openai`` SDK (``pip install "llmrerank[openai]"``).
 
-    With no ``api_key`` / ``base_url`` the SDK reads ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
-    Point ``base_url`` at any OpenAI-compatible server (``http://localhost:8000/v1`` for vLLM);
-    one started without a key takes any ``api_key`` (the SDK insists on one).
-    ``client`` is an ``openai.AsyncOpenAI`` used as is (and not closed by :meth:`aclose`);
-    otherwise one client is made per event loop. ``timeout`` (seconds per call, retries included) and
-    ``max_retries`` (retries per call, of what a retry can fix:
-    :func:`~llmrerank.backends.sdk.retry_wait`; the SDK itself never retries, a ``client`` you pass
-    included) are picked by server when None (:func:`~llmrerank.backends.servers.call_defaults`):
-    60 s for a hosted API, 300 s for a local server, 2 retries for both; a timed-out call to a
-    local server is not retried, since the server keeps working on a request the client abandoned.
-    ``temperature`` None leaves it out of the request.
-
-    ``logprobs`` (None: True, except for reasoning models) sets :attr:`supports_logprobs`: OpenAI,
-    vLLM and llama.cpp return token log-probs, so prompts with ``choices`` are asked for one token
-    (two when a choice starts with another, for tokenizers that split ``"10"``:
-    :func:`logprob_positions`) with its top alternatives (:func:`chained_logprobs`). Servers that
-    ignore the parameter still give text.
-
-    ``reasoning`` (None: by the model's name, :func:`~llmrerank.backends.servers.is_reasoning_model`)
-    marks a model that thinks before answering (o-series, gpt-5, gpt-oss, DeepSeek-R1, or a
-    thinking model you serve): no temperature is sent, no log-probs are asked for, each answer's
-    token budget grows by ``reasoning_budget`` (thinking counts against it), sent as
-    ``max_completion_tokens`` to OpenAI's API and for OpenAI's reasoning models wherever they are
-    served (they reject ``max_tokens``), as ``max_tokens`` to other servers. ``reasoning_effort``
-    (``"minimal"``, ``"low"``, ``"medium"``, ``"high"``) is sent as ``reasoning_effort`` when set.
-    The thinking never counts as the answer: ``reasoning_content`` is ignored and ``<think>``
-    blocks are dropped by the parsers (an unclosed one means no answer). Thinking tokens are
-    counted in :attr:`~llmrerank.types.Usage.reasoning_tokens` where the server reports them.
-
-    ``context_tokens``: the model's context window, for sizing prompts (listwise windows shrink to
-    fit): an int you know (the server's ``-c`` / ``--max-model-len``), ``"auto"`` to ask the
-    server once (llama.cpp ``GET /props``, vLLM ``GET /v1/models``; 2 s at most, cached), or None
-    (unknown; learned from the first context-length error whose message states it).
-
-    ``likelihood=True`` sets :attr:`supports_likelihood` for the ``query_likelihood`` strategy:
-    each (context, continuation) pair is one ``/v1/completions`` request with ``echo=True,
-    logprobs=1, max_tokens=0`` whose echoed prompt log-probs are summed over the continuation
-    (:func:`echoed_likelihood`). vLLM answers it (a base or instruct model served with
-    ``vllm serve``); llama.cpp's server and Ollama do not echo prompt log-probs (a
-    :class:`~llmrerank.errors.BadRequestError` says so), and OpenAI's own chat models have no
-    completions endpoint.
+    Args:
+        model: The model name (default ``"gpt-4o-mini"``).
+        api_key: The API key; None: the SDK reads ``OPENAI_API_KEY``. A server started without a
+            key takes any (the SDK insists on one).
+        base_url: Any OpenAI-compatible server (``http://localhost:8000/v1`` for vLLM); None: the
+            SDK reads ``OPENAI_BASE_URL``.
+        client: An ``openai.AsyncOpenAI`` used as is (and not closed by :meth:`aclose`); None: one
+            client is made per event loop.
+        timeout: Seconds per call, retries included.
+        max_retries: Retries per call, of what a retry can fix
+            (:func:`~llmrerank.backends.sdk.retry_wait`; the SDK itself never retries, a ``client``
+            you pass included). ``timeout`` and ``max_retries`` None are picked by server
+            (:func:`~llmrerank.backends.servers.call_defaults`): 60 s for a hosted API, 300 s for a
+            local server, 2 retries for both; a timed-out call to a local server is not retried,
+            since the server keeps working on a request the client abandoned.
+        temperature: None leaves it out of the request.
+        logprobs: Sets :attr:`supports_logprobs` (None: True, except for reasoning models). OpenAI,
+            vLLM and llama.cpp return token log-probs, so prompts with ``choices`` are asked for one
+            token (two when a choice starts with another, for tokenizers that split ``"10"``:
+            :func:`logprob_positions`) with its top alternatives (:func:`chained_logprobs`). Servers
+            that ignore the parameter still give text.
+        likelihood: True sets :attr:`supports_likelihood` for the ``query_likelihood`` strategy:
+            each (context, continuation) pair is one ``/v1/completions`` request with ``echo=True,
+            logprobs=1, max_tokens=0`` whose echoed prompt log-probs are summed over the
+            continuation (:func:`echoed_likelihood`). vLLM answers it (a base or instruct model
+            served with ``vllm serve``); llama.cpp's server and Ollama do not echo prompt log-probs
+            (a :class:`~llmrerank.errors.BadRequestError` says so), and OpenAI's own chat models have
+            no completions endpoint.
+        default_headers: HTTP headers sent with every request (given to the client this backend makes).
+        reasoning: Marks a model that thinks before answering (o-series, gpt-5, gpt-oss,
+            DeepSeek-R1, or a thinking model you serve); None: by the model's name
+            (:func:`~llmrerank.backends.servers.is_reasoning_model`). Then no temperature is sent, no
+            log-probs are asked for, and each answer's token budget grows by ``reasoning_budget``
+            (thinking counts against it), sent as ``max_completion_tokens`` to OpenAI's API and for
+            OpenAI's reasoning models wherever they are served (they reject ``max_tokens``), as
+            ``max_tokens`` to other servers. The thinking never counts as the answer:
+            ``reasoning_content`` is ignored and ``<think>`` blocks are dropped by the parsers (an
+            unclosed one means no answer). Thinking tokens are counted in
+            :attr:`~llmrerank.types.Usage.reasoning_tokens` where the server reports them.
+        reasoning_effort: ``"minimal"``, ``"low"``, ``"medium"`` or ``"high"``, sent as
+            ``reasoning_effort`` when set.
+        reasoning_budget: Tokens added to each answer's budget for a reasoning model.
+        context_tokens: The model's context window, for sizing prompts (listwise windows shrink to
+            fit): an int you know (the server's ``-c`` / ``--max-model-len``), ``"auto"`` to ask the
+            server once (llama.cpp ``GET /props``, vLLM ``GET /v1/models``; 2 s at most, cached), or
+            None (unknown; learned from the first context-length error whose message states it).
     """
 
     name = "openai"
