@@ -24,7 +24,7 @@ from llmrerank import (
 )
 from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
 from llmrerank.options import LazyReranker, RerankerSlot, check_options
-from llmrerank.strategies.base import Context
+from llmrerank.protocol import Context
 
 from .llm_backend import SYNC_CALLS, LlamaIndexLLMBackend
 

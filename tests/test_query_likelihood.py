@@ -18,8 +18,8 @@ from llmrerank import (
 )
 from llmrerank.backends.base import Completion, LogLikelihood
 from llmrerank.driver import Driver
+from llmrerank.protocol import Context, Ranking
 from llmrerank.strategies import Likelihood, uses_likelihood
-from llmrerank.strategies.base import Context, Ranking
 from llmrerank.strategies.query_likelihood import QUESTION_TEMPLATE
 from llmrerank.testing import FakeBackend, overlap, overlap_judge, overlap_likelihood
 from llmrerank.types import Document

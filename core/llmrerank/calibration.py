@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigurationError
-from .strategies.base import Ranking
+from .protocol import Ranking
 from .types import Diagnostic
 
 Method = Literal["isotonic", "platt"]

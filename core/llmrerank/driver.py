@@ -24,7 +24,8 @@ from .errors import (
     error_from_status,
 )
 from .prompts import halve_documents
-from .strategies.base import Likelihood, Plan, Predict, Ranking, Step
+from .protocol import Ranking
+from .strategies.base import Likelihood, Plan, Predict, Step
 from .telemetry import start_call_span
 from .types import Diagnostic, Usage
 

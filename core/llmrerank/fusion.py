@@ -2,7 +2,7 @@
 
 Retrievers already rank: BM25 and vector similarity carry evidence that a small reranker lacks,
 and a weighted combination of the two often beats either alone. :class:`Fusion` says how;
-:func:`fuse` applies it to a strategy's :class:`~llmrerank.strategies.base.Ranking` (pure: no I/O).
+:func:`fuse` applies it to a strategy's :class:`~llmrerank.protocol.Ranking` (pure: no I/O).
 A :class:`~llmrerank.Reranker` built with ``fusion=`` takes the first-stage scores from the
 documents themselves (:func:`first_stage_score`) or from ``rerank(..., first_stage_scores=[...])``.
 
@@ -22,7 +22,7 @@ from numbers import Real
 from typing import Any, Literal
 
 from .errors import ConfigurationError, InvalidInputError
-from .strategies.base import Ranking
+from .protocol import Ranking
 from .types import Diagnostic
 
 Method = Literal["zscore", "minmax", "rrf"]

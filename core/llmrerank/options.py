@@ -18,9 +18,9 @@ from .calibration import Calibration
 from .diversity import MMR, Dedup, make_dedup
 from .errors import ConfigurationError
 from .fusion import Fusion, make_fusion
+from .protocol import Context
 from .reranker import OnError, Reranker, check_settings, default_backend
 from .strategies import STRATEGIES, Hybrid, Strategy, make_strategy
-from .strategies.base import Context
 
 FIELDS = (
     "strategy",

@@ -21,9 +21,9 @@ from .errors import ConfigurationError, InvalidInputError, MissingDependencyErro
 from .fusion import Fusion, check_scores, fuse, make_fusion
 from .fusion import first_stage_scores as read_scores
 from .prompts import MEASURED_SHARE, clean_query, clip, domain_instruction
+from .protocol import Context, Ranking
 from .runner import run_blocking
 from .strategies import Strategy, make_strategy, uses_likelihood
-from .strategies.base import Context, Ranking
 from .telemetry import rerank_span
 from .types import (
     ABSOLUTE_SCORE_KINDS,

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigurationError
-from .base import Context, Likelihood, Plan, Predict, Ranking, Strategy
+from ..protocol import Context
+from .base import Likelihood, Plan, Predict, Strategy
 from .batch_score import BatchScore
 from .hybrid import Hybrid
 from .listwise import Listwise
@@ -53,7 +54,6 @@ def uses_likelihood(strategy: Strategy, preferred: str) -> bool:
 __all__ = [
     "STRATEGIES",
     "BatchScore",
-    "Context",
     "Hybrid",
     "Likelihood",
     "Listwise",
@@ -62,7 +62,6 @@ __all__ = [
     "Pointwise",
     "Predict",
     "QueryLikelihood",
-    "Ranking",
     "Setwise",
     "Strategy",
     "TopDown",

@@ -8,8 +8,9 @@ from typing import Any, ClassVar
 
 from ..backends.cross_encoder import checked
 from ..errors import ConfigurationError
+from ..protocol import Context, Ranking
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Predict, Ranking, Strategy, check_int, failure
+from .base import Plan, Predict, Strategy, check_int, failure
 
 
 @dataclass(frozen=True)

@@ -39,19 +39,9 @@ from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_permutation
 from ..prompts import check_template, clip, document_block, fit_chars, fits, render, system_prompt
+from ..protocol import Context, Ranking
 from ..types import Diagnostic, Document, ScoreKind
-from .base import (
-    USEFUL_WINDOW,
-    Answer,
-    Context,
-    Plan,
-    Ranking,
-    Strategy,
-    check_int,
-    cut_to_fit,
-    failure,
-    logprobs_note,
-)
+from .base import USEFUL_WINDOW, Answer, Plan, Strategy, check_int, cut_to_fit, failure, logprobs_note
 
 LIST_TEMPLATE = (
     "Rank documents by how well they answer a query.\n\n"

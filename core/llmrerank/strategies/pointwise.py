@@ -11,8 +11,9 @@ from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, choice_mass, parse_reason, parse_score
 from ..prompts import check_template, clip, document_block, fit_chars, render, system_prompt
+from ..protocol import Context, Ranking
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Context, Plan, Ranking, Strategy, check_int, cut_to_fit, failure, logprobs_note
+from .base import Plan, Strategy, check_int, cut_to_fit, failure, logprobs_note
 
 SCORE_TEMPLATE = (
     "Judge how relevant a document is to a query.\n\n"

@@ -9,8 +9,9 @@ from typing import ClassVar, Literal
 from ..backends.base import LogLikelihood
 from ..errors import ConfigurationError
 from ..prompts import check_template, clip, render
+from ..protocol import Context, Ranking
 from ..types import Diagnostic, Document
-from .base import Context, Likelihood, Plan, Ranking, Strategy, check_int, failure
+from .base import Likelihood, Plan, Strategy, check_int, failure
 
 QUESTION_TEMPLATE = "Passage: {document}\nPlease write a question based on this passage.\nQuestion:"
 """The context before the query (UPR's prompt); placeholder ``{document}``."""

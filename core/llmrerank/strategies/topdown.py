@@ -25,8 +25,9 @@ from typing import ClassVar
 
 from ..errors import ConfigurationError
 from ..prompts import clip
+from ..protocol import Context, Ranking
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Context, Plan, Ranking, Strategy
+from .base import Plan, Strategy
 from .listwise import Listwise, Method
 
 
