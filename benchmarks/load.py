@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llmrerank import Reranker
-from llmrerank.backends.base import Prompt
+from llmrerank.protocol import Prompt
 from llmrerank.testing import overlap_judge
 from llmrerank.testing.server import FakeLLMServer, ServerRequest
 

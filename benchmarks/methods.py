@@ -39,10 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from llmrerank import Listwise, Reranker, Strategy, TopDown
-from llmrerank.backends.base import Completion
 from llmrerank.backends.openai import OpenAIBackend
 from llmrerank.evaluation import EvalReport, evaluate_reranking, load_beir
-from llmrerank.protocol import Context
+from llmrerank.protocol import Completion, Context
 from llmrerank.testing.server import BiasedJudge, FakeLLMServer
 from llmrerank.types import Document
 

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from llmrerank import Listwise, Pairwise, Pointwise, Reranker, Strategy
-from llmrerank.backends.base import Prompt
 from llmrerank.evaluation import evaluate, load_beir
 from llmrerank.pricing import PRICES_AS_OF, price_of
+from llmrerank.protocol import Prompt
 from llmrerank.testing import overlap, overlap_judge
 from llmrerank.testing.server import FakeLLMServer, Reply, ServerRequest, estimate_tokens
 

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from llmrerank.backends.base import Prompt
 from llmrerank.errors import (
     BackendError,
     BackendTimeoutError,
@@ -19,6 +18,7 @@ from llmrerank.errors import (
     MissingDependencyError,
     RateLimitError,
 )
+from llmrerank.protocol import Prompt
 from llmrerank.testing.server import FakeLLMServer, Reply, ScriptedResponder, ServerRequest
 
 pytest.importorskip("openai")

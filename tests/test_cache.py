@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from llmrerank import DiskCache, MemoryCache, Pointwise, Reranker
-from llmrerank.backends.base import Completion, Prompt
 from llmrerank.cache import cache_key, decode, encode
+from llmrerank.protocol import Completion, Prompt
 from llmrerank.testing import FakeBackend, overlap_judge
 from llmrerank.testing.server import FakeLLMServer, Reply, overlap_responder
 

@@ -11,9 +11,8 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from llmrerank import ConfigurationError, Listwise, MemoryCache, Reranker, TopDown
-from llmrerank.backends.base import Completion, Prompt
 from llmrerank.cli import build_parser, make_strategy_object, strategies_from
-from llmrerank.protocol import Context
+from llmrerank.protocol import Completion, Context, Prompt
 from llmrerank.strategies import STRATEGIES, make_strategy
 from llmrerank.testing import FakeBackend, read_prompt
 from llmrerank.testing.server import BiasedJudge, FakeLLMServer, ServerRequest

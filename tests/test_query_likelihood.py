@@ -16,9 +16,8 @@ from llmrerank import (
     Reranker,
     make_strategy,
 )
-from llmrerank.backends.base import Completion, LogLikelihood
 from llmrerank.driver import Driver
-from llmrerank.protocol import Context, Ranking
+from llmrerank.protocol import Completion, Context, LogLikelihood, Ranking
 from llmrerank.strategies import Likelihood, uses_likelihood
 from llmrerank.strategies.query_likelihood import QUESTION_TEMPLATE
 from llmrerank.testing import FakeBackend, overlap, overlap_judge, overlap_likelihood

@@ -9,9 +9,8 @@ import re
 import pytest
 
 from llmrerank import ConfigurationError, Pairwise, ParseError, Reranker, Setwise
-from llmrerank.backends.base import Completion, Prompt
 from llmrerank.errors import RateLimitError
-from llmrerank.protocol import Context, Ranking
+from llmrerank.protocol import Completion, Context, Prompt, Ranking
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_logprobs
 from llmrerank.types import normalize_documents
 

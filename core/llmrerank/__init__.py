@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .backends.base import Backend, Completion, Prompt
+from .backends.base import Backend
 from .cache import DiskCache, MemoryCache, RedisCache, ResponseCache
 from .diversity import MMR, Dedup
 from .errors import (
@@ -24,6 +24,7 @@ from .errors import (
 )
 from .fusion import Fusion
 from .prompts import DOMAINS
+from .protocol import Completion, Prompt
 from .reranker import Reranker, default_backend
 from .strategies import (
     BatchScore,

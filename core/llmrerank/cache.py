@@ -25,8 +25,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from .backends.base import Backend, Completion, Prompt
+from .backends.base import Backend
 from .errors import ConfigurationError, require
+from .protocol import Completion, Prompt
 from .types import is_number
 
 T = TypeVar("T")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .adaptive import CALL, AdaptiveLimiter
-from .backends.base import RERANK_ENDS, Backend, Completion, LogLikelihood, Prompt, likelihood_prompt
+from .backends.base import RERANK_ENDS, Backend, likelihood_prompt
 from .cache import ResponseCache, alookup_many, astore, store
 from .errors import (
     BackendError,
@@ -24,7 +24,7 @@ from .errors import (
     error_from_status,
 )
 from .prompts import halve_documents
-from .protocol import Ranking
+from .protocol import Completion, LogLikelihood, Prompt, Ranking
 from .strategies.base import Likelihood, Plan, Predict, Step
 from .telemetry import start_call_span
 from .types import Diagnostic, Usage
@@ -122,7 +122,7 @@ def learn_context(backend: Backend, error: ContextLengthError) -> None:
 
 def shorter_prompt(prompt: Prompt) -> Prompt | None:
     """What is resent, once, for a prompt too long for the model: the strategy's own shorter version
-    (:attr:`~llmrerank.backends.base.Prompt.shrink`), else the prompt with each document cut to
+    (:attr:`~llmrerank.protocol.Prompt.shrink`), else the prompt with each document cut to
     half (:func:`~llmrerank.prompts.halve_documents`); None when it holds no document to cut.
     The same for every strategy."""
     return prompt.shrink() if prompt.shrink is not None else halve_documents(prompt)

@@ -1,7 +1,7 @@
 """The strategy contract: pure prompt-building and parsing, driven by one async driver.
 
 A strategy's :meth:`Strategy.plan` is a generator. It yields a *step* (a list of
-:class:`~llmrerank.backends.base.Prompt`, a :class:`Predict` for a cross-encoder, or a
+:class:`~llmrerank.protocol.Prompt`, a :class:`Predict` for a cross-encoder, or a
 :class:`Likelihood` for continuation log-probabilities) and receives,
 for each item of the step, either the answer or the exception that call ended in. When it is done
 it returns a :class:`Ranking`. It never performs I/O, so the same plan runs under the async driver,
@@ -15,11 +15,10 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
-from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError
 from ..parsing import unusable_logprobs
 from ..prompts import Clip, clip, fit_chars
-from ..protocol import Context, Ranking
+from ..protocol import Completion, Context, Prompt, Ranking
 from ..types import Diagnostic, Document
 
 
@@ -35,7 +34,7 @@ class Predict:
 class Likelihood:
     """A step that asks for log P(continuation | context) of each ``(context, continuation)`` pair.
 
-    The answers are :class:`~llmrerank.backends.base.LogLikelihood` objects (or the exception a
+    The answers are :class:`~llmrerank.protocol.LogLikelihood` objects (or the exception a
     pair ended in); it needs a backend with ``supports_likelihood``.
     """
 

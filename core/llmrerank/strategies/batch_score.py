@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import parse_labelled_scores
 from ..prompts import check_template, clip, document_block, render, system_prompt
-from ..protocol import Context, Ranking
+from ..protocol import Completion, Context, Prompt, Ranking
 from ..types import Diagnostic, Document
 from .base import Plan, Strategy, check_int, failure, fit_documents
 

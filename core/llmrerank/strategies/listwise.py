@@ -35,11 +35,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_permutation
 from ..prompts import check_template, clip, document_block, fit_chars, fits, render, system_prompt
-from ..protocol import Context, Ranking
+from ..protocol import Completion, Context, Prompt, Ranking
 from ..types import Diagnostic, Document, ScoreKind
 from .base import USEFUL_WINDOW, Answer, Plan, Strategy, check_int, cut_to_fit, failure, logprobs_note
 

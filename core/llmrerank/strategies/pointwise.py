@@ -7,11 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, choice_mass, parse_reason, parse_score
 from ..prompts import check_template, clip, document_block, fit_chars, render, system_prompt
-from ..protocol import Context, Ranking
+from ..protocol import Completion, Context, Prompt, Ranking
 from ..types import Diagnostic, Document, ScoreKind
 from .base import Plan, Strategy, check_int, cut_to_fit, failure, logprobs_note
 

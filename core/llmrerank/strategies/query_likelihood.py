@@ -6,10 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..backends.base import LogLikelihood
 from ..errors import ConfigurationError
 from ..prompts import check_template, clip, render
-from ..protocol import Context, Ranking
+from ..protocol import Context, LogLikelihood, Ranking
 from ..types import Diagnostic, Document
 from .base import Likelihood, Plan, Strategy, check_int, failure
 

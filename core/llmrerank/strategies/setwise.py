@@ -19,11 +19,10 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
 from ..prompts import check_template, clip, document_block, render, system_prompt
-from ..protocol import Context, Ranking
+from ..protocol import Completion, Context, Prompt, Ranking
 from ..types import Diagnostic, Document
 from .base import Plan, Step, Strategy, check_int, failure, fit_documents, logprobs_note
 

@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..backends.base import Prompt
+from ..protocol import Prompt
 from . import overlap
 
 __all__ = [

@@ -42,7 +42,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-from ..backends.base import Prompt
+from ..protocol import Prompt
 
 Api = Literal["openai", "anthropic"]
 
