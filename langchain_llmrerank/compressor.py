@@ -17,8 +17,8 @@ from pydantic import AliasChoices, ConfigDict, Field, InstanceOf, PrivateAttr, m
 from llmrerank import Backend, RankedDocument, RerankResult, Strategy
 from llmrerank.adaptive import DEFAULT_MAX_CONCURRENCY
 from llmrerank.errors import InvalidInputError
+from llmrerank.inputs import document_list
 from llmrerank.options import LazyReranker, RerankerSlot, check_options
-from llmrerank.types import document_list
 
 from .chat_backend import CALL_CONFIG, SYNC_CALLS, ChatModelBackend
 

@@ -27,8 +27,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .backends.base import Backend
 from .errors import ConfigurationError, require
+from .inputs import is_number
 from .protocol import Completion, Prompt
-from .types import is_number
 
 T = TypeVar("T")
 

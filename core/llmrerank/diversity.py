@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import ConfigurationError
-from .types import Diagnostic, RankedDocument, is_number
+from .inputs import is_number
+from .types import Diagnostic, RankedDocument
 
 logger = logging.getLogger("llmrerank")
 

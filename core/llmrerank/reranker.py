@@ -20,6 +20,7 @@ from .driver import Driver, Meter, OnError
 from .errors import ConfigurationError, InvalidInputError, MissingDependencyError
 from .fusion import Fusion, check_scores, fuse, make_fusion
 from .fusion import first_stage_scores as read_scores
+from .inputs import check_query, check_top_k, document_list, is_number, normalize_documents
 from .prompts import MEASURED_SHARE, clean_query, clip, domain_instruction
 from .protocol import Context, Ranking
 from .runner import run_blocking
@@ -34,11 +35,6 @@ from .types import (
     RankedDocument,
     RerankResult,
     Status,
-    check_query,
-    check_top_k,
-    document_list,
-    is_number,
-    normalize_documents,
 )
 
 logger = logging.getLogger("llmrerank")
