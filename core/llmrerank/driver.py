@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .adaptive import CALL, AdaptiveLimiter
-from .backends.base import RERANK_ENDS, Backend, likelihood_prompt
-from .cache import ResponseCache, alookup_many, astore, store
+from .backends.base import RERANK_ENDS, Backend
+from .cache import ResponseCache, alookup_many, astore, likelihood_prompt, store
 from .errors import (
     BackendError,
     BackendTimeoutError,

@@ -33,15 +33,6 @@ RERANK_ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar("llmr
 Set by the driver; a backend may use it to give up early on waits that would outlast the rerank."""
 
 
-LIKELIHOOD_SYSTEM = "\x00continuation-logprob"
-"""Marks the :class:`Prompt` that stands for a likelihood request in the response cache's keys."""
-
-
-def likelihood_prompt(context: str, continuation: str) -> Prompt:
-    """The cache-key form of a likelihood request (never sent to a model as a prompt)."""
-    return Prompt(LIKELIHOOD_SYSTEM, context, max_tokens=0, choices=(continuation,))
-
-
 def token_count(value: Any) -> int:
     """A token count as a server reported it, or 0 (unknown) when it is not a whole number >= 0.
 
