@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from llmrerank import DiskCache, MemoryCache, Pointwise, RedisCache, Reranker
-from llmrerank.backends.base import Completion
 from llmrerank.cache import encode
+from llmrerank.protocol import Completion
 from llmrerank.testing import FakeBackend
 
 VALUE = encode(Completion("7", prompt_tokens=412, completion_tokens=1, model="gpt-4o-mini-2024-07-18"))

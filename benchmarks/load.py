@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
 
 from llmrerank import Reranker
-from llmrerank.backends.base import Prompt
+from llmrerank.protocol import Prompt
 from llmrerank.testing import overlap_judge
 from testkit.report import markdown_table, write_json
 from testkit.server import FakeLLMServer, ServerRequest

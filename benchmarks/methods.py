@@ -41,10 +41,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
 
 from llmrerank import Listwise, Reranker, Strategy, TopDown
-from llmrerank.backends.base import Completion
 from llmrerank.backends.openai import OpenAIBackend
 from llmrerank.evaluation import EvalReport, evaluate_reranking, load_beir
-from llmrerank.strategies.base import Context
+from llmrerank.protocol import Completion, Context
 from llmrerank.types import Document
 from testkit.server import BiasedJudge, FakeLLMServer
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from llmrerank import Fusion, Reranker
 from llmrerank.evaluation import load_beir, split_halves
 from llmrerank.fusion import fuse
+from llmrerank.protocol import Ranking
 from llmrerank.strategies import QueryLikelihood
-from llmrerank.strategies.base import Ranking
 
 METHODS = ("BM25", "query likelihood", "fused with BM25 scores", "fused with BM25 order")
 PAIRS = ((3, 1), (3, 0), (3, 2), (2, 0))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llmrerank import BatchScore, Hybrid, Listwise, Pairwise, Pointwise, Reranker, Setwise, Strategy
-from llmrerank.backends.base import Prompt
+from llmrerank.protocol import Prompt
 from llmrerank.testing import FakeBackend
 
 WORDS = [

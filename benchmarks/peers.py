@@ -39,9 +39,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
 
 from llmrerank import Listwise, Pairwise, Pointwise, Reranker, Strategy
-from llmrerank.backends.base import Prompt
 from llmrerank.evaluation import evaluate, load_beir
 from llmrerank.pricing import PRICES_AS_OF, price_of
+from llmrerank.protocol import Prompt
 from llmrerank.testing import overlap, overlap_judge
 from testkit.server import FakeLLMServer, Reply, ServerRequest, estimate_tokens
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from llmrerank import Listwise, OpenAIBackend, Reranker
-from llmrerank.backends.base import Completion, Prompt
 from llmrerank.backends.openai import choice_logprobs
 from llmrerank.evaluation import default_data_path, load_beir
+from llmrerank.protocol import Completion, Prompt
 from llmrerank.strategies.pointwise import SCALE, read_score
 
 PROBE = Prompt(

@@ -18,8 +18,8 @@ from llmrerank.adapter_options import setting
 from llmrerank.backends.framework import blocking
 from llmrerank.driver import OnError
 from llmrerank.errors import InvalidInputError
+from llmrerank.inputs import document_list
 from llmrerank.options import LazyReranker, RerankerSlot
-from llmrerank.types import document_list
 
 from .chat_backend import CALL_CONFIG, ChatModelBackend
 

@@ -25,7 +25,7 @@ from llmrerank.adapter_options import setting
 from llmrerank.backends.framework import blocking
 from llmrerank.driver import OnError
 from llmrerank.options import LazyReranker, RerankerSlot
-from llmrerank.strategies.base import Context
+from llmrerank.protocol import Context
 
 from .llm_backend import LlamaIndexLLMBackend
 

@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from llmrerank.backends.base import Prompt
+from llmrerank.protocol import Prompt
 from llmrerank.testing import overlap
 
 __all__ = [

@@ -42,7 +42,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-from llmrerank.backends.base import Prompt
+from llmrerank.protocol import Prompt
 from llmrerank.testing import answer_from, overlap, overlap_judge, overlap_logprobs, read_prompt
 
 Api = Literal["openai", "anthropic"]

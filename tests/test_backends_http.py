@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from llmrerank.backends.base import Prompt
 from llmrerank.errors import (
     BackendError,
     BackendTimeoutError,
@@ -26,6 +25,7 @@ pytest.importorskip("anthropic")
 
 from llmrerank.backends.anthropic import AnthropicBackend
 from llmrerank.backends.openai import OpenAIBackend
+from llmrerank.protocol import Prompt
 
 PROMPT = Prompt(system="You judge relevance.", user="Query: aurora\nIs it relevant?", max_tokens=7)
 APIS = ["openai", "anthropic"]

@@ -23,11 +23,11 @@ from batch_support import (
 )
 
 from llmrerank import BackendError, ConfigurationError, MissingDependencyError, Reranker
-from llmrerank.backends.base import Completion, Prompt
 from llmrerank.batch import RerankerSpec, arun_batch, run_batch
 from llmrerank.batch.output import read_jsonl, trec_lines
 from llmrerank.batch.progress import JobProgress
 from llmrerank.cli import main
+from llmrerank.protocol import Completion, Prompt
 from llmrerank.testing import FakeBackend, overlap_judge
 from llmrerank.types import Usage
 from testkit.server import FakeLLMServer

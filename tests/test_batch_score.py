@@ -7,9 +7,9 @@ import math
 import pytest
 
 from llmrerank import BatchScore, ConfigurationError, Hybrid, ParseError, Reranker, Setwise
-from llmrerank.backends.base import Prompt
 from llmrerank.errors import RateLimitError
 from llmrerank.parsing import parse_labelled_scores
+from llmrerank.protocol import Prompt
 from llmrerank.testing import FakeBackend, overlap, overlap_judge
 from testkit.sample import DOCS, QUERY
 from testkit.server import FakeLLMServer, overlap_responder

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from llmrerank import Reranker
-from llmrerank.backends.base import Prompt
+from llmrerank.protocol import Prompt
 from testkit.server import FakeLLMServer, overlap_responder
 
 pytest.importorskip("openai")

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from llmrerank import DiskCache, MemoryCache, Pointwise, Reranker
-from llmrerank.backends.base import Completion, Prompt
 from llmrerank.cache import cache_key, decode, encode
+from llmrerank.protocol import Completion, Prompt
 from llmrerank.testing import FakeBackend, overlap_judge
 from testkit.sample import QUERY
 from testkit.sample import SHORT_DOCS as DOCS

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from llmrerank import ConfigurationError, Listwise, Pointwise, Reranker, Usage
-from llmrerank.backends.base import Prompt
 from llmrerank.evaluation import (
     Collection,
     default_data_path,
@@ -24,6 +23,7 @@ from llmrerank.evaluation import (
     split_halves,
 )
 from llmrerank.pricing import PRICES_AS_OF, estimate_cost, load_prices, price_of
+from llmrerank.protocol import Prompt
 from llmrerank.testing import FakeBackend
 
 pytest.importorskip("bm25s")

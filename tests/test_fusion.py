@@ -11,7 +11,7 @@ import pytest
 
 from llmrerank import ConfigurationError, Fusion, InvalidInputError, Listwise, Pointwise, QueryLikelihood, Reranker
 from llmrerank.fusion import check_scores, first_stage_score, first_stage_scores, fuse, llm_values, make_fusion
-from llmrerank.strategies.base import Ranking
+from llmrerank.protocol import Ranking
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_likelihood
 
 QUERY = "why do dogs bark at night"

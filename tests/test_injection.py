@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 
 from llmrerank import BatchScore, Hybrid, Listwise, Pairwise, Pointwise, Reranker, Setwise, Strategy
-from llmrerank.backends.base import Prompt
 from llmrerank.prompts import clip
+from llmrerank.protocol import Prompt
 from llmrerank.testing import FakeBackend, FakeCrossEncoder, overlap
 from testkit.injection import (
     INJECTIONS,

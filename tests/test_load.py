@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from llmrerank import Reranker
-from llmrerank.backends.base import Prompt
+from llmrerank.protocol import Prompt
 from llmrerank.testing import overlap_judge
 from testkit.server import FakeLLMServer, Reply, ServerRequest
 

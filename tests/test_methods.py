@@ -11,11 +11,10 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from llmrerank import ConfigurationError, Listwise, MemoryCache, Reranker, TopDown
-from llmrerank.backends.base import Completion, Prompt
 from llmrerank.cli import build_parser, strategies_from
+from llmrerank.protocol import Completion, Prompt
 from llmrerank.routing import make_strategy_object
 from llmrerank.strategies import STRATEGIES, make_strategy
-from llmrerank.strategies.base import Context
 from llmrerank.testing import FakeBackend, read_prompt
 from llmrerank.types import Document
 from testkit.server import BiasedJudge, FakeLLMServer, ServerRequest
@@ -23,6 +22,7 @@ from testkit.server import BiasedJudge, FakeLLMServer, ServerRequest
 pytest.importorskip("openai")
 
 from llmrerank.backends.openai import OpenAIBackend
+from llmrerank.protocol import Context
 
 QUERY = "which passage is relevant"
 

@@ -19,7 +19,7 @@ import pytest
 from llmrerank import Listwise, Pointwise, Reranker
 from llmrerank.errors import BadRequestError, ConfigurationError
 from llmrerank.parsing import choice_mass, parse_permutation, strip_thinking
-from llmrerank.strategies.base import Context
+from llmrerank.protocol import Context
 from llmrerank.strategies.listwise import LIST_TEMPLATE
 from testkit.server import FakeLLMServer, Reply, ServerRequest, digit_split_reply
 

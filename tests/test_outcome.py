@@ -6,7 +6,7 @@ from __future__ import annotations
 from llmrerank.driver import Meter
 from llmrerank.errors import BackendError
 from llmrerank.outcome import assess, build_result, complete, drop_below, ranked_documents
-from llmrerank.strategies.base import Ranking
+from llmrerank.protocol import Ranking
 from llmrerank.types import Diagnostic, Usage
 
 DOCS = ["a", "b", "c"]

@@ -32,8 +32,8 @@ from llmrerank import (
     Strategy,
     TopDown,
 )
-from llmrerank.backends.base import Completion, Prompt
 from llmrerank.parsing import parse_choice, parse_permutation, parse_reason, parse_score
+from llmrerank.protocol import Completion, Prompt
 from llmrerank.testing import FakeBackend
 
 QUERY = "why do dogs bark at night"

@@ -16,10 +16,9 @@ from llmrerank import (
     Reranker,
     make_strategy,
 )
-from llmrerank.backends.base import Completion, LogLikelihood
 from llmrerank.driver import Driver
+from llmrerank.protocol import Completion, Context, LogLikelihood, Ranking
 from llmrerank.strategies import Likelihood, uses_likelihood
-from llmrerank.strategies.base import Context, Ranking
 from llmrerank.strategies.query_likelihood import QUESTION_TEMPLATE
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_likelihood
 from llmrerank.types import Document

@@ -22,7 +22,7 @@ from llmrerank import (
     RateLimitError,
     Reranker,
 )
-from llmrerank.backends.base import Completion, Prompt
+from llmrerank.protocol import Completion, Prompt
 from llmrerank.testing import FakeBackend, FakeBackendExhausted, overlap, overlap_judge
 from testkit.sample import BEST_FIRST, DOCS, QUERY
 

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from llmrerank import ConfigurationError, Reranker
-from llmrerank.backends.base import Prompt
 from llmrerank.backends.openai import OpenAIBackend
+from llmrerank.protocol import Prompt
 from llmrerank.runner import background_loop, run_blocking
 from llmrerank.testing import overlap_judge
 from testkit.server import FakeLLMServer, ServerRequest

@@ -9,11 +9,10 @@ import re
 import pytest
 
 from llmrerank import ConfigurationError, Pairwise, ParseError, Reranker, Setwise
-from llmrerank.backends.base import Completion, Prompt
 from llmrerank.errors import RateLimitError
-from llmrerank.strategies.base import Context, Ranking
+from llmrerank.inputs import normalize_documents
+from llmrerank.protocol import Completion, Context, Prompt, Ranking
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_logprobs
-from llmrerank.types import normalize_documents
 
 QUERY = "why do dogs bark at night"
 BLOCK = re.compile(r'<document id="([A-Z])">\n(.*?)\n</document>', re.DOTALL)

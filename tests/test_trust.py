@@ -22,7 +22,6 @@ from llmrerank import (
     Reranker,
     RerankResult,
 )
-from llmrerank.backends.base import Prompt
 from llmrerank.errors import (
     AuthenticationError,
     BadRequestError,
@@ -33,6 +32,7 @@ from llmrerank.errors import (
     PermissionDeniedError,
     is_context_length_message,
 )
+from llmrerank.protocol import Prompt
 from llmrerank.testing import FakeBackend, overlap_judge, overlap_logprobs
 from testkit.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .backends.base import Backend, Completion, Prompt
+from .backends.base import Backend
 from .cache import DiskCache, MemoryCache, RedisCache, ResponseCache
 from .diversity import MMR, Dedup
 from .errors import (

@@ -3,9 +3,11 @@
 Keys are a SHA-256 of the backend name, model, :meth:`Backend.cache_identity` (server address and
 generation settings), the full prompt (system, user, token budget and choices) and
 ``Backend.cache_salt``; values are the completion (text, token counts, log-probs), stored as plain
-JSON. Failed calls are never cached. Entries that cannot be read back (corrupted, or written by
-something else under the same key) count as misses, and a cache that fails to open, read or write
-never fails a rerank (see :func:`lookup`, :func:`store`, :class:`DiskCache` and :class:`RedisCache`).
+JSON. A likelihood request is keyed as the prompt :func:`likelihood_prompt` makes of it, and its
+answer stored as :meth:`~llmrerank.protocol.LogLikelihood.as_completion`. Failed calls are never
+cached. Entries that cannot be read back (corrupted, or written by something else under the same
+key) count as misses, and a cache that fails to open, read or write never fails a rerank (see
+:func:`lookup`, :func:`store`, :class:`DiskCache` and :class:`RedisCache`).
 :func:`open_cache` turns a setting (``memory``, a folder, a ``redis://`` URL) into a cache.
 """
 
@@ -25,9 +27,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from .backends.base import Backend, Completion, Prompt
+from .backends.base import Backend
 from .errors import ConfigurationError, require
-from .types import is_number
+from .inputs import is_number
+from .protocol import Completion, Prompt
 
 T = TypeVar("T")
 
@@ -58,6 +61,15 @@ def cache_key(backend: Backend, prompt: Prompt) -> str:
         list(prompt.choices or ()),
     ]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+LIKELIHOOD_SYSTEM = "\x00continuation-logprob"
+"""Marks the :class:`Prompt` that stands for a likelihood request in the response cache's keys."""
+
+
+def likelihood_prompt(context: str, continuation: str) -> Prompt:
+    """The cache-key form of a likelihood request (never sent to a model as a prompt)."""
+    return Prompt(LIKELIHOOD_SYSTEM, context, max_tokens=0, choices=(continuation,))
 
 
 def encode(completion: Completion) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from .diagnostics import CALIBRATION_SKIPPED
 from .errors import ConfigurationError
-from .strategies.base import Ranking
+from .protocol import Ranking
 from .types import Diagnostic
 
 Method = Literal["isotonic", "platt"]

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .backends.base import Backend, Completion, Forwarding, LogLikelihood, Prompt
+from .backends.base import Backend, Forwarding
 from .errors import LLMRerankError
+from .protocol import Completion, LogLikelihood, Prompt
 from .reranker import Reranker
 from .routing import default_backend
 from .strategies import Pointwise, make_strategy

@@ -25,7 +25,8 @@ from typing import Any
 
 from .diagnostics import DIVERSIFIED, DIVERSITY_FAILED, DUPLICATE
 from .errors import ConfigurationError
-from .types import Diagnostic, RankedDocument, is_number
+from .inputs import is_number
+from .types import Diagnostic, RankedDocument
 
 logger = logging.getLogger("llmrerank")
 

@@ -11,8 +11,8 @@ from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Any, Literal
 
 from .adaptive import CALL, AdaptiveLimiter, Slot
-from .backends.base import RERANK_ENDS, Backend, Completion, LogLikelihood, Prompt, likelihood_prompt
-from .cache import ResponseCache, alookup_many, astore, store
+from .backends.base import RERANK_ENDS, Backend
+from .cache import ResponseCache, alookup_many, astore, likelihood_prompt, store
 from .diagnostics import CONTEXT_SHRUNK
 from .errors import (
     BackendError,
@@ -25,7 +25,8 @@ from .errors import (
     error_from_status,
 )
 from .prompts import halve_documents
-from .strategies.base import Likelihood, Plan, Predict, Ranking, Step
+from .protocol import Completion, LogLikelihood, Prompt, Ranking
+from .strategies.base import Likelihood, Plan, Predict, Step
 from .telemetry import start_call_span
 from .types import Diagnostic, Usage
 
@@ -127,7 +128,7 @@ def learn_context(backend: Backend, error: ContextLengthError) -> None:
 
 def shorter_prompt(prompt: Prompt) -> Prompt | None:
     """What is resent, once, for a prompt too long for the model: the strategy's own shorter version
-    (:attr:`~llmrerank.backends.base.Prompt.shrink`), else the prompt with each document cut to
+    (:attr:`~llmrerank.protocol.Prompt.shrink`), else the prompt with each document cut to
     half (:func:`~llmrerank.prompts.halve_documents`); None when it holds no document to cut.
     The same for every strategy."""
     return prompt.shrink() if prompt.shrink is not None else halve_documents(prompt)

@@ -2,7 +2,7 @@
 
 Retrievers already rank: BM25 and vector similarity carry evidence that a small reranker lacks,
 and a weighted combination of the two often beats either alone. :class:`Fusion` says how;
-:func:`fuse` applies it to a strategy's :class:`~llmrerank.strategies.base.Ranking` (pure: no I/O).
+:func:`fuse` applies it to a strategy's :class:`~llmrerank.protocol.Ranking` (pure: no I/O).
 A :class:`~llmrerank.Reranker` built with ``fusion=`` takes the first-stage scores from the
 documents themselves (:func:`first_stage_score`) or from ``rerank(..., first_stage_scores=[...])``.
 
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from .diagnostics import FIRST_STAGE_MISSING, FUSED, FUSION_SKIPPED
 from .errors import ConfigurationError, InvalidInputError
-from .strategies.base import Ranking
+from .protocol import Ranking
 from .types import Diagnostic
 
 Method = Literal["zscore", "minmax", "rrf"]

@@ -20,10 +20,10 @@ from .calibration import Calibration
 from .diversity import MMR, Dedup, make_dedup
 from .errors import ConfigurationError
 from .fusion import Fusion, make_fusion
+from .protocol import Context
 from .reranker import OnError, Reranker, check_settings
 from .routing import backend_for, default_backend
 from .strategies import STRATEGIES, Hybrid, Strategy, make_strategy
-from .strategies.base import Context
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from .diagnostics import (
     UNREADABLE_CODES,
 )
 from .driver import Meter
-from .strategies.base import Ranking
+from .protocol import Ranking
 from .types import (
     ABSOLUTE_SCORE_KINDS,
     DEGRADED_REASONS,

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from .backends.base import Prompt
+    from .protocol import Prompt
 
 DOMAINS: dict[str, str] = {
     "general": "",

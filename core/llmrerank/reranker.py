@@ -18,23 +18,15 @@ from .diversity import MMR, Dedup, check_mmr, diversify, make_dedup
 from .driver import Driver, Meter, OnError
 from .errors import ConfigurationError, InvalidInputError
 from .fusion import Fusion, check_scores, first_stage_score, fuse, make_fusion
+from .inputs import check_query, check_top_k, document_list, is_number, normalize_documents
 from .outcome import assess, build_result, complete, drop_below, ranked_documents
 from .prompts import MEASURED_SHARE, clean_query, clip, domain_instruction
+from .protocol import Context, Ranking
 from .routing import backend_for, default_backend
 from .runner import blocking
 from .strategies import Strategy, make_strategy, uses_likelihood
-from .strategies.base import Context, Ranking
 from .telemetry import rerank_span
-from .types import (
-    D,
-    Document,
-    RerankResult,
-    check_query,
-    check_top_k,
-    document_list,
-    is_number,
-    normalize_documents,
-)
+from .types import D, Document, RerankResult
 
 logger = logging.getLogger("llmrerank")
 

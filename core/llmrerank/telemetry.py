@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from .backends.base import Backend, Completion, Prompt
+from .backends.base import Backend
+from .protocol import Completion, Prompt
 from .types import RerankResult
 
 try:

@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigurationError, InvalidResponseError, require
-from .base import Completion, Prompt, token_count
+from ..protocol import Completion, Prompt
+from .base import token_count
 from .sdk import SDKBackend, describe
 
 OVERLOADED = 529

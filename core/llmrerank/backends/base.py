@@ -13,11 +13,11 @@ import functools
 import math
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ConfigurationError
+from ..protocol import Completion, LogLikelihood, Prompt
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -31,87 +31,6 @@ RERANK_ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar("llmr
 """``time.monotonic()`` at which the rerank in progress reaches its ``deadline`` (None: no deadline).
 
 Set by the driver; a backend may use it to give up early on waits that would outlast the rerank."""
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One LLM request, as built by a strategy.
-
-    When ``choices`` is set the strategy wants the log-probability of each choice as the
-    answer's first token(s) (e.g. ``("Yes", "No")`` or ``("0", ..., "10")``); backends with
-    ``supports_logprobs`` fill :attr:`Completion.choice_logprobs`, the others just generate.
-    """
-
-    system: str
-    user: str
-    max_tokens: int = 16
-    choices: tuple[str, ...] | None = None
-    shrink: Callable[[], Prompt] | None = field(default=None, compare=False, repr=False)
-    """Builds a smaller version of this prompt, sent once instead when the backend answers that this
-    one does not fit the model's context (:class:`~llmrerank.errors.ContextLengthError`). Built only
-    then. None (the built-in strategies): the driver cuts each document of the prompt to half."""
-
-
-@dataclass(frozen=True)
-class Completion:
-    """A backend's answer to one :class:`Prompt`."""
-
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    choice_logprobs: Mapping[str, float] | None = None
-    """log P(answer starts with choice) for each choice the backend could see; absent ones are missing."""
-    cached: bool = False
-    finish_reason: str | None = None
-    """Why generation stopped, as the backend reports it (``stop``, ``length``, ...), if it does."""
-    cached_prompt_tokens: int = 0
-    """Of ``prompt_tokens``, those the provider read from its prompt prefix cache (billed at a
-    discount), when it says so."""
-    model: str | None = None
-    """The model that answered, as the server named it (llama.cpp answers with its own name
-    whatever was asked); None when the backend does not say."""
-    reasoning_tokens: int = 0
-    """Completion tokens the model spent thinking, when the server reports them apart
-    (OpenAI's ``completion_tokens_details.reasoning_tokens``); part of ``completion_tokens``."""
-    unresolved: tuple[str, ...] = ()
-    """Choices whose probability the backend could see only through their first token, which
-    they share with a shorter choice (``"10"`` behind ``"1"`` when the server showed no
-    continuation of an unsampled ``"1"``): their mass sits in the shorter choice."""
-
-
-@dataclass(frozen=True)
-class LogLikelihood:
-    """log P(continuation | context) under a language model: the sum over the continuation's tokens."""
-
-    logprob: float
-    """Sum of the continuation tokens' log-probabilities (natural log, <= 0)."""
-    tokens: int
-    """How many tokens the continuation was scored as (>= 1)."""
-    prompt_tokens: int = 0
-    """Tokens the model read for it (context and continuation), for accounting."""
-    cached: bool = False
-
-    def as_completion(self) -> Completion:
-        """This result in the form the response cache stores."""
-        lp = {"logprob": self.logprob, "tokens": float(self.tokens)}
-        return Completion(text="", prompt_tokens=self.prompt_tokens, completion_tokens=0, choice_logprobs=lp)
-
-    @classmethod
-    def from_completion(cls, completion: Completion) -> LogLikelihood:
-        """The result :meth:`as_completion` stored; ``ValueError`` for anything else."""
-        lp = completion.choice_logprobs or {}
-        if "logprob" not in lp or "tokens" not in lp:
-            raise ValueError("not a stored log-likelihood")
-        return cls(float(lp["logprob"]), int(lp["tokens"]), completion.prompt_tokens, completion.cached)
-
-
-LIKELIHOOD_SYSTEM = "\x00continuation-logprob"
-"""Marks the :class:`Prompt` that stands for a likelihood request in the response cache's keys."""
-
-
-def likelihood_prompt(context: str, continuation: str) -> Prompt:
-    """The cache-key form of a likelihood request (never sent to a model as a prompt)."""
-    return Prompt(LIKELIHOOD_SYSTEM, context, max_tokens=0, choices=(continuation,))
 
 
 def token_count(value: Any) -> int:

@@ -29,7 +29,8 @@ from typing import Any, TypeVar
 from ..errors import ConfigurationError, MissingDependencyError, require
 from ..fusion import Fusion
 from ..paths import cache_dir, package_file
-from .base import Backend, Completion, LogLikelihood, Prompt, counts_for_choice
+from ..protocol import Completion, LogLikelihood, Prompt
+from .base import Backend, counts_for_choice
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 """Name of the default model (reported as :attr:`LocalBackend.model`)."""

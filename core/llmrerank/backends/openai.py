@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from ..errors import BadRequestError, ConfigurationError, InvalidResponseError, require
-from .base import Completion, LogLikelihood, Prompt, counts_for_choice, token_count
+from ..protocol import Completion, LogLikelihood, Prompt
+from .base import counts_for_choice, token_count
 from .sdk import SDKBackend, describe
 from .servers import (
     count_tokens,
@@ -37,7 +38,7 @@ def choice_logprobs(top: Sequence[tuple[str, float]], choices: Sequence[str]) ->
     A token counts for a choice by :func:`~llmrerank.backends.base.counts_for_choice` on the
     stripped, lower-cased texts, so ``" Yes"`` and ``"yes"`` both count for ``Yes`` and ``"10"``
     counts for ``"1"`` as well as ``"10"`` (the meaning of
-    :attr:`~llmrerank.backends.base.Completion.choice_logprobs`); several tokens are combined with
+    :attr:`~llmrerank.protocol.Completion.choice_logprobs`); several tokens are combined with
     logsumexp. Choices no token matched are absent.
     """
     keys = [(c, c.strip().lower()) for c in choices]
@@ -97,7 +98,7 @@ def chained_logprobs(positions: Sequence[Position], choices: Sequence[str]) -> t
     path only, so the continuation of an unsampled first token is unknown; such choices are
     returned as *unresolved*. A choice that is itself one of the first tokens (OpenAI's tokenizer
     has ``"10"``) needs no chain (their mass stays in the shorter choice, as
-    :attr:`~llmrerank.backends.base.Completion.unresolved` says). The local backend computes
+    :attr:`~llmrerank.protocol.Completion.unresolved` says). The local backend computes
     every chain exactly; both match tokens with :func:`~llmrerank.backends.base.counts_for_choice`.
     """
     if not positions:

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Backend, Completion, Forwarding, LogLikelihood, Prompt
+from ..backends.base import Backend, Forwarding
 from ..errors import BackendError, ConfigurationError, ParseError, RateLimitError
+from ..protocol import Completion, LogLikelihood, Prompt
 from ..reranker import Reranker
 from ..types import Usage
 from .job import Job, Outcome, documents, rerank_row, stops_the_job

@@ -1,7 +1,7 @@
 """The strategy contract: pure prompt-building and parsing, driven by one async driver.
 
 A strategy's :meth:`Strategy.plan` is a generator. It yields a *step* (a list of
-:class:`~llmrerank.backends.base.Prompt`, a :class:`Predict` for a cross-encoder, or a
+:class:`~llmrerank.protocol.Prompt`, a :class:`Predict` for a cross-encoder, or a
 :class:`Likelihood` for continuation log-probabilities) and receives,
 for each item of the step, either the answer or the exception that call ended in. When it is done
 it returns a :class:`Ranking`. It never performs I/O, so the same plan runs under the async driver,
@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
-from ..backends.base import Completion, Prompt
 from ..diagnostics import CONTEXT_FITTED, CONTEXT_TOO_SMALL, LOGPROBS_UNUSABLE
 from ..errors import ConfigurationError
 from ..parsing import unusable_logprobs
 from ..prompts import Clip, clip, fit_chars
-from ..types import Diagnostic, Document, ScoreKind
+from ..protocol import Completion, Context, Prompt, Ranking
+from ..types import Diagnostic, Document
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Predict:
 class Likelihood:
     """A step that asks for log P(continuation | context) of each ``(context, continuation)`` pair.
 
-    The answers are :class:`~llmrerank.backends.base.LogLikelihood` objects (or the exception a
+    The answers are :class:`~llmrerank.protocol.LogLikelihood` objects (or the exception a
     pair ended in); it needs a backend with ``supports_likelihood``.
     """
 
@@ -45,40 +45,6 @@ class Likelihood:
 Step = Union[list[Prompt], Predict, Likelihood]  # noqa: UP007 - a runtime alias, kept valid on 3.10
 Answer = Union[Completion, BaseException]  # noqa: UP007
 Plan = Generator[Step, Any, "Ranking"]
-
-
-@dataclass(frozen=True)
-class Context:
-    """What a plan may know about the call besides the query and the documents."""
-
-    top_k: int | None = None
-    supports_logprobs: bool = False
-    strict: bool = False
-    domain: str | None = None
-    pointwise_method: str = "expected"
-    """The backend's preferred log-prob scoring for pointwise (``expected`` or ``yes_no``)."""
-    preferred_strategy: str = "listwise"
-    """The backend's preferred strategy, for a hybrid strategy whose ``llm`` is None."""
-    context_tokens: int | None = None
-    """Tokens a prompt and its answer may take together (the model's context less what the backend
-    adds to every answer); None when unknown. Strategies fit their prompts into it."""
-    chars_per_token: float | None = None
-    """Characters per token to fit prompts by, measured with the server's tokenizer on this rerank's
-    documents; None: the cautious default (:data:`~llmrerank.prompts.FIT_CHARS_PER_TOKEN`)."""
-
-
-@dataclass
-class Ranking:
-    """What a plan returns: a full order of the documents it was given (positions 0..n-1)."""
-
-    order: list[int]
-    score_kind: ScoreKind
-    scores: dict[int, float] = field(default_factory=dict)
-    reasons: dict[int, str] = field(default_factory=dict)
-    diagnostics: list[Diagnostic] = field(default_factory=list)
-    unjudged: set[int] = field(default_factory=set)
-    """Documents whose place no model answer decided (failed call, unreadable answer). They keep a
-    fallback place (their first-stage order among themselves) and no score unless a prefilter gave one."""
 
 
 class Strategy(ABC):

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..backends.base import Completion, Prompt
 from ..diagnostics import CALL_FAILED, SCORE_PARSED, SCORE_UNPARSED, SCORES_POSITIONAL, SCORES_REPAIRED, TRUNCATED
 from ..errors import ConfigurationError, ParseError
 from ..parsing import parse_labelled_scores
 from ..prompts import check_template, clip, document_block, render, system_prompt
+from ..protocol import Completion, Context, Prompt, Ranking
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Strategy, check_int, failure, fit_documents
+from .base import Plan, Strategy, check_int, failure, fit_documents
 
 BATCH_TEMPLATE = (
     "Rate how relevant each document below is to the query, from 0 (unrelated) to 10 (answers it fully). "

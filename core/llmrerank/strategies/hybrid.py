@@ -9,8 +9,10 @@ from typing import Any, ClassVar
 from ..backends.cross_encoder import checked
 from ..diagnostics import PREFILTER_FAILED
 from ..errors import ConfigurationError
+from ..protocol import Context, Ranking
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Predict, Ranking, Strategy, check_int, failure
+from .base import Plan, Predict, Strategy, check_int, failure
+from .registry import make_strategy
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,6 @@ class Hybrid(Strategy):
     _scorer: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from . import make_strategy
-
         check_int("keep", self.keep, 1)
         check_int("max_doc_chars", self.max_doc_chars, 1)
         if self.llm is None:
@@ -50,8 +50,6 @@ class Hybrid(Strategy):
         """The LLM strategy: ``llm``, or when it is None the backend's preferred one."""
         if isinstance(self.llm, Strategy):
             return self.llm
-        from . import make_strategy
-
         preferred = ctx.preferred_strategy if ctx.preferred_strategy != self.name else "listwise"
         return make_strategy(preferred)
 

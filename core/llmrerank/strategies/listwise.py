@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal, cast
 
-from ..backends.base import Completion, Prompt
 from ..diagnostics import (
     CALL_FAILED,
     CONTEXT_FITTED,
@@ -50,20 +49,9 @@ from ..diagnostics import (
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_permutation
 from ..prompts import check_template, clip, document_block, fits, render, system_prompt
+from ..protocol import Completion, Context, Prompt, Ranking
 from ..types import Diagnostic, Document, ScoreKind
-from .base import (
-    USEFUL_WINDOW,
-    Answer,
-    Context,
-    Plan,
-    Ranking,
-    Strategy,
-    check_int,
-    cut_clips,
-    failure,
-    fitted_cap,
-    logprobs_note,
-)
+from .base import USEFUL_WINDOW, Answer, Plan, Strategy, check_int, cut_clips, failure, fitted_cap, logprobs_note
 
 LIST_TEMPLATE = (
     "Rank documents by how well they answer a query.\n\n"

@@ -15,12 +15,12 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from ..backends.base import Completion, Prompt
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
 from ..prompts import check_template, clip, document_block, render, system_prompt
+from ..protocol import Completion, Context, Prompt, Ranking
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Step, Strategy, check_int, failure, fit_documents, logprobs_note
+from .base import Plan, Step, Strategy, check_int, failure, fit_documents, logprobs_note
 
 PAIR_TEMPLATE = (
     "Compare how well two documents answer a query.\n\n"

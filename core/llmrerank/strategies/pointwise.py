@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..backends.base import Completion, Prompt
 from ..diagnostics import (
     CALL_FAILED,
     SCORE_FROM_LOGPROBS,
@@ -20,8 +19,9 @@ from ..diagnostics import (
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, choice_mass, parse_reason, parse_score
 from ..prompts import check_template, clip, document_block, render, system_prompt
+from ..protocol import Completion, Context, Prompt, Ranking
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Context, Plan, Ranking, Strategy, check_int, cut_to_fit, failure, fitted_cap, logprobs_note
+from .base import Plan, Strategy, check_int, cut_to_fit, failure, fitted_cap, logprobs_note
 
 SCORE_TEMPLATE = (
     "Judge how relevant a document is to a query.\n\n"

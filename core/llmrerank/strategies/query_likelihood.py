@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..backends.base import LogLikelihood
 from ..diagnostics import BASELINE_FAILED, CALL_FAILED, DOMAIN_IGNORED, TRUNCATED
 from ..errors import ConfigurationError
 from ..prompts import check_template, clip, render
+from ..protocol import Context, LogLikelihood, Ranking
 from ..types import Diagnostic, Document
-from .base import Context, Likelihood, Plan, Ranking, Strategy, check_int, failure
+from .base import Likelihood, Plan, Strategy, check_int, failure
 
 QUESTION_TEMPLATE = "Passage: {document}\nPlease write a question based on this passage.\nQuestion:"
 """The context before the query (UPR's prompt); placeholder ``{document}``."""

@@ -19,13 +19,13 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..backends.base import Completion, Prompt
 from ..diagnostics import CALL_FAILED, CHOICE_UNPARSED, TRUNCATED
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
 from ..prompts import check_template, clip, document_block, render, system_prompt
+from ..protocol import Completion, Context, Prompt, Ranking
 from ..types import Diagnostic, Document
-from .base import Context, Plan, Ranking, Step, Strategy, check_int, failure, fit_documents, logprobs_note
+from .base import Plan, Step, Strategy, check_int, failure, fit_documents, logprobs_note
 
 SET_TEMPLATE = (
     "Which of the documents below is the most relevant to the query?\n\n"

@@ -25,8 +25,9 @@ from typing import Any, ClassVar
 
 from ..errors import ConfigurationError
 from ..prompts import clip
+from ..protocol import Context, Ranking
 from ..types import Diagnostic, Document, ScoreKind
-from .base import Context, Plan, Ranking, Step, Strategy
+from .base import Plan, Step, Strategy
 from .listwise import Listwise, Method
 
 

@@ -15,8 +15,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Union
 
-from ..backends.base import Backend, Completion, LogLikelihood, Prompt
+from ..backends.base import Backend
 from ..errors import LLMRerankError
+from ..protocol import Completion, LogLikelihood, Prompt
 
 Answer = Union[str, Completion, BaseException, Callable[[Prompt], "str | Completion"]]  # noqa: UP007
 
