@@ -24,6 +24,7 @@ from .errors import (
 )
 from .fusion import Fusion
 from .prompts import DOMAINS
+from .protocol import Completion, Prompt
 from .reranker import Reranker
 from .routing import backend_for, default_backend
 from .strategies import (
