@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -422,8 +423,7 @@ class Reranker(Closing):
             status = "fallback" if len(unjudged) == len(docs) else "partial"
             if status == "fallback" and not ranking.scores:
                 kind = "input_order"
-            why = describe_degraded(name, reasons, meter, diagnostics, len(unjudged), len(docs))
-            logger.warning("llmrerank: %s", why)
+            warn_degraded(name, reasons, meter, diagnostics, len(unjudged), len(docs))
         by_index: dict[int, list[Diagnostic]] = {}
         for d in diagnostics:
             if d.index is not None:
@@ -543,6 +543,30 @@ def _cause(error: BaseException) -> str:
     """``Class (HTTP status): message``, the message cut to 160 characters (without its earlier cause)."""
     status = getattr(error, "status_code", None)
     return f"{type(error).__name__}" + (f" (HTTP {status})" if status else "") + f": {Exception.__str__(error)[:160]}"
+
+
+def warn_degraded(
+    strategy: str, reasons: Sequence[str], meter: Meter, diagnostics: Sequence[Diagnostic], unjudged: int, n: int
+) -> None:
+    """Log :func:`describe_degraded` as a warning, with each unreadable answer's message (which quotes
+    the answer, and answers echo documents) replaced by its code, length and a hash: logs hold no
+    document text. The messages themselves go to a DEBUG record; the result keeps them whole."""
+    unreadable = [d for d in diagnostics if d.code in UNREADABLE_CODES]
+    if unreadable:
+        quoted = " | ".join(f"{d.code}: {d.message}" for d in unreadable[:5])
+        logger.debug("llmrerank: %s rerank, unreadable answers (may quote documents): %s", strategy, quoted)
+    withheld = [
+        replace(d, message=f"{d.code}, {len(d.message)} characters, sha256 {_digest(d.message)}")
+        if d.code in UNREADABLE_CODES
+        else d
+        for d in diagnostics
+    ]
+    logger.warning("llmrerank: %s", describe_degraded(strategy, reasons, meter, withheld, unjudged, n))
+
+
+def _digest(text: str) -> str:
+    """The first 12 hex digits of the SHA-256 of ``text``: tells a log line's message from another's."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def describe_degraded(
