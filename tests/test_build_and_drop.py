@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 
@@ -109,3 +112,35 @@ async def test_a_dropped_backend_never_unregisters_a_socket_number_in_use(server
         ours.close()
         theirs.close()
         await alive.aclose()
+
+
+DROPPED_AT_EXIT = """
+    import asyncio, gc, sys
+    from llmrerank import Reranker
+    from llmrerank.backends import sdk
+    from llmrerank.backends.openai import OpenAIBackend
+    from llmrerank.testing.server import FakeLLMServer, overlap_responder
+
+    close = sdk._close
+
+    async def slow_close(client):  # a client with connections to shut takes a few loop turns
+        await asyncio.sleep(0.05)
+        await close(client)
+        print("closed", client.is_closed())
+
+    sdk._close = slow_close
+    server = FakeLLMServer(overlap_responder).__enter__()
+    reranker = Reranker("listwise", OpenAIBackend("m", base_url=server.base_url, api_key="x", logprobs=False))
+    print(reranker.rerank("dogs bark", ["cats", "dogs bark at night"]).status)
+    del reranker
+    gc.collect()  # its client's close is under way on the background loop as the interpreter exits
+"""
+
+
+def test_a_backend_dropped_just_before_exit_is_closed_without_an_asyncio_error() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(DROPPED_AT_EXIT)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "already running" not in done.stderr and "Task was destroyed" not in done.stderr, done.stderr
+    assert done.stdout.split() == ["reranked", "closed", "True"], (done.stdout, done.stderr)

@@ -42,6 +42,8 @@ class _Entry:
         self.loop = weakref.ref(loop)
         self.client = client
         self.guard: AsyncGenerator[None, None] | None = None
+        self.closing: asyncio.Future[None] | None = None
+        """The client's one close, once started (:func:`_closing`)."""
 
 
 class ClientPerLoop:
@@ -156,7 +158,7 @@ async def _guard(
                 del clients[key]
         loop = entry.loop()
         if loop is not None and not loop.is_closed():
-            await _close(entry.client)
+            await _closing(entry)
 
 
 def _drop_all(clients: dict[int, _Entry], lock: threading.RLock) -> None:
@@ -178,12 +180,24 @@ async def _close(client: Any) -> None:
         logger.debug("llmrerank: closing an SDK client failed: %s: %s", type(exc).__name__, exc)
 
 
+def _closing(entry: _Entry) -> asyncio.Future[None]:
+    """The close of ``entry``'s client, started on the running loop (its own) on first call: shared
+    by :func:`_finish` and the guard, so the client is closed once whichever comes first."""
+    if entry.closing is None:
+        entry.closing = asyncio.ensure_future(_close(entry.client))
+    return entry.closing
+
+
 async def _finish(entry: _Entry) -> None:
-    """Close ``entry``'s client on its own loop, through its guard so the loop forgets the guard too."""
-    if entry.guard is not None:
-        await entry.guard.aclose()
-    else:
-        await _close(entry.client)
+    """Close ``entry``'s client on its own loop, then finish its guard so the loop forgets it.
+
+    The guard stays suspended while the client closes: the loop's ``shutdown_asyncgens()`` may
+    finalise it meanwhile (a process exiting right after dropping a backend), and then awaits the
+    same close instead of failing with "aclose(): asynchronous generator is already running". The
+    close is shielded: a cancelled ``_finish`` leaves it to finish (or to the guard to await)."""
+    await asyncio.shield(_closing(entry))
+    if entry.guard is not None and not getattr(entry.guard, "ag_running", False):  # (typeshed lacks ag_running)
+        await entry.guard.aclose()  # its close is done: this returns without suspending
 
 
 def _close_soon(entry: _Entry) -> None:
