@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from ..adaptive import on_request, on_response, retry_after
 from ..errors import (
@@ -31,8 +31,30 @@ from ..errors import (
 from .base import RERANK_ENDS, Backend
 from .servers import call_defaults, is_local_url
 
+if TYPE_CHECKING:
+    pass
+
 T = TypeVar("T")
 logger = logging.getLogger("llmrerank")
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword arguments every SDK backend takes (``OpenAIBackend(model, **options)``)."""
+
+    api_key: str | None
+    """The API key; None: the SDK's environment variable (a server on this machine needs none)."""
+    base_url: str | None
+    """The server; None: the SDK's environment variable, else the provider's own API."""
+    client: Any
+    """An SDK async client used as is (and not closed by ``aclose()``); None: one per event loop."""
+    timeout: float | None
+    """Seconds per call, retries included; None: by server (:func:`~llmrerank.backends.servers.call_defaults`)."""
+    max_retries: int | None
+    """Retries per call, by the rule of :func:`retry_wait`; None: by server."""
+    temperature: float | None
+    """The sampling temperature; None leaves it out of the request (default: the backend's)."""
+    default_headers: Mapping[str, str] | None
+    """Headers sent with every request."""
 
 
 class _Entry:
@@ -364,13 +386,13 @@ class SDKBackend(Backend):
         sdk: Any,
         model: str,
         *,
-        api_key: str | None,
-        base_url: str | None,
-        client: Any,
-        timeout: float | None,
-        max_retries: int | None,
-        temperature: float | None,
-        default_headers: Mapping[str, str] | None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        client: Any = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        temperature: float | None = None,
+        default_headers: Mapping[str, str] | None = None,
     ) -> None:
         self._sdk = sdk
         self.model = model
@@ -555,4 +577,4 @@ class SDKBackend(Backend):
         self._clients.close()
 
 
-__all__ = ["ClientPerLoop", "SDKBackend", "retry_after", "retry_wait"]
+__all__ = ["ClientOptions", "ClientPerLoop", "SDKBackend", "retry_after", "retry_wait"]
