@@ -11,12 +11,12 @@ from llmrerank import Reranker
 from llmrerank.backends.anthropic import AnthropicBackend
 from llmrerank.backends.openai import OpenAIBackend
 from llmrerank.backends.sdk import SDKBackend
-from llmrerank.testing.server import FakeLLMServer
 
 
-def backend_for(api: str, server: FakeLLMServer | str, **options: Any) -> SDKBackend:
-    """The ``api`` ("openai" or "anthropic") backend of the server (or root URL, no ``/v1``) with test
-    keys and default settings unless ``options`` say otherwise; OpenAI's asks for no log-probs."""
+def backend_for(api: str, server: Any, **options: Any) -> SDKBackend:
+    """The ``api`` ("openai" or "anthropic") backend of a loopback server (anything with a ``url``,
+    or its root URL, no ``/v1``) with test keys and default settings unless ``options`` say
+    otherwise; OpenAI's asks for no log-probs."""
     url = server if isinstance(server, str) else server.url
     if api == "openai":
         return OpenAIBackend("gpt-test", base_url=f"{url}/v1", api_key="sk-test", logprobs=False, **options)
