@@ -11,11 +11,9 @@ completion of a few tokens, about 150 bytes of JSON).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -27,6 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from benchmark_support import machine, make_parser, publish
 
 from llmrerank import DiskCache, MemoryCache, Pointwise, RedisCache, Reranker
 from llmrerank.cache import encode
@@ -155,7 +155,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table; with ``--out``, write cache.json and cache.md."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--ops", type=int, default=1000, help="operations per row")
     parser.add_argument("--batch", type=int, default=10, help="keys per step (one rerank's prompts)")
     parser.add_argument("--reranks", type=int, default=200, help="cached reranks per cache")
@@ -181,22 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         made.clear()  # a --redis server keeps nothing of ours
                     if hasattr(made, "close"):
                         made.close()
-    table = markdown(rows)
-    machine = f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPU cores"
     redis = "the given Redis" if args.redis else "a redis-server on loopback started by the script"
     note = (
         f"one client, sequential operations; values about {len(json.dumps(VALUE))} bytes of JSON; "
-        f"RedisCache against {redis}; DiskCache in a temporary folder; {machine}, load average {load:.1f} "
+        f"RedisCache against {redis}; DiskCache in a temporary folder; {machine(cores=True)}, load average {load:.1f} "
         f"at the start; {time.strftime('%Y-%m-%d')}"
     )
-    print(f"{table}\n\n{note}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        command = ["python", "benchmarks/cache.py", *(argv if argv is not None else sys.argv[1:])]
-        payload = {"command": command, "note": note, "rows": rows}
-        (out / "cache.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-        (out / "cache.md").write_text(f"{table}\n\n{note}\n\nCommand: `{' '.join(command)}`\n", encoding="utf-8")
+    publish("cache", markdown(rows), note, args.out, argv, rows=rows)
     return 0
 
 

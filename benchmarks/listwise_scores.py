@@ -16,12 +16,13 @@ first-token distribution compares with its written order; measure that on your m
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
+
+from benchmark_support import add_data_options, make_parser
 
 from llmrerank import Listwise, Pointwise, Reranker
 from llmrerank.backends.openai import OpenAIBackend
@@ -30,11 +31,8 @@ from testkit.server import FakeLLMServer, overlap_responder
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="BEIR folder (default: $LLMRERANK_DATA or shared/data/scifact)")
-    parser.add_argument("--queries", type=int, default=30)
-    parser.add_argument("--depth", type=int, default=20)
-    parser.add_argument("--latency", type=float, default=0.2)
+    parser = make_parser(__doc__)
+    add_data_options(parser, queries=30, depth=20, latency=0.2)
     args = parser.parse_args(argv)
     collection = load_beir(args.data)
     strategies = {

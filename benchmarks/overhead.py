@@ -10,17 +10,14 @@ is llmrerank's own work: input normalisation, prompt building, the driver, parsi
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from benchmark_support import machine, make_parser, publish
 
 from llmrerank import BatchScore, Hybrid, Listwise, Pairwise, Pointwise, Reranker, Setwise, Strategy
 from llmrerank.protocol import Prompt
@@ -126,11 +123,15 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table; with ``--out``, write overhead.json and overhead.md."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[20, 100], help="documents per rerank")
     parser.add_argument("--repeats", type=int, default=0, help="reranks per cell (default: by size)")
     parser.add_argument("--out", help="folder for overhead.json and overhead.md")
     args = parser.parse_args(argv)
+    note = (
+        f"median of repeated reranks (pairwise: a tenth as many); FakeBackend with zero delay; "
+        f"overhead = wall - time inside the backend; {machine(cores=True)}; {time.strftime('%Y-%m-%d')}"
+    )
     rows = []
     for n in args.sizes:
         for name, strategy in strategies().items():
@@ -141,20 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 figures = measure(strategy, n, repeats, sync=sync)
                 api = "rerank()" if sync else "await arerank()"
                 rows.append({"strategy": name, "docs": n, "api": api, "repeats": repeats, **figures})
-    table = markdown(rows)
-    machine = f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPU cores"
-    note = (
-        f"median of repeated reranks (pairwise: a tenth as many); FakeBackend with zero delay; "
-        f"overhead = wall - time inside the backend; {machine}; {time.strftime('%Y-%m-%d')}"
-    )
-    print(f"{table}\n\n{note}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        command = ["python", "benchmarks/overhead.py", *(argv if argv is not None else sys.argv[1:])]
-        payload = {"command": command, "note": note, "rows": rows}
-        (out / "overhead.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-        (out / "overhead.md").write_text(f"{table}\n\n{note}\n\nCommand: `{' '.join(command)}`\n", encoding="utf-8")
+    publish("overhead", markdown(rows), note, args.out, argv, rows=rows)
     return 0
 
 

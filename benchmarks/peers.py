@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import inspect
 import json
-import platform
 import re
 import sys
 import threading
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
+from benchmark_support import add_data_options, machine, make_parser, publish
 
 from llmrerank import Listwise, Pairwise, Pointwise, Reranker, Strategy
 from llmrerank.evaluation import evaluate, load_beir
@@ -329,33 +329,21 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the markdown table; with ``--out``, write peers.json and peers.md."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="BEIR folder (default: shared/data/scifact beside the checkout)")
-    parser.add_argument("--queries", type=int, default=30, help="the first N judged test queries (default: 30)")
-    parser.add_argument("--depth", type=int, default=20, help="BM25 documents per query (default: 20)")
-    parser.add_argument("--latency", type=float, default=0.2, help="seconds the server waits per call (default: 0.2)")
+    parser = make_parser(__doc__)
+    add_data_options(parser, queries=30, depth=20, latency=0.2)
     parser.add_argument("--rerankers", nargs="+", default=list(RERANKERS), choices=RERANKERS, metavar="NAME")
     parser.add_argument("--out", help="folder for peers.json and peers.md")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     rows = run(args)
-    machine = f"Python {platform.python_version()} on {platform.machine()}"
     note = (
         f"SciFact test, first {args.queries} queries, BM25 top {args.depth} (RankGPT-style row: top {RANKGPT_DEPTH}); "
         f"FakeLLMServer on 127.0.0.1, {args.latency * 1000:.0f} ms per call, answers by word overlap; "
         f"queries one at a time, each library's default concurrency; tokens counted by the server (~4 chars); "
-        f"USD at {MODEL} list prices as of {PRICES_AS_OF} (estimate); {machine}; "
+        f"USD at {MODEL} list prices as of {PRICES_AS_OF} (estimate); {machine()}; "
         f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s in all"
     )
-    table = markdown(rows)
-    print(table + "\n\n" + note)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        command = ["python", "benchmarks/peers.py", *(argv if argv is not None else sys.argv[1:])]
-        payload = {"command": command, "settings": vars(args), "model": MODEL, "note": note, "rows": rows}
-        (out / "peers.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-        (out / "peers.md").write_text(f"{table}\n\n{note}\n\nCommand: `{' '.join(command)}`\n", encoding="utf-8")
+    publish("peers", markdown(rows), note, args.out, argv, settings=vars(args), model=MODEL, rows=rows)
     return 0
 
 

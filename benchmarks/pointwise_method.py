@@ -13,11 +13,12 @@ Needs the ``local`` and ``eval`` extras and the SciFact folder (``$LLMRERANK_DAT
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmark_support import add_data_options, make_parser
 
 from llmrerank import Pointwise, Reranker
 from llmrerank.backends.local import LocalBackend
@@ -25,10 +26,8 @@ from llmrerank.evaluation import evaluate, load_beir
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="BEIR folder (default: the SciFact collection)")
-    parser.add_argument("--queries", type=int, default=12)
-    parser.add_argument("--depth", type=int, default=10)
+    parser = make_parser(__doc__)
+    add_data_options(parser, queries=12, depth=10)
     parser.add_argument("--max-doc-chars", type=int, default=500)
     parser.add_argument("--dtype", help="torch dtype for the model (default: the backend's)")
     args = parser.parse_args(argv)

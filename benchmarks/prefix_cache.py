@@ -18,13 +18,14 @@ cannot read each other's.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
+
+from benchmark_support import add_data_options, make_parser
 
 from llmrerank import BatchScore, Listwise, Pairwise, Pointwise, Reranker, Setwise, Strategy
 from llmrerank.backends.anthropic import AnthropicBackend
@@ -49,11 +50,10 @@ STYLE = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="BEIR folder (default: $LLMRERANK_DATA or shared/data/scifact)")
+    parser = make_parser(__doc__)
+    add_data_options(parser, latency=0.2)
     parser.add_argument("--docs", type=int, default=40, help="BM25 documents per rerank")
     parser.add_argument("--domain-chars", type=int, default=8000, help="length of the domain instruction")
-    parser.add_argument("--latency", type=float, default=0.2, help="seconds the server takes per answer")
     args = parser.parse_args(argv)
     collection = load_beir(args.data)
     queries = list(collection.queries.values())[:2]

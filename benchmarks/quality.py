@@ -31,8 +31,6 @@ model) checks the plumbing in seconds.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
+from benchmark_support import add_data_options, machine, make_parser, publish
 
 from llmrerank import (
     BatchScore,
@@ -190,8 +189,8 @@ def plot(rows: Sequence[dict[str, Any]], title: str, path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table; with ``--out``, write quality.json, quality.md, quality.png."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="BEIR folder (default: shared/data/scifact beside the checkout)")
+    parser = make_parser(__doc__)
+    add_data_options(parser)
     parser.add_argument("--backend", default="local", choices=["local", "openai", "anthropic", "fake", "loopback"])
     parser.add_argument("--model")
     parser.add_argument("--base-url")
@@ -241,27 +240,19 @@ def run(args: argparse.Namespace, backend: Any, argv: Sequence[str] | None) -> i
                 reports.append(fused)
                 rows.append(row(fused, cost=payer, baseline=bm25))
     table = markdown(rows)
-    machine = f"Python {platform.python_version()} on {platform.machine()}"
     fused_note = f"fusion: {fusion.describe()} with the BM25 scores" if fusion is not None else "no fusion rows"
     note = (
         f"SciFact test, {args.half.upper()} half (split_halves), BM25 top {args.depth}; documents cut to "
         f"{args.max_doc_chars or 'its own default number of'} characters; hybrid: MiniLM keeps "
         f"{max(2, args.depth // 2)}, {backend.preferred_strategy} ranks them; {fused_note} (cost columns: the "
         f"unfused run's; the query-likelihood normalisations share the first one's scorings); "
-        f"backend {args.backend}, model {backend.model}; {machine}; "
+        f"backend {args.backend}, model {backend.model}; {machine()}; "
         f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s in all"
     )
-    print(f"{table}\n\n{note}")
+    publish("quality", table, note, args.out, argv, rows=rows, reports=[r.to_dict(False) for r in reports])
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        command = ["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]
-        payload = {"command": command, "note": note, "rows": rows, "reports": [r.to_dict(False) for r in reports]}
-        (out / "quality.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-        (out / "quality.md").write_text(f"{table}\n\n{note}\n\nCommand: `{' '.join(command)}`\n", encoding="utf-8")
-        plot(
-            rows, f"SciFact ({args.half} half), BM25 top {args.depth} reranked by {backend.model}", out / "quality.png"
-        )
+        title = f"SciFact ({args.half} half), BM25 top {args.depth} reranked by {backend.model}"
+        plot(rows, title, Path(args.out) / "quality.png")
     return 0
 
 

@@ -19,9 +19,7 @@ On the tuning half, BM25 top ``--depth`` documents are reranked by each method i
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +29,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for testkit/
+from benchmark_support import add_data_options, machine, make_parser, publish
 
 from llmrerank import Fusion, MemoryCache, Pointwise, Reranker, RerankResult, Strategy
 from llmrerank.evaluation import Collection, EvalReport, evaluate, load_beir, split_halves
@@ -122,8 +121,8 @@ def best(rows: Sequence[dict[str, Any]], prefix: str) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the sweep; print the tables and the best settings; with ``--out`` write tuning.json and tuning.md."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="BEIR folder (default: shared/data/scifact beside the checkout)")
+    parser = make_parser(__doc__)
+    add_data_options(parser)
     parser.add_argument("--backend", default="local", choices=["local", "fake", "loopback"])
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--queries", type=int, default=150, help="tuning queries for methods given without :N")
@@ -170,16 +169,10 @@ def run(args: argparse.Namespace, backend: Any, argv: Sequence[str] | None) -> i
     choices = [best(rows, f"{spec.partition(':')[0]} ") for spec in args.methods]
     note = (
         f"SciFact test, TUNING half (split_halves), BM25 top {args.depth}; backend {args.backend}, model "
-        f"{backend.model}; Python {platform.python_version()} on {platform.machine()}; {time.strftime('%Y-%m-%d')}, "
+        f"{backend.model}; {machine()}; {time.strftime('%Y-%m-%d')}, "
         f"{time.perf_counter() - started:.0f} s in all; best: " + "; ".join(r["setting"] for r in choices)
     )
-    print(f"{table}\n\n{note}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        command = ["python", "benchmarks/tuning.py", *(argv if argv is not None else sys.argv[1:])]
-        (out / "tuning.json").write_text(json.dumps({"command": command, "note": note, "rows": rows}, indent=1) + "\n")
-        (out / "tuning.md").write_text(f"{table}\n\n{note}\n\nCommand: `{' '.join(command)}`\n", encoding="utf-8")
+    publish("tuning", table, note, args.out, argv, rows=rows)
     return 0
 
 

@@ -143,12 +143,6 @@ def test_hybrid_over_batch_scores_in_one_call_and_accepts_min_score() -> None:
     assert result.indices[0] == 3 and result.score_kind == "relevance"
 
 
-@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
-def test_bad_batch_size_is_a_configuration_error(batch_size: object) -> None:
-    with pytest.raises(ConfigurationError):
-        BatchScore(batch_size=batch_size)  # type: ignore[arg-type]
-
-
 def test_a_custom_template_must_keep_the_query_and_the_documents() -> None:
     with pytest.raises(ConfigurationError, match="documents"):
         BatchScore(template="Rate these for {query}.")

@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 
@@ -109,3 +112,37 @@ async def test_a_dropped_backend_never_unregisters_a_socket_number_in_use(server
         ours.close()
         theirs.close()
         await alive.aclose()
+
+
+DROPPED_AT_EXIT = """
+    import asyncio, gc
+    from llmrerank.backends import sdk
+    from llmrerank.backends.openai import OpenAIBackend
+    from llmrerank.runner import run_blocking
+
+    close = sdk._close
+
+    async def slow_close(client):  # a client with connections to shut takes a few loop turns
+        await asyncio.sleep(0.05)
+        await close(client)
+        print("closed", client.is_closed())
+
+    sdk._close = slow_close
+    backend = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1", api_key="x")
+
+    async def first_use():  # makes the backend's client on the blocking API's loop, as a rerank would
+        backend._current_client()
+
+    run_blocking(first_use())
+    del backend
+    gc.collect()  # its client's close is under way on the background loop as the interpreter exits
+"""
+
+
+def test_a_backend_dropped_just_before_exit_is_closed_without_an_asyncio_error() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(DROPPED_AT_EXIT)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "already running" not in done.stderr and "Task was destroyed" not in done.stderr, done.stderr
+    assert done.stdout.split() == ["closed", "True"], (done.stdout, done.stderr)

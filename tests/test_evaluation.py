@@ -14,6 +14,7 @@ import pytest
 from llmrerank import ConfigurationError, Listwise, Pointwise, Reranker, Usage
 from llmrerank.evaluation import (
     Collection,
+    default_data_or_slice,
     default_data_path,
     evaluate,
     evaluate_reranking,
@@ -78,6 +79,15 @@ def oracle(collection: Collection, *, reverse: bool = False) -> FakeBackend:
         return " > ".join(ranked)
 
     return FakeBackend(respond=respond)
+
+
+def test_a_data_variable_naming_no_folder_is_said_at_once(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LLMRERANK_DATA", str(tmp_path / "missing"))
+    for find in (default_data_path, load_beir):
+        with pytest.raises(ConfigurationError, match=r"LLMRERANK_DATA .*missing.* no such folder"):
+            find()
+    path, note = default_data_or_slice()  # the checkout's slice, saying why
+    assert path.resolve() == SLICE.resolve() and note is not None and "LLMRERANK_DATA" in note
 
 
 def test_default_collection_is_found_and_overridable(tmp_path, monkeypatch) -> None:

@@ -123,6 +123,20 @@ def test_llamaindex_choice_select_lines_read_the_id_not_the_relevance() -> None:
     assert [(d.index, d.score) for d in scored][:2] == [(1, 8.0), (3, 6.0)]
 
 
+@pytest.mark.parametrize(
+    ("text", "order"),
+    [
+        ("Passage 3 is the most relevant since it explains the cause.\n3, 1, 2, 4", (2, 0, 1, 3)),
+        ("Ranking:\n3 > 1 > 2 > 4\n\nDoc 3 directly answers the question.", (2, 0, 1, 3)),
+        ("The most relevant is document 2.\n2 > 4 > 1 > 3", (1, 3, 0, 2)),
+        ("Here is the ranking: 4, 2, 1, 3. Document 4 mentions dogs.", (3, 1, 0, 2)),
+    ],
+)
+def test_a_bare_ranking_wins_over_prose_that_names_fewer_documents(text: str, order: tuple[int, ...]) -> None:
+    perm = parse_permutation(text, 4)
+    assert perm.order == order and perm.clean, perm
+
+
 def test_labelled_ids_win_over_other_numbers() -> None:
     perm = parse_permutation("Doc: 2, Relevance: 8\nDoc: 4, Relevance: 6", 10)
     assert perm.order[:2] == (1, 3)

@@ -62,6 +62,25 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
+@pytest.fixture
+def no_answer_llm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LlamaIndex's ``Settings`` with no LLM set, restored afterwards (a snippet may set ``Settings.llm``)."""
+    pytest.importorskip("llama_index.core")
+    from llama_index.core import Settings
+
+    monkeypatch.setattr(Settings, "_llm", None)
+
+
+def documents_index() -> Any:
+    """A LlamaIndex vector index of DOCUMENTS (node ids doc0, doc1, ...) with mock embeddings."""
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.embeddings import MockEmbedding
+    from llama_index.core.schema import TextNode
+
+    nodes = [TextNode(text=text, id_=f"doc{i}") for i, text in enumerate(DOCUMENTS)]
+    return VectorStoreIndex(nodes, embed_model=MockEmbedding(embed_dim=8))
+
+
 def llm_calls(server: FakeLLMServer) -> list[str]:
     return [r.user for r in server.requests if r.method == "POST"]
 
@@ -97,17 +116,12 @@ def test_langchain_snippet_reranks_a_retriever(openai_env_server: FakeLLMServer)
 
 
 def test_llamaindex_snippet_reranks_retrieved_nodes_without_an_answer_llm(
-    openai_env_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+    openai_env_server: FakeLLMServer, no_answer_llm: None
 ) -> None:
-    pytest.importorskip("llama_index.core")
-    from llama_index.core import Settings, VectorStoreIndex
-    from llama_index.core.embeddings import MockEmbedding
-    from llama_index.core.schema import TextNode
+    from llama_index.core import Settings
 
-    monkeypatch.setattr(Settings, "_llm", None)  # no answer-writing LLM configured: it must not be needed
-    nodes = [TextNode(text=text, id_=f"doc{i}") for i, text in enumerate(DOCUMENTS)]
-    index = VectorStoreIndex(nodes, embed_model=MockEmbedding(embed_dim=8))
-    ranked = run_snippet("from llamaindex_llmrerank import LLMRerankPostprocessor", index=index)["nodes"]
+    # No answer-writing LLM is configured: the postprocessor must not need one.
+    ranked = run_snippet("from llamaindex_llmrerank import LLMRerankPostprocessor", index=documents_index())["nodes"]
     assert ranked[0].node.get_content() == SOLAR and len(ranked) == 5
     assert Settings._llm is None
     (call,) = llm_calls(openai_env_server)
@@ -115,20 +129,13 @@ def test_llamaindex_snippet_reranks_retrieved_nodes_without_an_answer_llm(
 
 
 def test_llamaindex_query_engine_snippet_sets_the_answer_llm_first(
-    openai_env_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+    openai_env_server: FakeLLMServer, no_answer_llm: None
 ) -> None:
-    pytest.importorskip("llama_index.core")
-    from llama_index.core import Settings, VectorStoreIndex
-    from llama_index.core.embeddings import MockEmbedding
     from llama_index.core.llms import MockLLM
-    from llama_index.core.schema import TextNode
 
     from llamaindex_llmrerank import LLMRerankPostprocessor
 
-    monkeypatch.setattr(Settings, "_llm", None)  # restored afterwards: the snippet sets Settings.llm
-    nodes = [TextNode(text=text, id_=f"doc{i}") for i, text in enumerate(DOCUMENTS)]
-    index = VectorStoreIndex(nodes, embed_model=MockEmbedding(embed_dim=8))
-    names = {"index": index, "answer_llm": MockLLM(), "LLMRerankPostprocessor": LLMRerankPostprocessor}
+    names = {"index": documents_index(), "answer_llm": MockLLM(), "LLMRerankPostprocessor": LLMRerankPostprocessor}
     response = run_snippet("Settings.llm = answer_llm", **names)["response"]
     ranked = [n.node.get_content() for n in response.source_nodes]
     assert ranked[0] == SOLAR and len(ranked) == 5

@@ -300,7 +300,7 @@ def test_unparseable_listwise_falls_back_to_input_order_and_says_so(caplog: pyte
     assert result.degraded_reasons == ("unreadable_answer",)
     assert all(item.fallback and item.score is None for item in result)
     (record,) = [r for r in caplog.records if r.name == "llmrerank"]
-    assert "unreadable_answer" in record.getMessage() and "As an AI I cannot rank" in record.getMessage()
+    assert "unreadable_answer" in record.getMessage() and "As an AI I cannot rank" in result.diagnostics[0].message
 
 
 def test_partial_permutation_is_repaired_and_recorded() -> None:

@@ -9,7 +9,6 @@ you host is not. A backend that has never had an answer and cannot connect raise
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -23,8 +22,8 @@ from testkit.server import FakeLLMServer, Reply, ScriptedResponder, overlap_resp
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
 
-from llmrerank.backends.anthropic import AnthropicBackend
-from llmrerank.backends.openai import OpenAIBackend
+from sdk_support import backend_for, rerank_and_close
+
 from llmrerank.backends.sdk import retry_wait
 
 QUERY = "why do dogs bark at night"
@@ -39,18 +38,8 @@ def server() -> Iterator[FakeLLMServer]:
         yield srv
 
 
-def backend_for(api: str, url: str, **options: Any) -> Any:
-    """A backend with default settings (no max_retries, no timeout) unless ``options`` say otherwise."""
-    if api == "openai":
-        return OpenAIBackend("gpt-test", base_url=f"{url}/v1", api_key="sk-test", logprobs=False, **options)
-    return AnthropicBackend("claude-test", base_url=url, api_key="sk-ant-test", **options)
-
-
 async def rerank(reranker: Reranker) -> Any:
-    try:
-        return await asyncio.wait_for(reranker.arerank(QUERY, DOCS), GUARD)
-    finally:
-        await reranker.aclose()
+    return await rerank_and_close(reranker, QUERY, DOCS, GUARD)
 
 
 def closed_port() -> int:

@@ -57,6 +57,18 @@ def test_settings_of_the_wrong_type_raise_configuration_error(settings: dict[str
             build_reranker(FakeBackend(), strategy="listwise", **settings)
 
 
+BAD_SIZES = [
+    *(pytest.param(BatchScore, "batch_size", size, id=f"batch_size={size!r}") for size in (0, -1, 2.5, True)),
+    *(pytest.param(Setwise, "set_size", size, id=f"set_size={size!r}") for size in (1, 21, 3.5, True)),
+]
+
+
+@pytest.mark.parametrize(("make", "name", "size"), BAD_SIZES)
+def test_bad_batch_and_set_sizes_are_configuration_errors(make: Any, name: str, size: object) -> None:
+    with pytest.raises(ConfigurationError):
+        make(**{name: size})
+
+
 def test_good_settings_still_pass() -> None:
     reranker = Reranker("listwise", FakeBackend(respond=overlap_judge), max_concurrency=3, deadline=5, domain="legal")
     assert reranker.rerank(QUERY, DOCS).indices == [1, 0, 2]

@@ -137,12 +137,6 @@ def test_no_min_score_for_an_order() -> None:
         Reranker(Setwise(), FakeBackend(), min_score=5)
 
 
-@pytest.mark.parametrize("set_size", [1, 21, 3.5, True])
-def test_bad_set_size_is_a_configuration_error(set_size: object) -> None:
-    with pytest.raises(ConfigurationError):
-        Setwise(set_size=set_size)  # type: ignore[arg-type]
-
-
 def test_a_custom_template_must_keep_the_query_and_the_documents() -> None:
     with pytest.raises(ConfigurationError, match="documents"):
         Setwise(template="Best for {query}?")

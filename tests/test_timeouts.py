@@ -7,21 +7,18 @@ Through the real SDKs against FakeLLMServer. Each test wraps the rerank in a gen
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from llmrerank import BackendTimeoutError, Listwise, RateLimitError, Reranker
-from llmrerank.backends.base import Backend
 from testkit.server import FakeLLMServer, Reply, ServerRequest, overlap_responder
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
 
-from llmrerank.backends.anthropic import AnthropicBackend
-from llmrerank.backends.openai import OpenAIBackend
+from sdk_support import backend_for, rerank_and_close
 
 QUERY = "why do dogs bark at night"
 DOCS = ["The cat sat on the mat.", "Dogs bark at night.", "Birds sing at dawn."]
@@ -38,17 +35,8 @@ def server() -> Iterator[FakeLLMServer]:
         yield srv
 
 
-def backend_for(api: str, srv: FakeLLMServer, **options: Any) -> Backend:
-    if api == "openai":
-        return OpenAIBackend("gpt-test", base_url=srv.base_url, api_key="sk-test", logprobs=False, **options)
-    return AnthropicBackend("claude-test", base_url=srv.anthropic_base_url, api_key="sk-ant-test", **options)
-
-
 async def rerank(reranker: Reranker, docs: list[str] = DOCS) -> Any:
-    try:
-        return await asyncio.wait_for(reranker.arerank(QUERY, docs), GUARD)
-    finally:
-        await reranker.aclose()
+    return await rerank_and_close(reranker, QUERY, docs, GUARD)
 
 
 @pytest.mark.parametrize("api", APIS)

@@ -277,6 +277,33 @@ def test_one_unreadable_window_marks_only_its_documents() -> None:
     assert all(item.score is None for item in result)
 
 
+@pytest.mark.parametrize("strategy", ["listwise", "pointwise", "pairwise", "setwise", "batch_score"])
+def test_the_degraded_warning_quotes_no_answer_text(strategy: str, caplog: pytest.LogCaptureFixture) -> None:
+    # An unreadable answer often echoes a document; the warning goes to server logs, which must
+    # hold no document text (the HTTP service promises it). The answer stays in the diagnostics.
+    echo = "Patient 4711, 63, was admitted with chest pain"
+    docs = [f"{echo} on day {i}." for i in range(3)]
+    backend = FakeBackend([f"The relevant one: {echo}."] * 10)
+    with caplog.at_level(logging.WARNING, logger="llmrerank"):
+        result = Reranker(strategy, backend).rerank(QUERY, docs)
+    assert result.degraded and "unreadable_answer" in result.degraded_reasons
+    (warning,) = warnings_of(caplog)
+    assert "Patient" not in warning and "4711" not in warning, warning
+    unreadable = [d for d in result.diagnostics if d.code.endswith(("_unparsed", "_input_order"))]
+    assert unreadable and all("4711" in d.message for d in unreadable)
+    assert f"first: {unreadable[0].code}, {len(unreadable[0].message)} characters" in warning
+
+
+def test_the_degraded_warning_quotes_the_answer_at_debug_level(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="llmrerank"):
+        result = Reranker("listwise", FakeBackend(["I would rather not say."])).rerank(QUERY, DOCS)
+    assert result.status == "fallback"
+    (warning,) = warnings_of(caplog)
+    assert "rather not" not in warning
+    quoted = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and "rather not" in r.getMessage()]
+    assert len(quoted) == 1 and "fallback_input_order" in quoted[0]
+
+
 def test_pointwise_failed_call_is_a_fallback_document(server: FakeLLMServer) -> None:
     def respond(request: ServerRequest) -> Reply | str:
         return Reply(status=500, text="boom") if "Bread" in request.user else judge(request)

@@ -75,10 +75,15 @@ def default_data_path() -> Path:
 
     Searched: the working directory and each of its parents, then the folder holding the
     llmrerank source tree and each of its parents. Raises :class:`ConfigurationError` when none
-    is found.
+    is found, or when ``$LLMRERANK_DATA`` names no folder (a typo must not pass for "no collection").
     """
     explicit = os.environ.get(ENV_VAR)
     if explicit:
+        if not Path(explicit).is_dir():
+            raise ConfigurationError(
+                f"{ENV_VAR} is {explicit!r}: no such folder; point it at a BEIR folder (corpus.jsonl, "
+                "queries.jsonl, qrels/) or unset it"
+            )
         return Path(explicit)
     checkout = Path(__file__).resolve().parent
     for start in (Path.cwd().resolve(), checkout):

@@ -5,6 +5,7 @@ and the frozen result."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -97,7 +98,7 @@ def assess(ranking: Ranking, meter: Meter, n: int, strategy: str, deadline: floa
         status = "fallback" if len(unjudged) == n else "partial"
         if status == "fallback" and not ranking.scores:
             kind = "input_order"
-        warning = describe_degraded(strategy, reasons, meter, diagnostics, len(unjudged), n)
+        warning = describe_degraded(strategy, reasons, meter, withheld(diagnostics), len(unjudged), n)
     return Outcome(tuple(diagnostics), unjudged, reasons, status, kind, warning)
 
 
@@ -185,6 +186,28 @@ def _cause(error: BaseException) -> str:
     """``Class (HTTP status): message``, the message cut to 160 characters (without its earlier cause)."""
     status = getattr(error, "status_code", None)
     return f"{type(error).__name__}" + (f" (HTTP {status})" if status else "") + f": {Exception.__str__(error)[:160]}"
+
+
+def withheld(diagnostics: Sequence[Diagnostic]) -> list[Diagnostic]:
+    """``diagnostics`` with each unreadable answer's message (which quotes the answer, and answers
+    echo documents) replaced by its code, length and a hash, for a log line that holds no document
+    text; the result keeps the messages whole."""
+    return [
+        replace(d, message=f"{d.code}, {len(d.message)} characters, sha256 {_digest(d.message)}")
+        if d.code in UNREADABLE_CODES
+        else d
+        for d in diagnostics
+    ]
+
+
+def unreadable_quotes(diagnostics: Sequence[Diagnostic]) -> str:
+    """The unreadable answers' own messages (the first five), for a DEBUG record."""
+    return " | ".join([f"{d.code}: {d.message}" for d in diagnostics if d.code in UNREADABLE_CODES][:5])
+
+
+def _digest(text: str) -> str:
+    """The first 12 hex digits of the SHA-256 of ``text``: tells a log line's message from another's."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def describe_degraded(

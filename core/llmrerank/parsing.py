@@ -20,6 +20,8 @@ _CUT_ID = re.compile(r"\[\s{0,3}(-?\d{1,12})\s{0,3}$")
 # "Doc: 2", "Document #3", "passage 4": bounded separators keep the scan linear.
 _LABELLED = re.compile(r"(?<![a-z])(?:doc(?:ument)?|passage)s?[ \t:#_]{0,6}(-?\d+)(?!\d|\.\d)", re.IGNORECASE)
 _BARE = re.compile(r"(?<![\w.])-?\d+(?!\d|\.\d)")
+# A ranking written as bare numbers, "3 > 1 > 2" or "4, 2, 1, 3": ids joined by ">", "," or ";".
+_BARE_RUN = re.compile(r"(?<![\w.])-?\d{1,12}(?:[ \t]{0,3}[>,;][ \t]{0,3}-?\d{1,12}(?!\d|\.\d))+")
 # LlamaIndex's choice-select form, whatever the labels: "answer_num: 2, answer_relevance: 8" per line.
 # Group 1 is the id, group 2 the labelled value after it (LlamaIndex's own parser reads the same way).
 _CHOICE_LINE = re.compile(
@@ -172,23 +174,31 @@ def normalize_digits(text: str) -> str:
 
 def _id_tokens(text: str) -> list[str]:
     """The id tokens of a listwise answer, by the most specific form present: ``[N]`` (plus an id cut
-    off at the very end, ``... > [5``), else labelled ids (``Doc: N``, ``Document #N``, ``passage N``),
-    else choice-select lines (``answer_num: N, answer_relevance: R``: the first number), else bare numbers."""
+    off at the very end, ``... > [5``), else labelled ids (``Doc: N``, ``Document #N``, ``passage N``)
+    unless a run of bare ids (``3 > 1 > 2``, ``3, 1, 2``) names more documents, else choice-select
+    lines (``answer_num: N, answer_relevance: R``: the first number), else bare numbers."""
     tokens = _BRACKETED.findall(text)
     if tokens:
         cut = _CUT_ID.search(text[-32:])
         return [*tokens, cut.group(1)] if cut else tokens
-    return _LABELLED.findall(text) or [m.group(1) for m in _CHOICE_LINE.finditer(text)] or _BARE.findall(text)
+    labelled = _LABELLED.findall(text)
+    if labelled:
+        # Prose around a bare ranking ("Doc 3 answers it. 3 > 1 > 2 > 4") names fewer documents than it.
+        run = max((_BARE.findall(m.group()) for m in _BARE_RUN.finditer(text)), key=lambda r: len(set(r)), default=[])
+        return run if len(set(run)) > len(set(labelled)) else labelled
+    return [m.group(1) for m in _CHOICE_LINE.finditer(text)] or _BARE.findall(text)
 
 
 def parse_permutation(text: str, n: int) -> Permutation:
     """Read an ordering of ``n`` items labelled ``[1]..[n]`` from text like ``[3] > [1] > [2]`` or ``3,1,2``.
 
     Bracketed ids win over labelled ones (``Doc: 2``, ``passage 4``), which win over bare numbers
-    (so prose numbers such as ``Relevance: 8`` are ignored); an answer cut off inside its last
-    bracketed id (``[3] > [1] > [5``) keeps that id; circled, dingbat, superscript, subscript and
-    full-width digits count as digits. Ids outside ``1..n`` (including 0, negatives and absurdly long
-    digit runs) are dropped, duplicates keep their first place, and missing ids are appended in input order.
+    (so prose numbers such as ``Relevance: 8`` are ignored) unless those form a ranking of their own
+    (``3 > 1 > 2``, ``3, 1, 2``) that names more documents than the labels (prose around the
+    ranking); an answer cut off inside its last bracketed id (``[3] > [1] > [5``) keeps that id;
+    circled, dingbat, superscript, subscript and full-width digits count as digits. Ids outside
+    ``1..n`` (including 0, negatives and absurdly long digit runs) are dropped, duplicates keep
+    their first place, and missing ids are appended in input order.
     """
     tokens = _id_tokens(normalize_digits(strip_thinking(text)))
     seen: list[int] = []

@@ -19,7 +19,7 @@ from .driver import Driver, Meter, OnError
 from .errors import ConfigurationError, InvalidInputError
 from .fusion import Fusion, check_scores, first_stage_score, fuse, make_fusion
 from .inputs import check_query, check_top_k, document_list, is_number, normalize_documents
-from .outcome import assess, build_result, complete, drop_below, ranked_documents
+from .outcome import assess, build_result, complete, drop_below, ranked_documents, unreadable_quotes
 from .prompts import MEASURED_SHARE, clean_query, clip, domain_instruction
 from .protocol import Context, Ranking
 from .routing import backend_for, default_backend
@@ -340,6 +340,9 @@ class Reranker(Closing):
         outcome = assess(ranking, meter, len(docs), name, self.deadline)
         if outcome.warning is not None:
             logger.warning("llmrerank: %s", outcome.warning)
+            quotes = unreadable_quotes(outcome.diagnostics)
+            if quotes:
+                logger.debug("llmrerank: %s rerank, unreadable answers (may quote documents): %s", name, quotes)
         ranked = ranked_documents(ranking, originals, outcome)
         ranked, dropped = drop_below(ranked, outcome.score_kind, threshold, self.min_probability)
         texts = [d.text for d in docs]

@@ -5,13 +5,15 @@ The ``anthropic`` SDK is imported when a backend is created, so this module impo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, InvalidResponseError, require
 from ..protocol import Completion, Prompt
 from .base import token_count
-from .sdk import SDKBackend, describe
+from .sdk import ClientOptions, SDKBackend, describe
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 OVERLOADED = 529
 """Anthropic's "overloaded" status, reported as :class:`~llmrerank.errors.RateLimitError`."""
@@ -76,16 +78,10 @@ class AnthropicBackend(SDKBackend):
         self,
         model: str = "claude-haiku-4-5",
         *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        client: Any = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-        temperature: float | None = None,
-        default_headers: Mapping[str, str] | None = None,
         prompt_cache: bool = True,
         reasoning_effort: str | None = None,
         reasoning_budget: int | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
         if reasoning_effort is not None and reasoning_effort not in THINKING_BUDGETS:
             choices = sorted(THINKING_BUDGETS)
@@ -95,19 +91,9 @@ class AnthropicBackend(SDKBackend):
             budget = THINKING_BUDGETS[reasoning_effort]
         if budget is not None and budget < MIN_THINKING_BUDGET:
             raise ConfigurationError(f"reasoning_budget must be >= {MIN_THINKING_BUDGET} tokens (the API's minimum)")
-        if budget is not None and temperature is not None:
+        if budget is not None and options.get("temperature") is not None:
             raise ConfigurationError("extended thinking takes no temperature: leave temperature=None")
-        super().__init__(
-            require("anthropic", "anthropic"),
-            model,
-            api_key=api_key,
-            base_url=base_url,
-            client=client,
-            timeout=timeout,
-            max_retries=max_retries,
-            temperature=temperature,
-            default_headers=default_headers,
-        )
+        super().__init__(require("anthropic", "anthropic"), model, **options)
         self.prompt_cache = prompt_cache
         self.reasoning_effort = reasoning_effort
         self.reasoning_budget = budget

@@ -21,30 +21,38 @@ _load_lock = threading.Lock()
 
 
 class _LazyModel:
-    """Drops the loaded model when copied or pickled: the copy loads it again on first use."""
+    """A sentence-transformers model loaded on first use, once across threads; dropped when copied
+    or pickled: the copy loads it again on first use."""
 
-    _model: Any
+    def __init__(self, device: str | None, batch_size: int) -> None:
+        self.device = device
+        self.batch_size = batch_size
+        self._model: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_model": None}
+
+    def _load(self) -> Any:
+        with _load_lock:
+            if self._model is None:
+                self._model = self._build(require("sentence_transformers", "sentence-transformers"))
+        return self._model
+
+    def _build(self, st: Any) -> Any:
+        """The model, made with the ``sentence_transformers`` module ``st``."""
+        raise NotImplementedError
 
 
 class CrossEncoderScorer(_LazyModel):
     """A sentence-transformers ``CrossEncoder`` loaded lazily from a name or local path."""
 
     def __init__(self, model: str, *, device: str | None = None, batch_size: int = 32, max_length: int = 512):
+        super().__init__(device, batch_size)
         self.model_name = model
-        self.device = device
-        self.batch_size = batch_size
         self.max_length = max_length
-        self._model: Any = None
 
-    def _load(self) -> Any:
-        with _load_lock:
-            if self._model is None:
-                st: Any = require("sentence_transformers", "sentence-transformers")
-                self._model = st.CrossEncoder(self.model_name, device=self.device, max_length=self.max_length)
-        return self._model
+    def _build(self, st: Any) -> Any:
+        return st.CrossEncoder(self.model_name, device=self.device, max_length=self.max_length)
 
     def predict(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Relevance score per (query, document) pair; higher is better. The model's output is read
@@ -61,18 +69,12 @@ class BiEncoderScorer(_LazyModel):
     """
 
     def __init__(self, model: str | Path | None = None, *, device: str | None = None, batch_size: int = 32):
+        super().__init__(device, batch_size)
         self.model_path = model
-        self.device = device
-        self.batch_size = batch_size
-        self._model: Any = None
 
-    def _load(self) -> Any:
-        with _load_lock:
-            if self._model is None:
-                st: Any = require("sentence_transformers", "sentence-transformers")
-                path = self.model_path if self.model_path is not None else bundled_minilm()
-                self._model = st.SentenceTransformer(str(path), device=self.device)
-        return self._model
+    def _build(self, st: Any) -> Any:
+        path = self.model_path if self.model_path is not None else bundled_minilm()
+        return st.SentenceTransformer(str(path), device=self.device)
 
     def predict(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Cosine similarity per (query, document) pair."""

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import BadRequestError, ConfigurationError, InvalidResponseError, require
 from ..protocol import Completion, LogLikelihood, Prompt
 from .base import counts_for_choice, token_count
-from .sdk import SDKBackend, describe
+from .sdk import ClientOptions, SDKBackend, describe
 from .servers import (
     count_tokens,
     discover_context,
@@ -22,6 +22,9 @@ from .servers import (
     is_openai_reasoning_model,
     is_reasoning_model,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 TOP_LOGPROBS = 20
 """How many alternatives per output token are asked for (the OpenAI maximum)."""
@@ -206,19 +209,13 @@ class OpenAIBackend(SDKBackend):
         self,
         model: str = "gpt-4o-mini",
         *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        client: Any = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-        temperature: float | None = 0.0,
         logprobs: bool | None = None,
         likelihood: bool = False,
-        default_headers: Mapping[str, str] | None = None,
         reasoning: bool | None = None,
         reasoning_effort: str | None = None,
         reasoning_budget: int = REASONING_BUDGET,
         context_tokens: int | Literal["auto"] | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
         if reasoning_budget < 0:
             raise ConfigurationError("reasoning_budget must be >= 0")
@@ -228,17 +225,8 @@ class OpenAIBackend(SDKBackend):
             and (isinstance(context_tokens, bool) or not isinstance(context_tokens, int) or context_tokens < 1)
         ):
             raise ConfigurationError(f"context_tokens must be a positive int, 'auto' or None, got {context_tokens!r}")
-        super().__init__(
-            require("openai", "openai"),
-            model,
-            api_key=api_key,
-            base_url=base_url,
-            client=client,
-            timeout=timeout,
-            max_retries=max_retries,
-            temperature=temperature,
-            default_headers=default_headers,
-        )
+        options.setdefault("temperature", 0.0)
+        super().__init__(require("openai", "openai"), model, **options)
         self.reasoning = is_reasoning_model(model) if reasoning is None else reasoning
         """Whether the model thinks before answering (see the class docstring)."""
         self.reasoning_effort = reasoning_effort

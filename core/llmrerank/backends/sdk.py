@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from ..adaptive import on_request, on_response, retry_after
 from ..errors import (
@@ -31,8 +31,30 @@ from ..errors import (
 from .base import RERANK_ENDS, Backend
 from .servers import call_defaults, is_local_url
 
+if TYPE_CHECKING:
+    pass
+
 T = TypeVar("T")
 logger = logging.getLogger("llmrerank")
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword arguments every SDK backend takes (``OpenAIBackend(model, **options)``)."""
+
+    api_key: str | None
+    """The API key; None: the SDK's environment variable (a server on this machine needs none)."""
+    base_url: str | None
+    """The server; None: the SDK's environment variable, else the provider's own API."""
+    client: Any
+    """An SDK async client used as is (and not closed by ``aclose()``); None: one per event loop."""
+    timeout: float | None
+    """Seconds per call, retries included; None: by server (:func:`~llmrerank.backends.servers.call_defaults`)."""
+    max_retries: int | None
+    """Retries per call, by the rule of :func:`retry_wait`; None: by server."""
+    temperature: float | None
+    """The sampling temperature; None leaves it out of the request (default: the backend's)."""
+    default_headers: Mapping[str, str] | None
+    """Headers sent with every request."""
 
 
 class _Entry:
@@ -42,6 +64,8 @@ class _Entry:
         self.loop = weakref.ref(loop)
         self.client = client
         self.guard: AsyncGenerator[None, None] | None = None
+        self.closing: asyncio.Future[None] | None = None
+        """The client's one close, once started (:func:`_closing`)."""
 
 
 class ClientPerLoop:
@@ -156,7 +180,7 @@ async def _guard(
                 del clients[key]
         loop = entry.loop()
         if loop is not None and not loop.is_closed():
-            await _close(entry.client)
+            await _closing(entry)
 
 
 def _drop_all(clients: dict[int, _Entry], lock: threading.RLock) -> None:
@@ -178,12 +202,24 @@ async def _close(client: Any) -> None:
         logger.debug("llmrerank: closing an SDK client failed: %s: %s", type(exc).__name__, exc)
 
 
+def _closing(entry: _Entry) -> asyncio.Future[None]:
+    """The close of ``entry``'s client, started on the running loop (its own) on first call: shared
+    by :func:`_finish` and the guard, so the client is closed once whichever comes first."""
+    if entry.closing is None:
+        entry.closing = asyncio.ensure_future(_close(entry.client))
+    return entry.closing
+
+
 async def _finish(entry: _Entry) -> None:
-    """Close ``entry``'s client on its own loop, through its guard so the loop forgets the guard too."""
-    if entry.guard is not None:
-        await entry.guard.aclose()
-    else:
-        await _close(entry.client)
+    """Close ``entry``'s client on its own loop, then finish its guard so the loop forgets it.
+
+    The guard stays suspended while the client closes: the loop's ``shutdown_asyncgens()`` may
+    finalise it meanwhile (a process exiting right after dropping a backend), and then awaits the
+    same close instead of failing with "aclose(): asynchronous generator is already running". The
+    close is shielded: a cancelled ``_finish`` leaves it to finish (or to the guard to await)."""
+    await asyncio.shield(_closing(entry))
+    if entry.guard is not None and not getattr(entry.guard, "ag_running", False):  # (typeshed lacks ag_running)
+        await entry.guard.aclose()  # its close is done: this returns without suspending
 
 
 def _close_soon(entry: _Entry) -> None:
@@ -350,13 +386,13 @@ class SDKBackend(Backend):
         sdk: Any,
         model: str,
         *,
-        api_key: str | None,
-        base_url: str | None,
-        client: Any,
-        timeout: float | None,
-        max_retries: int | None,
-        temperature: float | None,
-        default_headers: Mapping[str, str] | None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        client: Any = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        temperature: float | None = None,
+        default_headers: Mapping[str, str] | None = None,
     ) -> None:
         self._sdk = sdk
         self.model = model
@@ -541,4 +577,4 @@ class SDKBackend(Backend):
         self._clients.close()
 
 
-__all__ = ["ClientPerLoop", "SDKBackend", "retry_after", "retry_wait"]
+__all__ = ["ClientOptions", "ClientPerLoop", "SDKBackend", "retry_after", "retry_wait"]
