@@ -378,3 +378,14 @@ def test_first_stage_scores_of_the_rows_reach_fusion(tmp_path: Path) -> None:
     for result in records(summary.results_path):
         assert result["score_kind"] == "fused"
         assert [c["input_rank"] for c in result["candidates"]] == list(range(1, 7))  # the rows' own scores
+
+
+def test_the_typed_batch_options_are_exactly_the_ones_a_batch_takes() -> None:
+    """BatchOptions (what type checkers and editors show for run_batch's **options) cannot drift
+    from the settings the batch really reads."""
+    import dataclasses
+
+    from llmrerank.batch import BatchOptions, _Call
+
+    taken = {f.name for f in dataclasses.fields(_Call)} - {"input", "output_dir", "reranker"}
+    assert set(BatchOptions.__annotations__) == taken

@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..errors import ConfigurationError
 from ..pricing import PriceSource
@@ -27,7 +27,26 @@ from ..strategies import Strategy
 from .job import BatchSummary, Job, RerankerSource, resolve_reranker, run_local
 from .rows import BadRow, Candidate, Row, read_rows
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 ENGINES = ("local", "ray", "openai-batch", "anthropic-batch")
+
+
+class BatchOptions(TypedDict, total=False):
+    """The keyword options of :func:`run_batch` and :func:`arun_batch` (defaults in :func:`run_batch`)."""
+
+    engine: str
+    top_k: int | None
+    concurrency: int
+    retry_errors: bool
+    run_name: str | None
+    progress: bool
+    prices: PriceSource
+    ray_actors: int | None
+    poll_interval: float
+    wait: bool
+    cancel: bool
 
 
 @dataclass(frozen=True)
@@ -129,7 +148,7 @@ def _run_on_ray(call: _Call) -> BatchSummary:
 
 
 async def arun_batch(
-    input: str | Path, output_dir: str | Path, reranker: RerankerSource = None, **options: Any
+    input: str | Path, output_dir: str | Path, reranker: RerankerSource = None, **options: Unpack[BatchOptions]
 ) -> BatchSummary:
     """Rerank every row of ``input`` (JSONL or Parquet) into ``output_dir``; the same keyword
     ``options`` as :func:`run_batch`."""
@@ -140,7 +159,7 @@ async def arun_batch(
 
 
 def run_batch(
-    input: str | Path, output_dir: str | Path, reranker: RerankerSource = None, **options: Any
+    input: str | Path, output_dir: str | Path, reranker: RerankerSource = None, **options: Unpack[BatchOptions]
 ) -> BatchSummary:
     """Rerank every row of ``input`` (JSONL or Parquet) into ``output_dir`` and summarise the run.
 
