@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from .adaptive import DEFAULT_MAX_CONCURRENCY, AdaptiveLimiter
 from .backends.base import Backend, Closing
@@ -33,7 +33,7 @@ logger = logging.getLogger("llmrerank")
 MEASURE_CHARS = 32_000
 """The most characters of a rerank's texts its one tokenizer request counts."""
 
-ON_ERROR = ("degrade", "degrade_all", "raise")
+ON_ERROR: tuple[str, ...] = get_args(OnError)
 """The values of ``on_error`` (see :data:`~llmrerank.driver.OnError`)."""
 
 
