@@ -135,6 +135,14 @@ def row(r: EvalReport, cost: EvalReport | None = None, baseline: EvalReport | No
     }
 
 
+def per_query_figures(report: EvalReport) -> dict[str, Any]:
+    """The report's dict with each query's metrics (no rankings or diagnostics), so that intervals
+    can be computed again from the stored file."""
+    out = report.to_dict(False)
+    out["per_query"] = [{"query_id": q.query_id, "metrics": dict(q.metrics)} for q in report.per_query]
+    return out
+
+
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The table in markdown; ΔnDCG@10 against the BM25 row of the same query count."""
     base = {r["queries"]: r["nDCG@10"] for r in rows if r["strategy"] == "bm25"}
@@ -254,7 +262,7 @@ def run(args: argparse.Namespace, backend: Any, argv: Sequence[str] | None) -> i
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         command = ["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]
-        payload = {"command": command, "note": note, "rows": rows, "reports": [r.to_dict(False) for r in reports]}
+        payload = {"command": command, "note": note, "rows": rows, "reports": [per_query_figures(r) for r in reports]}
         (out / "quality.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
         (out / "quality.md").write_text(f"{table}\n\n{note}\n\nCommand: `{' '.join(command)}`\n", encoding="utf-8")
         plot(
