@@ -8,6 +8,8 @@ likelihood alone (what LangChain users got before), fused with the BM25 scores, 
 BM25 order, with paired bootstrap 95% intervals of the differences over the queries.
 
     OMP_NUM_THREADS=1 nice python benchmarks/order_fusion.py --queries 60
+
+``--backend fake`` (word overlap, no model) checks the plumbing in seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from llmrerank import Fusion, Reranker
 from llmrerank.evaluation import load_beir, split_halves
 from llmrerank.fusion import fuse
 from llmrerank.protocol import Ranking
+from llmrerank.routing import make_backend
 from llmrerank.strategies import QueryLikelihood
 
 METHODS = ("BM25", "query likelihood", "fused with BM25 scores", "fused with BM25 order")
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="BEIR folder (default: shared/data/scifact)")
     parser.add_argument("--queries", type=int, default=60, help="first N tuning-half queries (default: 60)")
     parser.add_argument("--depth", type=int, default=10, help="BM25 documents per query (default: 10)")
+    parser.add_argument("--backend", default="local", choices=["local", "fake"], help="default: local")
     parser.add_argument("--out", help="folder for order_fusion.json")
     args = parser.parse_args(argv)
 
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     tuning, _ = split_halves(collection.qrels)
     ids = tuning[: args.queries]
     hits = collection.bm25().search([collection.queries[q] for q in ids], args.depth)
-    reranker = Reranker(QueryLikelihood(), fusion=None)
+    reranker = Reranker(QueryLikelihood(), make_backend(args.backend), fusion=None)
     fusion = Fusion("minmax", weight=0.5)
     rows = []
     started = time.perf_counter()

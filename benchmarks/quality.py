@@ -136,6 +136,14 @@ def row(r: EvalReport, cost: EvalReport | None = None, baseline: EvalReport | No
     }
 
 
+def per_query_figures(report: EvalReport) -> dict[str, Any]:
+    """The report's dict with each query's metrics (no rankings or diagnostics), so that intervals
+    can be computed again from the stored file."""
+    out = report.to_dict(False)
+    out["per_query"] = [{"query_id": q.query_id, "metrics": dict(q.metrics)} for q in report.per_query]
+    return out
+
+
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The table in markdown; ΔnDCG@10 against the BM25 row of the same query count."""
     base = {r["queries"]: r["nDCG@10"] for r in rows if r["strategy"] == "bm25"}
@@ -249,7 +257,7 @@ def run(args: argparse.Namespace, backend: Any, argv: Sequence[str] | None) -> i
         f"backend {args.backend}, model {backend.model}; {machine()}; "
         f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s in all"
     )
-    publish("quality", table, note, args.out, argv, rows=rows, reports=[r.to_dict(False) for r in reports])
+    publish("quality", table, note, args.out, argv, rows=rows, reports=[per_query_figures(r) for r in reports])
     if args.out:
         title = f"SciFact ({args.half} half), BM25 top {args.depth} reranked by {backend.model}"
         plot(rows, title, Path(args.out) / "quality.png")

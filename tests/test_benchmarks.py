@@ -92,6 +92,9 @@ def test_quality(data: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert all(r["degraded"] == 0 for r in saved["rows"])
     fused = [r for r in saved["reports"] if r["name"].endswith("+ fusion")]
     assert len(fused) == 3 and all(r["usage"]["calls"] == 0 for r in fused)  # the LLM calls came from the cache
+    for r in saved["reports"]:  # each query's figures are kept, so intervals can be computed again
+        assert [q["query_id"] for q in r["per_query"]] and len(r["per_query"]) == r["queries"]
+        assert all(set(q["metrics"]) >= {"nDCG@10", "P@1"} for q in r["per_query"])
     assert saved["rows"][2]["calls/q"] == saved["rows"][1]["calls/q"] == 8 + 1
     assert (tmp_path / "quality.png").stat().st_size > 0 and (tmp_path / "quality.md").is_file()
 
@@ -258,3 +261,38 @@ def test_calibration(data: str, tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert maps == ["raw (score / 10)", "isotonic", "platt"]
     saved = json.loads((tmp_path / "calibration.json").read_text())["rows"]
     assert [r["map"] for r in saved] == maps and (tmp_path / "calibration.png").stat().st_size > 0
+
+
+def test_order_fusion(data: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load("order_fusion")
+    assert (
+        bench.main(["--data", data, "--backend", "fake", "--queries", "3", "--depth", "5", "--out", str(tmp_path)]) == 0
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("3 tuning-half SciFact test queries, BM25 top 5, nDCG@10")
+    rows = table_rows(out)
+    assert rows[:4] == list(bench.METHODS) and len(rows) == 4 + 1 + len(bench.PAIRS)  # the second table's header
+    for line in out.splitlines()[-len(bench.PAIRS) :]:
+        name, mean, ci = (cell.strip() for cell in line.strip("| ").split("|"))
+        low, high = (float(x) for x in ci.strip("[]").split(","))
+        assert " - " in name and low <= high and -1 <= float(mean) <= 1
+    saved = json.loads((tmp_path / "order_fusion.json").read_text())
+    assert saved["queries"] == 3 and list(saved["means"]) == list(bench.METHODS)
+    assert all(0 <= m <= 1 for m in saved["means"].values()) and len(saved["differences"]) == len(bench.PAIRS)
+
+
+@pytest.mark.slow
+def test_first_rerank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One fresh process with the real local model (converted first if the cache lacks it)."""
+    pytest.importorskip("torch")
+    bench = load("first_rerank")
+    assert bench.main(["--runs", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "converted model" in out and "1 fresh processes of" in out
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert table[0] == "| " + " | ".join(bench.PARTS) + " |" and len(table) == 3
+    figures = [float(cell) for cell in table[2].strip("| ").split(" | ")]
+    assert len(figures) == len(bench.PARTS) and all(f >= 0 for f in figures)
+    assert figures[-1] >= max(figures[:-1])  # the total covers each part
+    saved = json.loads((tmp_path / "first_rerank.json").read_text())
+    assert len(saved["runs"]) == 1 and set(saved["median"]) == set(bench.PARTS) and saved["converted_mb"] > 0

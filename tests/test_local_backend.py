@@ -415,11 +415,21 @@ def test_demo_measures_many_queries_or_labels_the_precomputed_figures(
     out = capsys.readouterr().out
     assert "Over 2 SciFact test queries (report half), BM25 top 2" in out and "measured in this run" in out
     assert re.search(r"BM25\s+\d\.\d{3}\s+\d\.\d{3}", out) and re.search(r"reranked\s+\d\.\d{3}\s+\d\.\d{3}", out)
+    number = r"([+-]\d\.\d{3})"
+    interval = (
+        rf"reranked - BM25: nDCG@10 {number}, 95% CI \[{number}, {number}\] \(paired bootstrap over the (\d+) queries\)"
+    )
+    found = re.search(interval, out)
+    assert found is not None and found.group(4) == "2"
+    delta, low, high = (float(found.group(i)) for i in (1, 2, 3))
+    assert low <= delta <= high
     monkeypatch.setitem(demo.PRECOMPUTED, "depth", 2)
     assert demo.main(["--depth", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "PRECOMPUTED on" in out and "`llmrerank demo --measure 30`" in out
     assert f"Over {demo.PRECOMPUTED['queries']} SciFact test queries" in out
+    found = re.search(interval, out)
+    assert found is not None and found.group(4) == str(demo.PRECOMPUTED["queries"])
 
 
 def test_listwise_windows_fit_the_local_context_instead_of_losing_a_middle(backend: LocalBackend) -> None:

@@ -46,10 +46,12 @@ PRECOMPUTED: dict[str, Any] = {
     "setting": "query_likelihood + BM25 fusion (minmax, LLM weight 0.5)",
     "bm25": {"nDCG@10": 0.785, "P@1": 0.667},
     "reranked": {"nDCG@10": 0.800, "P@1": 0.700},
-    "seconds": 78.0,
-    "measured": "2026-11-26 (2 shared CPU cores)",
+    "ΔnDCG@10 95% CI": [-0.035, 0.062],
+    "seconds": 3226.0,
+    "measured": "2026-12-06 (2 CPU cores shared with eight test runs, load average 10-25)",
 }
-"""The many-query figures for the default local set-up, as ``command`` printed them (copied by hand)."""
+"""The many-query figures for the default local set-up, as ``command`` printed them (copied by hand);
+the interval is the 95% paired bootstrap of reranked minus BM25 nDCG@10 over those queries."""
 
 DEMO_DOC_CHARS = 800
 """Pointwise prompts see the first this many characters of each document (title and abstract start)."""
@@ -246,18 +248,22 @@ def side_by_side(example: Example, result: Any, rows: int, width: int = 34) -> s
 
 
 def measure(reranker: Reranker, collection: Collection, count: int, depth: int, progress: bool) -> dict[str, Any]:
-    """BM25 against ``reranker`` on the first ``count`` report-half queries (hits carry their BM25 score)."""
-    from .evaluation import evaluate, split_halves
+    """BM25 against ``reranker`` on the first ``count`` report-half queries (hits carry their BM25 score),
+    with the 95% paired-bootstrap interval of the nDCG@10 difference
+    (:func:`~llmrerank.evaluation.paired_difference`)."""
+    from .evaluation import evaluate, paired_difference, split_halves
 
     _, report = split_halves(collection.queries)
     ids = report[:count]
     bm25 = evaluate(collection, None, depth=depth, queries=ids)
     reranked = evaluate(collection, reranker, depth=depth, queries=ids, with_scores=True, progress=progress)
+    difference = paired_difference(reranked, bm25)
     return {
         "queries": len(ids),
         "depth": depth,
         "bm25": {k: bm25.metrics[k] for k in ("nDCG@10", "P@1")},
         "reranked": {k: reranked.metrics[k] for k in ("nDCG@10", "P@1")},
+        "ΔnDCG@10 95% CI": [difference.low, difference.high],
         "seconds": reranked.wall_seconds,
     }
 
@@ -269,7 +275,7 @@ def setting(reranker: Reranker) -> str:
 
 
 def figures(found: dict[str, Any], setting: str, source: str) -> str:
-    """The many-query comparison as a few lines."""
+    """The many-query comparison as a few lines, ending with the nDCG@10 difference and its interval."""
     lines = [
         f"Over {found['queries']} SciFact test queries (report half), BM25 top {found['depth']}, reranked = {setting}"
     ]
@@ -277,51 +283,68 @@ def figures(found: dict[str, Any], setting: str, source: str) -> str:
     lines.append(f"  {'':<10} {'nDCG@10':>8} {'P@1':>6}")
     for name, key in (("BM25", "bm25"), ("reranked", "reranked")):
         lines.append(f"  {name:<10} {found[key]['nDCG@10']:>8.3f} {found[key]['P@1']:>6.3f}")
+    delta = found["reranked"]["nDCG@10"] - found["bm25"]["nDCG@10"]
+    low, high = found["ΔnDCG@10 95% CI"]
+    lines.append(
+        f"  reranked - BM25: nDCG@10 {delta:+.3f}, 95% CI [{low:+.3f}, {high:+.3f}] "
+        f"(paired bootstrap over the {found['queries']} queries)"
+    )
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo; returns the exit status."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+@dataclass(frozen=True)
+class Shown:
+    """The demo's one reranked query: the example, its result and what it cost in time."""
+
+    example: Example
+    result: Any
+    seconds: float
+    load_seconds: float
+
+
+def usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, or None."""
     if args.depth < 1 or (args.top_k is not None and args.top_k < 1) or (args.measure is not None and args.measure < 1):
-        print("llmrerank demo: --depth, --top-k and --measure must be >= 1", file=sys.stderr)
-        return 2
-    progress = not args.no_progress
-    measured: dict[str, Any] | None = None
+        return "--depth, --top-k and --measure must be >= 1"
+    return None
+
+
+def load_backend(progress: bool) -> tuple[Backend, float]:
+    """The default backend, its model loaded now (with a bar) when it has one; and the load's seconds."""
+    backend = default_backend()
+    load = getattr(backend, "load", None)
+    if not callable(load):
+        return backend, 0.0
+    bar = _bar(progress, total=None, desc=f"loading {backend.model}", bar_format="{desc}: {elapsed}")
     try:
-        collection = load_collection(args.data)  # loaded once: the shown query and --measure share its BM25 index
-        example = load_example(args.query, args.depth, collection)
-        backend = default_backend()
-        load_seconds = 0.0
-        load = getattr(backend, "load", None)
-        if callable(load):
-            bar = _bar(progress, total=None, desc=f"loading {backend.model}", bar_format="{desc}: {elapsed}")
-            try:
-                load_seconds = float(load())
-            finally:
-                bar.close()
-        name = (args.strategy or backend.preferred_strategy).strip().lower()
-        # Pointwise reads each abstract once per call: cut them so the demo stays quick on a CPU.
-        strategy = Pointwise(max_doc_chars=DEMO_DOC_CHARS) if name == "pointwise" else make_strategy(name)
-        reranker = Reranker(strategy, backend)
-        bar = _bar(progress, total=None, desc=f"reranking ({reranker.strategy.name})", unit="call")
-        try:
-            shown = Reranker(reranker.strategy, _Progress(backend, bar), fusion=reranker.fusion)
-            started = time.perf_counter()
-            scores = example.first_stage if shown.fusion is not None else None
-            result = shown.rerank(example.query, example.texts, first_stage_scores=scores)
-            seconds = time.perf_counter() - started
-        finally:
-            bar.close()
-        if args.measure:
-            if collection is None:
-                print("llmrerank demo: --measure needs the SciFact collection", file=sys.stderr)
-                return 2
-            measured = measure(reranker, collection, args.measure, args.depth, progress)
-    except LLMRerankError as exc:
-        print(f"llmrerank demo: error: {exc}", file=sys.stderr)
-        return 2
-    rows = args.top_k or len(example.doc_ids)
+        return backend, float(load())
+    finally:
+        bar.close()
+
+
+def make_reranker(backend: Backend, strategy: str | None) -> Reranker:
+    """The demo's reranker: ``strategy`` or the backend's preferred one, with the default fusion."""
+    name = (strategy or backend.preferred_strategy).strip().lower()
+    # Pointwise reads each abstract once per call: cut them so the demo stays quick on a CPU.
+    return Reranker(Pointwise(max_doc_chars=DEMO_DOC_CHARS) if name == "pointwise" else make_strategy(name), backend)
+
+
+def rerank_example(reranker: Reranker, example: Example, progress: bool) -> tuple[Any, float]:
+    """``example`` reranked with a bar counting the LLM calls; the result and its seconds."""
+    bar = _bar(progress, total=None, desc=f"reranking ({reranker.strategy.name})", unit="call")
+    try:
+        shown = Reranker(reranker.strategy, _Progress(reranker.backend, bar), fusion=reranker.fusion)
+        started = time.perf_counter()
+        scores = example.first_stage if shown.fusion is not None else None
+        result = shown.rerank(example.query, example.texts, first_stage_scores=scores)
+        return result, time.perf_counter() - started
+    finally:
+        bar.close()
+
+
+def print_shown(shown: Shown, backend: Backend, rows: int) -> None:
+    """The query, both orders side by side, the cost and any degradation."""
+    example, result = shown.example, shown.result
     print(f"{example.label}: {example.query}")
     print(f"{len(example.doc_ids)} candidates from {example.source}; backend {backend.name}, model {backend.model}")
     print()
@@ -330,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     usage = result.usage
     print(
         f"{usage.calls} LLM calls, {usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, "
-        f"rerank {seconds:.1f}s" + (f", model load {load_seconds:.1f}s" if load_seconds else "")
+        f"rerank {shown.seconds:.1f}s" + (f", model load {shown.load_seconds:.1f}s" if shown.load_seconds else "")
     )
     if result.degraded:
         fallbacks = sum(item.fallback for item in result)
@@ -340,13 +363,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if example.relevant:
         print("✓ = judged relevant")
-    if example.first_stage_label != "BM25":
-        return 0  # built-in passages: no SciFact collection to measure on
+
+
+def print_many_queries(
+    measured: dict[str, Any] | None, collection: Collection | None, reranker: Reranker, depth: int
+) -> None:
+    """The many-query comparison: measured in this run, else PRECOMPUTED where it applies, else a hint."""
     print()
     if measured is not None and collection is not None:
         source = f"measured in this run on {data_label(collection)} ({measured['seconds']:.0f} s):"
         print(figures(measured, setting(reranker), source))
-    elif backend.name == "local" and setting(reranker) == PRECOMPUTED["setting"] and args.depth == PRECOMPUTED["depth"]:
+    elif (
+        reranker.backend.name == "local"
+        and setting(reranker) == PRECOMPUTED["setting"]
+        and depth == PRECOMPUTED["depth"]
+    ):
         here = f" (this run used {data_label(collection)})" if collection is not None and on_slice(collection) else ""
         source = (
             f"PRECOMPUTED on {PRECOMPUTED['measured']} on the full SciFact collection (300 judged test queries) "
@@ -356,6 +387,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(figures(PRECOMPUTED, PRECOMPUTED["setting"], source))
     else:
         print(f"Add --measure 30 to compare BM25 with this reranker over 30 SciFact queries ({setting(reranker)}).")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo; returns the exit status."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    problem = usage_error(args)
+    if problem:
+        print(f"llmrerank demo: {problem}", file=sys.stderr)
+        return 2
+    progress = not args.no_progress
+    measured: dict[str, Any] | None = None
+    try:
+        collection = load_collection(args.data)  # loaded once: the shown query and --measure share its BM25 index
+        example = load_example(args.query, args.depth, collection)
+        backend, load_seconds = load_backend(progress)
+        reranker = make_reranker(backend, args.strategy)
+        result, seconds = rerank_example(reranker, example, progress)
+        if args.measure:
+            if collection is None:
+                print("llmrerank demo: --measure needs the SciFact collection", file=sys.stderr)
+                return 2
+            measured = measure(reranker, collection, args.measure, args.depth, progress)
+    except LLMRerankError as exc:
+        print(f"llmrerank demo: error: {exc}", file=sys.stderr)
+        return 2
+    print_shown(Shown(example, result, seconds, load_seconds), backend, args.top_k or len(example.doc_ids))
+    if example.first_stage_label == "BM25":  # built-in passages: no SciFact collection to measure on
+        print_many_queries(measured, collection, reranker, args.depth)
     return 0
 
 
