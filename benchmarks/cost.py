@@ -9,6 +9,8 @@ of a set or pair, the order of a window, and the first-token distribution when l
 for). All strategies see the same judgement, so nDCG@10 checks that each reads its answers
 faithfully and finds the judge's top-k; calls, tokens and ``p50 / latency`` (1.0 is one round of
 parallel calls) are what the strategy costs. Tokens are the server's count (about 4 characters a token).
+The last column is the mean per-query nDCG@10 difference from BM25 (same queries, same depth) with
+its 95% paired-bootstrap interval (:func:`llmrerank.evaluation.paired_difference`).
 
     python benchmarks/cost.py --queries 30 --depths 20 100 --latency 0.2
     python benchmarks/cost.py --rows pointwise batch_score listwise --depths 20
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 
 from llmrerank import BatchScore, Listwise, Pairwise, Pointwise, Reranker, RerankResult, Setwise, Strategy
 from llmrerank.backends.openai import OpenAIBackend
-from llmrerank.evaluation import EvalReport, evaluate, load_beir
+from llmrerank.evaluation import EvalReport, evaluate, load_beir, paired_difference
 from testkit.server import FakeLLMServer, overlap_responder
 
 ROWS: dict[str, Callable[[], Strategy]] = {
@@ -85,23 +87,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     collection = load_beir(args.data)
     head = "| depth | reranker | nDCG@10 | P@1 | calls/q | prompt tok/q | completion tok/q | p50 s/q | p50 / latency |"
-    print(head)
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(head + " ΔnDCG@10 vs BM25 [95% CI] |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     os.environ.setdefault("OPENAI_API_KEY", "benchmark")
     with FakeLLMServer(overlap_responder, latency=args.latency) as server:
         for depth in args.depths:
+            bm25 = None
             for key in ["bm25", *args.rows]:
                 strategy = ROWS[key]() if key in ROWS else None
                 report = measure(
                     collection, strategy, server.base_url, depth=depth, queries=args.queries, top_k=args.top_k
                 )
                 n = max(report.queries, 1)
+                bm25 = bm25 or report
+                delta = "" if report is bm25 else str(paired_difference(report, bm25))
                 label = LABELS.get(key, "bm25 (no reranking)")
                 ratio = report.latency_p50 / args.latency if strategy is not None and args.latency else 0.0
                 print(
                     f"| {depth} | {label} | {report.metrics['nDCG@10']:.3f} | {report.metrics['P@1']:.3f} "
                     f"| {report.usage.calls / n:.1f} | {report.usage.prompt_tokens / n:.0f} "
-                    f"| {report.usage.completion_tokens / n:.0f} | {report.latency_p50:.2f} | {ratio:.1f} |",
+                    f"| {report.usage.completion_tokens / n:.0f} | {report.latency_p50:.2f} | {ratio:.1f} | {delta} |",
                     flush=True,
                 )
                 if report.degraded:

@@ -9,7 +9,8 @@ model that believes its own ranking would give them. The same judgement behind b
 the table shows what reading one token instead of a written permutation costs and gains: calls,
 tokens, latency, and whether the scores come out (``score_kind``). It cannot show how a real model's
 first-token distribution compares with its written order; measure that on your model with
-``llmrerank eval --backend openai ...``.
+``llmrerank eval --backend openai ...``. ``ΔnDCG@10 vs BM25`` is the mean per-query difference from BM25
+on the same queries with its 95% paired-bootstrap interval (:func:`llmrerank.evaluation.paired_difference`).
 
     python benchmarks/listwise_scores.py --queries 30 --latency 0.2
 """
@@ -26,7 +27,7 @@ from benchmark_support import add_data_options, make_parser
 
 from llmrerank import Listwise, Pointwise, Reranker
 from llmrerank.backends.openai import OpenAIBackend
-from llmrerank.evaluation import evaluate, load_beir
+from llmrerank.evaluation import EvalReport, evaluate, load_beir, paired_difference
 from testkit.server import FakeLLMServer, overlap_responder
 
 
@@ -41,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         "listwise, first_token": Listwise(method="first_token"),
         "pointwise, expected 0-10": Pointwise(method="expected"),
     }
-    print("| reranker | nDCG@10 | P@1 | calls/q | prompt tok/q | completion tok/q | p50 s/q | score_kind |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    head = ["reranker", "nDCG@10", "ΔnDCG@10 vs BM25 [95% CI]", "P@1", "calls/q", "prompt tok/q"]
+    print("| " + " | ".join([*head, "completion tok/q", "p50 s/q", "score_kind"]) + " |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    bm25: EvalReport | None = None
     with FakeLLMServer(overlap_responder, latency=args.latency) as server:
         os.environ.setdefault("OPENAI_API_KEY", "benchmark")
         for name, strategy in strategies.items():
@@ -54,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
                 kind = probe.score_kind
             report = evaluate(collection, reranker, depth=args.depth, queries=args.queries, progress=False)
             n = max(report.queries, 1)
+            bm25 = bm25 or report
+            delta = "" if report is bm25 else str(paired_difference(report, bm25))
             print(
-                f"| {name} | {report.metrics['nDCG@10']:.3f} | {report.metrics['P@1']:.3f} "
+                f"| {name} | {report.metrics['nDCG@10']:.3f} | {delta} | {report.metrics['P@1']:.3f} "
                 f"| {report.usage.calls / n:.1f} | {report.usage.prompt_tokens / n:.0f} "
                 f"| {report.usage.completion_tokens / n:.0f} | {report.latency_p50:.2f} | {kind} |"
             )

@@ -14,7 +14,9 @@ that prompt, so nobody is favoured and the quality figures are comparable:
 
 Token counts are the server's (about four characters a token, prompt and answer), the same for all.
 ``wall / latency`` is the p50 wall time per query over the per-call latency: 1.0 is the floor for a
-reranker that makes one round of parallel calls.
+reranker that makes one round of parallel calls. ``ΔnDCG@10 vs BM25`` is the mean per-query difference
+from BM25 on the same queries with its 95% paired-bootstrap interval
+(:func:`llmrerank.evaluation.paired_difference`); each query's nDCG@10 is kept in peers.json.
 
     python benchmarks/peers.py --queries 30 --latency 0.2 --out benchmarks/results
 """
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from benchmark_support import add_data_options, machine, make_parser, publish
 
 from llmrerank import Listwise, Pairwise, Pointwise, Reranker, Strategy
-from llmrerank.evaluation import evaluate, load_beir
+from llmrerank.evaluation import EvalReport, evaluate, load_beir, paired_difference
 from llmrerank.pricing import PRICES_AS_OF, price_of
 from llmrerank.protocol import Prompt
 from llmrerank.testing import overlap, overlap_judge
@@ -267,16 +269,29 @@ def warm_up(fn: Any) -> None:
         fn(query, texts)
 
 
+def quality(report: EvalReport, baseline: EvalReport) -> dict[str, Any]:
+    """nDCG@10, its paired difference from ``baseline`` (same queries) with the 95% bootstrap interval,
+    and each query's nDCG@10, so that the interval can be computed again from peers.json."""
+    difference = paired_difference(report, baseline)
+    return {
+        "nDCG@10": report.metrics["nDCG@10"],
+        "ΔnDCG@10": difference.delta,
+        "ΔnDCG@10 95% CI": [difference.low, difference.high],
+        "per-query nDCG@10": {q.query_id: q.metrics["nDCG@10"] for q in report.per_query},
+    }
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run every reranker; one row of figures each, the BM25 baseline first."""
     collection = load_beir(args.data)
     price = price_of(MODEL)
     meter = Meter()
     rows = []
-    base = evaluate(collection, None, depth=args.depth, queries=args.queries)
+    baselines = {args.depth: evaluate(collection, None, depth=args.depth, queries=args.queries)}
+    base = baselines[args.depth]
     zero = dict.fromkeys(["calls/q", "prompt tok/q", "completion tok/q", "USD/1k q", "wall/latency"], 0.0)
     label = f"BM25 top {args.depth} (no reranking)"
-    figures = {"nDCG@10": base.metrics["nDCG@10"], "p50 s/q": base.latency_p50, "p95 s/q": base.latency_p95}
+    figures = {**quality(base, base), "p50 s/q": base.latency_p50, "p95 s/q": base.latency_p95}
     rows.append({"reranker": label, "key": "bm25", "depth": args.depth, **figures, **zero})
     with FakeLLMServer(make_responder(meter), latency=args.latency, models=[MODEL]) as server:
         for key in args.rerankers:
@@ -287,12 +302,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             report = evaluate(collection, fn, depth=depth, queries=args.queries, name=label)
             calls, prompt, completion = (a - b for a, b in zip(meter.snapshot(), before, strict=True))
             n = max(report.queries, 1)
+            if depth not in baselines:  # the RankGPT-style row's deeper BM25 list, on the same queries
+                baselines[depth] = evaluate(collection, None, depth=depth, queries=args.queries)
             rows.append(
                 {
                     "reranker": label,
                     "key": key,
                     "depth": depth,
-                    "nDCG@10": report.metrics["nDCG@10"],
+                    **quality(report, baselines[depth]),
                     "calls/q": calls / n,
                     "prompt tok/q": prompt / n,
                     "completion tok/q": completion / n,
@@ -310,12 +327,24 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The result table in markdown."""
-    head = ["reranker", "nDCG@10", "calls/q", "prompt tok/q", "completion tok/q", "USD/1k q", "p50 s/q", "wall/latency"]
+    head = [
+        "reranker",
+        "nDCG@10",
+        "ΔnDCG@10 vs BM25 [95% CI]",
+        "calls/q",
+        "prompt tok/q",
+        "completion tok/q",
+        "USD/1k q",
+        "p50 s/q",
+        "wall/latency",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in rows:
+        low, high = r["ΔnDCG@10 95% CI"]
         cells = [
             r["reranker"],
             f"{r['nDCG@10']:.3f}",
+            "" if r["key"] == "bm25" else f"{r['ΔnDCG@10']:+.3f} [{low:+.3f}, {high:+.3f}]",
             f"{r['calls/q']:.1f}",
             f"{r['prompt tok/q']:.0f}",
             f"{r['completion tok/q']:.0f}",
@@ -338,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = run(args)
     note = (
         f"SciFact test, first {args.queries} queries, BM25 top {args.depth} (RankGPT-style row: top {RANKGPT_DEPTH}); "
+        f"Δ: paired difference from BM25 on the same queries, 95% bootstrap interval (10,000 resamples); "
         f"FakeLLMServer on 127.0.0.1, {args.latency * 1000:.0f} ms per call, answers by word overlap; "
         f"queries one at a time, each library's default concurrency; tokens counted by the server (~4 chars); "
         f"USD at {MODEL} list prices as of {PRICES_AS_OF} (estimate); {machine()}; "
