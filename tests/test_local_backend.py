@@ -472,3 +472,4 @@ def test_no_progress_silences_transformers_loading_bar_too() -> None:
     done = subprocess.run([sys.executable, "-c", NO_BARS], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["bars", "False", "bars", "True"]  # and back afterwards
+    assert "Cannot enable progress bars" not in done.stderr  # restoring them does not warn either

@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -918,7 +919,11 @@ def quiet_libraries(quiet: bool) -> Iterator[None]:
             os.environ[hub] = saved
         after = sys.modules.get("transformers.utils.logging")
         if after is not None and (was_enabled or (before is None and saved is None)):
-            after.enable_progress_bar()
+            with warnings.catch_warnings():
+                # huggingface_hub read the variable when it was imported inside this block and warns
+                # that it "has priority"; the bars of later calls are what this restores.
+                warnings.simplefilter("ignore", UserWarning)
+                after.enable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

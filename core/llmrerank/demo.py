@@ -47,8 +47,8 @@ PRECOMPUTED: dict[str, Any] = {
     "bm25": {"nDCG@10": 0.785, "P@1": 0.667},
     "reranked": {"nDCG@10": 0.800, "P@1": 0.700},
     "ΔnDCG@10 95% CI": [-0.035, 0.062],
-    "seconds": 3226.0,
-    "measured": "2026-12-06 (2 CPU cores shared with eight test runs, load average 10-25)",
+    "seconds": 121.0,
+    "measured": "2026-12-06 (2 CPU cores, load average 1)",
 }
 """The many-query figures for the default local set-up, as ``command`` printed them (copied by hand);
 the interval is the 95% paired bootstrap of reranked minus BM25 nDCG@10 over those queries."""
