@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,8 +14,18 @@ from pathlib import Path
 import httpx
 
 from llmrerank.serve.runner import bound_socket
+from testkit.server import Reply, ServerRequest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+PLANETS = ["Mars is red.", "Saturn has rings.", "Venus is hot.", "Jupiter has faint rings."]
+"""The documents the served-process tests rerank."""
+
+
+def reverse_listwise(request: ServerRequest) -> Reply:
+    """A loopback LLM's listwise answer: the prompt's documents reversed; queries with 'slow' take 2 s."""
+    labels = re.findall(r'<document id="([^"]*)">', request.user)
+    return Reply(text=" > ".join(reversed(labels)), delay=2.0 if "slow" in request.user else 0.0)
 
 
 def start_serve(

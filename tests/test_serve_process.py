@@ -24,21 +24,15 @@ pytest.importorskip("openai")
 import cohere
 import httpx
 
-from testkit.serve_process import child_pids, start_serve, stop_serve
-from testkit.server import FakeLLMServer, Reply, ServerRequest
+from testkit.serve_process import PLANETS, child_pids, reverse_listwise, start_serve, stop_serve
+from testkit.server import FakeLLMServer
 
-DOCS = ["Mars is red.", "Saturn has rings.", "Venus is hot.", "Jupiter has faint rings."]
-
-
-def reverse(request: ServerRequest) -> Reply:
-    """Listwise: the documents reversed; 'slow' queries take 2 s."""
-    labels = re.findall(r'<document id="([^"]*)">', request.user)
-    return Reply(text=" > ".join(reversed(labels)), delay=2.0 if "slow" in request.user else 0.0)
+DOCS = PLANETS
 
 
 @pytest.fixture
 def upstream() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(reverse) as srv:
+    with FakeLLMServer(reverse_listwise) as srv:
         yield srv
 
 

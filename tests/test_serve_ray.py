@@ -3,7 +3,6 @@ own HTTP proxy answer the cohere SDK with the LLM's order, and share one Redis c
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,19 +19,15 @@ import httpx
 from llmrerank.serve import ServeConfig
 from llmrerank.serve.ray_serve import deployment
 from llmrerank.serve.runner import bound_socket
-from testkit.server import FakeLLMServer, Reply, ServerRequest
+from testkit.serve_process import PLANETS, reverse_listwise
+from testkit.server import FakeLLMServer
 
-DOCS = ["Mars is red.", "Saturn has rings.", "Venus is hot.", "Jupiter has faint rings."]
-
-
-def reverse(request: ServerRequest) -> Reply:
-    labels = re.findall(r'<document id="([^"]*)">', request.user)
-    return Reply(text=" > ".join(reversed(labels)))
+DOCS = PLANETS
 
 
 @pytest.fixture
 def upstream() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(reverse) as srv:
+    with FakeLLMServer(reverse_listwise) as srv:
         yield srv
 
 
