@@ -42,7 +42,17 @@ from ..strategies import STRATEGIES
 from ..types import RerankResult
 from .config import DEFAULT_MODEL, Preset, ServeConfig
 from .metrics import Metrics
-from .wire import Api, RerankRequest, cohere_body, error_body, headers, model_list, parse_request, tei_body
+from .wire import (
+    Api,
+    RerankRequest,
+    cohere_body,
+    error_body,
+    headers,
+    model_list,
+    parse_request,
+    relevance_scores,
+    tei_body,
+)
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -378,12 +388,13 @@ class _Endpoints:
         )
         self.metrics.observe_rerank(parsed.model, result, model, cost)
         normalization = getattr(reranker.strategy, "normalization", "pmi")
+        scored = relevance_scores(result, len(parsed.texts), normalization)
         body: Any
         if api == "tei":
-            body = tei_body(parsed, result, normalization)
+            body = tei_body(parsed, result, scored)
         else:
-            body = cohere_body(parsed, result, parsed.model, cost, normalization)
-        answer = JSONResponse(body, headers=headers(result, parsed.model, len(parsed.texts), normalization))
+            body = cohere_body(parsed, result, parsed.model, cost, scored)
+        answer = JSONResponse(body, headers=headers(result, parsed.model, scored[1]))
         self.log(
             request,
             request.url.path,

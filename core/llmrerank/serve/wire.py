@@ -217,11 +217,15 @@ def warnings(result: RerankResult[Any]) -> list[str]:
     ]
 
 
+Scored = tuple[list[float], str]
+"""What :func:`relevance_scores` gives: one score per returned item, and their source."""
+
+
 def cohere_body(
-    request: RerankRequest, result: RerankResult[Any], name: str, cost: float | None, normalization: str = "pmi"
+    request: RerankRequest, result: RerankResult[Any], name: str, cost: float | None, scored: Scored
 ) -> dict[str, Any]:
     """The Cohere (v1 or v2) answer; on v1 also Jina's ``model`` and ``usage``."""
-    scores, source = relevance_scores(result, len(request.texts), normalization)
+    scores, source = scored
     results = []
     for item, score in zip(result, scores, strict=True):
         row: dict[str, Any] = {"index": item.index, "relevance_score": score}
@@ -245,10 +249,10 @@ def cohere_body(
     return body
 
 
-def tei_body(request: RerankRequest, result: RerankResult[Any], normalization: str = "pmi") -> list[dict[str, Any]]:
+def tei_body(request: RerankRequest, result: RerankResult[Any], scored: Scored) -> list[dict[str, Any]]:
     """TEI's answer, best first. ``raw_scores`` gives the strategy's own score (0-10 rating,
     log-likelihood, ...) where it has one, else the rank-derived score."""
-    scores, source = relevance_scores(result, len(request.texts), normalization)
+    scores, source = scored
     rows = []
     for item, score in zip(result, scores, strict=True):
         value = item.score if request.raw_scores and source == "model" and item.score is not None else score
@@ -259,9 +263,9 @@ def tei_body(request: RerankRequest, result: RerankResult[Any], normalization: s
     return rows
 
 
-def headers(result: RerankResult[Any], name: str, total: int, normalization: str = "pmi") -> dict[str, str]:
-    """Response headers that say what the scores are and whether the rerank degraded."""
-    _, source = relevance_scores(result, total, normalization)
+def headers(result: RerankResult[Any], name: str, source: str) -> dict[str, str]:
+    """Response headers that say what the scores are (``source``: ``model`` or ``rank``) and
+    whether the rerank degraded."""
     out = {
         "x-llmrerank-model": name,
         "x-llmrerank-strategy": result.strategy,
