@@ -208,7 +208,6 @@ class Forwarding(Backend):
 
     async def answers(self) -> bool | None:
         return await self.inner.answers()
-        return None
 
     async def count_tokens(self, text: str) -> int | None:
         return await self.inner.count_tokens(text)

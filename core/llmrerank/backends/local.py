@@ -43,8 +43,6 @@ CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 """PyTorch's own index of CPU-only wheels (PyPI's Linux torch pulls several GB of CUDA libraries)."""
 RUNTIME_INSTALL = f'pip install "llmrerank[local]" --extra-index-url {CPU_INDEX}'
 """How to install torch (its CPU-only build), transformers and gguf: the ``local`` extra."""
-RUNTIME_MODULES = {"torch": "torch", "transformers": "transformers", "gguf": "gguf"}
-"""The ``local`` extra's modules, by the name pip installs them under."""
 POINTWISE_METHODS = ("expected", "yes_no")
 
 T = TypeVar("T")

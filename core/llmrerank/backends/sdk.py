@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from ..adaptive import on_request, on_response, retry_after
 from ..errors import (
@@ -30,9 +30,6 @@ from ..errors import (
 )
 from .base import RERANK_ENDS, Backend
 from .servers import call_defaults, is_local_url
-
-if TYPE_CHECKING:
-    pass
 
 T = TypeVar("T")
 logger = logging.getLogger("llmrerank")
