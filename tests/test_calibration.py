@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from collections.abc import Iterator, Sequence
@@ -141,6 +142,14 @@ def test_calibration_of_another_kind_is_skipped_and_said(server: FakeLLMServer) 
     fitted = fit_calibration([0, 10], [0, 1], model="fake-model", strategy="listwise", score_kind="first_token")
     result = Reranker(Listwise(), openai_backend(server), calibration=fitted).rerank(QUERY, DOCS)
     assert result.score_kind == "rank" and "calibration_skipped" in {d.code for d in result.diagnostics}
+
+
+def test_a_skipped_calibration_is_logged_as_a_warning(server: FakeLLMServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Scores left unmapped make min_probability filter nothing: the log says so, not only the result."""
+    fitted = fit_calibration([0, 10], [0, 1], model="fake-model", strategy="listwise", score_kind="first_token")
+    with caplog.at_level(logging.WARNING, logger="llmrerank"):
+        Reranker(Listwise(), openai_backend(server), calibration=fitted).rerank(QUERY, DOCS)
+    assert any("calibration skipped" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
 def test_calibration_settings_are_checked(server: FakeLLMServer, tmp_path: Path) -> None:

@@ -376,6 +376,15 @@ class Reranker(Closing):
             ranking = self._fuse(self.fusion, ranking, originals, explicit)
         if self.calibration is not None:
             ranking = calibrate_ranking(ranking, self.calibration)
+            if ranking.score_kind != "probability":
+                # Asked for and not applied: min_probability then filters nothing. Nothing judged: the
+                # rerank's own degraded warning says why; one warning, not two.
+                judged = len(ranking.unjudged) < len(ranking.order)
+                logger.log(
+                    logging.WARNING if judged else logging.INFO,
+                    "llmrerank: calibration skipped (%s)",
+                    ranking.diagnostics[-1].message,
+                )
         return ranking
 
     async def _run(self, prompt_query: str, docs: Sequence[Document], top_k: int | None) -> tuple[Ranking, Meter]:
