@@ -19,7 +19,7 @@ import pytest
 from llmrerank import BatchScore, Listwise, Pairwise, Pointwise, Reranker, Setwise
 from llmrerank.errors import ContextLengthError
 from llmrerank.prompts import estimate_tokens
-from llmrerank.strategies import Strategy
+from llmrerank.strategies import Strategy, TopDown
 from testkit.server import FakeLLMServer, ServerRequest, overlap_responder, subword_tokens
 
 pytest.importorskip("openai")
@@ -223,8 +223,9 @@ def test_a_context_error_that_half_the_documents_cannot_fix_still_raises() -> No
     [
         (Listwise(), r"window of 2 documents, step 1, to fit 1024 tokens of context: 7 windows for 8 documents"),
         (BatchScore(), r"documents cut to \d{2,3} characters to fit 1024 tokens of context, under the 400"),
+        (TopDown(window=8, top_k=2), r"window of 2 documents, step 2, to fit 1024 tokens of context: 4 windows"),
     ],
-    ids=["listwise", "batch_score"],
+    ids=["listwise", "batch_score", "topdown"],
 )
 def test_a_context_too_small_for_the_strategy_is_said_plainly(
     strategy: Strategy, expect: str, caplog: pytest.LogCaptureFixture

@@ -48,7 +48,7 @@ from ..diagnostics import (
 )
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_permutation
-from ..prompts import check_template, clip, document_block, fits, render, system_prompt
+from ..prompts import Clip, check_template, clip, document_block, fits, render, system_prompt
 from ..protocol import Completion, Context, Prompt, Ranking
 from ..types import Diagnostic, Document, ScoreKind
 from .base import USEFUL_WINDOW, Answer, Plan, Strategy, check_int, cut_clips, failure, fitted_cap, logprobs_note
@@ -113,10 +113,7 @@ class Listwise(Strategy):
         if self.method == "first_token" and self.window > len(LETTERS):
             raise ConfigurationError(f"method='first_token' labels documents A-Z: window must be <= {len(LETTERS)}")
         check_template(self.template, ("query", "documents"), "Listwise")
-        if isinstance(self.self_consistency, bool) or not isinstance(self.self_consistency, int):
-            raise ConfigurationError(f"self_consistency must be an int >= 1, got {self.self_consistency!r}")
-        if self.self_consistency < 1:
-            raise ConfigurationError(f"self_consistency must be >= 1, got {self.self_consistency}")
+        check_int("self_consistency", self.self_consistency, 1)
 
     @property
     def stride(self) -> int:
@@ -174,10 +171,12 @@ class Listwise(Strategy):
         step = self.stride if window == full else max(1, round(self.stride * window / self.window))
         return window, min(step, window), fitted_cap(lambda cut: self._prompt(query, cut, ctx), texts, window, ctx)
 
-    def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
-        """Sliding windows from the bottom up; one call per window (windows fitted to a known context)."""
+    def fit_texts(
+        self, query: str, docs: Sequence[Document], ctx: Context
+    ) -> tuple[list[Clip], int, int, list[Diagnostic]]:
+        """The documents clipped (and cut to fit a known context), the window and step that fit it,
+        and the diagnostics of both (``context_too_small`` below a useful window or document)."""
         n = len(docs)
-        order = list(range(n))
         clipped = [clip(d.text, self.max_doc_chars) for d in docs]
         window, step, cap = self.fitted(query, [c.text for c in clipped], ctx)
         diagnostics: list[Diagnostic] = []
@@ -191,6 +190,13 @@ class Listwise(Strategy):
         clipped, cut = cut_clips(clipped, cap, ctx)
         diagnostics += cut
         diagnostics += [Diagnostic(TRUNCATED, "", i) for i, c in enumerate(clipped) if c.truncated]
+        return clipped, window, step, diagnostics
+
+    def plan(self, query: str, docs: Sequence[Document], ctx: Context) -> Plan:
+        """Sliding windows from the bottom up; one call per window (windows fitted to a known context)."""
+        n = len(docs)
+        order = list(range(n))
+        clipped, window, step, diagnostics = self.fit_texts(query, docs, ctx)
         judged: set[int] = set()
         scores: dict[int, float] = {}
         if self.method == "first_token" and not ctx.supports_logprobs:

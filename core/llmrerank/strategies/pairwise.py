@@ -15,6 +15,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from ..diagnostics import CALL_FAILED, CHOICE_UNPARSED, TRUNCATED
 from ..errors import ConfigurationError, ParseError
 from ..parsing import choice_distribution, parse_choice
 from ..prompts import check_template, clip, document_block, render, system_prompt
@@ -88,7 +89,7 @@ class Pairwise(Strategy):
         diagnostics: list[Diagnostic] = []
         if len(docs) >= 2:  # a prompt holds the two longest
             clipped, diagnostics = fit_documents(clipped, lambda two: self.prompt(query, two[0], two[1], ctx), 2, ctx)
-        diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
+        diagnostics += [Diagnostic(TRUNCATED, "", i) for i, c in enumerate(clipped) if c.truncated]
         return [c.text for c in clipped], diagnostics
 
     def read(
@@ -97,7 +98,7 @@ class Pairwise(Strategy):
         """P(A is better) from one answer, or None (recorded) when it cannot be read."""
         error = failure(answer)
         if error is not None:
-            diagnostics.append(Diagnostic("call_failed", f"{type(error).__name__}: {error}", index))
+            diagnostics.append(Diagnostic(CALL_FAILED, f"{type(error).__name__}: {error}", index))
             return None
         assert isinstance(answer, Completion)
         diagnostics += logprobs_note(answer, AB, index)
@@ -108,7 +109,7 @@ class Pairwise(Strategy):
         if choice is None:
             if ctx.strict:
                 raise ParseError("no A/B answer", output=answer.text)
-            diagnostics.append(Diagnostic("choice_unparsed", f"{answer.text[:80]!r}", index))
+            diagnostics.append(Diagnostic(CHOICE_UNPARSED, f"{answer.text[:80]!r}", index))
             return None
         return 1.0 if choice == "A" else 0.0
 

@@ -23,8 +23,8 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..diagnostics import PIVOT_UNPLACED
 from ..errors import ConfigurationError
-from ..prompts import clip
 from ..protocol import Context, Ranking
 from ..types import Diagnostic, Document, ScoreKind
 from .base import Plan, Step, Strategy
@@ -83,17 +83,9 @@ class TopDown(Strategy):
         return Ranking(order, kind, kept, {}, diagnostics, unjudged if n >= 2 else set())
 
     def _fit(self, query: str, docs: Sequence[Document], ctx: Context) -> tuple[list[str], int, list[Diagnostic]]:
-        """The clipped texts, the window that fits the context, and the diagnostics of both."""
-        clipped = [clip(d.text, self.max_doc_chars) for d in docs]
-        window, _, cap = self.listwise.fitted(query, [c.text for c in clipped], ctx)
-        diagnostics: list[Diagnostic] = []
-        if window < min(self.window, len(docs)):
-            note = f"window of {window} documents to fit {ctx.context_tokens} tokens of context"
-            diagnostics.append(Diagnostic("context_fitted", note))
-        if cap is not None:
-            clipped = [clip(c.text, cap) if len(c.text) > cap else c for c in clipped]
-            diagnostics.append(Diagnostic("context_fitted", f"documents cut to {cap} characters to fit the context"))
-        diagnostics += [Diagnostic("truncated", "", i) for i, c in enumerate(clipped) if c.truncated]
+        """The clipped texts, the window that fits the context, and the diagnostics of both
+        (:meth:`Listwise.fit_texts`: its windows are this strategy's)."""
+        clipped, window, _, diagnostics = self.listwise.fit_texts(query, docs, ctx)
         return [c.text for c in clipped], window, diagnostics
 
     def _rank(
@@ -138,7 +130,7 @@ class TopDown(Strategy):
             got = lw.aggregate(answers[g * passes : (g + 1) * passes], shown, marks.diagnostics, where, ctx, {})
             if got is None or pivot not in got[1]:
                 if got is not None:
-                    marks.diagnostics.append(Diagnostic("pivot_unplaced", f"{where}: the answer left out the pivot"))
+                    marks.diagnostics.append(Diagnostic(PIVOT_UNPLACED, f"{where}: the answer left out the pivot"))
                 marks.unjudged.update(group)
                 continue
             order, named = got
