@@ -223,6 +223,23 @@ def test_upstream_failures_are_502_and_503_when_the_preset_raises() -> None:
         assert limited.status_code == 503 and limited.headers["retry-after"] == "7"
 
 
+def test_a_preset_without_its_own_on_error_or_cache_follows_the_server() -> None:
+    """[server] on_error = "raise" must hold for a [presets.X] table that does not say otherwise,
+    or a preset answers degraded 200s where the server promised 502/503."""
+    from llmrerank.serve.app import Service
+
+    presets = {
+        "plain": Preset(strategy="pointwise"),
+        "own": Preset(strategy="pointwise", on_error="degrade", cache="none"),
+    }
+    service = Service(
+        ServeConfig(presets=presets, on_error="raise", cache="memory"), FakeBackend(respond=overlap_judge)
+    )
+    plain, own = service.reranker("plain"), service.reranker("own")
+    assert plain.on_error == "raise" and plain.cache is not None
+    assert own.on_error == "degrade" and own.cache is None
+
+
 def test_admission_limit_is_429_with_retry_after() -> None:
     backend = FakeBackend(respond=overlap_judge, delay=1.0)
     with serve(backend, max_in_flight=1, retry_after=3) as base:

@@ -97,10 +97,8 @@ class Service:
         self._backend = backend
         self._rerankers: dict[str, Reranker] = {}
         self._refused: dict[str, str] = {}
-        self.presets: dict[str, Preset] = {
-            name: Preset(strategy=name, on_error=config.on_error, cache=config.cache) for name in STRATEGIES
-        }
-        self.presets[DEFAULT_MODEL] = Preset(on_error=config.on_error, cache=config.cache)
+        self.presets: dict[str, Preset] = {name: Preset(strategy=name) for name in STRATEGIES}
+        self.presets[DEFAULT_MODEL] = Preset()
         self.presets.update(config.presets)
 
     def backend(self) -> Backend:
@@ -138,9 +136,9 @@ class Service:
             strategy,
             backend,
             domain=preset.domain,
-            on_error=preset.on_error,  # type: ignore[arg-type]
+            on_error=preset.on_error or self.config.on_error,  # type: ignore[arg-type]
             deadline=preset.deadline,
-            cache=open_cache(preset.cache),
+            cache=open_cache(self.config.cache if preset.cache is None else preset.cache),
             fusion=fusion,
             **options,
         )

@@ -50,9 +50,10 @@ class Preset:
     environment). ``strategy`` None is the backend's preferred one. ``fusion``: ``"auto"`` (the
     backend's preferred fusion for its preferred strategy), None, ``"rrf"``, ``"zscore"``,
     ``"minmax"``; fused with the request's document order (or each document's ``score``).
-    ``on_error``: ``degrade`` (default: a degraded 200 that says so), ``degrade_all`` or ``raise``
-    (502/503). ``cache``: ``"memory"``, a folder for a :class:`~llmrerank.cache.DiskCache`, or a
-    ``redis://`` URL. ``max_documents`` overrides the server's per-request limit for this name.
+    ``on_error``: ``degrade`` (a degraded 200 that says so), ``degrade_all`` or ``raise`` (502/503);
+    None: the server's. ``cache``: ``"memory"``, a folder for a :class:`~llmrerank.cache.DiskCache`,
+    a ``redis://`` URL or ``"none"``; None: the server's. ``max_documents`` overrides the server's
+    per-request limit for this name.
     ``allow_instruction`` lets a request send its own ``instruction`` (the domain sentence added to
     the prompt); off by default, so no request can change a prompt.
     """
@@ -63,7 +64,7 @@ class Preset:
     base_url: str | None = None
     fusion: str | None = "auto"
     domain: str | None = None
-    on_error: str = "degrade"
+    on_error: str | None = None
     deadline: float | None = None
     cache: str | None = None
     max_documents: int | None = None
